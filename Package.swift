@@ -1,0 +1,48 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "netvol",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "netvol", targets: ["netvol"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // Finds and links libfuse3; no code of its own.
+        .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
+        // Finds and links libxxhash for chunk checksums.
+        .systemLibrary(name: "CXXHash", providers: [.apt(["libxxhash-dev"])]),
+        // The few libfuse entry points Swift cannot call directly (macros, versioned symbols).
+        .target(name: "CFuse", dependencies: ["CFuse3"], cSettings: [.define("_GNU_SOURCE")]),
+        .target(name: "ChunkStore", dependencies: [
+            "CXXHash",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "Metadata", dependencies: [
+            "ChunkStore",
+            .product(name: "GRDB", package: "GRDB.swift"),
+        ]),
+        .target(name: "VolumeFS", dependencies: [
+            "ChunkStore", "Metadata",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "FuseMount", dependencies: [
+            "CFuse", "VolumeFS",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "netvol", dependencies: [
+            "FuseMount", "VolumeFS", "Metadata", "ChunkStore",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "ChunkStoreTests", dependencies: ["ChunkStore"]),
+        .testTarget(name: "MetadataTests", dependencies: ["Metadata"]),
+        .testTarget(name: "VolumeFSTests", dependencies: ["VolumeFS", "Metadata", "ChunkStore"]),
+        .testTarget(name: "FuseMountTests", dependencies: ["FuseMount", "VolumeFS", "Metadata", "ChunkStore"]),
+    ]
+)

@@ -1,0 +1,32 @@
+#ifndef CFUSE_H
+#define CFUSE_H
+
+// The one place netvol chooses the libfuse API level.
+#define FUSE_USE_VERSION 312
+#include <fuse_lowlevel.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+
+// fuse_session_loop_mt is a macro that picks a versioned symbol (fuse_session_loop_mt_312),
+// which Swift cannot see. It can go once libfuse exports an unversioned name for Swift.
+int CFuse_session_loop_mt(struct fuse_session *se, unsigned int max_threads, unsigned int max_idle_threads);
+
+// Swift imports the struct but not the macro FUSE_ARGS_INIT.
+struct fuse_args CFuse_args_init(int argc, char **argv);
+
+// Swift cannot import these macros from <sys/stat.h> and <linux/fs.h> as constants.
+extern const unsigned int CFuse_RENAME_NOREPLACE;
+extern const unsigned int CFuse_RENAME_EXCHANGE;
+extern const int CFuse_XATTR_CREATE;
+extern const int CFuse_XATTR_REPLACE;
+extern const int CFuse_SET_ATTR_MODE;
+extern const int CFuse_SET_ATTR_UID;
+extern const int CFuse_SET_ATTR_GID;
+extern const int CFuse_SET_ATTR_SIZE;
+extern const int CFuse_SET_ATTR_ATIME;
+extern const int CFuse_SET_ATTR_MTIME;
+extern const int CFuse_SET_ATTR_ATIME_NOW;
+extern const int CFuse_SET_ATTR_MTIME_NOW;
+extern const int CFuse_SET_ATTR_CTIME;
+
+#endif

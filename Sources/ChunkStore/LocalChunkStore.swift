@@ -1,0 +1,149 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A chunk store in a local directory: object `id` is the file `ROOT/xx/<16 hex digits>`,
+/// fanned out over 256 subdirectories by the id's low byte so no directory grows huge.
+public final class LocalChunkStore: ChunkStore {
+    public let root: String
+
+    /// Opens the store at `root`, creating the directory if needed.
+    public init(root: String) throws(StoreError) {
+        self.root = root
+        if mkdir(root, 0o755) != 0 && errno != EEXIST {
+            throw .io(errno: errno, "cannot create \(root): \(Self.describe(errno))")
+        }
+    }
+
+    func directory(of id: ObjectID) -> String {
+        let hex = id.description
+        return root + "/" + hex.suffix(2)
+    }
+
+    func path(of id: ObjectID) -> String {
+        directory(of: id) + "/" + id.description
+    }
+
+    public func put(_ id: ObjectID, _ bytes: UnsafeRawBufferPointer) throws(StoreError) {
+        let dir = directory(of: id)
+        let path = dir + "/" + id.description
+        var fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o444)
+        if fd < 0 && errno == ENOENT {
+            if mkdir(dir, 0o755) != 0 && errno != EEXIST {
+                throw Self.failure(errno, "cannot create \(dir)")
+            }
+            fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o444)
+        }
+        if fd < 0 {
+            let code = errno
+            if code == EEXIST { throw .exists(id) }
+            throw Self.failure(code, "cannot create \(path)")
+        }
+        var written = 0
+        while written < bytes.count {
+            let n = pwrite(fd, bytes.baseAddress! + written, bytes.count - written, off_t(written))
+            if n < 0 {
+                let code = errno
+                if code == EINTR { continue }
+                close(fd)
+                unlink(path)
+                throw Self.failure(code, "cannot write \(path)")
+            }
+            written += n
+        }
+        // The object must be on disk before any metadata that names it can be.
+        if fdatasync(fd) != 0 {
+            let code = errno
+            close(fd)
+            unlink(path)
+            throw Self.failure(code, "cannot sync \(path)")
+        }
+        close(fd)
+        Self.syncDirectory(dir)
+    }
+
+    public func read(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int {
+        let path = path(of: id)
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 {
+            let code = errno
+            if code == ENOENT { throw .notFound(id) }
+            throw Self.failure(code, "cannot open \(path)")
+        }
+        defer { close(fd) }
+        var done = 0
+        while done < buffer.count {
+            let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset + done))
+            if n < 0 {
+                let code = errno
+                if code == EINTR { continue }
+                throw Self.failure(code, "cannot read \(path)")
+            }
+            if n == 0 { break }
+            done += n
+        }
+        return done
+    }
+
+    public func size(of id: ObjectID) throws(StoreError) -> Int {
+        var info = stat()
+        if stat(path(of: id), &info) != 0 {
+            let code = errno
+            if code == ENOENT { throw .notFound(id) }
+            throw Self.failure(code, "cannot stat \(path(of: id))")
+        }
+        return Int(info.st_size)
+    }
+
+    public func delete(_ id: ObjectID) throws(StoreError) {
+        if unlink(path(of: id)) != 0 {
+            let code = errno
+            if code == ENOENT { return }
+            throw Self.failure(code, "cannot delete \(path(of: id))")
+        }
+    }
+
+    public func list() throws(StoreError) -> [ObjectID] {
+        var ids: [ObjectID] = []
+        for sub in try Self.entries(of: root) where sub.count == 2 {
+            for name in try Self.entries(of: root + "/" + sub) {
+                if let id = ObjectID(hex: name) { ids.append(id) }
+            }
+        }
+        return ids
+    }
+
+    static func entries(of dir: String) throws(StoreError) -> [String] {
+        guard let handle = opendir(dir) else {
+            if errno == ENOENT || errno == ENOTDIR { return [] }
+            throw failure(errno, "cannot list \(dir)")
+        }
+        defer { closedir(handle) }
+        var names: [String] = []
+        while let entry = readdir(handle) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    /// A new directory entry is durable only once its directory is synced.
+    static func syncDirectory(_ dir: String) {
+        let fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd >= 0 {
+            fsync(fd)
+            close(fd)
+        }
+    }
+
+    static func failure(_ code: Int32, _ what: String) -> StoreError {
+        if code == ENOSPC || code == EDQUOT { return .noSpace }
+        return .io(errno: code, "\(what): \(describe(code))")
+    }
+
+    static func describe(_ code: Int32) -> String {
+        String(cString: strerror(code))
+    }
+}

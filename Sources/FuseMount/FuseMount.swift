@@ -1,0 +1,194 @@
+// FuseMount: owns the libfuse session for one mounted volume.
+//
+// It sets the connection up in `init` (large writes and readahead, readdirplus), and
+// turns each kernel request into one call of VolumeFS (Callbacks.swift). Entry and
+// attribute timeouts are decided here, once.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+internal import CFuse
+import Logging
+public import Metadata
+public import VolumeFS
+
+/// How a volume is mounted.
+public struct MountOptions: Sendable {
+    public var mountpoint: String
+    /// Extra `-o` options for libfuse and the kernel (`allow_other`, `ro`, ...).
+    public var fuseOptions: [String] = []
+    /// Names the mount in /proc/mounts and `df` (fsname).
+    public var source: String = "netvol"
+    /// Seconds the kernel may cache names and attributes.
+    public var entryTimeout: Double = 1
+    public var attrTimeout: Double = 1
+    public var maxThreads: UInt32 = 16
+    public init(mountpoint: String) { self.mountpoint = mountpoint }
+}
+
+/// Why mounting failed, in words a person can act on.
+public struct MountError: Error, CustomStringConvertible {
+    public let description: String
+}
+
+/// The state every callback reaches through the session's userdata.
+final class FuseContext: Sendable {
+    let volume: VolumeFS
+    let logger: Logger
+    let entryTimeout: Double
+    let attrTimeout: Double
+
+    init(volume: VolumeFS, logger: Logger, options: MountOptions) {
+        self.volume = volume
+        self.logger = logger
+        self.entryTimeout = options.entryTimeout
+        self.attrTimeout = options.attrTimeout
+    }
+
+    func configure(_ conn: UnsafeMutablePointer<fuse_conn_info>) {
+        // Fewer, larger requests: the kernel sends up to 1 MiB per write and reads ahead
+        // as far, instead of its 128 KiB defaults.
+        conn.pointee.max_write = 1 << 20
+        conn.pointee.max_readahead = 1 << 20
+        let wanted = UInt32(FUSE_CAP_READDIRPLUS | FUSE_CAP_PARALLEL_DIROPS | FUSE_CAP_ASYNC_READ | FUSE_CAP_ATOMIC_O_TRUNC)
+        conn.pointee.want |= wanted & conn.pointee.capable
+        logger.info("connection ready: protocol \(conn.pointee.proto_major).\(conn.pointee.proto_minor), max_write \(conn.pointee.max_write)")
+    }
+
+    func entry(_ attr: Attr) -> fuse_entry_param {
+        var entry = fuse_entry_param()
+        entry.ino = attr.ino.rawValue
+        entry.generation = 1
+        entry.attr = statOf(attr)
+        entry.attr_timeout = attrTimeout
+        entry.entry_timeout = entryTimeout
+        return entry
+    }
+
+    func replyEntry(_ req: fuse_req_t?, _ attr: Attr) {
+        var entry = entry(attr)
+        if fuse_reply_entry(req, &entry) != 0 {
+            // The request was interrupted: the kernel never got this reference.
+            volume.forget(attr.ino, 1)
+        }
+    }
+
+    func replyAttr(_ req: fuse_req_t?, _ attr: Attr) {
+        var st = statOf(attr)
+        fuse_reply_attr(req, &st, attrTimeout)
+    }
+
+    /// getxattr/listxattr: size 0 asks for the length; a smaller buffer is ERANGE.
+    func replyXattr(_ req: fuse_req_t?, _ value: [UInt8], _ size: Int) {
+        if size == 0 {
+            fuse_reply_xattr(req, value.count)
+        } else if value.count > size {
+            fuse_reply_err(req, ERANGE)
+        } else {
+            value.withUnsafeBytes { _ = fuse_reply_buf(req, $0.baseAddress?.assumingMemoryBound(to: CChar.self), $0.count) }
+        }
+    }
+
+    func fail(_ req: fuse_req_t?, _ op: StaticString, _ ino: fuse_ino_t, _ error: FSError) {
+        let code = error.errno
+        switch code {
+        case ENOENT, EEXIST, ENOTEMPTY, ENODATA, ERANGE, ENOTDIR, EISDIR, ENAMETOOLONG:
+            logger.debug("\(op) on inode \(ino) failed with errno \(code): \(error)")
+        case EIO:
+            logger.error("\(op) on inode \(ino) failed with errno \(code): \(error)")
+        default:
+            logger.notice("\(op) on inode \(ino) failed with errno \(code): \(error)")
+        }
+        fuse_reply_err(req, code)
+    }
+
+    func readdir(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ size: Int, _ offset: off_t, plus: Bool) {
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: max(size, 1), alignment: 8)
+        defer { buffer.deallocate() }
+        var used = 0
+        let op: StaticString = plus ? "readdirplus" : "readdir"
+        do {
+            try volume.readdir(InodeNumber(ino), offset: Int64(offset), plus: plus) { listing in
+                let added = withCString(listing.name.bytes) { name -> Int in
+                    let target = buffer.advanced(by: used).assumingMemoryBound(to: CChar.self)
+                    if plus {
+                        var entry = entry(listing.attr)
+                        return fuse_add_direntry_plus(req, target, size - used, name, &entry, off_t(listing.nextOffset))
+                    }
+                    var st = statOf(listing.attr)
+                    return fuse_add_direntry(req, target, size - used, name, &st, off_t(listing.nextOffset))
+                }
+                guard added <= size - used else { return false }
+                used += added
+                return true
+            }
+        } catch {
+            // Entries already added count as lookups: answer with them rather than an error.
+            if used == 0 {
+                fail(req, op, ino, error)
+                return
+            }
+            logger.warning("\(op) of inode \(ino) stopped early: \(error)")
+        }
+        fuse_reply_buf(req, buffer.assumingMemoryBound(to: CChar.self), used)
+    }
+}
+
+/// One mounted volume: mount, serve until unmounted or signalled, then clean up.
+public final class FuseMount {
+    let context: FuseContext
+    let options: MountOptions
+    var session: OpaquePointer?
+    var arguments: [UnsafeMutablePointer<CChar>?] = []
+
+    public init(volume: VolumeFS, options: MountOptions, logger: Logger) {
+        self.context = FuseContext(volume: volume, logger: logger, options: options)
+        self.options = options
+    }
+
+    deinit {
+        for argument in arguments { free(argument) }
+    }
+
+    /// Creates the session and mounts it. On return the mountpoint is live, and requests
+    /// wait for `run`.
+    public func mount() throws(MountError) {
+        var fuseOptions = ["default_permissions", "fsname=\(options.source)", "subtype=netvol"]
+        fuseOptions += options.fuseOptions
+        let argv = ["netvol", "-o", fuseOptions.joined(separator: ",")]
+        arguments = argv.map { strdup($0) } + [nil]
+        var args = CFuse_args_init(Int32(argv.count), &arguments)
+        var ops = makeOperations()
+        let userdata = Unmanaged.passUnretained(context).toOpaque()
+        guard let session = fuse_session_new(&args, &ops, MemoryLayout<fuse_lowlevel_ops>.size, userdata) else {
+            fuse_opt_free_args(&args)
+            throw MountError(description: "libfuse refused the mount options \(fuseOptions.joined(separator: ","))")
+        }
+        fuse_opt_free_args(&args)
+        if fuse_session_mount(session, options.mountpoint) != 0 {
+            fuse_session_destroy(session)
+            throw MountError(description: "cannot mount at \(options.mountpoint) (see the message above)")
+        }
+        if fuse_set_signal_handlers(session) != 0 {
+            fuse_session_unmount(session)
+            fuse_session_destroy(session)
+            throw MountError(description: "cannot install signal handlers")
+        }
+        self.session = session
+    }
+
+    /// Serves requests until the volume is unmounted or the process gets SIGTERM, SIGINT
+    /// or SIGHUP; then commits everything buffered and unmounts.
+    public func run() {
+        guard let session else { return }
+        let result = CFuse_session_loop_mt(session, options.maxThreads, 4)
+        if result != 0 && result != -EINTR {
+            context.logger.warning("session loop ended with \(result)")
+        }
+        context.volume.flushAll()
+        fuse_remove_signal_handlers(session)
+        fuse_session_unmount(session)
+        fuse_session_destroy(session)
+        self.session = nil
+    }
+}

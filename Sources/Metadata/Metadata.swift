@@ -1,0 +1,75 @@
+public import ChunkStore
+
+/// The metadata of one volume.
+///
+/// Each requirement is one transaction and is safe to call from many threads at once.
+/// Name rules (length, `/`, `.` and `..`) are checked by the caller before it gets here;
+/// the store checks what needs the database: existence, types, emptiness, the size limit.
+public protocol Metadata: Sendable {
+    /// The volume's chunk size and size limit.
+    func settings() throws(MetadataError) -> VolumeSettings
+    /// Size limit, bytes used by chunk objects, and inode count.
+    func usage() throws(MetadataError) -> VolumeUsage
+    /// Raises the size limit; refuses (`.invalidArgument`) a limit below the current one.
+    func resize(sizeLimit: UInt64) throws(MetadataError)
+
+    /// The inode named `name` in directory `parent`.
+    func lookup(_ parent: InodeNumber, _ name: FileName) throws(MetadataError) -> Attr
+    func getattr(_ ino: InodeNumber) throws(MetadataError) -> Attr
+    /// Records a read access time without touching ctime (what relatime does on read).
+    func touch(_ ino: InodeNumber, atime: Timestamp) throws(MetadataError)
+    /// Changes mode, owner and times; sets ctime to `now`.
+    func setattr(_ ino: InodeNumber, _ changes: AttrChanges, now: Timestamp) throws(MetadataError) -> Attr
+    /// Creates a new inode and its entry: a file, directory, symlink (with `target`) or
+    /// special file. A directory with the set-group-id bit passes its group (and, to
+    /// subdirectories, the bit) on.
+    func mknode(_ parent: InodeNumber, _ name: FileName, mode: UInt32, uid: UInt32, gid: UInt32,
+                rdev: UInt64, target: [UInt8]?, now: Timestamp) throws(MetadataError) -> Attr
+    /// Adds the name `newName` in `newParent` for `ino`, which must not be a directory.
+    func link(_ ino: InodeNumber, _ newParent: InodeNumber, _ newName: FileName, now: Timestamp) throws(MetadataError) -> Attr
+    /// Removes a non-directory entry; returns the inode's attributes afterwards (nlink may
+    /// be 0: the inode lives on until `purge`).
+    func unlink(_ parent: InodeNumber, _ name: FileName, now: Timestamp) throws(MetadataError) -> Attr
+    /// Removes an empty directory; returns its attributes afterwards (nlink 0).
+    func rmdir(_ parent: InodeNumber, _ name: FileName, now: Timestamp) throws(MetadataError) -> Attr
+    /// Renames, replaces or exchanges entries; returns the attributes of an inode that lost
+    /// its name by being replaced, if any.
+    func rename(_ parent: InodeNumber, _ name: FileName, _ newParent: InodeNumber, _ newName: FileName,
+                flags: RenameFlags, now: Timestamp) throws(MetadataError) -> Attr?
+    /// Entries of directory `ino` after position `cookie` (0 for the start), at most `limit`.
+    func readdir(_ ino: InodeNumber, after cookie: Int64, limit: Int) throws(MetadataError) -> [DirEntry]
+    func readlink(_ ino: InodeNumber) throws(MetadataError) -> [UInt8]
+
+    /// The stored chunks of `ino`, by index.
+    func chunks(_ ino: InodeNumber) throws(MetadataError) -> [ChunkRef]
+    /// Replaces chunks of `ino` with `chunks` (objects already stored whole), drops every
+    /// chunk at index `dropFrom` or above when given, and sets the size and times.
+    /// Fails with `.noSpace`, changing nothing, when the volume's size limit would be
+    /// exceeded. Returns the objects that are no longer referred to (now garbage).
+    @discardableResult
+    func commitData(_ ino: InodeNumber, chunks: [ChunkRef], dropFrom: Int?, size: UInt64,
+                    mtime: Timestamp?, now: Timestamp) throws(MetadataError) -> [ObjectID]
+    /// Makes every committed transaction durable against a machine crash.
+    func sync() throws(MetadataError)
+
+    /// Deletes an inode that has no names left, with its chunks and xattrs; its objects
+    /// become garbage. Does nothing if the inode still has names or is gone.
+    func purge(_ ino: InodeNumber, now: Timestamp) throws(MetadataError)
+    /// Inodes with no names left, kept for open handles that a crash then dropped.
+    func orphans() throws(MetadataError) -> [InodeNumber]
+
+    func getxattr(_ ino: InodeNumber, _ name: FileName) throws(MetadataError) -> [UInt8]
+    func setxattr(_ ino: InodeNumber, _ name: FileName, _ value: [UInt8], mode: XattrMode, now: Timestamp) throws(MetadataError)
+    func listxattr(_ ino: InodeNumber) throws(MetadataError) -> [FileName]
+    func removexattr(_ ino: InodeNumber, _ name: FileName, now: Timestamp) throws(MetadataError)
+
+    /// Garbage objects that left the metadata before `cutoff`, at most `limit`.
+    func garbage(before cutoff: Timestamp, limit: Int) throws(MetadataError) -> [ObjectID]
+    /// Forgets garbage entries once their objects are deleted from the chunk store.
+    func dropGarbage(_ objects: [ObjectID]) throws(MetadataError)
+    /// Records objects found in the chunk store that nothing refers to as garbage since `now`;
+    /// returns how many were new.
+    func adoptStrays(_ objects: [ObjectID], now: Timestamp) throws(MetadataError) -> Int
+    /// Every object the metadata refers to or holds as garbage.
+    func knownObjects() throws(MetadataError) -> Set<ObjectID>
+}

@@ -1,0 +1,664 @@
+import Foundation
+public import ChunkStore
+import GRDB
+
+/// Metadata in one SQLite database in WAL mode: `VOLUME_DIR/volume.db`.
+///
+/// Commits are synchronous=NORMAL (durable at the next WAL sync, always ordered);
+/// `sync()` forces the WAL to disk, which is what `fsync` on a file needs.
+public final class SQLiteMetadata: Metadata {
+    public static let fileName = "volume.db"
+    static let formatVersion: Int64 = 1
+
+    let pool: DatabasePool
+    public let path: String
+
+    /// Opens the metadata of an existing volume.
+    ///
+    /// - Throws: `.notAVolume` when the file is missing or is not netvol metadata.
+    public init(path: String) throws(MetadataError) {
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw .notAVolume("no \(Self.fileName) in \((path as NSString).deletingLastPathComponent)")
+        }
+        self.path = path
+        do {
+            pool = try DatabasePool(path: path, configuration: Self.configuration())
+            let version = try pool.read { db in
+                try Int64.fetchOne(db, sql: "SELECT value FROM settings WHERE key = 'format'")
+            }
+            guard version == Self.formatVersion else {
+                throw MetadataError.notAVolume("\(path) has metadata format \(version.map(String.init) ?? "none"), expected \(Self.formatVersion)")
+            }
+        } catch let error as MetadataError {
+            throw error
+        } catch {
+            throw .notAVolume("\(path) is not a netvol volume: \(error)")
+        }
+    }
+
+    /// Creates the metadata of a new volume with an empty root directory owned by `uid`/`gid`.
+    public static func create(path: String, chunkSize: Int, sizeLimit: UInt64, uid: UInt32 = 0, gid: UInt32 = 0,
+                              now: Timestamp) throws(MetadataError) -> SQLiteMetadata {
+        if FileManager.default.fileExists(atPath: path) {
+            throw .exists
+        }
+        do {
+            let pool = try DatabasePool(path: path, configuration: configuration())
+            try pool.write { db in
+                try db.execute(sql: schema)
+                for (key, value) in [("format", formatVersion), ("chunk_size", Int64(chunkSize)),
+                                     ("size_limit", Int64(bitPattern: sizeLimit)), ("used_bytes", 0),
+                                     ("syncs", 0), ("created", now.nanoseconds)] {
+                    try db.execute(sql: "INSERT INTO settings(key, value) VALUES (?, ?)", arguments: [key, value])
+                }
+                try db.execute(sql: """
+                    INSERT INTO inodes(ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, parent)
+                    VALUES (1, ?, 2, ?, ?, 0, 0, ?, ?, ?, 1)
+                    """, arguments: [Int64(FileType.directory.rawValue | 0o755), Int64(uid), Int64(gid),
+                                     now.nanoseconds, now.nanoseconds, now.nanoseconds])
+            }
+            try pool.close()
+        } catch {
+            try? FileManager.default.removeItem(atPath: path)
+            throw .database("cannot create \(path): \(error)")
+        }
+        return try SQLiteMetadata(path: path)
+    }
+
+    static let schema = """
+        CREATE TABLE settings(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TABLE inodes(
+            ino INTEGER PRIMARY KEY AUTOINCREMENT,
+            mode INTEGER NOT NULL, nlink INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL,
+            rdev INTEGER NOT NULL, size INTEGER NOT NULL,
+            atime INTEGER NOT NULL, mtime INTEGER NOT NULL, ctime INTEGER NOT NULL,
+            parent INTEGER,  -- directories only: the one directory that holds this one
+            target BLOB      -- symlinks only
+        );
+        CREATE TABLE dentries(
+            cookie INTEGER PRIMARY KEY AUTOINCREMENT,  -- readdir position, never reused
+            parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL,
+            UNIQUE(parent, name)
+        );
+        CREATE INDEX dentries_by_position ON dentries(parent, cookie);
+        CREATE TABLE chunks(
+            ino INTEGER NOT NULL, idx INTEGER NOT NULL, object INTEGER NOT NULL,
+            length INTEGER NOT NULL, checksums BLOB NOT NULL,
+            PRIMARY KEY(ino, idx)
+        ) WITHOUT ROWID;
+        CREATE INDEX chunks_by_object ON chunks(object);
+        CREATE TABLE xattrs(ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,
+                            PRIMARY KEY(ino, name)) WITHOUT ROWID;
+        CREATE TABLE garbage(object INTEGER PRIMARY KEY, since INTEGER NOT NULL);
+        """
+
+    static func configuration() -> Configuration {
+        var config = Configuration()
+        config.busyMode = .timeout(30)
+        config.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+        }
+        return config
+    }
+
+    // MARK: - Plumbing
+
+    func write<T>(_ body: (Database) throws -> T) throws(MetadataError) -> T {
+        do {
+            return try pool.write(body)
+        } catch let error as MetadataError {
+            throw error
+        } catch {
+            throw .database(String(describing: error))
+        }
+    }
+
+    func read<T>(_ body: (Database) throws -> T) throws(MetadataError) -> T {
+        do {
+            return try pool.read(body)
+        } catch let error as MetadataError {
+            throw error
+        } catch {
+            throw .database(String(describing: error))
+        }
+    }
+
+    static let attrColumns = "ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime"
+
+    static func attr(_ row: Row, from start: Int = 0) -> Attr {
+        Attr(ino: InodeNumber(UInt64(row[start] as Int64)),
+             mode: UInt32(truncatingIfNeeded: row[start + 1] as Int64),
+             nlink: UInt32(truncatingIfNeeded: row[start + 2] as Int64),
+             uid: UInt32(truncatingIfNeeded: row[start + 3] as Int64),
+             gid: UInt32(truncatingIfNeeded: row[start + 4] as Int64),
+             rdev: UInt64(bitPattern: row[start + 5] as Int64),
+             size: UInt64(bitPattern: row[start + 6] as Int64),
+             atime: Timestamp(nanoseconds: row[start + 7]),
+             mtime: Timestamp(nanoseconds: row[start + 8]),
+             ctime: Timestamp(nanoseconds: row[start + 9]))
+    }
+
+    static func fetchAttr(_ db: Database, _ ino: InodeNumber) throws -> Attr {
+        let statement = try db.cachedStatement(sql: "SELECT \(attrColumns) FROM inodes WHERE ino = ?")
+        guard let row = try Row.fetchOne(statement, arguments: [Int64(ino.rawValue)]) else {
+            throw MetadataError.notFound
+        }
+        return attr(row)
+    }
+
+    /// The attributes of `ino`, which must be a directory that still has a name.
+    static func fetchDirectory(_ db: Database, _ ino: InodeNumber) throws -> Attr {
+        let attr = try fetchAttr(db, ino)
+        guard attr.isDirectory else { throw MetadataError.notDirectory }
+        guard attr.nlink > 0 else { throw MetadataError.notFound }
+        return attr
+    }
+
+    static func entry(_ db: Database, _ parent: InodeNumber, _ name: FileName) throws -> InodeNumber? {
+        let statement = try db.cachedStatement(sql: "SELECT ino FROM dentries WHERE parent = ? AND name = ?")
+        return try Int64.fetchOne(statement, arguments: [Int64(parent.rawValue), Data(name.bytes)])
+            .map { InodeNumber(UInt64($0)) }
+    }
+
+    static func insertEntry(_ db: Database, _ parent: InodeNumber, _ name: FileName, _ ino: InodeNumber) throws {
+        try db.execute(sql: "INSERT INTO dentries(parent, name, ino) VALUES (?, ?, ?)",
+                       arguments: [Int64(parent.rawValue), Data(name.bytes), Int64(ino.rawValue)])
+    }
+
+    static func deleteEntry(_ db: Database, _ parent: InodeNumber, _ name: FileName) throws {
+        try db.execute(sql: "DELETE FROM dentries WHERE parent = ? AND name = ?",
+                       arguments: [Int64(parent.rawValue), Data(name.bytes)])
+    }
+
+    /// Sets mtime and ctime of a directory whose entries changed, and adjusts its link count.
+    static func touchDirectory(_ db: Database, _ dir: InodeNumber, nlinkDelta: Int = 0, now: Timestamp) throws {
+        try db.execute(sql: "UPDATE inodes SET mtime = ?, ctime = ?, nlink = nlink + ? WHERE ino = ?",
+                       arguments: [now.nanoseconds, now.nanoseconds, nlinkDelta, Int64(dir.rawValue)])
+    }
+
+    static func setting(_ db: Database, _ key: String) throws -> Int64 {
+        let statement = try db.cachedStatement(sql: "SELECT value FROM settings WHERE key = ?")
+        guard let value = try Int64.fetchOne(statement, arguments: [key]) else {
+            throw MetadataError.notAVolume("setting \(key) is missing")
+        }
+        return value
+    }
+
+    static func hasEntries(_ db: Database, _ dir: InodeNumber) throws -> Bool {
+        try Bool.fetchOne(db, sql: "SELECT EXISTS(SELECT 1 FROM dentries WHERE parent = ?)",
+                          arguments: [Int64(dir.rawValue)]) ?? false
+    }
+
+    static func retire(_ db: Database, _ objects: [ObjectID], now: Timestamp) throws {
+        let statement = try db.cachedStatement(sql: "INSERT OR IGNORE INTO garbage(object, since) VALUES (?, ?)")
+        for object in objects {
+            try statement.execute(arguments: [Int64(bitPattern: object.rawValue), now.nanoseconds])
+        }
+    }
+
+    static func addUsage(_ db: Database, _ delta: Int64) throws {
+        guard delta != 0 else { return }
+        if delta > 0 {
+            let used = try setting(db, "used_bytes")
+            let limit = UInt64(bitPattern: try setting(db, "size_limit"))
+            if UInt64(used) + UInt64(delta) > limit { throw MetadataError.noSpace }
+        }
+        try db.execute(sql: "UPDATE settings SET value = max(0, value + ?) WHERE key = 'used_bytes'", arguments: [delta])
+    }
+
+    // MARK: - Volume
+
+    public func settings() throws(MetadataError) -> VolumeSettings {
+        try read { db in
+            VolumeSettings(chunkSize: Int(try Self.setting(db, "chunk_size")),
+                           sizeLimit: UInt64(bitPattern: try Self.setting(db, "size_limit")))
+        }
+    }
+
+    public func usage() throws(MetadataError) -> VolumeUsage {
+        try read { db in
+            VolumeUsage(sizeLimit: UInt64(bitPattern: try Self.setting(db, "size_limit")),
+                        usedBytes: UInt64(max(0, try Self.setting(db, "used_bytes"))),
+                        inodes: UInt64(try Int64.fetchOne(db, sql: "SELECT count(*) FROM inodes") ?? 0),
+                        chunkSize: Int(try Self.setting(db, "chunk_size")))
+        }
+    }
+
+    public func resize(sizeLimit: UInt64) throws(MetadataError) {
+        try write { db in
+            let current = UInt64(bitPattern: try Self.setting(db, "size_limit"))
+            guard sizeLimit >= current else {
+                throw MetadataError.invalidArgument("a volume can grow but not shrink")
+            }
+            try db.execute(sql: "UPDATE settings SET value = ? WHERE key = 'size_limit'",
+                           arguments: [Int64(bitPattern: sizeLimit)])
+        }
+    }
+
+    // MARK: - Namespace
+
+    public func lookup(_ parent: InodeNumber, _ name: FileName) throws(MetadataError) -> Attr {
+        try read { db in
+            let statement = try db.cachedStatement(sql: """
+                SELECT \(Self.attrColumns.split(separator: ",").map { "i." + $0.trimmingCharacters(in: .whitespaces) }.joined(separator: ", "))
+                FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE d.parent = ? AND d.name = ?
+                """)
+            if let row = try Row.fetchOne(statement, arguments: [Int64(parent.rawValue), Data(name.bytes)]) {
+                return Self.attr(row)
+            }
+            _ = try Self.fetchDirectory(db, parent)
+            throw MetadataError.notFound
+        }
+    }
+
+    public func getattr(_ ino: InodeNumber) throws(MetadataError) -> Attr {
+        try read { db in try Self.fetchAttr(db, ino) }
+    }
+
+    public func touch(_ ino: InodeNumber, atime: Timestamp) throws(MetadataError) {
+        try write { db in
+            try db.execute(sql: "UPDATE inodes SET atime = ? WHERE ino = ?", arguments: [atime.nanoseconds, Int64(ino.rawValue)])
+        }
+    }
+
+    public func setattr(_ ino: InodeNumber, _ changes: AttrChanges, now: Timestamp) throws(MetadataError) -> Attr {
+        try write { db in
+            var attr = try Self.fetchAttr(db, ino)
+            if let mode = changes.mode { attr.mode = (attr.mode & FileType.mask) | (mode & 0o7777) }
+            if let uid = changes.uid { attr.uid = uid }
+            if let gid = changes.gid { attr.gid = gid }
+            if let atime = changes.atime { attr.atime = atime }
+            if let mtime = changes.mtime { attr.mtime = mtime }
+            attr.ctime = now
+            try db.execute(sql: "UPDATE inodes SET mode = ?, uid = ?, gid = ?, atime = ?, mtime = ?, ctime = ? WHERE ino = ?",
+                           arguments: [Int64(attr.mode), Int64(attr.uid), Int64(attr.gid), attr.atime.nanoseconds,
+                                       attr.mtime.nanoseconds, attr.ctime.nanoseconds, Int64(ino.rawValue)])
+            return attr
+        }
+    }
+
+    public func mknode(_ parent: InodeNumber, _ name: FileName, mode: UInt32, uid: UInt32, gid: UInt32,
+                       rdev: UInt64, target: [UInt8]?, now: Timestamp) throws(MetadataError) -> Attr {
+        try write { db in
+            let dir = try Self.fetchDirectory(db, parent)
+            if try Self.entry(db, parent, name) != nil { throw MetadataError.exists }
+            var mode = mode
+            var gid = gid
+            let isDirectory = mode & FileType.mask == FileType.directory.rawValue
+            if dir.mode & 0o2000 != 0 {
+                gid = dir.gid
+                if isDirectory { mode |= 0o2000 }
+            }
+            try db.execute(sql: """
+                INSERT INTO inodes(mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, parent, target)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """, arguments: [Int64(mode), isDirectory ? 2 : 1, Int64(uid), Int64(gid), Int64(bitPattern: rdev),
+                                 Int64(target?.count ?? 0), now.nanoseconds, now.nanoseconds, now.nanoseconds,
+                                 isDirectory ? Int64(parent.rawValue) : nil, target.map { Data($0) }])
+            let ino = InodeNumber(UInt64(db.lastInsertedRowID))
+            try Self.insertEntry(db, parent, name, ino)
+            try Self.touchDirectory(db, parent, nlinkDelta: isDirectory ? 1 : 0, now: now)
+            return try Self.fetchAttr(db, ino)
+        }
+    }
+
+    public func link(_ ino: InodeNumber, _ newParent: InodeNumber, _ newName: FileName, now: Timestamp) throws(MetadataError) -> Attr {
+        try write { db in
+            let attr = try Self.fetchAttr(db, ino)
+            if attr.isDirectory { throw MetadataError.notPermitted }
+            _ = try Self.fetchDirectory(db, newParent)
+            if try Self.entry(db, newParent, newName) != nil { throw MetadataError.exists }
+            if attr.nlink >= 65_000 { throw MetadataError.tooManyLinks }
+            try Self.insertEntry(db, newParent, newName, ino)
+            try db.execute(sql: "UPDATE inodes SET nlink = nlink + 1, ctime = ? WHERE ino = ?",
+                           arguments: [now.nanoseconds, Int64(ino.rawValue)])
+            try Self.touchDirectory(db, newParent, now: now)
+            return try Self.fetchAttr(db, ino)
+        }
+    }
+
+    public func unlink(_ parent: InodeNumber, _ name: FileName, now: Timestamp) throws(MetadataError) -> Attr {
+        try write { db in
+            _ = try Self.fetchDirectory(db, parent)
+            guard let ino = try Self.entry(db, parent, name) else { throw MetadataError.notFound }
+            let attr = try Self.fetchAttr(db, ino)
+            if attr.isDirectory { throw MetadataError.isDirectory }
+            try Self.deleteEntry(db, parent, name)
+            try db.execute(sql: "UPDATE inodes SET nlink = max(0, nlink - 1), ctime = ? WHERE ino = ?",
+                           arguments: [now.nanoseconds, Int64(ino.rawValue)])
+            try Self.touchDirectory(db, parent, now: now)
+            return try Self.fetchAttr(db, ino)
+        }
+    }
+
+    public func rmdir(_ parent: InodeNumber, _ name: FileName, now: Timestamp) throws(MetadataError) -> Attr {
+        try write { db in
+            _ = try Self.fetchDirectory(db, parent)
+            guard let ino = try Self.entry(db, parent, name) else { throw MetadataError.notFound }
+            let attr = try Self.fetchAttr(db, ino)
+            guard attr.isDirectory else { throw MetadataError.notDirectory }
+            if try Self.hasEntries(db, ino) { throw MetadataError.notEmpty }
+            try Self.deleteEntry(db, parent, name)
+            try db.execute(sql: "UPDATE inodes SET nlink = 0, ctime = ? WHERE ino = ?",
+                           arguments: [now.nanoseconds, Int64(ino.rawValue)])
+            try Self.touchDirectory(db, parent, nlinkDelta: -1, now: now)
+            return try Self.fetchAttr(db, ino)
+        }
+    }
+
+    /// True when `dir` is `ancestor` or lies somewhere below it.
+    static func isWithin(_ db: Database, _ dir: InodeNumber, _ ancestor: InodeNumber) throws -> Bool {
+        var current = dir
+        var steps = 0
+        while true {
+            if current == ancestor { return true }
+            if current == .root { return false }
+            guard let parent = try Int64.fetchOne(db, sql: "SELECT parent FROM inodes WHERE ino = ?",
+                                                  arguments: [Int64(current.rawValue)]) else { return false }
+            current = InodeNumber(UInt64(parent))
+            steps += 1
+            if steps > 1_000_000 { throw MetadataError.database("directory parents form a loop at \(current)") }
+        }
+    }
+
+    public func rename(_ parent: InodeNumber, _ name: FileName, _ newParent: InodeNumber, _ newName: FileName,
+                       flags: RenameFlags, now: Timestamp) throws(MetadataError) -> Attr? {
+        try write { db -> Attr? in
+            if flags.contains(.exchange) && flags.contains(.noReplace) {
+                throw MetadataError.invalidArgument("RENAME_EXCHANGE with RENAME_NOREPLACE")
+            }
+            _ = try Self.fetchDirectory(db, parent)
+            _ = try Self.fetchDirectory(db, newParent)
+            guard let source = try Self.entry(db, parent, name) else { throw MetadataError.notFound }
+            let sourceAttr = try Self.fetchAttr(db, source)
+            let target = try Self.entry(db, newParent, newName)
+            if flags.contains(.noReplace) && target != nil { throw MetadataError.exists }
+            if try sourceAttr.isDirectory && parent != newParent && Self.isWithin(db, newParent, source) {
+                throw MetadataError.invalidArgument("cannot move a directory into itself")
+            }
+
+            if flags.contains(.exchange) {
+                guard let target else { throw MetadataError.notFound }
+                if target == source { return nil }
+                let targetAttr = try Self.fetchAttr(db, target)
+                if try targetAttr.isDirectory && parent != newParent && Self.isWithin(db, parent, target) {
+                    throw MetadataError.invalidArgument("cannot move a directory into itself")
+                }
+                try db.execute(sql: "UPDATE dentries SET ino = ? WHERE parent = ? AND name = ?",
+                               arguments: [Int64(target.rawValue), Int64(parent.rawValue), Data(name.bytes)])
+                try db.execute(sql: "UPDATE dentries SET ino = ? WHERE parent = ? AND name = ?",
+                               arguments: [Int64(source.rawValue), Int64(newParent.rawValue), Data(newName.bytes)])
+                if parent != newParent {
+                    let sourceDir = sourceAttr.isDirectory ? 1 : 0
+                    let targetDir = targetAttr.isDirectory ? 1 : 0
+                    if sourceAttr.isDirectory {
+                        try db.execute(sql: "UPDATE inodes SET parent = ? WHERE ino = ?",
+                                       arguments: [Int64(newParent.rawValue), Int64(source.rawValue)])
+                    }
+                    if targetAttr.isDirectory {
+                        try db.execute(sql: "UPDATE inodes SET parent = ? WHERE ino = ?",
+                                       arguments: [Int64(parent.rawValue), Int64(target.rawValue)])
+                    }
+                    try Self.touchDirectory(db, parent, nlinkDelta: targetDir - sourceDir, now: now)
+                    try Self.touchDirectory(db, newParent, nlinkDelta: sourceDir - targetDir, now: now)
+                } else {
+                    try Self.touchDirectory(db, parent, now: now)
+                }
+                try db.execute(sql: "UPDATE inodes SET ctime = ? WHERE ino IN (?, ?)",
+                               arguments: [now.nanoseconds, Int64(source.rawValue), Int64(target.rawValue)])
+                return nil
+            }
+
+            var replaced: InodeNumber?
+            var parentLinks = 0
+            var newParentLinks = 0
+            if let target {
+                // Two names of one inode: POSIX says rename does nothing.
+                if target == source { return nil }
+                let targetAttr = try Self.fetchAttr(db, target)
+                if sourceAttr.isDirectory {
+                    guard targetAttr.isDirectory else { throw MetadataError.notDirectory }
+                    if try Self.hasEntries(db, target) { throw MetadataError.notEmpty }
+                    try db.execute(sql: "UPDATE inodes SET nlink = 0, ctime = ? WHERE ino = ?",
+                                   arguments: [now.nanoseconds, Int64(target.rawValue)])
+                    newParentLinks -= 1
+                } else {
+                    if targetAttr.isDirectory { throw MetadataError.isDirectory }
+                    try db.execute(sql: "UPDATE inodes SET nlink = max(0, nlink - 1), ctime = ? WHERE ino = ?",
+                                   arguments: [now.nanoseconds, Int64(target.rawValue)])
+                }
+                try Self.deleteEntry(db, newParent, newName)
+                replaced = target
+            }
+            try Self.deleteEntry(db, parent, name)
+            try Self.insertEntry(db, newParent, newName, source)
+            if sourceAttr.isDirectory && parent != newParent {
+                try db.execute(sql: "UPDATE inodes SET parent = ? WHERE ino = ?",
+                               arguments: [Int64(newParent.rawValue), Int64(source.rawValue)])
+                parentLinks -= 1
+                newParentLinks += 1
+            }
+            try db.execute(sql: "UPDATE inodes SET ctime = ? WHERE ino = ?",
+                           arguments: [now.nanoseconds, Int64(source.rawValue)])
+            if parent == newParent {
+                try Self.touchDirectory(db, parent, nlinkDelta: parentLinks + newParentLinks, now: now)
+            } else {
+                try Self.touchDirectory(db, parent, nlinkDelta: parentLinks, now: now)
+                try Self.touchDirectory(db, newParent, nlinkDelta: newParentLinks, now: now)
+            }
+            return try replaced.map { try Self.fetchAttr(db, $0) }
+        }
+    }
+
+    public func readdir(_ ino: InodeNumber, after cookie: Int64, limit: Int) throws(MetadataError) -> [DirEntry] {
+        try read { db in
+            let dir = try Self.fetchAttr(db, ino)
+            guard dir.isDirectory else { throw MetadataError.notDirectory }
+            let statement = try db.cachedStatement(sql: """
+                SELECT d.cookie, d.name, i.ino, i.mode, i.nlink, i.uid, i.gid, i.rdev, i.size, i.atime, i.mtime, i.ctime
+                FROM dentries d JOIN inodes i ON i.ino = d.ino
+                WHERE d.parent = ? AND d.cookie > ? ORDER BY d.cookie LIMIT ?
+                """)
+            return try Row.fetchAll(statement, arguments: [Int64(ino.rawValue), cookie, limit]).map { row in
+                DirEntry(name: FileName([UInt8](row[1] as Data)), attr: Self.attr(row, from: 2), cookie: row[0])
+            }
+        }
+    }
+
+    public func readlink(_ ino: InodeNumber) throws(MetadataError) -> [UInt8] {
+        try read { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT mode, target FROM inodes WHERE ino = ?",
+                                             arguments: [Int64(ino.rawValue)]) else { throw MetadataError.notFound }
+            guard UInt32(truncatingIfNeeded: row[0] as Int64) & FileType.mask == FileType.symlink.rawValue,
+                  let target = row[1] as Data? else {
+                throw MetadataError.invalidArgument("not a symbolic link")
+            }
+            return [UInt8](target)
+        }
+    }
+
+    // MARK: - Data
+
+    public func chunks(_ ino: InodeNumber) throws(MetadataError) -> [ChunkRef] {
+        try read { db in
+            let statement = try db.cachedStatement(sql: "SELECT idx, object, length, checksums FROM chunks WHERE ino = ? ORDER BY idx")
+            return try Row.fetchAll(statement, arguments: [Int64(ino.rawValue)]).map { row throws in
+                let encoded = [UInt8](row[3] as Data)
+                guard let checksums = BlockChecksums(encoded: encoded) else {
+                    throw MetadataError.database("chunk \(row[0] as Int64) of \(ino) has damaged checksums")
+                }
+                return ChunkRef(index: Int(row[0] as Int64), object: ObjectID(rawValue: UInt64(bitPattern: row[1])),
+                                length: Int(row[2] as Int64), checksums: checksums)
+            }
+        }
+    }
+
+    @discardableResult
+    public func commitData(_ ino: InodeNumber, chunks: [ChunkRef], dropFrom: Int?, size: UInt64,
+                           mtime: Timestamp?, now: Timestamp) throws(MetadataError) -> [ObjectID] {
+        try write { db in
+            let attr = try Self.fetchAttr(db, ino)
+            guard attr.isRegular else { throw MetadataError.invalidArgument("not a regular file") }
+            var delta: Int64 = 0
+            var retired: [ObjectID] = []
+            let inoValue = Int64(ino.rawValue)
+            if let dropFrom {
+                for row in try Row.fetchAll(db, sql: "SELECT object, length FROM chunks WHERE ino = ? AND idx >= ?",
+                                            arguments: [inoValue, dropFrom]) {
+                    retired.append(ObjectID(rawValue: UInt64(bitPattern: row[0])))
+                    delta -= row[1] as Int64
+                }
+                try db.execute(sql: "DELETE FROM chunks WHERE ino = ? AND idx >= ?", arguments: [inoValue, dropFrom])
+            }
+            let old = try db.cachedStatement(sql: "SELECT object, length FROM chunks WHERE ino = ? AND idx = ?")
+            let put = try db.cachedStatement(sql: "INSERT OR REPLACE INTO chunks(ino, idx, object, length, checksums) VALUES (?, ?, ?, ?, ?)")
+            let keep = try db.cachedStatement(sql: "DELETE FROM garbage WHERE object = ?")
+            for chunk in chunks {
+                if let row = try Row.fetchOne(old, arguments: [inoValue, chunk.index]) {
+                    retired.append(ObjectID(rawValue: UInt64(bitPattern: row[0])))
+                    delta -= row[1] as Int64
+                }
+                delta += Int64(chunk.length)
+                let object = Int64(bitPattern: chunk.object.rawValue)
+                try put.execute(arguments: [inoValue, chunk.index, object, chunk.length, Data(chunk.checksums.encoded)])
+                // An upload that gc adopted as a stray before this commit is no stray.
+                try keep.execute(arguments: [object])
+            }
+            try Self.addUsage(db, delta)
+            let newMtime = mtime ?? attr.mtime
+            try db.execute(sql: "UPDATE inodes SET size = ?, mtime = ?, ctime = ? WHERE ino = ?",
+                           arguments: [Int64(bitPattern: size), newMtime.nanoseconds, now.nanoseconds, inoValue])
+            try Self.retire(db, retired, now: now)
+            return retired
+        }
+    }
+
+    public func sync() throws(MetadataError) {
+        do {
+            try pool.writeWithoutTransaction { db in
+                try db.execute(sql: "PRAGMA synchronous = FULL")
+                defer { try? db.execute(sql: "PRAGMA synchronous = NORMAL") }
+                // A commit under synchronous=FULL syncs the WAL, and with it every commit before it.
+                try db.execute(sql: "UPDATE settings SET value = value + 1 WHERE key = 'syncs'")
+            }
+        } catch {
+            throw .database(String(describing: error))
+        }
+    }
+
+    public func purge(_ ino: InodeNumber, now: Timestamp) throws(MetadataError) {
+        try write { db in
+            guard let nlink = try Int64.fetchOne(db, sql: "SELECT nlink FROM inodes WHERE ino = ?",
+                                                 arguments: [Int64(ino.rawValue)]), nlink == 0 else { return }
+            let rows = try Row.fetchAll(db, sql: "SELECT object, length FROM chunks WHERE ino = ?", arguments: [Int64(ino.rawValue)])
+            try Self.retire(db, rows.map { ObjectID(rawValue: UInt64(bitPattern: $0[0])) }, now: now)
+            let freed = rows.reduce(Int64(0)) { $0 + ($1[1] as Int64) }
+            try Self.addUsage(db, -freed)
+            for table in ["chunks", "xattrs", "inodes"] {
+                try db.execute(sql: "DELETE FROM \(table) WHERE ino = ?", arguments: [Int64(ino.rawValue)])
+            }
+        }
+    }
+
+    public func orphans() throws(MetadataError) -> [InodeNumber] {
+        try read { db in
+            try Int64.fetchAll(db, sql: "SELECT ino FROM inodes WHERE nlink = 0").map { InodeNumber(UInt64($0)) }
+        }
+    }
+
+    // MARK: - Extended attributes
+
+    public func getxattr(_ ino: InodeNumber, _ name: FileName) throws(MetadataError) -> [UInt8] {
+        try read { db in
+            _ = try Self.fetchAttr(db, ino)
+            guard let value = try Data.fetchOne(db, sql: "SELECT value FROM xattrs WHERE ino = ? AND name = ?",
+                                                arguments: [Int64(ino.rawValue), Data(name.bytes)]) else {
+                throw MetadataError.noAttribute
+            }
+            return [UInt8](value)
+        }
+    }
+
+    public func setxattr(_ ino: InodeNumber, _ name: FileName, _ value: [UInt8], mode: XattrMode, now: Timestamp) throws(MetadataError) {
+        try write { db in
+            _ = try Self.fetchAttr(db, ino)
+            let exists = try Bool.fetchOne(db, sql: "SELECT EXISTS(SELECT 1 FROM xattrs WHERE ino = ? AND name = ?)",
+                                           arguments: [Int64(ino.rawValue), Data(name.bytes)]) ?? false
+            switch mode {
+            case .create where exists: throw MetadataError.exists
+            case .replace where !exists: throw MetadataError.noAttribute
+            default: break
+            }
+            try db.execute(sql: "INSERT OR REPLACE INTO xattrs(ino, name, value) VALUES (?, ?, ?)",
+                           arguments: [Int64(ino.rawValue), Data(name.bytes), Data(value)])
+            try db.execute(sql: "UPDATE inodes SET ctime = ? WHERE ino = ?", arguments: [now.nanoseconds, Int64(ino.rawValue)])
+        }
+    }
+
+    public func listxattr(_ ino: InodeNumber) throws(MetadataError) -> [FileName] {
+        try read { db in
+            _ = try Self.fetchAttr(db, ino)
+            return try Data.fetchAll(db, sql: "SELECT name FROM xattrs WHERE ino = ? ORDER BY name",
+                                     arguments: [Int64(ino.rawValue)]).map { FileName([UInt8]($0)) }
+        }
+    }
+
+    public func removexattr(_ ino: InodeNumber, _ name: FileName, now: Timestamp) throws(MetadataError) {
+        try write { db in
+            _ = try Self.fetchAttr(db, ino)
+            try db.execute(sql: "DELETE FROM xattrs WHERE ino = ? AND name = ?", arguments: [Int64(ino.rawValue), Data(name.bytes)])
+            if db.changesCount == 0 { throw MetadataError.noAttribute }
+            try db.execute(sql: "UPDATE inodes SET ctime = ? WHERE ino = ?", arguments: [now.nanoseconds, Int64(ino.rawValue)])
+        }
+    }
+
+    // MARK: - Garbage
+
+    public func garbage(before cutoff: Timestamp, limit: Int) throws(MetadataError) -> [ObjectID] {
+        try read { db in
+            try Int64.fetchAll(db, sql: "SELECT object FROM garbage WHERE since < ? LIMIT ?", arguments: [cutoff.nanoseconds, limit])
+                .map { ObjectID(rawValue: UInt64(bitPattern: $0)) }
+        }
+    }
+
+    public func dropGarbage(_ objects: [ObjectID]) throws(MetadataError) {
+        try write { db in
+            let statement = try db.cachedStatement(sql: "DELETE FROM garbage WHERE object = ?")
+            for object in objects { try statement.execute(arguments: [Int64(bitPattern: object.rawValue)]) }
+        }
+    }
+
+    public func adoptStrays(_ objects: [ObjectID], now: Timestamp) throws(MetadataError) -> Int {
+        try write { db in
+            let statement = try db.cachedStatement(sql: """
+                INSERT OR IGNORE INTO garbage(object, since)
+                SELECT ?1, ?2 WHERE NOT EXISTS (SELECT 1 FROM chunks WHERE object = ?1)
+                """)
+            var adopted = 0
+            for object in objects {
+                try statement.execute(arguments: [Int64(bitPattern: object.rawValue), now.nanoseconds])
+                adopted += db.changesCount
+            }
+            return adopted
+        }
+    }
+
+    public func knownObjects() throws(MetadataError) -> Set<ObjectID> {
+        try read { db in
+            Set(try Int64.fetchAll(db, sql: "SELECT object FROM chunks UNION SELECT object FROM garbage")
+                .map { ObjectID(rawValue: UInt64(bitPattern: $0)) })
+        }
+    }
+}
+
+extension SQLiteMetadata {
+    /// Every chunk of every file, by inode (for fsck).
+    public func allChunks() throws(MetadataError) -> [(InodeNumber, [ChunkRef])] {
+        let inodes = try read { db in
+            try Int64.fetchAll(db, sql: "SELECT DISTINCT ino FROM chunks ORDER BY ino").map { InodeNumber(UInt64($0)) }
+        }
+        var result: [(InodeNumber, [ChunkRef])] = []
+        for ino in inodes { result.append((ino, try chunks(ino))) }
+        return result
+    }
+}

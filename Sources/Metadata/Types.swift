@@ -1,0 +1,173 @@
+// Metadata: the namespace, attributes, chunk maps and settings of a volume.
+//
+// Every change is one transaction: a crash leaves each operation either done or not
+// done. Chunk objects are referred to here only after they are stored whole (the
+// caller's duty); objects a transaction stops referring to go to the `garbage` list with
+// the time they left, and are deleted from the chunk store only after a grace period so
+// that a reader still holding an older chunk map never finds them gone.
+
+public import ChunkStore
+
+/// The number of an inode; the root directory is 1.
+public struct InodeNumber: RawRepresentable, Hashable, Comparable, Sendable, CustomStringConvertible {
+    public let rawValue: UInt64
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    public init(_ rawValue: UInt64) { self.rawValue = rawValue }
+    public static let root = InodeNumber(1)
+    public static func < (a: InodeNumber, b: InodeNumber) -> Bool { a.rawValue < b.rawValue }
+    public var description: String { "#\(rawValue)" }
+}
+
+/// A directory entry's name: raw bytes, since POSIX names need not be UTF-8.
+public struct FileName: Hashable, Sendable, CustomStringConvertible, ExpressibleByStringLiteral {
+    public let bytes: [UInt8]
+    public init(_ bytes: [UInt8]) { self.bytes = bytes }
+    public init(_ string: String) { self.bytes = Array(string.utf8) }
+    public init(stringLiteral value: String) { self.init(value) }
+    public var description: String { String(decoding: bytes, as: UTF8.self) }
+
+    /// The longest name a directory entry may have, in bytes (NAME_MAX).
+    public static let maxLength = 255
+}
+
+/// A point in time, in nanoseconds since the Unix epoch.
+public struct Timestamp: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public var nanoseconds: Int64
+    public init(nanoseconds: Int64) { self.nanoseconds = nanoseconds }
+    public init(seconds: Int64, nanoseconds: Int64) { self.nanoseconds = seconds * 1_000_000_000 + nanoseconds }
+    public var seconds: Int64 { nanoseconds >= 0 ? nanoseconds / 1_000_000_000 : (nanoseconds - 999_999_999) / 1_000_000_000 }
+    public var subsecondNanoseconds: Int64 { nanoseconds - seconds * 1_000_000_000 }
+    public static func < (a: Timestamp, b: Timestamp) -> Bool { a.nanoseconds < b.nanoseconds }
+    public var description: String { "\(seconds).\(subsecondNanoseconds)" }
+}
+
+/// File type bits of `st_mode`.
+public enum FileType: UInt32, Sendable {
+    case fifo = 0o010000
+    case characterDevice = 0o020000
+    case directory = 0o040000
+    case blockDevice = 0o060000
+    case regular = 0o100000
+    case symlink = 0o120000
+    case socket = 0o140000
+
+    public static let mask: UInt32 = 0o170000
+}
+
+/// The attributes of one inode, as `stat` reports them.
+public struct Attr: Equatable, Sendable {
+    public var ino: InodeNumber
+    /// `st_mode`: type bits and permission bits.
+    public var mode: UInt32
+    public var nlink: UInt32
+    public var uid: UInt32
+    public var gid: UInt32
+    public var rdev: UInt64
+    public var size: UInt64
+    public var atime: Timestamp
+    public var mtime: Timestamp
+    public var ctime: Timestamp
+
+    public init(ino: InodeNumber, mode: UInt32, nlink: UInt32, uid: UInt32, gid: UInt32, rdev: UInt64,
+                size: UInt64, atime: Timestamp, mtime: Timestamp, ctime: Timestamp) {
+        self.ino = ino; self.mode = mode; self.nlink = nlink; self.uid = uid; self.gid = gid
+        self.rdev = rdev; self.size = size; self.atime = atime; self.mtime = mtime; self.ctime = ctime
+    }
+
+    public var type: FileType? { FileType(rawValue: mode & FileType.mask) }
+    public var isDirectory: Bool { type == .directory }
+    public var isRegular: Bool { type == .regular }
+    public var permissions: UInt32 { mode & 0o7777 }
+}
+
+/// One entry of a directory listing.
+public struct DirEntry: Equatable, Sendable {
+    public var name: FileName
+    public var attr: Attr
+    /// Position of this entry in its directory; a listing resumed after `cookie` continues
+    /// with the entries added after it, however the directory changed in between.
+    public var cookie: Int64
+}
+
+/// One stored chunk of a regular file: chunk `index` covers bytes
+/// `[index * chunkSize, (index + 1) * chunkSize)` of the file; its object holds the first
+/// `length` bytes of that range (the rest, up to the file size, reads as zeros).
+public struct ChunkRef: Equatable, Sendable {
+    public var index: Int
+    public var object: ObjectID
+    public var length: Int
+    public var checksums: BlockChecksums
+
+    public init(index: Int, object: ObjectID, length: Int, checksums: BlockChecksums) {
+        self.index = index; self.object = object; self.length = length; self.checksums = checksums
+    }
+}
+
+/// What a `setattr` changes besides the size; nil leaves a field alone.
+public struct AttrChanges: Equatable, Sendable {
+    public var mode: UInt32?
+    public var uid: UInt32?
+    public var gid: UInt32?
+    public var atime: Timestamp?
+    public var mtime: Timestamp?
+    public init(mode: UInt32? = nil, uid: UInt32? = nil, gid: UInt32? = nil, atime: Timestamp? = nil, mtime: Timestamp? = nil) {
+        self.mode = mode; self.uid = uid; self.gid = gid; self.atime = atime; self.mtime = mtime
+    }
+    public var isEmpty: Bool { mode == nil && uid == nil && gid == nil && atime == nil && mtime == nil }
+}
+
+/// Settings fixed or grown over a volume's life.
+public struct VolumeSettings: Equatable, Sendable {
+    public var chunkSize: Int
+    public var sizeLimit: UInt64
+}
+
+/// Size and usage, for `statfs` and `netvol status`.
+public struct VolumeUsage: Equatable, Sendable {
+    public var sizeLimit: UInt64
+    public var usedBytes: UInt64
+    public var inodes: UInt64
+    public var chunkSize: Int
+}
+
+/// Why a metadata operation failed.
+public enum MetadataError: Error, Equatable, Sendable {
+    case notFound
+    case exists
+    case notDirectory
+    case isDirectory
+    case notEmpty
+    /// The operation makes no sense for these arguments (a directory into its own subtree, say).
+    case invalidArgument(String)
+    case nameTooLong
+    /// The volume's size limit would be exceeded.
+    case noSpace
+    /// The extended attribute does not exist (ENODATA).
+    case noAttribute
+    /// Not allowed whatever the permissions (hard link to a directory).
+    case notPermitted
+    case tooManyLinks
+    /// The directory is not a volume, or its metadata is damaged.
+    case notAVolume(String)
+    /// The database failed; the message says how.
+    case database(String)
+}
+
+/// Flags of `rename`.
+public struct RenameFlags: OptionSet, Sendable {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    /// Fail with EEXIST if the new name exists (RENAME_NOREPLACE).
+    public static let noReplace = RenameFlags(rawValue: 1)
+    /// Swap the two names atomically (RENAME_EXCHANGE).
+    public static let exchange = RenameFlags(rawValue: 2)
+}
+
+/// How `setxattr` treats an existing attribute.
+public enum XattrMode: Sendable {
+    case any
+    /// Fail with EEXIST if the attribute exists (XATTR_CREATE).
+    case create
+    /// Fail with ENODATA if the attribute does not exist (XATTR_REPLACE).
+    case replace
+}

@@ -1,0 +1,498 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+public import ChunkStore
+public import Metadata
+
+extension VolumeFS {
+    // MARK: - Open and close
+
+    /// Opens `ino` with open(2) `flags`; the handle must be released with `release`.
+    public func open(_ ino: InodeNumber, flags: Int32) throws(FSError) -> FileHandleID {
+        let attr = try Self.lift { () throws(MetadataError) in try metadata.getattr(ino) }
+        if attr.isDirectory { throw .metadata(.isDirectory) }
+        guard attr.isRegular else { throw .notSupported("opening special files") }
+        let access = flags & O_ACCMODE
+        let file = try attach(attr)
+        let handle = Handle(ino: ino, readable: access != O_WRONLY, writable: access != O_RDONLY)
+        let id = FileHandleID(rawValue: nextHandle.add(1, ordering: .relaxed).oldValue)
+        handles.withLock { $0[id] = handle }
+        if flags & O_TRUNC != 0 && handle.writable {
+            do {
+                try truncate(ino, to: 0)
+            } catch {
+                release(ino, id)
+                throw error
+            }
+        }
+        if handle.readable && options.relatime { touchAtime(attr) }
+        _ = file
+        return id
+    }
+
+    /// Creates a regular file and opens it.
+    public func create(_ parent: InodeNumber, _ name: FileName, mode: UInt32, flags: Int32,
+                       uid: UInt32, gid: UInt32) throws(FSError) -> (Attr, FileHandleID) {
+        try Self.checkNew(name)
+        let attr: Attr
+        do {
+            attr = try Self.lift { () throws(MetadataError) in
+                try metadata.mknode(parent, name, mode: FileType.regular.rawValue | (mode & 0o7777), uid: uid, gid: gid,
+                                    rdev: 0, target: nil, now: Self.now())
+            }
+        } catch .metadata(.exists) where flags & O_EXCL == 0 {
+            let existing = try Self.lift { () throws(MetadataError) in try metadata.lookup(parent, name) }
+            let handle = try open(existing.ino, flags: flags)
+            remember(existing.ino)
+            return (try getattr(existing.ino), handle)
+        }
+        remember(attr.ino)
+        let handle = try open(attr.ino, flags: flags & ~O_TRUNC)
+        return (attr, handle)
+    }
+
+    /// The open state of `attr`'s inode, made on first open; counts one more open.
+    func attach(_ attr: Attr) throws(FSError) -> OpenFile {
+        let file = try openFiles.withLock { files throws(FSError) -> OpenFile in
+            if let file = files[attr.ino] { return file }
+            // Close-to-open: a first open reads the chunk map afresh.
+            let chunks = try Self.lift { () throws(MetadataError) in try metadata.chunks(attr.ino) }
+            let file = OpenFile(ino: attr.ino, chunkMap: Dictionary(uniqueKeysWithValues: chunks.map { ($0.index, $0) }),
+                                size: attr.size)
+            files[attr.ino] = file
+            return file
+        }
+        file.lock.lock()
+        file.opens += 1
+        file.lock.unlock()
+        refs.withLock { $0[attr.ino, default: KernelRefs()].opens += 1 }
+        return file
+    }
+
+    func touchAtime(_ attr: Attr) {
+        let now = Self.now()
+        let day: Int64 = 86_400 * 1_000_000_000
+        guard attr.atime <= attr.mtime || attr.atime <= attr.ctime || now.nanoseconds - attr.atime.nanoseconds > day else { return }
+        do {
+            try metadata.touch(attr.ino, atime: now)
+        } catch {
+            logger.warning("cannot update atime of inode \(attr.ino.rawValue): \(error)")
+        }
+    }
+
+    func file(_ fh: FileHandleID, _ ino: InodeNumber) throws(FSError) -> OpenFile {
+        guard let handle = handles.withLock({ $0[fh] }), handle.ino == ino,
+              let file = openFiles.withLock({ $0[ino] }) else { throw .badHandle }
+        return file
+    }
+
+    /// Commits what was written through any handle of the file (close(2) calls this).
+    public func flush(_ ino: InodeNumber, _ fh: FileHandleID) throws(FSError) {
+        let file = try file(fh, ino)
+        file.lock.lock()
+        defer { file.lock.unlock() }
+        try commit(file)
+    }
+
+    /// Commits the file and makes it durable against a crash of the process or machine.
+    public func fsync(_ ino: InodeNumber, _ fh: FileHandleID) throws(FSError) {
+        try flush(ino, fh)
+        try Self.lift { () throws(MetadataError) in try metadata.sync() }
+    }
+
+    /// Drops a handle. The last release of a file commits what is left and forgets its
+    /// open state; an unlinked file is purged once nothing refers to it.
+    public func release(_ ino: InodeNumber, _ fh: FileHandleID) {
+        guard handles.withLock({ $0.removeValue(forKey: fh) }) != nil,
+              let file = openFiles.withLock({ $0[ino] }) else {
+            logger.warning("release of unknown handle \(fh.rawValue) of inode \(ino.rawValue)")
+            return
+        }
+        file.lock.lock()
+        file.opens -= 1
+        if file.opens == 0 {
+            do {
+                try commit(file)
+            } catch {
+                logger.error("data written to inode \(ino.rawValue) is lost: the last close could not commit it: \(error)")
+                let dropped = file.reserved.values.reduce(0, +)
+                accounting.withLock { $0.reserved -= dropped }
+                file.dirty = [:]
+                file.reserved = [:]
+            }
+            openFiles.withLock { files in
+                if files[ino] === file { files[ino] = nil }
+            }
+        }
+        file.lock.unlock()
+        let released = refs.withLock { table -> Bool in
+            guard var entry = table[ino] else { return false }
+            entry.opens -= 1
+            if entry.opens <= 0 && entry.lookups == 0 && ino != .root {
+                table[ino] = nil
+                return true
+            }
+            table[ino] = entry
+            return false
+        }
+        if released { purgeIfUnlinked(ino) }
+    }
+
+    /// Commits every open file (at unmount).
+    public func flushAll() {
+        for file in openFiles.withLock({ Array($0.values) }) {
+            file.lock.lock()
+            do {
+                try commit(file)
+            } catch {
+                logger.error("cannot commit inode \(file.ino.rawValue) at unmount: \(error)")
+            }
+            file.lock.unlock()
+        }
+    }
+
+    // MARK: - Read
+
+    /// Reads up to `count` bytes of `ino` from `offset`; fewer only at the end of the file.
+    ///
+    /// Chunks missing from the file's map read as zeros. Every stored block read is checked
+    /// against its recorded checksum before any byte is returned.
+    ///
+    /// - Throws: `.corrupt` or `.store` (EIO) when a chunk is damaged or missing.
+    public func read(_ ino: InodeNumber, _ fh: FileHandleID, offset: UInt64, count: Int) throws(FSError) -> [UInt8] {
+        let file = try file(fh, ino)
+        file.lock.lock()
+        let size = file.size
+        guard offset < size, count > 0 else {
+            file.lock.unlock()
+            return []
+        }
+        let end = min(offset + UInt64(count), size)
+        let cs = UInt64(chunkSize)
+        let first = Int(offset / cs)
+        let last = Int((end - 1) / cs)
+        // Snapshot under the lock, read outside it: objects are immutable and buffers are
+        // copied on write, so other readers and writers are not held up by our I/O.
+        let parts = (first...last).map { index in (index, file.dirty[index], file.chunkMap[index]) }
+        file.lock.unlock()
+
+        var output = [UInt8](repeating: 0, count: Int(end - offset))
+        try Self.typed { try output.withUnsafeMutableBytes { (out: UnsafeMutableRawBufferPointer) throws in
+            for (index, dirty, ref) in parts {
+                let chunkStart = UInt64(index) * cs
+                let low = Int(max(offset, chunkStart) - chunkStart)
+                let high = Int(min(end, chunkStart + cs) - chunkStart)
+                let destination = UnsafeMutableRawBufferPointer(rebasing: out[Int(chunkStart + UInt64(low) - offset)...])
+                if let dirty {
+                    let available = min(high, dirty.count) - low
+                    if available > 0 {
+                        dirty.withUnsafeBytes { source in
+                            destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[low..<(low + available)]))
+                        }
+                    }
+                } else if let ref {
+                    try readVerified(ino, ref, from: low, to: high, into: destination)
+                }
+            }
+        } }
+        return output
+    }
+
+    /// Reads bytes `[low, high)` of a stored chunk into `destination`, checking every block
+    /// touched; bytes past the object's length are left as they are (zeros).
+    func readVerified(_ ino: InodeNumber, _ ref: ChunkRef, from low: Int, to high: Int,
+                      into destination: UnsafeMutableRawBufferPointer) throws(FSError) {
+        let stop = min(high, ref.length)
+        guard low < stop else { return }
+        let blockSize = BlockChecksums.blockSize
+        guard ref.checksums.values.count == (ref.length + blockSize - 1) / blockSize else {
+            throw corrupt(ino, ref, "has \(ref.checksums.values.count) checksums for \(ref.length) bytes")
+        }
+        let firstBlock = low / blockSize
+        let lastBlock = (stop - 1) / blockSize
+        let readStart = firstBlock * blockSize
+        let readEnd = min((lastBlock + 1) * blockSize, ref.length)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: readEnd - readStart, alignment: 16)
+        defer { buffer.deallocate() }
+        let got: Int
+        do {
+            got = try store.read(ref.object, offset: readStart, into: buffer)
+        } catch {
+            logger.error("read of inode \(ino.rawValue) chunk \(ref.index) (object \(ref.object)) failed: \(error)")
+            throw .store(error, ino: ino, chunk: ref.index)
+        }
+        guard got == buffer.count else {
+            throw corrupt(ino, ref, "object is \(readStart + got) bytes, expected \(ref.length)")
+        }
+        for block in firstBlock...lastBlock {
+            let start = block * blockSize - readStart
+            let bytes = UnsafeRawBufferPointer(rebasing: buffer[start..<min(start + blockSize, buffer.count)])
+            if BlockChecksums.hash(bytes) != ref.checksums.values[block] {
+                throw corrupt(ino, ref, "checksum mismatch in block \(block)")
+            }
+        }
+        destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: buffer[(low - readStart)..<(stop - readStart)]))
+    }
+
+    func corrupt(_ ino: InodeNumber, _ ref: ChunkRef, _ why: String) -> FSError {
+        logger.error("inode \(ino.rawValue) chunk \(ref.index) (object \(ref.object)) \(why): answering EIO")
+        return .corrupt(ino: ino, chunk: ref.index, why)
+    }
+
+    /// The whole stored content of chunk `index`, verified (empty if the chunk is a hole).
+    func load(_ file: OpenFile, _ index: Int) throws(FSError) -> [UInt8] {
+        guard let ref = file.chunkMap[index] else { return [] }
+        var bytes = [UInt8](repeating: 0, count: ref.length)
+        bytes.reserveCapacity(chunkSize)
+        try Self.typed { try bytes.withUnsafeMutableBytes { (buffer: UnsafeMutableRawBufferPointer) throws in
+            try readVerified(file.ino, ref, from: 0, to: ref.length, into: buffer)
+        } }
+        return bytes
+    }
+
+    // MARK: - Write
+
+    /// Writes `data` at `offset`; returns the number of bytes written (all of them).
+    ///
+    /// - Throws: `.noSpace` (ENOSPC) when the volume's size limit would be exceeded, with
+    ///   nothing changed; `.fileTooBig` (EFBIG) past `maxFileSize`.
+    public func write(_ ino: InodeNumber, _ fh: FileHandleID, offset: UInt64, _ data: UnsafeRawBufferPointer) throws(FSError) -> Int {
+        let file = try file(fh, ino)
+        guard data.count > 0 else { return 0 }
+        let (end, overflow) = offset.addingReportingOverflow(UInt64(data.count))
+        guard !overflow, end <= Self.maxFileSize else { throw .fileTooBig }
+        file.lock.lock()
+        defer { file.lock.unlock() }
+
+        let cs = UInt64(chunkSize)
+        let first = Int(offset / cs)
+        let last = Int((end - 1) / cs)
+        var growth: [Int: Int64] = [:]
+        for index in first...last {
+            let current = file.dirty[index]?.count ?? file.chunkMap[index]?.length ?? 0
+            let high = Int(min(end, UInt64(index + 1) * cs) - UInt64(index) * cs)
+            growth[index] = Int64(max(0, high - current))
+        }
+        try reserve(growth.values.reduce(0, +))
+
+        for index in first...last {
+            if file.dirty[index] == nil {
+                do {
+                    file.dirty[index] = try load(file, index)
+                } catch {
+                    let unused = (index...last).reduce(Int64(0)) { $0 + (growth[$1] ?? 0) }
+                    accounting.withLock { $0.reserved -= unused }
+                    throw error
+                }
+            }
+            let chunkStart = UInt64(index) * cs
+            let low = Int(max(offset, chunkStart) - chunkStart)
+            let high = Int(min(end, chunkStart + cs) - chunkStart)
+            if file.dirty[index]!.count < high {
+                file.dirty[index]!.append(contentsOf: repeatElement(0, count: high - file.dirty[index]!.count))
+            }
+            let sourceStart = Int(chunkStart + UInt64(low) - offset)
+            file.dirty[index]!.withUnsafeMutableBytes { buffer in
+                UnsafeMutableRawBufferPointer(rebasing: buffer[low..<high])
+                    .copyMemory(from: UnsafeRawBufferPointer(rebasing: data[sourceStart..<(sourceStart + high - low)]))
+            }
+            file.reserved[index, default: 0] += growth[index] ?? 0
+        }
+        file.size = max(file.size, end)
+        file.mtime = Self.now()
+
+        if file.dirty.count > options.maxDirtyChunksPerFile {
+            try commit(file)
+        } else {
+            let full = (first...last).filter { file.dirty[$0]?.count == chunkSize }
+            if !full.isEmpty { try commit(file, only: full) }
+        }
+        return data.count
+    }
+
+    func reserve(_ bytes: Int64) throws(FSError) {
+        guard bytes > 0 else { return }
+        try accounting.withLock { state throws(FSError) in
+            if Int64(state.used) + state.reserved + bytes > Int64(state.limit) { throw .noSpace }
+            state.reserved += bytes
+        }
+    }
+
+    /// Stores the dirty chunks of `file` (all, or `only` these) as new objects and swaps
+    /// them in with one metadata transaction. Caller holds `file.lock`.
+    func commit(_ file: OpenFile, only: [Int]? = nil) throws(FSError) {
+        let indices = (only ?? Array(file.dirty.keys)).filter { file.dirty[$0] != nil }.sorted()
+        if indices.isEmpty && file.size == file.committedSize && file.mtime == nil { return }
+        var refs: [ChunkRef] = []
+        do {
+            for index in indices {
+                try Self.typed { try file.dirty[index]!.withUnsafeBytes { (bytes: UnsafeRawBufferPointer) throws in
+                    refs.append(try storeObject(file.ino, index, bytes))
+                } }
+            }
+        } catch {
+            for ref in refs { try? store.delete(ref.object) }
+            throw error
+        }
+        var size = file.size
+        if only != nil {
+            // Commit no size that covers data still buffered: a crash would show it as zeros.
+            let reach = refs.map { UInt64($0.index * chunkSize + $0.length) }.max() ?? 0
+            size = min(file.size, max(file.committedSize, reach))
+        }
+        do {
+            try metadata.commitData(file.ino, chunks: refs, dropFrom: nil, size: size, mtime: file.mtime, now: Self.now())
+        } catch {
+            for ref in refs { try? store.delete(ref.object) }
+            logger.error("commit of inode \(file.ino.rawValue) failed: \(error)")
+            throw .metadata(error)
+        }
+        var delta: Int64 = 0
+        var released: Int64 = 0
+        for ref in refs {
+            delta += Int64(ref.length) - Int64(file.chunkMap[ref.index]?.length ?? 0)
+            released += file.reserved.removeValue(forKey: ref.index) ?? 0
+            file.chunkMap[ref.index] = ref
+            file.dirty[ref.index] = nil
+        }
+        file.committedSize = size
+        if file.dirty.isEmpty && file.size == size { file.mtime = nil }
+        accounting.withLock { state in
+            state.used = UInt64(max(0, Int64(state.used) + delta))
+            state.reserved -= released
+        }
+    }
+
+    /// Stores `bytes` as a new object for chunk `index` of `ino`.
+    func storeObject(_ ino: InodeNumber, _ index: Int, _ bytes: UnsafeRawBufferPointer) throws(FSError) -> ChunkRef {
+        let checksums = BlockChecksums(of: bytes)
+        var attempts = 0
+        while true {
+            let id = ObjectID.random()
+            do {
+                try store.put(id, bytes)
+                return ChunkRef(index: index, object: id, length: bytes.count, checksums: checksums)
+            } catch .exists(_) where attempts < 3 {
+                attempts += 1
+            } catch {
+                logger.error("cannot store chunk \(index) of inode \(ino.rawValue): \(error)")
+                throw .store(error, ino: ino, chunk: index)
+            }
+        }
+    }
+
+    // MARK: - Size changes
+
+    /// Sets the size of `ino`: shrinking drops whole chunks past the end and rewrites the
+    /// one the new end falls in; growing adds a hole, which takes no space.
+    public func truncate(_ ino: InodeNumber, to size: UInt64) throws(FSError) {
+        guard size <= Self.maxFileSize else { throw .fileTooBig }
+        let attr = try Self.lift { () throws(MetadataError) in try metadata.getattr(ino) }
+        if attr.isDirectory { throw .metadata(.isDirectory) }
+        guard attr.isRegular else { throw .invalidArgument("truncate of a special file") }
+        let file = openFiles.withLock { $0[ino] }
+        file?.lock.lock()
+        defer { file?.lock.unlock() }
+        var chunkMap: [Int: ChunkRef]
+        var currentSize = attr.size
+        if let file {
+            try commit(file)
+            chunkMap = file.chunkMap
+            currentSize = file.size
+        } else {
+            chunkMap = Dictionary(uniqueKeysWithValues: try Self.lift { () throws(MetadataError) in
+                try metadata.chunks(ino)
+            }.map { ($0.index, $0) })
+        }
+        if size == currentSize { return }
+
+        var boundary: [ChunkRef] = []
+        var dropFrom: Int? = nil
+        var delta: Int64 = 0
+        if size < currentSize {
+            let cs = UInt64(chunkSize)
+            let index = Int(size / cs)
+            let keep = Int(size % cs)
+            dropFrom = keep == 0 ? index : index + 1
+            if keep > 0, let ref = chunkMap[index], ref.length > keep {
+                var bytes = [UInt8](repeating: 0, count: keep)
+                try Self.typed { try bytes.withUnsafeMutableBytes { (buffer: UnsafeMutableRawBufferPointer) throws in
+                    try readVerified(ino, ref, from: 0, to: keep, into: buffer)
+                } }
+                let newRef = try Self.typed { try bytes.withUnsafeBytes { (buffer: UnsafeRawBufferPointer) throws in
+                    try storeObject(ino, index, buffer)
+                } }
+                boundary.append(newRef)
+                delta += Int64(keep - ref.length)
+            }
+            for (chunkIndex, ref) in chunkMap where chunkIndex >= dropFrom! { delta -= Int64(ref.length) }
+        }
+        let now = Self.now()
+        do {
+            try metadata.commitData(ino, chunks: boundary, dropFrom: dropFrom, size: size, mtime: now, now: now)
+        } catch {
+            for ref in boundary { try? store.delete(ref.object) }
+            throw .metadata(error)
+        }
+        if let file {
+            if let dropFrom { file.chunkMap = file.chunkMap.filter { $0.key < dropFrom } }
+            for ref in boundary { file.chunkMap[ref.index] = ref }
+            file.size = size
+            file.committedSize = size
+            file.mtime = nil
+        }
+        accounting.withLock { $0.used = UInt64(max(0, Int64($0.used) + delta)) }
+    }
+
+    /// fallocate(2) with mode 0: makes sure the volume has room for the range and extends
+    /// the file over it. Other modes answer EOPNOTSUPP.
+    public func fallocate(_ ino: InodeNumber, _ fh: FileHandleID, mode: Int32, offset: UInt64, length: UInt64) throws(FSError) {
+        guard mode == 0 else { throw .notSupported("fallocate mode \(mode)") }
+        guard length > 0 else { throw .invalidArgument("fallocate of length 0") }
+        let (end, overflow) = offset.addingReportingOverflow(length)
+        guard !overflow, end <= Self.maxFileSize else { throw .fileTooBig }
+        let file = try file(fh, ino)
+        file.lock.lock()
+        defer { file.lock.unlock() }
+        guard end > file.size else { return }
+        let needed = Int64(end - file.size)
+        try accounting.withLock { state throws(FSError) in
+            if Int64(state.used) + state.reserved + needed > Int64(state.limit) { throw .noSpace }
+        }
+        file.size = end
+        file.mtime = Self.now()
+        try commit(file)
+    }
+
+    // MARK: - Garbage
+
+    /// Deletes objects that left the metadata more than the grace period ago; returns how many.
+    @discardableResult
+    public func collectGarbage(now: Timestamp = VolumeFS.now()) throws(FSError) -> Int {
+        let cutoff = Timestamp(nanoseconds: now.nanoseconds - Int64(options.gcGraceSeconds) * 1_000_000_000)
+        var total = 0
+        while true {
+            let due = try Self.lift { () throws(MetadataError) in try metadata.garbage(before: cutoff, limit: 512) }
+            if due.isEmpty { return total }
+            var deleted: [ObjectID] = []
+            for object in due {
+                do {
+                    try store.delete(object)
+                    deleted.append(object)
+                } catch {
+                    logger.warning("gc cannot delete object \(object): \(error)")
+                }
+            }
+            try Self.lift { () throws(MetadataError) in try metadata.dropGarbage(deleted) }
+            total += deleted.count
+            if deleted.count < due.count { return total }
+        }
+    }
+}
+
+extension VolumeFS {
+    /// Makes every committed change durable (fsync of a directory).
+    public func syncMetadata() throws(FSError) {
+        try Self.lift { () throws(MetadataError) in try metadata.sync() }
+    }
+}

@@ -1,0 +1,398 @@
+// VolumeFS: POSIX semantics over Metadata and a ChunkStore, with no FUSE types.
+//
+// What it owns:
+// - Kernel references: how many lookups the kernel holds on each inode (`remember`,
+//   `forget`) and how many handles are open. An inode that lost its last name stays
+//   readable and writable until both drop to zero; then it is purged.
+// - Open files: per inode, the committed chunk map (loaded at open: close-to-open), the
+//   chunks written but not yet committed, and the pending size and mtime.
+// - The data path. A write changes an in-memory copy of each chunk it touches; a chunk
+//   is committed when it fills, when too much is buffered, and on flush, release and
+//   fsync. Committing stores each changed chunk whole as a new object, then swaps the
+//   references in one metadata transaction, so a crash leaves every chunk old or new.
+// - Every read of a stored chunk verifies the checksums of the blocks it touches.
+// - The size limit: a write that would take the volume past it fails before it changes
+//   anything, counting what is buffered as well as what is committed.
+//
+// Lock order: a file's `lock`, then `accounting`; `refs` and `handles` are leaves.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+public import ChunkStore
+public import Metadata
+public import Logging
+import Synchronization
+
+/// The id of one open file handle.
+public struct FileHandleID: RawRepresentable, Hashable, Sendable {
+    public let rawValue: UInt64
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+}
+
+/// Tunables of a mounted volume.
+public struct VolumeOptions: Sendable {
+    /// Seconds an object that left the metadata is kept before gc deletes it, so that a
+    /// reader holding an older chunk map still finds it.
+    public var gcGraceSeconds: Int = 600
+    /// Buffered chunks per open file before they are committed without waiting for close.
+    public var maxDirtyChunksPerFile: Int = 16
+    /// Update atime on open when it is older than mtime, ctime or a day (like relatime).
+    public var relatime: Bool = true
+    public init() {}
+}
+
+/// One entry of a directory listing as the kernel sees it.
+public struct Listing: Sendable {
+    public var name: FileName
+    public var attr: Attr
+    /// The offset at which a listing continues after this entry.
+    public var nextOffset: Int64
+}
+
+/// Filesystem-wide figures for `statfs`.
+public struct FSStats: Sendable, Equatable {
+    public var blockSize: UInt64
+    public var totalBlocks: UInt64
+    public var freeBlocks: UInt64
+    public var files: UInt64
+    public var freeFiles: UInt64
+    public var nameMax: UInt64
+}
+
+/// An inode's open state; every field is guarded by `lock`.
+final class OpenFile: @unchecked Sendable {
+    let lock = NSLock()
+    let ino: InodeNumber
+    var opens = 0
+    /// Committed chunks, by index, as of open or our last commit.
+    var chunkMap: [Int: ChunkRef]
+    /// Chunks written but not committed: the whole stored content of each.
+    var dirty: [Int: [UInt8]] = [:]
+    /// Bytes of the size limit reserved for each dirty chunk's growth.
+    var reserved: [Int: Int64] = [:]
+    var size: UInt64
+    var committedSize: UInt64
+    var mtime: Timestamp?
+
+    init(ino: InodeNumber, chunkMap: [Int: ChunkRef], size: UInt64) {
+        self.ino = ino
+        self.chunkMap = chunkMap
+        self.size = size
+        self.committedSize = size
+    }
+}
+
+struct Handle {
+    var ino: InodeNumber
+    var readable: Bool
+    var writable: Bool
+}
+
+struct KernelRefs {
+    var lookups: UInt64 = 0
+    var opens: Int = 0
+}
+
+public final class VolumeFS: Sendable {
+    public let metadata: any Metadata
+    public let store: any ChunkStore
+    public let options: VolumeOptions
+    public let chunkSize: Int
+    let logger: Logger
+
+    /// Largest file size netvol keeps (16 TiB); past it writes fail with EFBIG.
+    public static let maxFileSize: UInt64 = 1 << 44
+
+    let refs = Mutex<[InodeNumber: KernelRefs]>([.root: KernelRefs(lookups: 1)])
+    /// Inodes that lost their last name while the kernel or a handle still referred to them.
+    let unlinked = Mutex<Set<InodeNumber>>([])
+    let handles = Mutex<[FileHandleID: Handle]>([:])
+    let nextHandle = Atomic<UInt64>(1)
+    let openFiles = Mutex<[InodeNumber: OpenFile]>([:])
+    /// Committed usage and limit as last read, plus growth reserved by buffered writes.
+    let accounting: Mutex<(used: UInt64, limit: UInt64, reserved: Int64)>
+
+    /// Opens a volume for use: purges inodes a crash left without names.
+    public init(metadata: any Metadata, store: any ChunkStore, options: VolumeOptions = VolumeOptions(),
+                logger: Logger = Logger(label: "netvol")) throws(FSError) {
+        self.metadata = metadata
+        self.store = store
+        self.options = options
+        self.logger = logger
+        let usage = try Self.lift { () throws(MetadataError) in try metadata.usage() }
+        self.chunkSize = usage.chunkSize
+        self.accounting = Mutex((used: usage.usedBytes, limit: usage.sizeLimit, reserved: 0))
+        for orphan in try Self.lift({ () throws(MetadataError) in try metadata.orphans() }) {
+            try Self.lift { () throws(MetadataError) in try metadata.purge(orphan, now: Self.now()) }
+        }
+    }
+
+    static func lift<T>(_ body: () throws(MetadataError) -> T) throws(FSError) -> T {
+        do { return try body() } catch { throw .metadata(error) }
+    }
+
+    /// Runs `body`, whose errors the standard library's buffer methods erase to `any Error`,
+    /// and gives them back their type.
+    static func typed<T>(_ body: () throws -> T) throws(FSError) -> T {
+        do {
+            return try body()
+        } catch let error as FSError {
+            throw error
+        } catch {
+            throw .invalidArgument("unexpected error \(error)")
+        }
+    }
+
+    public static func now() -> Timestamp {
+        var spec = timespec()
+        clock_gettime(CLOCK_REALTIME, &spec)
+        return Timestamp(seconds: Int64(spec.tv_sec), nanoseconds: Int64(spec.tv_nsec))
+    }
+
+    static func check(_ name: FileName) throws(FSError) {
+        if name.bytes.count > FileName.maxLength { throw .nameTooLong }
+        if name.bytes.isEmpty || name.bytes.contains(UInt8(ascii: "/")) || name.bytes.contains(0) {
+            throw .invalidArgument("bad name")
+        }
+    }
+
+    static func checkNew(_ name: FileName) throws(FSError) {
+        try check(name)
+        if name.bytes == [UInt8(ascii: ".")] || name.bytes == [UInt8(ascii: "."), UInt8(ascii: ".")] {
+            throw .metadata(.exists)
+        }
+    }
+
+    // MARK: - Kernel references
+
+    /// Counts one more kernel reference to `ino`; call once per entry handed to the kernel.
+    public func remember(_ ino: InodeNumber) {
+        refs.withLock { $0[ino, default: KernelRefs()].lookups += 1 }
+    }
+
+    /// Drops `count` kernel references to `ino`, purging it if it has no names left and
+    /// nothing else refers to it.
+    public func forget(_ ino: InodeNumber, _ count: UInt64) {
+        let released = refs.withLock { table -> Bool in
+            guard var entry = table[ino] else {
+                logger.warning("forget of inode \(ino.rawValue) the kernel did not hold")
+                return false
+            }
+            if entry.lookups < count {
+                logger.warning("forget of \(count) references to inode \(ino.rawValue), kernel held \(entry.lookups)")
+            }
+            entry.lookups -= min(entry.lookups, count)
+            if entry.lookups == 0 && entry.opens == 0 && ino != .root {
+                table[ino] = nil
+                return true
+            }
+            table[ino] = entry
+            return false
+        }
+        if released { purgeIfUnlinked(ino) }
+    }
+
+    /// How many lookups the kernel holds on `ino` (for tests and diagnostics).
+    public func lookupCount(_ ino: InodeNumber) -> UInt64 {
+        refs.withLock { $0[ino]?.lookups ?? 0 }
+    }
+
+    func isReferenced(_ ino: InodeNumber) -> Bool {
+        refs.withLock { $0[ino] != nil }
+    }
+
+    func noteUnlinked(_ attr: Attr) {
+        guard attr.nlink == 0 else { return }
+        unlinked.withLock { _ = $0.insert(attr.ino) }
+        if !isReferenced(attr.ino) { purgeIfUnlinked(attr.ino) }
+    }
+
+    func purgeIfUnlinked(_ ino: InodeNumber) {
+        guard unlinked.withLock({ $0.remove(ino) }) != nil else { return }
+        do {
+            try metadata.purge(ino, now: Self.now())
+        } catch {
+            logger.error("cannot purge unlinked inode \(ino.rawValue): \(error); it is purged at the next mount")
+        }
+    }
+
+    // MARK: - Attributes and names
+
+    /// The inode named `name` in `parent`, counting a kernel reference to it.
+    public func lookup(_ parent: InodeNumber, _ name: FileName) throws(FSError) -> Attr {
+        try Self.check(name)
+        let attr = try pending(Self.lift { () throws(MetadataError) in try metadata.lookup(parent, name) })
+        remember(attr.ino)
+        return attr
+    }
+
+    public func getattr(_ ino: InodeNumber) throws(FSError) -> Attr {
+        try pending(Self.lift { () throws(MetadataError) in try metadata.getattr(ino) })
+    }
+
+    /// `attr` with the size and mtime of writes not yet committed.
+    func pending(_ attr: Attr) -> Attr {
+        guard attr.isRegular, let file = openFiles.withLock({ $0[attr.ino] }) else { return attr }
+        file.lock.lock()
+        defer { file.lock.unlock() }
+        var attr = attr
+        attr.size = file.size
+        if let mtime = file.mtime {
+            attr.mtime = mtime
+            attr.ctime = max(attr.ctime, mtime)
+        }
+        return attr
+    }
+
+    /// Changes attributes; `size` truncates or extends the file.
+    public func setattr(_ ino: InodeNumber, _ changes: AttrChanges, size: UInt64? = nil) throws(FSError) -> Attr {
+        if let size { try truncate(ino, to: size) }
+        if !changes.isEmpty {
+            // Buffered writes would carry their own mtime over an explicit one.
+            if let file = openFiles.withLock({ $0[ino] }) {
+                file.lock.lock()
+                defer { file.lock.unlock() }
+                try commit(file)
+            }
+            _ = try Self.lift { () throws(MetadataError) in try metadata.setattr(ino, changes, now: Self.now()) }
+        }
+        return try getattr(ino)
+    }
+
+    public func mknod(_ parent: InodeNumber, _ name: FileName, mode: UInt32, rdev: UInt64, uid: UInt32, gid: UInt32) throws(FSError) -> Attr {
+        try Self.checkNew(name)
+        guard let type = FileType(rawValue: mode & FileType.mask), type != .directory, type != .symlink else {
+            throw .invalidArgument("mknod of this type")
+        }
+        return try make(parent, name, mode: mode, rdev: rdev, uid: uid, gid: gid, target: nil)
+    }
+
+    public func mkdir(_ parent: InodeNumber, _ name: FileName, mode: UInt32, uid: UInt32, gid: UInt32) throws(FSError) -> Attr {
+        try Self.checkNew(name)
+        return try make(parent, name, mode: FileType.directory.rawValue | (mode & 0o7777), rdev: 0, uid: uid, gid: gid, target: nil)
+    }
+
+    public func symlink(_ parent: InodeNumber, _ name: FileName, target: [UInt8], uid: UInt32, gid: UInt32) throws(FSError) -> Attr {
+        try Self.checkNew(name)
+        guard !target.isEmpty else { throw .metadata(.notFound) }
+        guard target.count <= 4096 else { throw .nameTooLong }
+        return try make(parent, name, mode: FileType.symlink.rawValue | 0o777, rdev: 0, uid: uid, gid: gid, target: target)
+    }
+
+    func make(_ parent: InodeNumber, _ name: FileName, mode: UInt32, rdev: UInt64, uid: UInt32, gid: UInt32, target: [UInt8]?) throws(FSError) -> Attr {
+        let attr = try Self.lift { () throws(MetadataError) in
+            try metadata.mknode(parent, name, mode: mode, uid: uid, gid: gid, rdev: rdev, target: target, now: Self.now())
+        }
+        remember(attr.ino)
+        return attr
+    }
+
+    public func link(_ ino: InodeNumber, _ newParent: InodeNumber, _ newName: FileName) throws(FSError) -> Attr {
+        try Self.checkNew(newName)
+        let attr = try pending(Self.lift { () throws(MetadataError) in try metadata.link(ino, newParent, newName, now: Self.now()) })
+        remember(attr.ino)
+        return attr
+    }
+
+    public func unlink(_ parent: InodeNumber, _ name: FileName) throws(FSError) {
+        try Self.check(name)
+        noteUnlinked(try Self.lift { () throws(MetadataError) in try metadata.unlink(parent, name, now: Self.now()) })
+    }
+
+    public func rmdir(_ parent: InodeNumber, _ name: FileName) throws(FSError) {
+        try Self.check(name)
+        if name.bytes == [UInt8(ascii: ".")] { throw .invalidArgument("rmdir of .") }
+        if name.bytes == [UInt8(ascii: "."), UInt8(ascii: ".")] { throw .metadata(.notEmpty) }
+        noteUnlinked(try Self.lift { () throws(MetadataError) in try metadata.rmdir(parent, name, now: Self.now()) })
+    }
+
+    public func rename(_ parent: InodeNumber, _ name: FileName, _ newParent: InodeNumber, _ newName: FileName,
+                       flags: RenameFlags = []) throws(FSError) {
+        try Self.check(name)
+        try Self.checkNew(newName)
+        if let replaced = try Self.lift({ () throws(MetadataError) in
+            try metadata.rename(parent, name, newParent, newName, flags: flags, now: Self.now())
+        }) {
+            noteUnlinked(replaced)
+        }
+    }
+
+    public func readlink(_ ino: InodeNumber) throws(FSError) -> [UInt8] {
+        try Self.lift { () throws(MetadataError) in try metadata.readlink(ino) }
+    }
+
+    /// Lists `ino` from `offset` (0 at the start), offering each entry to `add` until it
+    /// returns false (the reply is full). With `plus`, each entry `add` accepted counts as
+    /// a kernel reference, as readdirplus replies do.
+    public func readdir(_ ino: InodeNumber, offset: Int64, plus: Bool, add: (Listing) -> Bool) throws(FSError) {
+        // Offsets 1 and 2 are "." and ".."; an entry with cookie c continues at c + 2.
+        if offset < 1 {
+            let attr = try getattr(ino)
+            guard attr.isDirectory else { throw .metadata(.notDirectory) }
+            if !add(Listing(name: ".", attr: attr, nextOffset: 1)) { return }
+        }
+        if offset < 2 {
+            let attr = try getattr(ino)
+            if !add(Listing(name: "..", attr: attr, nextOffset: 2)) { return }
+        }
+        var cookie = max(0, offset - 2)
+        while true {
+            let batch = try Self.lift { () throws(MetadataError) in try metadata.readdir(ino, after: cookie, limit: 256) }
+            for entry in batch {
+                let attr = plus ? pending(entry.attr) : entry.attr
+                if !add(Listing(name: entry.name, attr: attr, nextOffset: entry.cookie + 2)) { return }
+                if plus { remember(attr.ino) }
+                cookie = entry.cookie
+            }
+            if batch.count < 256 { return }
+        }
+    }
+
+    public func statfs() throws(FSError) -> FSStats {
+        let usage = try Self.lift { () throws(MetadataError) in try metadata.usage() }
+        let reserved = accounting.withLock { state -> Int64 in
+            state.used = usage.usedBytes
+            state.limit = usage.sizeLimit
+            return state.reserved
+        }
+        let blockSize: UInt64 = 4096
+        let used = usage.usedBytes + UInt64(max(0, reserved))
+        let total = usage.sizeLimit / blockSize
+        let free = usage.sizeLimit > used ? (usage.sizeLimit - used) / blockSize : 0
+        return FSStats(blockSize: blockSize, totalBlocks: total, freeBlocks: free,
+                       files: usage.inodes, freeFiles: UInt64(Int32.max) - min(usage.inodes, UInt64(Int32.max)),
+                       nameMax: UInt64(FileName.maxLength))
+    }
+
+    // MARK: - Extended attributes
+
+    static func checkXattr(_ name: FileName) throws(FSError) {
+        if name.bytes.isEmpty || name.bytes.count > 255 { throw .range }
+        if name.bytes.starts(with: Array("system.".utf8)) {
+            // POSIX ACLs and other system.* attributes have meanings netvol does not enforce.
+            throw .notSupported("system.* extended attributes")
+        }
+    }
+
+    public func getxattr(_ ino: InodeNumber, _ name: FileName) throws(FSError) -> [UInt8] {
+        if name.bytes.isEmpty || name.bytes.count > 255 { throw .range }
+        return try Self.lift { () throws(MetadataError) in try metadata.getxattr(ino, name) }
+    }
+
+    public func setxattr(_ ino: InodeNumber, _ name: FileName, _ value: [UInt8], mode: XattrMode) throws(FSError) {
+        try Self.checkXattr(name)
+        if value.count > 65_536 { throw .valueTooBig }
+        try Self.lift { () throws(MetadataError) in try metadata.setxattr(ino, name, value, mode: mode, now: Self.now()) }
+    }
+
+    public func listxattr(_ ino: InodeNumber) throws(FSError) -> [FileName] {
+        try Self.lift { () throws(MetadataError) in try metadata.listxattr(ino) }
+    }
+
+    public func removexattr(_ ino: InodeNumber, _ name: FileName) throws(FSError) {
+        if name.bytes.isEmpty || name.bytes.count > 255 { throw .range }
+        try Self.lift { () throws(MetadataError) in try metadata.removexattr(ino, name, now: Self.now()) }
+    }
+}

@@ -1,0 +1,191 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import ChunkStore
+import Foundation
+import Metadata
+import VolumeFS
+
+struct Netvol: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "netvol",
+        abstract: "A persistent network volume, mounted with FUSE.",
+        subcommands: [Create.self, Mount.self, Unmount.self, Status.self, Resize.self, GC.self, Fsck.self])
+}
+
+struct Create: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Create an embedded volume in a directory.")
+
+    @Argument(help: "Directory for the volume (created if missing; must be empty).")
+    var volume: String
+
+    @Option(help: "Size limit, e.g. 10G. It can grow later, never shrink.")
+    var size: String
+
+    @Option(help: "Chunk size, a power of two from 64K to 64M.")
+    var chunkSize: String = "4M"
+
+    func run() throws {
+        let sizeLimit = try parseSize(size, what: "--size")
+        let chunk = try parseSize(chunkSize, what: "--chunk-size")
+        guard chunk >= 64 << 10, chunk <= 64 << 20, chunk & (chunk - 1) == 0 else {
+            throw CLIError("--chunk-size must be a power of two from 64K to 64M, not \(chunkSize)")
+        }
+        let dir = VolumeDirectory(volume)
+        let files = FileManager.default
+        if files.fileExists(atPath: dir.path) {
+            guard isDirectory(dir.path) else { throw CLIError("\(dir.path) exists and is not a directory") }
+            if files.fileExists(atPath: dir.databasePath) { throw CLIError("\(dir.path) is already a netvol volume") }
+            let contents = (try? files.contentsOfDirectory(atPath: dir.path)) ?? []
+            guard contents.isEmpty else { throw CLIError("\(dir.path) is not empty; a volume needs a directory of its own") }
+        }
+        var created = false
+        do {
+            if !files.fileExists(atPath: dir.path) {
+                try files.createDirectory(atPath: dir.path, withIntermediateDirectories: true)
+                created = true
+            }
+            _ = try LocalChunkStore(root: dir.chunksPath)
+            _ = try SQLiteMetadata.create(path: dir.databasePath, chunkSize: Int(chunk), sizeLimit: sizeLimit, now: VolumeFS.now())
+        } catch {
+            try? files.removeItem(atPath: dir.chunksPath)
+            try? files.removeItem(atPath: dir.databasePath)
+            if created { try? files.removeItem(atPath: dir.path) }
+            throw CLIError("cannot create volume \(dir.path): \(error)")
+        }
+        print("created volume \(dir.path): size \(formatBytes(sizeLimit)), chunk size \(formatBytes(chunk))")
+    }
+}
+
+struct Resize: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Grow a volume's size limit.")
+
+    @Argument(help: "The volume directory.")
+    var volume: String
+
+    @Option(help: "New size limit, e.g. 100G; must not be smaller than the current one.")
+    var size: String
+
+    func run() throws {
+        let newLimit = try parseSize(size, what: "--size")
+        let (metadata, _) = try VolumeDirectory(volume).open()
+        let current = try metadata.settings().sizeLimit
+        guard newLimit >= current else {
+            throw CLIError("cannot shrink a volume: it is \(formatBytes(current)), asked for \(formatBytes(newLimit)); volumes can only grow")
+        }
+        try metadata.resize(sizeLimit: newLimit)
+        print("volume \(VolumeDirectory(volume).path) is now \(formatBytes(newLimit))")
+    }
+}
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show a volume's size, usage and mounts.")
+
+    @Argument(help: "The volume directory.")
+    var volume: String
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func run() throws {
+        let dir = VolumeDirectory(volume)
+        let (metadata, _) = try dir.open()
+        let usage = try metadata.usage()
+        let free = usage.sizeLimit > usage.usedBytes ? usage.sizeLimit - usage.usedBytes : 0
+        let holder = dir.mountHolder()
+        if json {
+            var object: [String: Any] = [
+                "volume": dir.path, "size_bytes": usage.sizeLimit, "used_bytes": usage.usedBytes,
+                "free_bytes": free, "files": usage.inodes, "chunk_size_bytes": usage.chunkSize,
+            ]
+            if let holder { object["mount"] = ["pid": holder.pid, "mountpoint": holder.mountpoint] }
+            let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        } else {
+            print("volume:     \(dir.path)")
+            print("size:       \(formatBytes(usage.sizeLimit))")
+            print("used:       \(formatBytes(usage.usedBytes))")
+            print("free:       \(formatBytes(free))")
+            print("files:      \(usage.inodes)")
+            print("chunk size: \(formatBytes(UInt64(usage.chunkSize)))")
+            print("mounted:    \(holder.map { "at \($0.mountpoint) by pid \($0.pid)" } ?? "no")")
+        }
+    }
+}
+
+struct GC: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "gc", abstract: "Delete chunk objects nothing refers to, after a grace period.")
+
+    @Argument(help: "The volume directory.")
+    var volume: String
+
+    @Option(help: "Seconds an unreferenced object is kept before it is deleted.")
+    var grace: Int = 600
+
+    func run() throws {
+        guard grace >= 0 else { throw CLIError("--grace must not be negative") }
+        let (metadata, store) = try VolumeDirectory(volume).open()
+        // Objects no transaction ever referred to (a crash between upload and commit)
+        // become garbage now and go after the grace period like any other.
+        let known = try metadata.knownObjects()
+        let strays = try store.list().filter { !known.contains($0) }
+        let adopted = try metadata.adoptStrays(strays, now: VolumeFS.now())
+        var options = VolumeOptions()
+        options.gcGraceSeconds = grace
+        let volumeFS = try VolumeFS(metadata: metadata, store: store, options: options)
+        let deleted = try volumeFS.collectGarbage()
+        print("deleted \(deleted) objects; \(adopted) unreferenced objects will go after the grace period")
+    }
+}
+
+struct Fsck: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Check that every chunk the metadata refers to is present and intact.")
+
+    @Argument(help: "The volume directory.")
+    var volume: String
+
+    func run() throws {
+        let dir = VolumeDirectory(volume)
+        let (metadata, store) = try dir.open()
+        let report = try FsckReport.check(metadata: metadata, store: store)
+        for problem in report.problems { print(problem) }
+        print("checked \(report.inodes) inodes, \(report.chunks) chunks: \(report.problems.isEmpty ? "no problems" : "\(report.problems.count) problems")")
+        if !report.problems.isEmpty { throw ExitCode(1) }
+    }
+}
+
+/// What `fsck` found.
+struct FsckReport {
+    var inodes = 0
+    var chunks = 0
+    var problems: [String] = []
+
+    static func check(metadata: SQLiteMetadata, store: any ChunkStore) throws -> FsckReport {
+        var report = FsckReport()
+        report.inodes = Int(try metadata.usage().inodes)
+        var used: UInt64 = 0
+        for (ino, refs) in try metadata.allChunks() {
+            for ref in refs {
+                report.chunks += 1
+                used += UInt64(ref.length)
+                var bytes = [UInt8](repeating: 0, count: ref.length)
+                do {
+                    let got = try bytes.withUnsafeMutableBytes { try store.read(ref.object, offset: 0, into: $0) }
+                    if got != ref.length {
+                        report.problems.append("inode \(ino.rawValue) chunk \(ref.index): object \(ref.object) has \(got) bytes, expected \(ref.length)")
+                    } else if bytes.withUnsafeBytes({ BlockChecksums(of: $0) }) != ref.checksums {
+                        report.problems.append("inode \(ino.rawValue) chunk \(ref.index): object \(ref.object) does not match its checksums")
+                    }
+                } catch {
+                    report.problems.append("inode \(ino.rawValue) chunk \(ref.index): object \(ref.object): \(error)")
+                }
+            }
+        }
+        let recorded = try metadata.usage().usedBytes
+        if recorded != used {
+            report.problems.append("usage is recorded as \(recorded) bytes but chunks add up to \(used)")
+        }
+        return report
+    }
+}

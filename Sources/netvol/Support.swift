@@ -1,0 +1,177 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import ChunkStore
+import Metadata
+
+/// A mistake a person made or a condition they can fix: printed as one line, exit 1.
+struct CLIError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Parses sizes like `10G`, `512M`, `4MiB`, `1T` (powers of 1024) or plain bytes.
+func parseSize(_ text: String, what: String) throws -> UInt64 {
+    let units: [(String, UInt64)] = [("k", 1 << 10), ("m", 1 << 20), ("g", 1 << 30), ("t", 1 << 40), ("p", 1 << 50)]
+    var digits = text.trimmingCharacters(in: .whitespaces).lowercased()
+    var multiplier: UInt64 = 1
+    for suffix in ["ib", "b"] where digits.hasSuffix(suffix) && digits.count > suffix.count {
+        digits.removeLast(suffix.count)
+        break
+    }
+    if let (unit, value) = units.first(where: { digits.hasSuffix($0.0) }) {
+        digits.removeLast(unit.count)
+        multiplier = value
+    }
+    guard !digits.isEmpty, digits.allSatisfy({ $0.isNumber }), let number = UInt64(digits) else {
+        throw CLIError("\(what) '\(text)' is not a size; write it like 10G, 512M or 4M")
+    }
+    let (bytes, overflow) = number.multipliedReportingOverflow(by: multiplier)
+    guard !overflow else { throw CLIError("\(what) '\(text)' is too large") }
+    guard bytes > 0 else { throw CLIError("\(what) must be greater than zero") }
+    return bytes
+}
+
+func formatBytes(_ bytes: UInt64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
+    var value = Double(bytes)
+    var unit = 0
+    while value >= 1024 && unit < units.count - 1 {
+        value /= 1024
+        unit += 1
+    }
+    return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
+}
+
+func absolutePath(_ path: String) -> String {
+    let url = URL(fileURLWithPath: path, relativeTo: URL(fileURLWithPath: FileManager.default.currentDirectoryPath))
+    return url.standardizedFileURL.path
+}
+
+func isDirectory(_ path: String) -> Bool {
+    var isDir: ObjCBool = false
+    return FileManager.default.fileExists(atPath: path, isDirectory: &isDir) && isDir.boolValue
+}
+
+/// An embedded volume: a directory with `volume.db` and `chunks/`.
+struct VolumeDirectory {
+    let path: String
+    var databasePath: String { path + "/" + SQLiteMetadata.fileName }
+    var chunksPath: String { path + "/chunks" }
+    var lockPath: String { path + "/mount.lock" }
+    var logPath: String { path + "/netvol.log" }
+
+    init(_ path: String) { self.path = absolutePath(path) }
+
+    /// Checks that the directory is a volume, with a message naming what is wrong.
+    func validate() throws {
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw CLIError("volume \(path) does not exist; create it with: netvol create \(path) --size 10G")
+        }
+        guard isDirectory(path) else { throw CLIError("volume \(path) is not a directory") }
+        guard FileManager.default.fileExists(atPath: databasePath) else {
+            throw CLIError("\(path) is not a netvol volume (no \(SQLiteMetadata.fileName)); create one with: netvol create DIR --size 10G")
+        }
+    }
+
+    func open() throws -> (SQLiteMetadata, LocalChunkStore) {
+        try validate()
+        do {
+            let metadata = try SQLiteMetadata(path: databasePath)
+            let store = try LocalChunkStore(root: chunksPath)
+            return (metadata, store)
+        } catch let error as MetadataError {
+            throw CLIError("cannot open volume \(path): \(error)")
+        } catch {
+            throw CLIError("cannot open volume \(path): \(error)")
+        }
+    }
+
+    /// The pid and mountpoint of the daemon that has this volume mounted, if any.
+    func mountHolder() -> (pid: Int32, mountpoint: String)? {
+        let fd = Glibc.open(lockPath, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        if flock(fd, LOCK_SH | LOCK_NB) == 0 {
+            flock(fd, LOCK_UN)
+            return nil
+        }
+        guard let text = try? String(contentsOfFile: lockPath, encoding: .utf8) else { return nil }
+        let parts = text.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, let pid = Int32(parts[0]) else { return nil }
+        return (pid, parts[1].trimmingCharacters(in: .newlines))
+    }
+}
+
+/// One line of /proc/self/mountinfo.
+struct MountEntry {
+    let mountpoint: String
+    let fsType: String
+    let source: String
+
+    static func all() -> [MountEntry] {
+        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap { line in
+            let halves = line.components(separatedBy: " - ")
+            guard halves.count == 2 else { return nil }
+            let left = halves[0].split(separator: " ")
+            let right = halves[1].split(separator: " ")
+            guard left.count >= 5, right.count >= 2 else { return nil }
+            return MountEntry(mountpoint: unescape(String(left[4])), fsType: String(right[0]), source: unescape(String(right[1])))
+        }
+    }
+
+    /// mountinfo writes space, tab, newline and backslash as octal escapes.
+    static func unescape(_ text: String) -> String {
+        var bytes: [UInt8] = []
+        let raw = Array(text.utf8)
+        var index = 0
+        while index < raw.count {
+            if raw[index] == UInt8(ascii: "\\"), index + 3 < raw.count,
+               let value = UInt8(String(decoding: raw[(index + 1)...(index + 3)], as: UTF8.self), radix: 8) {
+                bytes.append(value)
+                index += 4
+            } else {
+                bytes.append(raw[index])
+                index += 1
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    static func find(_ mountpoint: String) -> MountEntry? {
+        all().last { $0.mountpoint == mountpoint }
+    }
+}
+
+/// Runs a program and waits for it; returns its exit status and what it wrote to stderr.
+func runProgram(_ path: String, _ arguments: [String]) -> (status: Int32, stderr: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: path)
+    process.arguments = arguments
+    let errors = Pipe()
+    process.standardError = errors
+    process.standardOutput = FileHandle.nullDevice
+    do {
+        try process.run()
+    } catch {
+        return (127, "cannot run \(path): \(error)")
+    }
+    let data = errors.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+}
+
+func findProgram(_ name: String) -> String? {
+    for dir in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin").split(separator: ":")
+        + ["/usr/bin", "/bin", "/usr/local/bin"] {
+        let candidate = "\(dir)/\(name)"
+        if access(candidate, X_OK) == 0 { return candidate }
+    }
+    return nil
+}
+
+func printError(_ line: String) {
+    FileHandle.standardError.write(Data((line + "\n").utf8))
+}

@@ -1,0 +1,20 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+
+// Every mistake a person can make ends here as one line on stderr and a non-zero exit.
+do {
+    var command = try Netvol.parseAsRoot()
+    try command.run()
+} catch let error as CLIError {
+    printError("netvol: \(error)")
+    exit(1)
+} catch {
+    if Netvol.exitCode(for: error) == .success {
+        Netvol.exit(withError: error)
+    }
+    let message = Netvol.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+    printError("netvol: \(message)")
+    exit(Netvol.exitCode(for: error).rawValue == 0 ? 1 : Netvol.exitCode(for: error).rawValue)
+}
