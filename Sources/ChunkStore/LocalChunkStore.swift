@@ -20,7 +20,8 @@ public final class LocalChunkStore: ChunkStore {
         return root + "/" + hex.suffix(2)
     }
 
-    func path(of id: ObjectID) -> String {
+    /// The file that holds object `id`.
+    public func path(of id: ObjectID) -> String {
         directory(of: id) + "/" + id.description
     }
 

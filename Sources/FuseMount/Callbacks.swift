@@ -54,7 +54,7 @@ func statOf(_ attr: Attr) -> stat {
     st.st_rdev = UInt(attr.rdev)
     st.st_size = Int(attr.size)
     st.st_blksize = 128 * 1024
-    st.st_blocks = Int((attr.size + 511) / 512)
+    st.st_blocks = Int((attr.storedBytes + 511) / 512)
     st.st_atim = timespecOf(attr.atime)
     st.st_mtim = timespecOf(attr.mtime)
     st.st_ctim = timespecOf(attr.ctime)

@@ -71,6 +71,7 @@ public final class SQLiteMetadata: Metadata {
             ino INTEGER PRIMARY KEY AUTOINCREMENT,
             mode INTEGER NOT NULL, nlink INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL,
             rdev INTEGER NOT NULL, size INTEGER NOT NULL,
+            stored INTEGER NOT NULL DEFAULT 0,  -- bytes of this file's chunk objects
             atime INTEGER NOT NULL, mtime INTEGER NOT NULL, ctime INTEGER NOT NULL,
             parent INTEGER,  -- directories only: the one directory that holds this one
             target BLOB      -- symlinks only
@@ -123,7 +124,10 @@ public final class SQLiteMetadata: Metadata {
         }
     }
 
-    static let attrColumns = "ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime"
+    static let attrColumns = "ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, stored"
+
+    static let joinedAttrColumns = attrColumns.split(separator: ",")
+        .map { "i." + $0.trimmingCharacters(in: .whitespaces) }.joined(separator: ", ")
 
     static func attr(_ row: Row, from start: Int = 0) -> Attr {
         Attr(ino: InodeNumber(UInt64(row[start] as Int64)),
@@ -135,7 +139,8 @@ public final class SQLiteMetadata: Metadata {
              size: UInt64(bitPattern: row[start + 6] as Int64),
              atime: Timestamp(nanoseconds: row[start + 7]),
              mtime: Timestamp(nanoseconds: row[start + 8]),
-             ctime: Timestamp(nanoseconds: row[start + 9]))
+             ctime: Timestamp(nanoseconds: row[start + 9]),
+             storedBytes: UInt64(max(0, row[start + 10] as Int64)))
     }
 
     static func fetchAttr(_ db: Database, _ ino: InodeNumber) throws -> Attr {
@@ -240,7 +245,7 @@ public final class SQLiteMetadata: Metadata {
     public func lookup(_ parent: InodeNumber, _ name: FileName) throws(MetadataError) -> Attr {
         try read { db in
             let statement = try db.cachedStatement(sql: """
-                SELECT \(Self.attrColumns.split(separator: ",").map { "i." + $0.trimmingCharacters(in: .whitespaces) }.joined(separator: ", "))
+                SELECT \(Self.joinedAttrColumns)
                 FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE d.parent = ? AND d.name = ?
                 """)
             if let row = try Row.fetchOne(statement, arguments: [Int64(parent.rawValue), Data(name.bytes)]) {
@@ -455,7 +460,7 @@ public final class SQLiteMetadata: Metadata {
             let dir = try Self.fetchAttr(db, ino)
             guard dir.isDirectory else { throw MetadataError.notDirectory }
             let statement = try db.cachedStatement(sql: """
-                SELECT d.cookie, d.name, i.ino, i.mode, i.nlink, i.uid, i.gid, i.rdev, i.size, i.atime, i.mtime, i.ctime
+                SELECT d.cookie, d.name, i.ino, i.mode, i.nlink, i.uid, i.gid, i.rdev, i.size, i.atime, i.mtime, i.ctime, i.stored
                 FROM dentries d JOIN inodes i ON i.ino = d.ino
                 WHERE d.parent = ? AND d.cookie > ? ORDER BY d.cookie LIMIT ?
                 """)
@@ -526,8 +531,8 @@ public final class SQLiteMetadata: Metadata {
             }
             try Self.addUsage(db, delta)
             let newMtime = mtime ?? attr.mtime
-            try db.execute(sql: "UPDATE inodes SET size = ?, mtime = ?, ctime = ? WHERE ino = ?",
-                           arguments: [Int64(bitPattern: size), newMtime.nanoseconds, now.nanoseconds, inoValue])
+            try db.execute(sql: "UPDATE inodes SET size = ?, mtime = ?, ctime = ?, stored = max(0, stored + ?) WHERE ino = ?",
+                           arguments: [Int64(bitPattern: size), newMtime.nanoseconds, now.nanoseconds, delta, inoValue])
             try Self.retire(db, retired, now: now)
             return retired
         }

@@ -67,11 +67,14 @@ public struct Attr: Equatable, Sendable {
     public var atime: Timestamp
     public var mtime: Timestamp
     public var ctime: Timestamp
+    /// Bytes of chunk objects the file holds: what `du` counts (holes take none).
+    public var storedBytes: UInt64
 
     public init(ino: InodeNumber, mode: UInt32, nlink: UInt32, uid: UInt32, gid: UInt32, rdev: UInt64,
-                size: UInt64, atime: Timestamp, mtime: Timestamp, ctime: Timestamp) {
+                size: UInt64, atime: Timestamp, mtime: Timestamp, ctime: Timestamp, storedBytes: UInt64 = 0) {
         self.ino = ino; self.mode = mode; self.nlink = nlink; self.uid = uid; self.gid = gid
         self.rdev = rdev; self.size = size; self.atime = atime; self.mtime = mtime; self.ctime = ctime
+        self.storedBytes = storedBytes
     }
 
     public var type: FileType? { FileType(rawValue: mode & FileType.mask) }

@@ -53,18 +53,24 @@ extension VolumeFS {
 
     /// The open state of `attr`'s inode, made on first open; counts one more open.
     func attach(_ attr: Attr) throws(FSError) -> OpenFile {
+        // Counting under the table lock keeps a racing last release from dropping the
+        // state this open is about to use (lock order: openFiles, then the file's lock).
         let file = try openFiles.withLock { files throws(FSError) -> OpenFile in
-            if let file = files[attr.ino] { return file }
-            // Close-to-open: a first open reads the chunk map afresh.
-            let chunks = try Self.lift { () throws(MetadataError) in try metadata.chunks(attr.ino) }
-            let file = OpenFile(ino: attr.ino, chunkMap: Dictionary(uniqueKeysWithValues: chunks.map { ($0.index, $0) }),
+            let file: OpenFile
+            if let existing = files[attr.ino] {
+                file = existing
+            } else {
+                // Close-to-open: a first open reads the chunk map afresh.
+                let chunks = try Self.lift { () throws(MetadataError) in try metadata.chunks(attr.ino) }
+                file = OpenFile(ino: attr.ino, chunkMap: Dictionary(uniqueKeysWithValues: chunks.map { ($0.index, $0) }),
                                 size: attr.size)
-            files[attr.ino] = file
+                files[attr.ino] = file
+            }
+            file.lock.lock()
+            file.opens += 1
+            file.lock.unlock()
             return file
         }
-        file.lock.lock()
-        file.opens += 1
-        file.lock.unlock()
         refs.withLock { $0[attr.ino, default: KernelRefs()].opens += 1 }
         return file
     }
@@ -109,8 +115,7 @@ extension VolumeFS {
             return
         }
         file.lock.lock()
-        file.opens -= 1
-        if file.opens == 0 {
+        if file.opens == 1 {
             do {
                 try commit(file)
             } catch {
@@ -119,12 +124,17 @@ extension VolumeFS {
                 accounting.withLock { $0.reserved -= dropped }
                 file.dirty = [:]
                 file.reserved = [:]
-            }
-            openFiles.withLock { files in
-                if files[ino] === file { files[ino] = nil }
+                file.size = file.committedSize
+                file.mtime = nil
             }
         }
         file.lock.unlock()
+        openFiles.withLock { files in
+            file.lock.lock()
+            file.opens -= 1
+            if file.opens == 0 && files[ino] === file { files[ino] = nil }
+            file.lock.unlock()
+        }
         let released = refs.withLock { table -> Bool in
             guard var entry = table[ino] else { return false }
             entry.opens -= 1

@@ -239,6 +239,7 @@ public final class VolumeFS: Sendable {
         defer { file.lock.unlock() }
         var attr = attr
         attr.size = file.size
+        attr.storedBytes = UInt64(max(0, Int64(attr.storedBytes) + file.reserved.values.reduce(0, +)))
         if let mtime = file.mtime {
             attr.mtime = mtime
             attr.ctime = max(attr.ctime, mtime)

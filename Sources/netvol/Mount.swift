@@ -119,6 +119,11 @@ struct Mount: ParsableCommand {
             }
             var mountOptions = MountOptions(mountpoint: target)
             mountOptions.fuseOptions = options.flatMap { $0.split(separator: ",").map(String.init) }
+            // Handlers often run as another user than the one who mounts: let them in, and
+            // let the kernel check permissions (default_permissions) as on any filesystem.
+            if geteuid() == 0 && !mountOptions.fuseOptions.contains("allow_other") {
+                mountOptions.fuseOptions.append("allow_other")
+            }
             mountOptions.source = "netvol:" + dir.path.replacingOccurrences(of: ",", with: "\\,")
             let mount = FuseMount(volume: volumeFS, options: mountOptions, logger: logger)
             do {

@@ -1,0 +1,62 @@
+import ChunkStore
+import Foundation
+import Metadata
+@testable import VolumeFS
+
+func temporaryDirectory() -> String {
+    let path = NSTemporaryDirectory() + "netvol-test-" + UUID().uuidString
+    try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+}
+
+/// A volume in a temporary directory, opened as a mount would open it.
+final class Fixture {
+    let directory = temporaryDirectory()
+    let metadata: SQLiteMetadata
+    let store: LocalChunkStore
+    var volume: VolumeFS
+    let options: VolumeOptions
+
+    init(chunkSize: Int = 16 * 1024, sizeLimit: UInt64 = 1 << 30, options: VolumeOptions = VolumeOptions()) throws {
+        metadata = try SQLiteMetadata.create(path: directory + "/volume.db", chunkSize: chunkSize, sizeLimit: sizeLimit, now: VolumeFS.now())
+        store = try LocalChunkStore(root: directory + "/chunks")
+        self.options = options
+        volume = try VolumeFS(metadata: metadata, store: store, options: options)
+    }
+
+    deinit {
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    /// A new VolumeFS over the same metadata and chunks, as after unmount and mount.
+    func remount() throws {
+        volume.flushAll()
+        volume = try VolumeFS(metadata: try SQLiteMetadata(path: directory + "/volume.db"), store: store, options: options)
+    }
+
+    func create(_ name: String, in parent: InodeNumber = .root) throws -> (Attr, FileHandleID) {
+        try volume.create(parent, FileName(name), mode: 0o644, flags: O_RDWR | O_EXCL, uid: 0, gid: 0)
+    }
+
+    func write(_ ino: InodeNumber, _ fh: FileHandleID, _ offset: UInt64, _ bytes: [UInt8]) throws -> Int {
+        try bytes.withUnsafeBytes { try volume.write(ino, fh, offset: offset, $0) }
+    }
+}
+
+/// A small deterministic generator (SplitMix64), so a failing seed replays exactly.
+struct SeededGenerator: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9e37_79b9_7f4a_7c15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+        return z ^ (z >> 31)
+    }
+}
+
+func pattern(_ count: Int, seed: UInt64) -> [UInt8] {
+    var generator = SeededGenerator(seed: seed)
+    return (0..<count).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
+}

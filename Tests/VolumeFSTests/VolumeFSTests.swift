@@ -1,0 +1,239 @@
+import ChunkStore
+import Foundation
+import Metadata
+import Testing
+@testable import VolumeFS
+
+@Suite struct VolumeFSTests {
+    @Test func writesAcrossChunkBoundariesReadBack() throws {
+        let fx = try Fixture(chunkSize: 16 * 1024)
+        let (attr, fh) = try fx.create("f")
+        let data = pattern(100_000, seed: 1)
+        #expect(try fx.write(attr.ino, fh, 5000, data) == data.count)
+        #expect(try fx.volume.read(attr.ino, fh, offset: 5000, count: data.count) == data)
+        #expect(try fx.volume.read(attr.ino, fh, offset: 0, count: 5000) == [UInt8](repeating: 0, count: 5000))
+        try fx.volume.flush(attr.ino, fh)
+        fx.volume.release(attr.ino, fh)
+        let again = try fx.volume.open(attr.ino, flags: O_RDONLY)
+        #expect(try fx.volume.read(attr.ino, again, offset: 0, count: 200_000) == [UInt8](repeating: 0, count: 5000) + data)
+        #expect(try fx.volume.getattr(attr.ino).size == 105_000)
+    }
+
+    @Test func holesReadAsZerosAndTakeNoChunk() throws {
+        let fx = try Fixture(chunkSize: 16 * 1024)
+        let (attr, fh) = try fx.create("sparse")
+        let far: UInt64 = 5 << 30
+        _ = try fx.write(attr.ino, fh, far, [1, 2, 3])
+        try fx.volume.flush(attr.ino, fh)
+        #expect(try fx.volume.getattr(attr.ino).size == far + 3)
+        #expect(try fx.volume.read(attr.ino, fh, offset: far - 2, count: 10) == [0, 0, 1, 2, 3])
+        #expect(try fx.metadata.chunks(attr.ino).map(\.index) == [Int(far / (16 * 1024))])
+        #expect(try fx.volume.getattr(attr.ino).storedBytes == 3)
+    }
+
+    @Test func truncateDownThenUpExposesZerosNotOldBytes() throws {
+        let fx = try Fixture(chunkSize: 16 * 1024)
+        let (attr, fh) = try fx.create("t")
+        let data = pattern(50_000, seed: 2)
+        _ = try fx.write(attr.ino, fh, 0, data)
+        try fx.volume.flush(attr.ino, fh)
+        _ = try fx.volume.setattr(attr.ino, AttrChanges(), size: 20_000)
+        _ = try fx.volume.setattr(attr.ino, AttrChanges(), size: 60_000)
+        let back = try fx.volume.read(attr.ino, fh, offset: 0, count: 60_000)
+        #expect(Array(back[0..<20_000]) == Array(data[0..<20_000]))
+        #expect(Array(back[20_000...]) == [UInt8](repeating: 0, count: 40_000))
+        #expect(try fx.metadata.usage().usedBytes == 20_000 - 16_384 + 16_384)
+    }
+
+    @Test func unlinkedFileStaysUsableUntilLastClose() throws {
+        let fx = try Fixture()
+        let (attr, fh) = try fx.create("gone")
+        _ = try fx.write(attr.ino, fh, 0, [1, 2, 3])
+        try fx.volume.unlink(.root, "gone")
+        #expect(throws: FSError.metadata(.notFound)) { try fx.volume.lookup(.root, "gone") }
+        _ = try fx.write(attr.ino, fh, 3, [4])
+        try fx.volume.flush(attr.ino, fh)
+        #expect(try fx.volume.read(attr.ino, fh, offset: 0, count: 10) == [1, 2, 3, 4])
+        fx.volume.release(attr.ino, fh)
+        // The kernel still holds the lookup from create: the inode lives until forget.
+        #expect(try fx.volume.getattr(attr.ino).nlink == 0)
+        fx.volume.forget(attr.ino, 1)
+        #expect(throws: FSError.metadata(.notFound)) { try fx.volume.getattr(attr.ino) }
+        #expect(try fx.metadata.usage().usedBytes == 0)
+    }
+
+    @Test func orphansOfACrashArePurgedAtMount() throws {
+        let fx = try Fixture()
+        let (attr, fh) = try fx.create("orphan")
+        _ = try fx.write(attr.ino, fh, 0, [1])
+        try fx.volume.flush(attr.ino, fh)
+        try fx.volume.unlink(.root, "orphan")
+        // No release and no forget: the daemon died.
+        fx.volume = try VolumeFS(metadata: fx.metadata, store: fx.store)
+        #expect(throws: FSError.metadata(.notFound)) { try fx.volume.getattr(attr.ino) }
+    }
+
+    @Test func writePastTheSizeLimitFailsAndChangesNothing() throws {
+        let fx = try Fixture(chunkSize: 16 * 1024, sizeLimit: 64 * 1024)
+        let (attr, fh) = try fx.create("f")
+        _ = try fx.write(attr.ino, fh, 0, pattern(60_000, seed: 3))
+        #expect(throws: FSError.noSpace) { try fx.write(attr.ino, fh, 60_000, pattern(10_000, seed: 4)) }
+        #expect(try fx.volume.getattr(attr.ino).size == 60_000)
+        try fx.volume.flush(attr.ino, fh)
+        #expect(try fx.volume.read(attr.ino, fh, offset: 0, count: 100_000) == pattern(60_000, seed: 3))
+        // Overwriting in place needs no new space.
+        _ = try fx.write(attr.ino, fh, 0, pattern(60_000, seed: 5))
+        try fx.volume.flush(attr.ino, fh)
+        #expect(try fx.metadata.usage().usedBytes == 60_000)
+        #expect(try fx.volume.statfs().freeBlocks == (65_536 - 60_000) / 4096)
+        #expect(throws: FSError.noSpace) { try fx.volume.fallocate(attr.ino, fh, mode: 0, offset: 0, length: 70_000) }
+    }
+
+    @Test func corruptOrMissingChunksGiveEIOAndNothingElse() throws {
+        let fx = try Fixture(chunkSize: 16 * 1024)
+        let (a, fa) = try fx.create("a")
+        let (b, fb) = try fx.create("b")
+        _ = try fx.write(a.ino, fa, 0, pattern(40_000, seed: 6))
+        _ = try fx.write(b.ino, fb, 0, pattern(40_000, seed: 7))
+        try fx.volume.flush(a.ino, fa)
+        try fx.volume.flush(b.ino, fb)
+        fx.volume.release(a.ino, fa)
+        fx.volume.release(b.ino, fb)
+        let chunksOfA = try fx.metadata.chunks(a.ino)
+        // Flip one byte of a's middle chunk on disk (objects are read-only files).
+        let path = fx.store.path(of: chunksOfA[1].object)
+        chmod(path, 0o644)
+        var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
+        bytes[100] ^= 0xff
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        try fx.store.delete(try fx.metadata.chunks(b.ino)[2].object)
+
+        let ra = try fx.volume.open(a.ino, flags: O_RDONLY)
+        #expect(try fx.volume.read(a.ino, ra, offset: 0, count: 16_384) == Array(pattern(40_000, seed: 6)[0..<16_384]))
+        #expect(throws: FSError.corrupt(ino: a.ino, chunk: 1, "checksum mismatch in block 0")) {
+            try fx.volume.read(a.ino, ra, offset: 16_384, count: 10)
+        }
+        do {
+            _ = try fx.volume.read(a.ino, ra, offset: 0, count: 40_000)
+            Issue.record("a read spanning a corrupt chunk returned bytes")
+        } catch {
+            #expect(error.errno == EIO)
+        }
+        let rb = try fx.volume.open(b.ino, flags: O_RDONLY)
+        do {
+            _ = try fx.volume.read(b.ino, rb, offset: 32_768, count: 10)
+            Issue.record("a missing chunk was read")
+        } catch {
+            #expect(error.errno == EIO)
+        }
+        #expect(try fx.volume.read(b.ino, rb, offset: 0, count: 100) == Array(pattern(40_000, seed: 7)[0..<100]))
+    }
+
+    @Test func lookupCountsFollowRepliesAndForgets() throws {
+        let fx = try Fixture()
+        _ = try fx.volume.mkdir(.root, "d", mode: 0o755, uid: 0, gid: 0)
+        let d = try fx.volume.lookup(.root, "d")
+        #expect(fx.volume.lookupCount(d.ino) == 2)
+        var seen: [String] = []
+        try fx.volume.readdir(.root, offset: 0, plus: true) { listing in
+            seen.append(listing.name.description)
+            return true
+        }
+        #expect(seen == [".", "..", "d"])
+        #expect(fx.volume.lookupCount(d.ino) == 3)
+        fx.volume.forget(d.ino, 3)
+        #expect(fx.volume.lookupCount(d.ino) == 0)
+        // Over-forgetting is survived.
+        fx.volume.forget(d.ino, 5)
+        #expect(fx.volume.lookupCount(.root) == 1)
+    }
+
+    @Test func readdirResumesAtAnyOffsetAndStopsWhenFull() throws {
+        let fx = try Fixture()
+        for i in 0..<600 { _ = try fx.create("f\(i)") }
+        var names: [String] = []
+        var offset: Int64 = 0
+        while true {
+            var batch = 0
+            try fx.volume.readdir(.root, offset: offset, plus: false) { listing in
+                if batch == 7 { return false }
+                batch += 1
+                names.append(listing.name.description)
+                offset = listing.nextOffset
+                return true
+            }
+            if batch == 0 { break }
+        }
+        #expect(names.count == 602)
+        #expect(Set(names) == Set([".", ".."] + (0..<600).map { "f\($0)" }))
+    }
+
+    @Test func namesAreChecked() throws {
+        let fx = try Fixture()
+        let long = String(repeating: "x", count: 256)
+        #expect(throws: FSError.nameTooLong) { try fx.create(long) }
+        #expect(throws: FSError.nameTooLong) { try fx.volume.lookup(.root, FileName(long)) }
+        _ = try fx.create(String(repeating: "y", count: 255))
+        #expect(throws: FSError.metadata(.exists)) { try fx.volume.mkdir(.root, "..", mode: 0o755, uid: 0, gid: 0) }
+        #expect(throws: FSError.invalidArgument("bad name")) { try fx.volume.mkdir(.root, "a/b", mode: 0o755, uid: 0, gid: 0) }
+        _ = try fx.create("x")
+        #expect(throws: FSError.metadata(.exists)) { try fx.create("x") }
+    }
+
+    @Test func fileTooBigAndSystemXattrs() throws {
+        let fx = try Fixture()
+        let (attr, fh) = try fx.create("f")
+        #expect(throws: FSError.fileTooBig) { try fx.write(attr.ino, fh, VolumeFS.maxFileSize, [1]) }
+        #expect(throws: FSError.fileTooBig) { try fx.volume.setattr(attr.ino, AttrChanges(), size: VolumeFS.maxFileSize + 1) }
+        #expect(throws: FSError.notSupported("system.* extended attributes")) {
+            try fx.volume.setxattr(attr.ino, "system.posix_acl_access", [1], mode: .any)
+        }
+        try fx.volume.setxattr(attr.ino, "user.k", [9], mode: .create)
+        #expect(try fx.volume.getxattr(attr.ino, "user.k") == [9])
+        #expect(throws: FSError.valueTooBig) { try fx.volume.setxattr(attr.ino, "user.big", [UInt8](repeating: 0, count: 70_000), mode: .any) }
+    }
+
+    @Test func openWithTruncEmptiesTheFile() throws {
+        let fx = try Fixture()
+        let (attr, fh) = try fx.create("f")
+        _ = try fx.write(attr.ino, fh, 0, pattern(1000, seed: 8))
+        fx.volume.release(attr.ino, fh)
+        let again = try fx.volume.open(attr.ino, flags: O_WRONLY | O_TRUNC)
+        #expect(try fx.volume.getattr(attr.ino).size == 0)
+        fx.volume.release(attr.ino, again)
+        #expect(try fx.metadata.usage().usedBytes == 0)
+    }
+
+    @Test func pendingWritesShowInAttributesBeforeClose() throws {
+        let fx = try Fixture()
+        let (attr, fh) = try fx.create("f")
+        let before = try fx.volume.getattr(attr.ino)
+        usleep(2000)
+        _ = try fx.write(attr.ino, fh, 0, [1, 2, 3])
+        let during = try fx.volume.getattr(attr.ino)
+        #expect(during.size == 3)
+        #expect(during.mtime > before.mtime)
+        #expect(try fx.metadata.getattr(attr.ino).size == 0)
+        fx.volume.release(attr.ino, fh)
+        #expect(try fx.metadata.getattr(attr.ino).size == 3)
+        #expect(try fx.metadata.getattr(attr.ino).mtime == during.mtime)
+    }
+
+    @Test func garbageWaitsForTheGracePeriod() throws {
+        var options = VolumeOptions()
+        options.gcGraceSeconds = 60
+        let fx = try Fixture(options: options)
+        let (attr, fh) = try fx.create("f")
+        _ = try fx.write(attr.ino, fh, 0, [1])
+        try fx.volume.flush(attr.ino, fh)
+        let old = try fx.metadata.chunks(attr.ino)[0].object
+        _ = try fx.write(attr.ino, fh, 0, [2])
+        try fx.volume.flush(attr.ino, fh)
+        #expect(try fx.volume.collectGarbage() == 0)
+        #expect(try fx.store.size(of: old) == 1)
+        let later = Timestamp(nanoseconds: VolumeFS.now().nanoseconds + 61 * 1_000_000_000)
+        #expect(try fx.volume.collectGarbage(now: later) == 1)
+        #expect(throws: StoreError.notFound(old)) { try fx.store.size(of: old) }
+        #expect(try fx.volume.read(attr.ino, fh, offset: 0, count: 1) == [2])
+    }
+}
