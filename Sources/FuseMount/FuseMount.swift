@@ -23,6 +23,9 @@ public struct MountOptions: Sendable {
     public var entryTimeout: Double = 1
     public var attrTimeout: Double = 1
     public var maxThreads: UInt32 = 16
+    /// Unmount on SIGTERM, SIGINT and SIGHUP. libfuse keeps one such session per process,
+    /// so a process serving several mounts (tests) turns this off.
+    public var handleSignals = true
     public init(mountpoint: String) { self.mountpoint = mountpoint }
 }
 
@@ -135,7 +138,9 @@ final class FuseContext: Sendable {
 }
 
 /// One mounted volume: mount, serve until unmounted or signalled, then clean up.
-public final class FuseMount {
+// @unchecked: `session` and `arguments` are set by `mount()` before `run()` starts on
+// whichever thread serves the mount, and only `run()` touches them after that.
+public final class FuseMount: @unchecked Sendable {
     let context: FuseContext
     let options: MountOptions
     var session: OpaquePointer?
@@ -169,7 +174,7 @@ public final class FuseMount {
             fuse_session_destroy(session)
             throw MountError(description: "cannot mount at \(options.mountpoint) (see the message above)")
         }
-        if fuse_set_signal_handlers(session) != 0 {
+        if options.handleSignals && fuse_set_signal_handlers(session) != 0 {
             fuse_session_unmount(session)
             fuse_session_destroy(session)
             throw MountError(description: "cannot install signal handlers")
@@ -186,7 +191,7 @@ public final class FuseMount {
             context.logger.warning("session loop ended with \(result)")
         }
         context.volume.flushAll()
-        fuse_remove_signal_handlers(session)
+        if options.handleSignals { fuse_remove_signal_handlers(session) }
         fuse_session_unmount(session)
         fuse_session_destroy(session)
         self.session = nil
