@@ -1,0 +1,33 @@
+# Sourced by run.sh, test.sh and bench.sh: installs the system packages netvol needs.
+
+# Runs a command as root (through sudo when we are not root).
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Installs the Debian packages given that are not installed yet; `apt-get update` runs
+# once, and only when something is missing.
+install_packages() {
+  local missing=()
+  for package in "$@"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing: ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# What building and mounting netvol needs.
+install_build_dependencies() {
+  install_packages libfuse3-dev fuse3 libsqlite3-dev libxxhash-dev pkg-config
+  if ! command -v swift >/dev/null 2>&1; then
+    for candidate in /opt/swift/usr/bin /usr/share/swift/usr/bin; do
+      [ -x "$candidate/swift" ] && export PATH="$candidate:$PATH" && break
+    done
+  fi
+  if ! command -v swift >/dev/null 2>&1; then
+    echo "error: no Swift toolchain found (Swift 6 is needed; see https://www.swift.org/install/linux/)" >&2
+    exit 1
+  fi
+}

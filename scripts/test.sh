@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds, and runs every test: store and metadata unit tests,
+# VolumeFS against its model, real mounts from Swift, then the end-to-end shell scripts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib/deps.sh
+
+install_build_dependencies
+# The tests also use the shell tools people use on a volume.
+install_packages attr python3 tar diffutils util-linux procps psmisc
+
+swift build --build-tests
+swift build --product netvol
+
+# A hung mount must fail the run, not hang it: every layer is bounded in time.
+status=0
+timeout --kill-after=30 1800 swift test --skip-build || status=$?
+NETVOL="$PWD/.build/debug/netvol" timeout --kill-after=30 2400 scripts/e2e/run-all.sh || status=$?
+
+left=$(awk '$3 ~ /^fuse/ && $1 ~ /netvol/ {print $2}' /proc/mounts)
+if [ -n "$left" ]; then
+  echo "error: tests left netvol mounts behind: $left" >&2
+  for mountpoint in $left; do fusermount3 -uz "$mountpoint" || true; done
+  status=1
+fi
+exit $status
