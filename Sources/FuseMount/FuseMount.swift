@@ -10,6 +10,7 @@ import Glibc
 internal import CFuse
 import Logging
 public import Metadata
+import Synchronization
 public import VolumeFS
 
 /// How a volume is mounted.
@@ -40,12 +41,29 @@ final class FuseContext: Sendable {
     let logger: Logger
     let entryTimeout: Double
     let attrTimeout: Double
+    /// The libfuse session (as an address: pointers are not Sendable) once it exists,
+    /// for the kernel cache notifications.
+    let session = Atomic<UInt>(0)
 
     init(volume: VolumeFS, logger: Logger, options: MountOptions) {
         self.volume = volume
         self.logger = logger
         self.entryTimeout = options.entryTimeout
         self.attrTimeout = options.attrTimeout
+    }
+
+    /// Tells the kernel to forget what it cached of something another mount changed.
+    func notify(_ what: Invalidation) {
+        let address = session.load(ordering: .acquiring)
+        guard address != 0, let session = OpaquePointer(bitPattern: address) else { return }
+        switch what {
+        case .inode(let ino):
+            _ = fuse_lowlevel_notify_inval_inode(session, ino.rawValue, 0, 0)
+        case .entry(let parent, let name):
+            _ = withCString(name.bytes) { pointer in
+                fuse_lowlevel_notify_inval_entry(session, parent.rawValue, pointer, name.bytes.count)
+            }
+        }
     }
 
     func configure(_ conn: UnsafeMutablePointer<fuse_conn_info>) {
@@ -170,7 +188,11 @@ public final class FuseMount: @unchecked Sendable {
             throw MountError(description: "libfuse refused the mount options \(fuseOptions.joined(separator: ","))")
         }
         fuse_opt_free_args(&args)
+        context.session.store(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(session))), ordering: .releasing)
+        let context = self.context
+        context.volume.setInvalidator { what in context.notify(what) }
         if fuse_session_mount(session, options.mountpoint) != 0 {
+            context.session.store(0, ordering: .releasing)
             fuse_session_destroy(session)
             throw MountError(description: "cannot mount at \(options.mountpoint) (see the message above)")
         }
@@ -190,7 +212,8 @@ public final class FuseMount: @unchecked Sendable {
         if result != 0 && result != -EINTR {
             context.logger.warning("session loop ended with \(result)")
         }
-        context.volume.flushAll()
+        context.session.store(0, ordering: .releasing)
+        context.volume.shutdown()
         if options.handleSignals { fuse_remove_signal_handlers(session) }
         fuse_session_unmount(session)
         fuse_session_destroy(session)

@@ -72,4 +72,30 @@ public protocol Metadata: Sendable {
     func adoptStrays(_ objects: [ObjectID], now: Timestamp) throws(MetadataError) -> Int
     /// Every object the metadata refers to or holds as garbage.
     func knownObjects() throws(MetadataError) -> Set<ObjectID>
+
+    // MARK: - The writer lease (one transaction each; time is the database's clock)
+
+    /// The lease as it stands.
+    func lease() throws(MetadataError) -> Lease
+    /// Takes the lease for `holder` if it is free, expired or already `holder`'s, bumping
+    /// the token. Fails with `.leaseHeld` naming the current holder otherwise.
+    func acquireLease(holder: String, ttlSeconds: Double) throws(MetadataError) -> Lease
+    /// Extends the lease; fails with `.fenced` if `holder` no longer holds `token`.
+    func renewLease(holder: String, token: LeaseToken, ttlSeconds: Double) throws(MetadataError) -> Lease
+    /// Gives the lease up if `holder` still holds `token`.
+    func releaseLease(holder: String, token: LeaseToken) throws(MetadataError)
+    /// Revokes the lease from whoever holds it: bumps the token so the old holder is fenced.
+    func breakLease() throws(MetadataError) -> Lease
+    /// From now on every namespace and data transaction of this instance checks, inside
+    /// the transaction, that `fence` still holds the lease (nil: no check, for tools).
+    func setFence(_ fence: Fence?)
+
+    /// Committed changes after `sequence`, at most `limit`.
+    func changes(after sequence: Int64, limit: Int) throws(MetadataError) -> ChangeBatch
+
+    /// Registers or refreshes a mount's session (its heartbeat is the database's now),
+    /// and forgets sessions whose heartbeat is older than `staleSeconds`.
+    func heartbeat(_ session: Session, staleSeconds: Double) throws(MetadataError)
+    func removeSession(id: String) throws(MetadataError)
+    func sessions() throws(MetadataError) -> [Session]
 }

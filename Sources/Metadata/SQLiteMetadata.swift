@@ -1,6 +1,7 @@
 import Foundation
 public import ChunkStore
 import GRDB
+import Synchronization
 
 /// Metadata in one SQLite database in WAL mode: `VOLUME_DIR/volume.db`.
 ///
@@ -12,11 +13,15 @@ public final class SQLiteMetadata: Metadata {
 
     let pool: DatabasePool
     public let path: String
+    /// Replaces the database's clock for the lease (tests drive expiry with it).
+    let clock: (@Sendable () -> Timestamp)?
+    let fence = Mutex<Fence?>(nil)
 
     /// Opens the metadata of an existing volume.
     ///
     /// - Throws: `.notAVolume` when the file is missing or is not netvol metadata.
-    public init(path: String) throws(MetadataError) {
+    public init(path: String, clock: (@Sendable () -> Timestamp)? = nil) throws(MetadataError) {
+        self.clock = clock
         guard FileManager.default.fileExists(atPath: path) else {
             throw .notAVolume("no \(Self.fileName) in \((path as NSString).deletingLastPathComponent)")
         }
@@ -29,6 +34,8 @@ public final class SQLiteMetadata: Metadata {
             guard version == Self.formatVersion else {
                 throw MetadataError.notAVolume("\(path) has metadata format \(version.map(String.init) ?? "none"), expected \(Self.formatVersion)")
             }
+            // Volumes made before the lease existed get its tables on first open.
+            try pool.write { db in try db.execute(sql: Self.sharingSchema) }
         } catch let error as MetadataError {
             throw error
         } catch {
@@ -46,6 +53,7 @@ public final class SQLiteMetadata: Metadata {
             let pool = try DatabasePool(path: path, configuration: configuration())
             try pool.write { db in
                 try db.execute(sql: schema)
+                try db.execute(sql: sharingSchema)
                 for (key, value) in [("format", formatVersion), ("chunk_size", Int64(chunkSize)),
                                      ("size_limit", Int64(bitPattern: sizeLimit)), ("used_bytes", 0),
                                      ("syncs", 0), ("created", now.nanoseconds)] {
@@ -93,6 +101,22 @@ public final class SQLiteMetadata: Metadata {
         CREATE TABLE garbage(object INTEGER PRIMARY KEY, since INTEGER NOT NULL);
         """
 
+    /// The writer lease, the mounts attached, and the change feed readers follow.
+    static let sharingSchema = """
+        CREATE TABLE IF NOT EXISTS lease(
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            holder TEXT, token INTEGER NOT NULL, expires_at INTEGER NOT NULL, renewed_at INTEGER NOT NULL
+        );
+        INSERT OR IGNORE INTO lease(id, holder, token, expires_at, renewed_at) VALUES (1, NULL, 0, 0, 0);
+        CREATE TABLE IF NOT EXISTS sessions(
+            id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, mountpoint TEXT NOT NULL,
+            device TEXT NOT NULL, mode TEXT NOT NULL, started_at INTEGER NOT NULL, heartbeat_at INTEGER NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS changes(
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, ino INTEGER, parent INTEGER, name BLOB
+        );
+        """
+
     static func configuration() -> Configuration {
         var config = Configuration()
         config.busyMode = .timeout(30)
@@ -112,6 +136,40 @@ public final class SQLiteMetadata: Metadata {
         } catch {
             throw .database(String(describing: error))
         }
+    }
+
+    /// A namespace or data transaction: when a fence is set, it first checks inside the
+    /// same transaction that the fence still holds the lease.
+    func mutate<T>(_ body: (Database) throws -> T) throws(MetadataError) -> T {
+        let fence = self.fence.withLock { $0 }
+        return try write { db in
+            if let fence { try Self.check(db, fence) }
+            return try body(db)
+        }
+    }
+
+    static func check(_ db: Database, _ fence: Fence) throws {
+        let statement = try db.cachedStatement(sql: "SELECT holder, token FROM lease WHERE id = 1")
+        guard let row = try Row.fetchOne(statement) else { throw MetadataError.fenced(holder: nil) }
+        let holder: String? = row[0]
+        let token: Int64 = row[1]
+        guard holder == fence.holder, token == fence.token.rawValue else {
+            throw MetadataError.fenced(holder: holder)
+        }
+    }
+
+    /// Records a change for readers: an inode, or an entry of a directory, or both.
+    static func note(_ db: Database, ino: InodeNumber? = nil, parent: InodeNumber? = nil, name: FileName? = nil) throws {
+        let statement = try db.cachedStatement(sql: "INSERT INTO changes(ino, parent, name) VALUES (?, ?, ?)")
+        try statement.execute(arguments: [ino.map { Int64($0.rawValue) }, parent.map { Int64($0.rawValue) },
+                                          name.map { Data($0.bytes) }])
+    }
+
+    /// Now, by the database's clock (which for SQLite is the clock of the host it is on).
+    func now(_ db: Database) throws -> Timestamp {
+        if let clock { return clock() }
+        let millis = try Int64.fetchOne(db, sql: "SELECT CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)") ?? 0
+        return Timestamp(nanoseconds: millis * 1_000_000)
     }
 
     func read<T>(_ body: (Database) throws -> T) throws(MetadataError) -> T {
@@ -261,13 +319,13 @@ public final class SQLiteMetadata: Metadata {
     }
 
     public func touch(_ ino: InodeNumber, atime: Timestamp) throws(MetadataError) {
-        try write { db in
+        try mutate { db in
             try db.execute(sql: "UPDATE inodes SET atime = ? WHERE ino = ?", arguments: [atime.nanoseconds, Int64(ino.rawValue)])
         }
     }
 
     public func setattr(_ ino: InodeNumber, _ changes: AttrChanges, now: Timestamp) throws(MetadataError) -> Attr {
-        try write { db in
+        try mutate { db in
             var attr = try Self.fetchAttr(db, ino)
             if let mode = changes.mode { attr.mode = (attr.mode & FileType.mask) | (mode & 0o7777) }
             if let uid = changes.uid { attr.uid = uid }
@@ -278,13 +336,14 @@ public final class SQLiteMetadata: Metadata {
             try db.execute(sql: "UPDATE inodes SET mode = ?, uid = ?, gid = ?, atime = ?, mtime = ?, ctime = ? WHERE ino = ?",
                            arguments: [Int64(attr.mode), Int64(attr.uid), Int64(attr.gid), attr.atime.nanoseconds,
                                        attr.mtime.nanoseconds, attr.ctime.nanoseconds, Int64(ino.rawValue)])
+            try Self.note(db, ino: ino)
             return attr
         }
     }
 
     public func mknode(_ parent: InodeNumber, _ name: FileName, mode: UInt32, uid: UInt32, gid: UInt32,
                        rdev: UInt64, target: [UInt8]?, now: Timestamp) throws(MetadataError) -> Attr {
-        try write { db in
+        try mutate { db in
             let dir = try Self.fetchDirectory(db, parent)
             if try Self.entry(db, parent, name) != nil { throw MetadataError.exists }
             var mode = mode
@@ -303,12 +362,13 @@ public final class SQLiteMetadata: Metadata {
             let ino = InodeNumber(UInt64(db.lastInsertedRowID))
             try Self.insertEntry(db, parent, name, ino)
             try Self.touchDirectory(db, parent, nlinkDelta: isDirectory ? 1 : 0, now: now)
+            try Self.note(db, ino: parent, parent: parent, name: name)
             return try Self.fetchAttr(db, ino)
         }
     }
 
     public func link(_ ino: InodeNumber, _ newParent: InodeNumber, _ newName: FileName, now: Timestamp) throws(MetadataError) -> Attr {
-        try write { db in
+        try mutate { db in
             let attr = try Self.fetchAttr(db, ino)
             if attr.isDirectory { throw MetadataError.notPermitted }
             _ = try Self.fetchDirectory(db, newParent)
@@ -318,12 +378,14 @@ public final class SQLiteMetadata: Metadata {
             try db.execute(sql: "UPDATE inodes SET nlink = nlink + 1, ctime = ? WHERE ino = ?",
                            arguments: [now.nanoseconds, Int64(ino.rawValue)])
             try Self.touchDirectory(db, newParent, now: now)
+            try Self.note(db, ino: ino)
+            try Self.note(db, ino: newParent, parent: newParent, name: newName)
             return try Self.fetchAttr(db, ino)
         }
     }
 
     public func unlink(_ parent: InodeNumber, _ name: FileName, now: Timestamp) throws(MetadataError) -> Attr {
-        try write { db in
+        try mutate { db in
             _ = try Self.fetchDirectory(db, parent)
             guard let ino = try Self.entry(db, parent, name) else { throw MetadataError.notFound }
             let attr = try Self.fetchAttr(db, ino)
@@ -332,12 +394,14 @@ public final class SQLiteMetadata: Metadata {
             try db.execute(sql: "UPDATE inodes SET nlink = max(0, nlink - 1), ctime = ? WHERE ino = ?",
                            arguments: [now.nanoseconds, Int64(ino.rawValue)])
             try Self.touchDirectory(db, parent, now: now)
+            try Self.note(db, ino: ino)
+            try Self.note(db, ino: parent, parent: parent, name: name)
             return try Self.fetchAttr(db, ino)
         }
     }
 
     public func rmdir(_ parent: InodeNumber, _ name: FileName, now: Timestamp) throws(MetadataError) -> Attr {
-        try write { db in
+        try mutate { db in
             _ = try Self.fetchDirectory(db, parent)
             guard let ino = try Self.entry(db, parent, name) else { throw MetadataError.notFound }
             let attr = try Self.fetchAttr(db, ino)
@@ -347,6 +411,8 @@ public final class SQLiteMetadata: Metadata {
             try db.execute(sql: "UPDATE inodes SET nlink = 0, ctime = ? WHERE ino = ?",
                            arguments: [now.nanoseconds, Int64(ino.rawValue)])
             try Self.touchDirectory(db, parent, nlinkDelta: -1, now: now)
+            try Self.note(db, ino: ino)
+            try Self.note(db, ino: parent, parent: parent, name: name)
             return try Self.fetchAttr(db, ino)
         }
     }
@@ -368,7 +434,7 @@ public final class SQLiteMetadata: Metadata {
 
     public func rename(_ parent: InodeNumber, _ name: FileName, _ newParent: InodeNumber, _ newName: FileName,
                        flags: RenameFlags, now: Timestamp) throws(MetadataError) -> Attr? {
-        try write { db -> Attr? in
+        try mutate { db -> Attr? in
             if flags.contains(.exchange) && flags.contains(.noReplace) {
                 throw MetadataError.invalidArgument("RENAME_EXCHANGE with RENAME_NOREPLACE")
             }
@@ -377,6 +443,12 @@ public final class SQLiteMetadata: Metadata {
             guard let source = try Self.entry(db, parent, name) else { throw MetadataError.notFound }
             let sourceAttr = try Self.fetchAttr(db, source)
             let target = try Self.entry(db, newParent, newName)
+            // Every path below that does not throw changes these; a no-op rename notes
+            // harmlessly.
+            try Self.note(db, ino: source, parent: parent, name: name)
+            try Self.note(db, ino: target, parent: newParent, name: newName)
+            try Self.note(db, ino: parent)
+            try Self.note(db, ino: newParent)
             if flags.contains(.noReplace) && target != nil { throw MetadataError.exists }
             if try sourceAttr.isDirectory && parent != newParent && Self.isWithin(db, newParent, source) {
                 throw MetadataError.invalidArgument("cannot move a directory into itself")
@@ -501,7 +573,7 @@ public final class SQLiteMetadata: Metadata {
     @discardableResult
     public func commitData(_ ino: InodeNumber, chunks: [ChunkRef], dropFrom: Int?, size: UInt64,
                            mtime: Timestamp?, now: Timestamp) throws(MetadataError) -> [ObjectID] {
-        try write { db in
+        try mutate { db in
             let attr = try Self.fetchAttr(db, ino)
             guard attr.isRegular else { throw MetadataError.invalidArgument("not a regular file") }
             var delta: Int64 = 0
@@ -534,6 +606,7 @@ public final class SQLiteMetadata: Metadata {
             try db.execute(sql: "UPDATE inodes SET size = ?, mtime = ?, ctime = ?, stored = max(0, stored + ?) WHERE ino = ?",
                            arguments: [Int64(bitPattern: size), newMtime.nanoseconds, now.nanoseconds, delta, inoValue])
             try Self.retire(db, retired, now: now)
+            try Self.note(db, ino: ino)
             return retired
         }
     }
@@ -552,7 +625,7 @@ public final class SQLiteMetadata: Metadata {
     }
 
     public func purge(_ ino: InodeNumber, now: Timestamp) throws(MetadataError) {
-        try write { db in
+        try mutate { db in
             guard let nlink = try Int64.fetchOne(db, sql: "SELECT nlink FROM inodes WHERE ino = ?",
                                                  arguments: [Int64(ino.rawValue)]), nlink == 0 else { return }
             let rows = try Row.fetchAll(db, sql: "SELECT object, length FROM chunks WHERE ino = ?", arguments: [Int64(ino.rawValue)])
@@ -585,7 +658,7 @@ public final class SQLiteMetadata: Metadata {
     }
 
     public func setxattr(_ ino: InodeNumber, _ name: FileName, _ value: [UInt8], mode: XattrMode, now: Timestamp) throws(MetadataError) {
-        try write { db in
+        try mutate { db in
             _ = try Self.fetchAttr(db, ino)
             let exists = try Bool.fetchOne(db, sql: "SELECT EXISTS(SELECT 1 FROM xattrs WHERE ino = ? AND name = ?)",
                                            arguments: [Int64(ino.rawValue), Data(name.bytes)]) ?? false
@@ -596,6 +669,7 @@ public final class SQLiteMetadata: Metadata {
             }
             try db.execute(sql: "INSERT OR REPLACE INTO xattrs(ino, name, value) VALUES (?, ?, ?)",
                            arguments: [Int64(ino.rawValue), Data(name.bytes), Data(value)])
+            try Self.note(db, ino: ino)
             try db.execute(sql: "UPDATE inodes SET ctime = ? WHERE ino = ?", arguments: [now.nanoseconds, Int64(ino.rawValue)])
         }
     }
@@ -609,10 +683,11 @@ public final class SQLiteMetadata: Metadata {
     }
 
     public func removexattr(_ ino: InodeNumber, _ name: FileName, now: Timestamp) throws(MetadataError) {
-        try write { db in
+        try mutate { db in
             _ = try Self.fetchAttr(db, ino)
             try db.execute(sql: "DELETE FROM xattrs WHERE ino = ? AND name = ?", arguments: [Int64(ino.rawValue), Data(name.bytes)])
             if db.changesCount == 0 { throw MetadataError.noAttribute }
+            try Self.note(db, ino: ino)
             try db.execute(sql: "UPDATE inodes SET ctime = ? WHERE ino = ?", arguments: [now.nanoseconds, Int64(ino.rawValue)])
         }
     }
@@ -665,5 +740,111 @@ extension SQLiteMetadata {
         var result: [(InodeNumber, [ChunkRef])] = []
         for ino in inodes { result.append((ino, try chunks(ino))) }
         return result
+    }
+}
+
+// MARK: - The writer lease, sessions and the change feed
+
+extension SQLiteMetadata {
+    static func fetchLease(_ db: Database, now: Timestamp) throws -> Lease {
+        guard let row = try Row.fetchOne(db, sql: "SELECT holder, token, expires_at, renewed_at FROM lease WHERE id = 1") else {
+            throw MetadataError.notAVolume("the lease row is missing")
+        }
+        return Lease(holder: row[0], token: LeaseToken(rawValue: row[1]), expiresAt: Timestamp(nanoseconds: row[2]),
+                     renewedAt: Timestamp(nanoseconds: row[3]), now: now)
+    }
+
+    static func nanoseconds(_ seconds: Double) -> Int64 { Int64(seconds * 1_000_000_000) }
+
+    public func lease() throws(MetadataError) -> Lease {
+        try read { db in try Self.fetchLease(db, now: try now(db)) }
+    }
+
+    public func acquireLease(holder: String, ttlSeconds: Double) throws(MetadataError) -> Lease {
+        try write { db in
+            let now = try now(db)
+            let current = try Self.fetchLease(db, now: now)
+            if current.isHeld && current.holder != holder { throw MetadataError.leaseHeld(current) }
+            let expires = now.nanoseconds + Self.nanoseconds(ttlSeconds)
+            try db.execute(sql: "UPDATE lease SET holder = ?, token = token + 1, expires_at = ?, renewed_at = ? WHERE id = 1",
+                           arguments: [holder, expires, now.nanoseconds])
+            return try Self.fetchLease(db, now: now)
+        }
+    }
+
+    public func renewLease(holder: String, token: LeaseToken, ttlSeconds: Double) throws(MetadataError) -> Lease {
+        try write { db in
+            let now = try now(db)
+            try Self.check(db, Fence(holder: holder, token: token))
+            try db.execute(sql: "UPDATE lease SET expires_at = ?, renewed_at = ? WHERE id = 1",
+                           arguments: [now.nanoseconds + Self.nanoseconds(ttlSeconds), now.nanoseconds])
+            // Keep the change feed bounded: readers that fall this far behind start over.
+            try db.execute(sql: "DELETE FROM changes WHERE seq < (SELECT max(seq) FROM changes) - 100000")
+            return try Self.fetchLease(db, now: now)
+        }
+    }
+
+    public func releaseLease(holder: String, token: LeaseToken) throws(MetadataError) {
+        try write { db in
+            try db.execute(sql: "UPDATE lease SET holder = NULL, expires_at = 0 WHERE id = 1 AND holder = ? AND token = ?",
+                           arguments: [holder, token.rawValue])
+        }
+    }
+
+    public func breakLease() throws(MetadataError) -> Lease {
+        try write { db in
+            let now = try now(db)
+            try db.execute(sql: "UPDATE lease SET holder = NULL, token = token + 1, expires_at = 0 WHERE id = 1")
+            return try Self.fetchLease(db, now: now)
+        }
+    }
+
+    public func setFence(_ fence: Fence?) {
+        self.fence.withLock { $0 = fence }
+    }
+
+    public func changes(after sequence: Int64, limit: Int) throws(MetadataError) -> ChangeBatch {
+        try read { db in
+            let latest = try Int64.fetchOne(db, sql: "SELECT coalesce(max(seq), 0) FROM changes") ?? 0
+            let oldest = try Int64.fetchOne(db, sql: "SELECT coalesce(min(seq), 0) FROM changes") ?? 0
+            let statement = try db.cachedStatement(sql: "SELECT seq, ino, parent, name FROM changes WHERE seq > ? ORDER BY seq LIMIT ?")
+            let changes = try Row.fetchAll(statement, arguments: [sequence, limit]).map { row in
+                Change(sequence: row[0],
+                       ino: (row[1] as Int64?).map { InodeNumber(UInt64($0)) },
+                       parent: (row[2] as Int64?).map { InodeNumber(UInt64($0)) },
+                       name: (row[3] as Data?).map { FileName([UInt8]($0)) })
+            }
+            return ChangeBatch(changes: changes, latest: latest, truncated: sequence < latest && oldest > sequence + 1)
+        }
+    }
+
+    public func heartbeat(_ session: Session, staleSeconds: Double) throws(MetadataError) {
+        try write { db in
+            let now = try now(db)
+            try db.execute(sql: """
+                INSERT INTO sessions(id, host, pid, mountpoint, device, mode, started_at, heartbeat_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT(id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, mode = excluded.mode,
+                    device = excluded.device
+                """, arguments: [session.id, session.host, session.pid, session.mountpoint, session.device, session.mode,
+                                 now.nanoseconds, now.nanoseconds])
+            try db.execute(sql: "DELETE FROM sessions WHERE heartbeat_at < ?",
+                           arguments: [now.nanoseconds - Self.nanoseconds(staleSeconds)])
+        }
+    }
+
+    public func removeSession(id: String) throws(MetadataError) {
+        try write { db in try db.execute(sql: "DELETE FROM sessions WHERE id = ?", arguments: [id]) }
+    }
+
+    public func sessions() throws(MetadataError) -> [Session] {
+        try read { db in
+            try Row.fetchAll(db, sql: "SELECT id, host, pid, mountpoint, device, mode, started_at, heartbeat_at FROM sessions ORDER BY started_at")
+                .map { row in
+                    Session(id: row[0], host: row[1], pid: Int32(truncatingIfNeeded: row[2] as Int64), mountpoint: row[3],
+                            device: row[4], mode: row[5], startedAt: Timestamp(nanoseconds: row[6]),
+                            heartbeatAt: Timestamp(nanoseconds: row[7]))
+                }
+        }
     }
 }

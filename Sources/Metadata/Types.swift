@@ -154,6 +154,79 @@ public enum MetadataError: Error, Equatable, Sendable {
     case notAVolume(String)
     /// The database failed; the message says how.
     case database(String)
+    /// This writer's lease token is no longer the volume's: another worker took the
+    /// lease over (or it was broken or released), so the transaction was refused.
+    case fenced(holder: String?)
+    /// Another worker holds the writer lease.
+    case leaseHeld(Lease)
+}
+
+/// The writer lease's token: it only ever grows, and every write transaction of a writer
+/// checks it, so a writer that lost the lease can never commit again.
+public struct LeaseToken: RawRepresentable, Hashable, Comparable, Sendable, CustomStringConvertible {
+    public let rawValue: Int64
+    public init(rawValue: Int64) { self.rawValue = rawValue }
+    public static func < (a: LeaseToken, b: LeaseToken) -> Bool { a.rawValue < b.rawValue }
+    public var description: String { "\(rawValue)" }
+}
+
+/// The volume's single-writer lease as the database sees it at `now` (the database's clock).
+public struct Lease: Equatable, Sendable {
+    public var holder: String?
+    public var token: LeaseToken
+    public var expiresAt: Timestamp
+    public var renewedAt: Timestamp
+    public var now: Timestamp
+    public init(holder: String?, token: LeaseToken, expiresAt: Timestamp, renewedAt: Timestamp, now: Timestamp) {
+        self.holder = holder; self.token = token; self.expiresAt = expiresAt; self.renewedAt = renewedAt; self.now = now
+    }
+    /// Someone holds the lease and it has not expired.
+    public var isHeld: Bool { holder != nil && expiresAt > now }
+}
+
+/// The identity a writer's transactions are checked against.
+public struct Fence: Equatable, Sendable {
+    public var holder: String
+    public var token: LeaseToken
+    public init(holder: String, token: LeaseToken) { self.holder = holder; self.token = token }
+}
+
+/// One committed change, for readers to invalidate what they cached.
+public struct Change: Equatable, Sendable {
+    public var sequence: Int64
+    /// An inode whose attributes, data or xattrs changed.
+    public var ino: InodeNumber?
+    /// A directory entry that appeared, vanished or changed target.
+    public var parent: InodeNumber?
+    public var name: FileName?
+}
+
+/// Changes after a point in the feed.
+public struct ChangeBatch: Sendable {
+    public var changes: [Change]
+    /// The newest sequence number in the feed.
+    public var latest: Int64
+    /// True when changes after the asked point were already pruned: the reader must
+    /// forget everything it cached.
+    public var truncated: Bool
+}
+
+/// A mount that is attached to the volume.
+public struct Session: Equatable, Sendable {
+    public var id: String
+    public var host: String
+    public var pid: Int32
+    public var mountpoint: String
+    /// The mount's device number, "major:minor", as /proc/self/mountinfo shows it.
+    public var device: String
+    public var mode: String
+    public var startedAt: Timestamp
+    public var heartbeatAt: Timestamp
+    public init(id: String, host: String, pid: Int32, mountpoint: String, device: String, mode: String,
+                startedAt: Timestamp, heartbeatAt: Timestamp) {
+        self.id = id; self.host = host; self.pid = pid; self.mountpoint = mountpoint; self.device = device
+        self.mode = mode; self.startedAt = startedAt; self.heartbeatAt = heartbeatAt
+    }
 }
 
 /// Flags of `rename`.

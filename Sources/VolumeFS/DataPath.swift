@@ -36,7 +36,7 @@ extension VolumeFS {
         try Self.checkNew(name)
         let attr: Attr
         do {
-            attr = try Self.lift { () throws(MetadataError) in
+            attr = try mutating { () throws(MetadataError) in
                 try metadata.mknode(parent, name, mode: FileType.regular.rawValue | (mode & 0o7777), uid: uid, gid: gid,
                                     rdev: 0, target: nil, now: Self.now())
             }
@@ -62,8 +62,7 @@ extension VolumeFS {
             } else {
                 // Close-to-open: a first open reads the chunk map afresh.
                 let chunks = try Self.lift { () throws(MetadataError) in try metadata.chunks(attr.ino) }
-                file = OpenFile(ino: attr.ino, chunkMap: Dictionary(uniqueKeysWithValues: chunks.map { ($0.index, $0) }),
-                                size: attr.size)
+                file = OpenFile(attr: attr, chunkMap: Dictionary(uniqueKeysWithValues: chunks.map { ($0.index, $0) }))
                 files[attr.ino] = file
             }
             file.lock.lock()
@@ -78,6 +77,8 @@ extension VolumeFS {
     func touchAtime(_ attr: Attr) {
         let now = Self.now()
         let day: Int64 = 86_400 * 1_000_000_000
+        // atime is best effort: a reader does not take the lease for it.
+        guard isWriter else { return }
         guard attr.atime <= attr.mtime || attr.atime <= attr.ctime || now.nanoseconds - attr.atime.nanoseconds > day else { return }
         do {
             try metadata.touch(attr.ino, atime: now)
@@ -271,6 +272,7 @@ extension VolumeFS {
         guard data.count > 0 else { return 0 }
         let (end, overflow) = offset.addingReportingOverflow(UInt64(data.count))
         guard !overflow, end <= Self.maxFileSize else { throw .fileTooBig }
+        try ensureWritable()
         file.lock.lock()
         defer { file.lock.unlock() }
 
@@ -331,6 +333,7 @@ extension VolumeFS {
     /// Stores the dirty chunks of `file` (all, or `only` these) as new objects and swaps
     /// them in with one metadata transaction. Caller holds `file.lock`.
     func commit(_ file: OpenFile, only: [Int]? = nil) throws(FSError) {
+        if file.lostWrites { throw .lostWrites }
         let indices = (only ?? Array(file.dirty.keys)).filter { file.dirty[$0] != nil }.sorted()
         if indices.isEmpty && file.size == file.committedSize && file.mtime == nil { return }
         var refs: [ChunkRef] = []
@@ -355,6 +358,12 @@ extension VolumeFS {
         } catch {
             for ref in refs { try? store.delete(ref.object) }
             logger.error("commit of inode \(file.ino.rawValue) failed: \(error)")
+            if case .fenced(let holder) = error {
+                file.lock.unlock()
+                loseLease("a commit found the lease with \(holder ?? "nobody")")
+                file.lock.lock()
+                throw .lostWrites
+            }
             throw .metadata(error)
         }
         var delta: Int64 = 0
@@ -397,6 +406,7 @@ extension VolumeFS {
     /// one the new end falls in; growing adds a hole, which takes no space.
     public func truncate(_ ino: InodeNumber, to size: UInt64) throws(FSError) {
         guard size <= Self.maxFileSize else { throw .fileTooBig }
+        try ensureWritable()
         let attr = try Self.lift { () throws(MetadataError) in try metadata.getattr(ino) }
         if attr.isDirectory { throw .metadata(.isDirectory) }
         guard attr.isRegular else { throw .invalidArgument("truncate of a special file") }
@@ -462,6 +472,7 @@ extension VolumeFS {
         let (end, overflow) = offset.addingReportingOverflow(length)
         guard !overflow, end <= Self.maxFileSize else { throw .fileTooBig }
         let file = try file(fh, ino)
+        try ensureWritable()
         file.lock.lock()
         defer { file.lock.unlock() }
         guard end > file.size else { return }

@@ -26,6 +26,12 @@ public enum FSError: Error, Equatable, Sendable {
     case range
     /// An xattr value larger than the volume keeps.
     case valueTooBig
+    /// This mount may not write: it is read-only, or another worker (`holder`) has the
+    /// writer lease.
+    case readOnly(holder: String?)
+    /// Data this mount had accepted into its buffers was dropped because it lost the
+    /// writer lease before committing it.
+    case lostWrites
 
     /// The errno the kernel sees.
     public var errno: Int32 {
@@ -46,6 +52,8 @@ public enum FSError: Error, Equatable, Sendable {
             // The volume's own metadata is unreadable or the database failed: nothing the
             // caller did wrong, and nothing it can fix by retrying differently.
             case .notAVolume, .database: EIO
+            // Another worker holds the writer lease, or took it from us.
+            case .fenced, .leaseHeld: EROFS
             }
         case .store(.noSpace, _, _): ENOSPC
         case .store(.notFound, _, _), .store(.exists, _, _), .store(.io, _, _): EIO
@@ -59,6 +67,9 @@ public enum FSError: Error, Equatable, Sendable {
         case .notSupported: EOPNOTSUPP
         case .range: ERANGE
         case .valueTooBig: E2BIG
+        case .readOnly: EROFS
+        // The application was told its writes succeeded; only an I/O error is honest now.
+        case .lostWrites: EIO
         }
     }
 }
@@ -78,6 +89,8 @@ extension FSError: CustomStringConvertible {
         case .notSupported(let what): "not supported: \(what)"
         case .range: "buffer too small or name too long"
         case .valueTooBig: "value too big"
+        case .readOnly(let holder): holder.map { "read-only: the writer lease is held by \($0)" } ?? "read-only mount"
+        case .lostWrites: "buffered writes were dropped when the writer lease was lost"
         }
     }
 }

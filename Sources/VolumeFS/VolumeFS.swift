@@ -40,6 +40,13 @@ public struct VolumeOptions: Sendable {
     public var maxDirtyChunksPerFile: Int = 16
     /// Update atime on open when it is older than mtime, ctime or a day (like relatime).
     public var relatime: Bool = true
+    /// Who may write through this mount, and when it takes the writer lease.
+    public var mode: AccessMode = .onDemand
+    /// Seconds a lease lasts without renewal; it is renewed every third of that.
+    public var leaseTTLSeconds: Double = 15
+    /// On-demand mounts give the lease back after this many seconds without writes and
+    /// with no file open for writing.
+    public var leaseIdleSeconds: Double = 30
     public init() {}
 }
 
@@ -75,12 +82,18 @@ final class OpenFile: @unchecked Sendable {
     var size: UInt64
     var committedSize: UInt64
     var mtime: Timestamp?
+    /// The attributes at open or last refresh: an open file another mount deleted still
+    /// answers getattr with them.
+    var attr: Attr
+    /// Writes accepted into buffers were dropped when the lease was lost.
+    var lostWrites = false
 
-    init(ino: InodeNumber, chunkMap: [Int: ChunkRef], size: UInt64) {
-        self.ino = ino
+    init(attr: Attr, chunkMap: [Int: ChunkRef]) {
+        self.ino = attr.ino
         self.chunkMap = chunkMap
-        self.size = size
-        self.committedSize = size
+        self.size = attr.size
+        self.committedSize = attr.size
+        self.attr = attr
     }
 }
 
@@ -113,20 +126,39 @@ public final class VolumeFS: Sendable {
     let openFiles = Mutex<[InodeNumber: OpenFile]>([:])
     /// Committed usage and limit as last read, plus growth reserved by buffered writes.
     let accounting: Mutex<(used: UInt64, limit: UInt64, reserved: Int64)>
+    /// This mount's worker id in the lease.
+    public let holder: String
+    let writer = Mutex(WriterState())
+    /// Serializes taking and giving back the lease.
+    let leaseChange = Mutex(())
+    let invalidator = Mutex<(@Sendable (Invalidation) -> Void)?>(nil)
 
-    /// Opens a volume for use: purges inodes a crash left without names.
+    /// Opens a volume for use. Nothing is written until this mount takes the writer
+    /// lease (at the first mutation, or `acquireLease`); inodes a crash left without
+    /// names are purged then.
     public init(metadata: any Metadata, store: any ChunkStore, options: VolumeOptions = VolumeOptions(),
-                logger: Logger = Logger(label: "netvol")) throws(FSError) {
+                holder: String = defaultHolderName(), logger: Logger = Logger(label: "netvol")) throws(FSError) {
         self.metadata = metadata
         self.store = store
         self.options = options
         self.logger = logger
+        self.holder = holder
         let usage = try Self.lift { () throws(MetadataError) in try metadata.usage() }
         self.chunkSize = usage.chunkSize
         self.accounting = Mutex((used: usage.usedBytes, limit: usage.sizeLimit, reserved: 0))
-        for orphan in try Self.lift({ () throws(MetadataError) in try metadata.orphans() }) {
-            try Self.lift { () throws(MetadataError) in try metadata.purge(orphan, now: Self.now()) }
-        }
+        // No token is ever -1: until we hold the lease, no transaction of ours can commit.
+        metadata.setFence(Fence(holder: holder, token: LeaseToken(rawValue: -1)))
+        let latest = try Self.lift { () throws(MetadataError) in try metadata.changes(after: Int64.max - 1, limit: 1).latest }
+        writer.withLock { $0.seenChanges = latest }
+    }
+
+    /// Sets what tells the kernel to forget cached names, attributes and pages.
+    public func setInvalidator(_ invalidate: @escaping @Sendable (Invalidation) -> Void) {
+        invalidator.withLock { $0 = invalidate }
+    }
+
+    func invalidate(_ what: Invalidation) {
+        invalidator.withLock { $0 }?(what)
     }
 
     static func lift<T>(_ body: () throws(MetadataError) -> T) throws(FSError) -> T {
@@ -211,6 +243,8 @@ public final class VolumeFS: Sendable {
 
     func purgeIfUnlinked(_ ino: InodeNumber) {
         guard unlinked.withLock({ $0.remove(ino) }) != nil else { return }
+        // Only the writer purges; otherwise the next writer does, when it takes the lease.
+        guard isWriter else { return }
         do {
             try metadata.purge(ino, now: Self.now())
         } catch {
@@ -229,7 +263,19 @@ public final class VolumeFS: Sendable {
     }
 
     public func getattr(_ ino: InodeNumber) throws(FSError) -> Attr {
-        try pending(Self.lift { () throws(MetadataError) in try metadata.getattr(ino) })
+        do {
+            return try pending(Self.lift { () throws(MetadataError) in try metadata.getattr(ino) })
+        } catch .metadata(.notFound) {
+            // Another mount deleted a file we have open: it stays usable until we close it.
+            if let file = openFiles.withLock({ $0[ino] }) {
+                file.lock.lock()
+                var attr = file.attr
+                file.lock.unlock()
+                attr.nlink = 0
+                return pending(attr)
+            }
+            throw .metadata(.notFound)
+        }
     }
 
     /// `attr` with the size and mtime of writes not yet committed.
@@ -249,6 +295,7 @@ public final class VolumeFS: Sendable {
 
     /// Changes attributes; `size` truncates or extends the file.
     public func setattr(_ ino: InodeNumber, _ changes: AttrChanges, size: UInt64? = nil) throws(FSError) -> Attr {
+        if size != nil || !changes.isEmpty { try ensureWritable() }
         if let size { try truncate(ino, to: size) }
         if !changes.isEmpty {
             // Buffered writes would carry their own mtime over an explicit one.
@@ -257,7 +304,7 @@ public final class VolumeFS: Sendable {
                 defer { file.lock.unlock() }
                 try commit(file)
             }
-            _ = try Self.lift { () throws(MetadataError) in try metadata.setattr(ino, changes, now: Self.now()) }
+            _ = try mutating { () throws(MetadataError) in try metadata.setattr(ino, changes, now: Self.now()) }
         }
         return try getattr(ino)
     }
@@ -283,7 +330,7 @@ public final class VolumeFS: Sendable {
     }
 
     func make(_ parent: InodeNumber, _ name: FileName, mode: UInt32, rdev: UInt64, uid: UInt32, gid: UInt32, target: [UInt8]?) throws(FSError) -> Attr {
-        let attr = try Self.lift { () throws(MetadataError) in
+        let attr = try mutating { () throws(MetadataError) in
             try metadata.mknode(parent, name, mode: mode, uid: uid, gid: gid, rdev: rdev, target: target, now: Self.now())
         }
         remember(attr.ino)
@@ -292,28 +339,28 @@ public final class VolumeFS: Sendable {
 
     public func link(_ ino: InodeNumber, _ newParent: InodeNumber, _ newName: FileName) throws(FSError) -> Attr {
         try Self.checkNew(newName)
-        let attr = try pending(Self.lift { () throws(MetadataError) in try metadata.link(ino, newParent, newName, now: Self.now()) })
+        let attr = try pending(mutating { () throws(MetadataError) in try metadata.link(ino, newParent, newName, now: Self.now()) })
         remember(attr.ino)
         return attr
     }
 
     public func unlink(_ parent: InodeNumber, _ name: FileName) throws(FSError) {
         try Self.check(name)
-        noteUnlinked(try Self.lift { () throws(MetadataError) in try metadata.unlink(parent, name, now: Self.now()) })
+        noteUnlinked(try mutating { () throws(MetadataError) in try metadata.unlink(parent, name, now: Self.now()) })
     }
 
     public func rmdir(_ parent: InodeNumber, _ name: FileName) throws(FSError) {
         try Self.check(name)
         if name.bytes == [UInt8(ascii: ".")] { throw .invalidArgument("rmdir of .") }
         if name.bytes == [UInt8(ascii: "."), UInt8(ascii: ".")] { throw .metadata(.notEmpty) }
-        noteUnlinked(try Self.lift { () throws(MetadataError) in try metadata.rmdir(parent, name, now: Self.now()) })
+        noteUnlinked(try mutating { () throws(MetadataError) in try metadata.rmdir(parent, name, now: Self.now()) })
     }
 
     public func rename(_ parent: InodeNumber, _ name: FileName, _ newParent: InodeNumber, _ newName: FileName,
                        flags: RenameFlags = []) throws(FSError) {
         try Self.check(name)
         try Self.checkNew(newName)
-        if let replaced = try Self.lift({ () throws(MetadataError) in
+        if let replaced = try mutating({ () throws(MetadataError) in
             try metadata.rename(parent, name, newParent, newName, flags: flags, now: Self.now())
         }) {
             noteUnlinked(replaced)
@@ -385,7 +432,7 @@ public final class VolumeFS: Sendable {
     public func setxattr(_ ino: InodeNumber, _ name: FileName, _ value: [UInt8], mode: XattrMode) throws(FSError) {
         try Self.checkXattr(name)
         if value.count > 65_536 { throw .valueTooBig }
-        try Self.lift { () throws(MetadataError) in try metadata.setxattr(ino, name, value, mode: mode, now: Self.now()) }
+        try mutating { () throws(MetadataError) in try metadata.setxattr(ino, name, value, mode: mode, now: Self.now()) }
     }
 
     public func listxattr(_ ino: InodeNumber) throws(FSError) -> [FileName] {
@@ -394,6 +441,6 @@ public final class VolumeFS: Sendable {
 
     public func removexattr(_ ino: InodeNumber, _ name: FileName) throws(FSError) {
         if name.bytes.isEmpty || name.bytes.count > 255 { throw .range }
-        try Self.lift { () throws(MetadataError) in try metadata.removexattr(ino, name, now: Self.now()) }
+        try mutating { () throws(MetadataError) in try metadata.removexattr(ino, name, now: Self.now()) }
     }
 }

@@ -11,7 +11,7 @@ struct Netvol: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "netvol",
         abstract: "A persistent network volume, mounted with FUSE.",
-        subcommands: [Create.self, Mount.self, Unmount.self, Status.self, Resize.self, GC.self, Fsck.self])
+        subcommands: [Create.self, Mount.self, Unmount.self, Status.self, LeaseCommand.self, Resize.self, GC.self, Fsck.self])
 }
 
 struct Create: ParsableCommand {
@@ -93,24 +93,82 @@ struct Status: ParsableCommand {
         let (metadata, _) = try dir.open()
         let usage = try metadata.usage()
         let free = usage.sizeLimit > usage.usedBytes ? usage.sizeLimit - usage.usedBytes : 0
-        let holder = dir.mountHolder()
+        let lease = try metadata.lease()
+        let sessions = try metadata.sessions()
         if json {
-            var object: [String: Any] = [
+            var leaseObject: [String: Any] = ["token": lease.token.rawValue, "held": lease.isHeld]
+            if lease.isHeld, let holder = lease.holder {
+                leaseObject["holder"] = holder
+                leaseObject["renewed_at"] = iso8601(lease.renewedAt)
+                leaseObject["expires_at"] = iso8601(lease.expiresAt)
+                leaseObject["expires_in_seconds"] = Double(lease.expiresAt.nanoseconds - lease.now.nanoseconds) / 1e9
+            }
+            let object: [String: Any] = [
                 "volume": dir.path, "size_bytes": usage.sizeLimit, "used_bytes": usage.usedBytes,
                 "free_bytes": free, "files": usage.inodes, "chunk_size_bytes": usage.chunkSize,
+                "lease": leaseObject,
+                "mounts": sessions.map { session -> [String: Any] in
+                    ["id": session.id, "host": session.host, "pid": session.pid, "mountpoint": session.mountpoint,
+                     "mode": session.mode, "started_at": iso8601(session.startedAt),
+                     "heartbeat_at": iso8601(session.heartbeatAt)]
+                },
             ]
-            if let holder { object["mount"] = ["pid": holder.pid, "mountpoint": holder.mountpoint] }
             let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
             print(String(decoding: data, as: UTF8.self))
-        } else {
-            print("volume:     \(dir.path)")
-            print("size:       \(formatBytes(usage.sizeLimit))")
-            print("used:       \(formatBytes(usage.usedBytes))")
-            print("free:       \(formatBytes(free))")
-            print("files:      \(usage.inodes)")
-            print("chunk size: \(formatBytes(UInt64(usage.chunkSize)))")
-            print("mounted:    \(holder.map { "at \($0.mountpoint) by pid \($0.pid)" } ?? "no")")
+            return
         }
+        print("volume:     \(dir.path)")
+        print("size:       \(formatBytes(usage.sizeLimit))")
+        print("used:       \(formatBytes(usage.usedBytes))")
+        print("free:       \(formatBytes(free))")
+        print("files:      \(usage.inodes)")
+        print("chunk size: \(formatBytes(UInt64(usage.chunkSize)))")
+        if lease.isHeld, let holder = lease.holder {
+            let seconds = Double(lease.expiresAt.nanoseconds - lease.now.nanoseconds) / 1e9
+            print("writer:     \(holder) (token \(lease.token), renewed \(iso8601(lease.renewedAt)), expires in \(String(format: "%.1f", seconds)) s)")
+        } else {
+            print("writer:     none (token \(lease.token))")
+        }
+        print("mounts:     \(sessions.isEmpty ? "none" : "\(sessions.count)")")
+        for session in sessions {
+            print("  \(session.id)  \(session.mode)  pid \(session.pid) on \(session.host) at \(session.mountpoint), heartbeat \(iso8601(session.heartbeatAt))")
+        }
+    }
+}
+
+func iso8601(_ time: Timestamp) -> String {
+    let formatter = ISO8601DateFormatter()
+    formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+    return formatter.string(from: Date(timeIntervalSince1970: Double(time.nanoseconds) / 1e9))
+}
+
+struct LeaseCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lease", abstract: "Show the writer lease, or break it.",
+        discussion: "Breaking bumps the lease token: the old holder can never commit again, and its buffered writes are lost.")
+
+    @Argument(help: "The volume directory.")
+    var volume: String
+
+    @Flag(name: .customLong("break"), help: "Revoke the lease from its holder.")
+    var breakLease = false
+
+    func run() throws {
+        let (metadata, _) = try VolumeDirectory(volume).open()
+        let lease = try metadata.lease()
+        guard breakLease else {
+            if lease.isHeld, let holder = lease.holder {
+                print("held by \(holder), token \(lease.token), expires \(iso8601(lease.expiresAt))")
+            } else {
+                print("free (token \(lease.token))")
+            }
+            return
+        }
+        let broken = try metadata.breakLease()
+        if lease.isHeld, let holder = lease.holder {
+            printError("warning: revoked the writer lease of \(holder); writes it had not committed are lost, and it gets 'Read-only file system' until it takes the lease again")
+        }
+        print("lease broken; token is now \(broken.token)")
     }
 }
 

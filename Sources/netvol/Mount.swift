@@ -35,12 +35,33 @@ struct Mount: ParsableCommand {
     @Option(help: "Seconds a replaced chunk is kept for readers that may still use it.")
     var gcGrace: Int = 600
 
+    @Flag(help: "Never write; every change answers 'Read-only file system'.")
+    var readOnly = false
+
+    @Flag(help: "Take the writer lease now and keep it; fail if another worker holds it.")
+    var writer = false
+
+    @Flag(help: "With --writer: wait for the lease instead of failing.")
+    var wait = false
+
+    @Option(help: "Seconds the writer lease lasts without renewal.")
+    var leaseTtl: Double = 15
+
+    @Option(help: "Seconds without writes after which an on-demand mount gives the lease back.")
+    var leaseIdle: Double = 30
+
     @Option(help: .hidden)
     var readyFd: Int32?
 
     func validate() throws {
         guard gcGrace >= 0 else { throw ValidationError("--gc-grace must not be negative") }
+        guard !(readOnly && writer) else { throw ValidationError("--read-only and --writer exclude each other") }
+        guard !wait || writer else { throw ValidationError("--wait goes with --writer") }
+        guard leaseTtl >= 1, leaseTtl <= 3600 else { throw ValidationError("--lease-ttl must be between 1 and 3600 seconds") }
+        guard leaseIdle >= 0 else { throw ValidationError("--lease-idle must not be negative") }
     }
+
+    var mode: AccessMode { readOnly ? .readOnly : writer ? .writer : .onDemand }
 
     func run() throws {
         let dir = VolumeDirectory(volume)
@@ -49,9 +70,6 @@ struct Mount: ParsableCommand {
             try dir.validate()
             try checkFuseDevice()
             try prepareMountpoint(target)
-            if let holder = dir.mountHolder() {
-                throw CLIError("volume \(dir.path) is already mounted at \(holder.mountpoint) by pid \(holder.pid)")
-            }
         } catch let error as CLIError {
             report(error)
             throw error
@@ -107,16 +125,20 @@ struct Mount: ParsableCommand {
         }
         let logger = Logger(label: "netvol")
         do {
-            let lock = try lockVolume(dir, mountpoint: target)
             let (metadata, store) = try dir.open()
             var volumeOptions = VolumeOptions()
             volumeOptions.gcGraceSeconds = gcGrace
+            volumeOptions.mode = mode
+            volumeOptions.leaseTTLSeconds = leaseTtl
+            volumeOptions.leaseIdleSeconds = leaseIdle
             let volumeFS: VolumeFS
             do {
                 volumeFS = try VolumeFS(metadata: metadata, store: store, options: volumeOptions, logger: logger)
             } catch {
                 throw CLIError("cannot open volume \(dir.path): \(error)")
             }
+            if mode == .writer { try takeLease(volumeFS, logger: logger) }
+
             var mountOptions = MountOptions(mountpoint: target)
             mountOptions.fuseOptions = options.flatMap { $0.split(separator: ",").map(String.init) }
             // Handlers often run as another user than the one who mounts: let them in, and
@@ -124,54 +146,86 @@ struct Mount: ParsableCommand {
             if geteuid() == 0 && !mountOptions.fuseOptions.contains("allow_other") {
                 mountOptions.fuseOptions.append("allow_other")
             }
+            if readOnly && !mountOptions.fuseOptions.contains("ro") { mountOptions.fuseOptions.append("ro") }
             mountOptions.source = "netvol:" + dir.path.replacingOccurrences(of: ",", with: "\\,")
             let mount = FuseMount(volume: volumeFS, options: mountOptions, logger: logger)
             do {
                 try mount.mount()
             } catch {
+                volumeFS.releaseLease()
                 throw CLIError(error.description)
             }
-            logger.info("mounted \(dir.path) at \(target), pid \(getpid())")
+            let session = Session(id: volumeFS.holder, host: ProcessInfo.processInfo.hostName, pid: getpid(),
+                                  mountpoint: target, device: MountEntry.find(target)?.device ?? "?",
+                                  mode: mode.rawValue, startedAt: VolumeFS.now(), heartbeatAt: VolumeFS.now())
+            try? metadata.heartbeat(session, staleSeconds: leaseTtl * 4)
+            logger.info("mounted \(dir.path) at \(target) as \(volumeFS.holder), \(mode.rawValue), pid \(getpid())")
             if let readyFd {
                 _ = "ready\n".withCString { write(readyFd, $0, strlen($0)) }
                 close(readyFd)
             }
-            startCollector(volumeFS, logger: logger)
+            startBackground(volumeFS, metadata: metadata, session: session, logger: logger)
             mount.run()
+            try? metadata.removeSession(id: session.id)
             logger.info("unmounted \(target)")
-            close(lock)
         } catch let error as CLIError {
             report(error)
             throw error
         }
     }
 
-    /// Holds the volume's mount lock for the life of the process; one mount per volume
-    /// until the writer lease lets several share it safely.
-    func lockVolume(_ dir: VolumeDirectory, mountpoint: String) throws -> Int32 {
-        let fd = Glibc.open(dir.lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw CLIError("cannot open \(dir.lockPath): \(String(cString: strerror(errno)))") }
-        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
-            close(fd)
-            let holder = dir.mountHolder()
-            throw CLIError("volume \(dir.path) is already mounted\(holder.map { " at \($0.mountpoint) by pid \($0.pid)" } ?? "")")
+    /// --writer: the lease before the mount, or one line naming who has it.
+    func takeLease(_ volumeFS: VolumeFS, logger: Logger) throws {
+        while true {
+            do {
+                try volumeFS.acquireLease()
+                return
+            } catch .readOnly(let holder) {
+                guard wait else {
+                    var detail = ""
+                    if let lease = try? volumeFS.currentLease(), lease.isHeld {
+                        let seconds = Double(lease.expiresAt.nanoseconds - lease.now.nanoseconds) / 1e9
+                        detail = " (token \(lease.token), expires in \(String(format: "%.0f", seconds)) s unless renewed)"
+                    }
+                    throw CLIError("the writer lease of \(VolumeDirectory(volume).path) is held by \(holder ?? "another worker")\(detail); use --wait to wait for it")
+                }
+                logger.info("waiting for the writer lease held by \(holder ?? "another worker")")
+                sleep(1)
+            } catch {
+                throw CLIError("cannot take the writer lease: \(error)")
+            }
         }
-        ftruncate(fd, 0)
-        let line = "\(getpid()) \(mountpoint)\n"
-        _ = line.withCString { pwrite(fd, $0, strlen($0), 0) }
-        return fd
     }
 
-    func startCollector(_ volumeFS: VolumeFS, logger: Logger) {
-        let interval = UInt32(max(10, min(gcGrace / 4, 300)))
+    /// Renews or follows the lease every half second, heartbeats the session, and
+    /// collects garbage while this mount is the writer.
+    func startBackground(_ volumeFS: VolumeFS, metadata: SQLiteMetadata, session: Session, logger: Logger) {
+        let heartbeatEvery = max(1, leaseTtl / 3)
+        let gcEvery = Double(max(10, min(gcGrace / 4, 300)))
+        let stale = leaseTtl * 4
         Thread.detachNewThread {
+            var lastHeartbeat = ContinuousClock.now
+            var lastGC = ContinuousClock.now
             while true {
-                sleep(interval)
-                do {
-                    let deleted = try volumeFS.collectGarbage()
-                    if deleted > 0 { logger.info("gc deleted \(deleted) objects") }
-                } catch {
-                    logger.warning("gc failed: \(error)")
+                usleep(500_000)
+                volumeFS.tick()
+                let now = ContinuousClock.now
+                if now - lastHeartbeat >= .seconds(heartbeatEvery) {
+                    lastHeartbeat = now
+                    do {
+                        try metadata.heartbeat(session, staleSeconds: stale)
+                    } catch {
+                        logger.warning("session heartbeat failed: \(error)")
+                    }
+                }
+                if now - lastGC >= .seconds(gcEvery), volumeFS.isWriter {
+                    lastGC = now
+                    do {
+                        let deleted = try volumeFS.collectGarbage()
+                        if deleted > 0 { logger.info("gc deleted \(deleted) objects") }
+                    } catch {
+                        logger.warning("gc failed: \(error)")
+                    }
                 }
             }
         }
@@ -185,9 +239,13 @@ struct Mount: ParsableCommand {
         guard pipe(&fds) == 0 else { throw CLIError("cannot create a pipe: \(String(cString: strerror(errno)))") }
         for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         let logPath = logFile.map(absolutePath) ?? dir.logPath
-        var arguments = ["netvol", "mount", dir.path, target, "--foreground", "--ready-fd", "3", "--gc-grace", "\(gcGrace)"]
+        var arguments = ["netvol", "mount", dir.path, target, "--foreground", "--ready-fd", "3", "--gc-grace", "\(gcGrace)",
+                         "--lease-ttl", "\(leaseTtl)", "--lease-idle", "\(leaseIdle)"]
         for option in options { arguments += ["-o", option] }
         if debug { arguments.append("--debug") }
+        if readOnly { arguments.append("--read-only") }
+        if writer { arguments.append("--writer") }
+        if wait { arguments.append("--wait") }
 
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -213,7 +271,8 @@ struct Mount: ParsableCommand {
 
         var message = ""
         var buffer = [UInt8](repeating: 0, count: 512)
-        let deadline = Date().addingTimeInterval(60)
+        // --wait may wait for the lease as long as its holder keeps it.
+        let deadline = Date().addingTimeInterval(wait ? 365 * 86_400 : 60)
         while !message.contains("\n") {
             var poller = pollfd(fd: fds[0], events: Int16(POLLIN), revents: 0)
             let remaining = Int32(max(0, deadline.timeIntervalSinceNow) * 1000)
@@ -245,9 +304,11 @@ struct Unmount: ParsableCommand {
         let target = absolutePath(mountpoint)
         guard let entry = MountEntry.find(target) else { throw CLIError("\(target) is not mounted") }
         guard entry.fsType == "fuse.netvol" else { throw CLIError("\(target) is not a netvol mount (it is \(entry.fsType))") }
-        var holder: (pid: Int32, mountpoint: String)?
-        if entry.source.hasPrefix("netvol:") {
-            holder = VolumeDirectory(String(entry.source.dropFirst("netvol:".count))).mountHolder()
+        // The daemon serving this mount: its session names the mount's device.
+        var daemon: Int32?
+        if entry.source.hasPrefix("netvol:"),
+           let (metadata, _) = try? VolumeDirectory(String(entry.source.dropFirst("netvol:".count))).open() {
+            daemon = (try? metadata.sessions())?.first { $0.device == entry.device && $0.host == ProcessInfo.processInfo.hostName }?.pid
         }
         guard let fusermount = findProgram("fusermount3") else {
             throw CLIError("fusermount3 is missing; install the fuse3 package")
@@ -259,10 +320,10 @@ struct Unmount: ParsableCommand {
         }
         // The daemon commits what it buffered and exits; wait so that a script can
         // mount the volume again on the next line.
-        if let holder, holder.mountpoint == target {
+        if let daemon {
             let deadline = Date().addingTimeInterval(60)
-            while kill(holder.pid, 0) == 0 {
-                if Date() > deadline { throw CLIError("unmounted, but daemon pid \(holder.pid) has not exited after 60 s") }
+            while kill(daemon, 0) == 0 {
+                if Date() > deadline { throw CLIError("unmounted, but daemon pid \(daemon) has not exited after 60 s") }
                 usleep(20_000)
             }
         }

@@ -59,7 +59,6 @@ struct VolumeDirectory {
     let path: String
     var databasePath: String { path + "/" + SQLiteMetadata.fileName }
     var chunksPath: String { path + "/chunks" }
-    var lockPath: String { path + "/mount.lock" }
     var logPath: String { path + "/netvol.log" }
 
     init(_ path: String) { self.path = absolutePath(path) }
@@ -87,21 +86,6 @@ struct VolumeDirectory {
             throw CLIError("cannot open volume \(path): \(error)")
         }
     }
-
-    /// The pid and mountpoint of the daemon that has this volume mounted, if any.
-    func mountHolder() -> (pid: Int32, mountpoint: String)? {
-        let fd = Glibc.open(lockPath, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        if flock(fd, LOCK_SH | LOCK_NB) == 0 {
-            flock(fd, LOCK_UN)
-            return nil
-        }
-        guard let text = try? String(contentsOfFile: lockPath, encoding: .utf8) else { return nil }
-        let parts = text.split(separator: " ", maxSplits: 1)
-        guard parts.count == 2, let pid = Int32(parts[0]) else { return nil }
-        return (pid, parts[1].trimmingCharacters(in: .newlines))
-    }
 }
 
 /// One line of /proc/self/mountinfo.
@@ -109,6 +93,8 @@ struct MountEntry {
     let mountpoint: String
     let fsType: String
     let source: String
+    /// "major:minor": tells apart mounts at the same path in different mount namespaces.
+    let device: String
 
     static func all() -> [MountEntry] {
         guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
@@ -118,7 +104,8 @@ struct MountEntry {
             let left = halves[0].split(separator: " ")
             let right = halves[1].split(separator: " ")
             guard left.count >= 5, right.count >= 2 else { return nil }
-            return MountEntry(mountpoint: unescape(String(left[4])), fsType: String(right[0]), source: unescape(String(right[1])))
+            return MountEntry(mountpoint: unescape(String(left[4])), fsType: String(right[0]), source: unescape(String(right[1])),
+                              device: String(left[2]))
         }
     }
 

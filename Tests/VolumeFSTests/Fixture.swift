@@ -30,7 +30,7 @@ final class Fixture {
 
     /// A new VolumeFS over the same metadata and chunks, as after unmount and mount.
     func remount() throws {
-        volume.flushAll()
+        volume.shutdown()
         volume = try VolumeFS(metadata: try SQLiteMetadata(path: directory + "/volume.db"), store: store, options: options)
     }
 

@@ -68,8 +68,12 @@ import Testing
         _ = try fx.write(attr.ino, fh, 0, [1])
         try fx.volume.flush(attr.ino, fh)
         try fx.volume.unlink(.root, "orphan")
-        // No release and no forget: the daemon died.
-        fx.volume = try VolumeFS(metadata: fx.metadata, store: fx.store)
+        // No release and no forget: the daemon died. Its lease is revoked (or expires),
+        // and the next writer purges the orphan when it takes the lease.
+        fx.volume = try VolumeFS(metadata: try SQLiteMetadata(path: fx.directory + "/volume.db"), store: fx.store)
+        #expect(try fx.volume.getattr(attr.ino).nlink == 0)
+        _ = try fx.metadata.breakLease()
+        try fx.volume.acquireLease()
         #expect(throws: FSError.metadata(.notFound)) { try fx.volume.getattr(attr.ino) }
     }
 

@@ -1,0 +1,302 @@
+// The single-writer lease, seen from one mount.
+//
+// Exactly one mount may write a volume at a time. Its right to write is the lease row in
+// the metadata; what makes that safe is not the timer but the fence: every namespace and
+// data transaction checks, inside itself, that this mount's token is still the volume's
+// token. A writer paused past its expiry (SIGSTOP, a long GC pause, a partition) whose
+// lease another mount took can therefore never commit again.
+//
+// On top of that a writer fences itself: it renews every ttl/3, and once a renewal has
+// not succeeded for ttl minus a margin (by its own monotonic clock) it refuses new writes
+// with EROFS, before its lease can expire anywhere else. Buffered data it can no longer
+// commit is dropped, and the files it belonged to answer EIO on their next flush, fsync
+// or close.
+//
+// Mounts that do not hold the lease follow the change feed every poll interval and
+// invalidate what they and the kernel cached; a mount that gains the lease does the
+// same first.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+public import Metadata
+import Synchronization
+
+/// How a mount may write.
+public enum AccessMode: String, Sendable {
+    /// Never writes; every mutation answers EROFS.
+    case readOnly = "read-only"
+    /// Takes the lease at mount and keeps it.
+    case writer
+    /// Takes the lease at the first mutation when it is free, and gives it back after
+    /// `leaseIdleSeconds` without writes.
+    case onDemand = "on-demand"
+}
+
+/// What the kernel should forget: an inode's attributes and pages, or a directory entry.
+public enum Invalidation: Equatable, Sendable {
+    case inode(InodeNumber)
+    case entry(parent: InodeNumber, name: FileName)
+}
+
+struct WriterState {
+    /// The lease this mount holds, if any.
+    var fence: Fence?
+    /// Past this instant, by our own clock, we no longer trust that we hold it.
+    var validUntil: ContinuousClock.Instant = .now
+    var lastWrite: ContinuousClock.Instant = .now
+    var lastRenewal: ContinuousClock.Instant = .now
+    /// The change feed position this mount has caught up with.
+    var seenChanges: Int64 = 0
+}
+
+/// A worker id: the pod id where there is one, else host name and pid; plus a random
+/// suffix so two mounts in one process (or a recycled pid) never share an identity.
+public func defaultHolderName() -> String {
+    let environment = ProcessInfo.processInfo.environment
+    let base = environment["RUNPOD_POD_ID"].flatMap { $0.isEmpty ? nil : $0 }
+        ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())"
+    return base + "-" + String(UInt32.random(in: 0...UInt32.max), radix: 36)
+}
+
+extension VolumeFS {
+    /// True while this mount holds the lease and trusts that it does.
+    public var isWriter: Bool {
+        writer.withLock { $0.fence != nil && ContinuousClock.now < $0.validUntil }
+    }
+
+    /// The lease state of the volume as the database sees it.
+    public func currentLease() throws(FSError) -> Lease {
+        try Self.lift { () throws(MetadataError) in try metadata.lease() }
+    }
+
+    /// Makes sure this mount may write, taking the lease if the mode allows.
+    ///
+    /// - Throws: `.readOnly` (EROFS) on a read-only mount, or naming the worker that
+    ///   holds the lease.
+    func ensureWritable() throws(FSError) {
+        if options.mode == .readOnly { throw .readOnly(holder: nil) }
+        let now = ContinuousClock.now
+        let held = writer.withLock { state -> Bool in
+            guard state.fence != nil, now < state.validUntil else { return false }
+            state.lastWrite = now
+            return true
+        }
+        if held { return }
+        try acquireLease()
+    }
+
+    /// Takes the lease (if free, expired or ours), then revalidates what this mount cached.
+    public func acquireLease() throws(FSError) {
+        try leaseChange.withLock { _ throws(FSError) in
+            if isWriter { return }
+            if writer.withLock({ $0.fence != nil }) {
+                // We held it but could not renew in time: whatever we buffered is gone.
+                loseLease("it expired before it could be renewed")
+            }
+            let started = ContinuousClock.now
+            let lease: Lease
+            do throws(MetadataError) {
+                lease = try metadata.acquireLease(holder: holder, ttlSeconds: options.leaseTTLSeconds)
+            } catch {
+                if case .leaseHeld(let current) = error {
+                    let seconds = Double(current.expiresAt.nanoseconds - current.now.nanoseconds) / 1e9
+                    logger.notice("write refused: the writer lease is held by \(current.holder ?? "?") (token \(current.token), expires in \(String(format: "%.1f", seconds)) s)")
+                    throw .readOnly(holder: current.holder)
+                }
+                throw .metadata(error)
+            }
+            let fence = Fence(holder: holder, token: lease.token)
+            metadata.setFence(fence)
+            // Another writer may have changed the volume since we last looked.
+            followChanges()
+            refreshUsage()
+            writer.withLock { state in
+                state.fence = fence
+                state.validUntil = started + .seconds(options.leaseTTLSeconds * 2 / 3)
+                state.lastRenewal = started
+                state.lastWrite = .now
+            }
+            logger.info("took the writer lease (token \(lease.token))")
+            for orphan in (try? metadata.orphans()) ?? [] where !isReferenced(orphan) {
+                try? metadata.purge(orphan, now: Self.now())
+            }
+        }
+    }
+
+    /// Gives the lease back after committing everything buffered.
+    public func releaseLease() {
+        leaseChange.withLock { _ in
+            guard let fence = writer.withLock({ $0.fence }) else { return }
+            flushAll()
+            do {
+                try metadata.releaseLease(holder: fence.holder, token: fence.token)
+                logger.info("released the writer lease (token \(fence.token))")
+            } catch {
+                logger.warning("cannot release the writer lease: \(error); it expires by itself")
+            }
+            let latest = (try? metadata.changes(after: Int64.max - 1, limit: 1).latest) ?? 0
+            writer.withLock { state in
+                state.fence = nil
+                // Our own changes need no invalidating.
+                state.seenChanges = max(state.seenChanges, latest)
+            }
+        }
+    }
+
+    /// Stops writing: called when a renewal finds the token changed or time ran out.
+    func loseLease(_ why: String) {
+        let had = writer.withLock { state -> Bool in
+            let had = state.fence != nil
+            state.fence = nil
+            return had
+        }
+        guard had else { return }
+        logger.error("lost the writer lease: \(why); writes now fail with EROFS")
+        for file in openFiles.withLock({ Array($0.values) }) {
+            file.lock.lock()
+            if !file.dirty.isEmpty || file.size != file.committedSize {
+                logger.error("dropping uncommitted writes to inode \(file.ino.rawValue): the next flush, fsync or close answers EIO")
+                file.lostWrites = true
+                let dropped = file.reserved.values.reduce(0, +)
+                accounting.withLock { $0.reserved -= dropped }
+                file.dirty = [:]
+                file.reserved = [:]
+                file.size = file.committedSize
+                file.mtime = nil
+            }
+            file.lock.unlock()
+        }
+    }
+
+    /// One turn of the background work: renew or idle-release the lease, or follow the
+    /// change feed when another mount writes. Call it every `pollInterval`.
+    public func tick() {
+        let now = ContinuousClock.now
+        let state = writer.withLock { $0 }
+        guard let fence = state.fence else {
+            followChanges()
+            return
+        }
+        if options.mode == .onDemand, now - state.lastWrite > .seconds(options.leaseIdleSeconds), !hasWritableHandles() {
+            releaseLease()
+            return
+        }
+        guard now - state.lastRenewal >= .seconds(options.leaseTTLSeconds / 3) else { return }
+        renewLease(fence)
+    }
+
+    /// Extends the lease now; a renewal that finds the token changed loses the lease.
+    public func renewLease() {
+        guard let fence = writer.withLock({ $0.fence }) else { return }
+        renewLease(fence)
+    }
+
+    func renewLease(_ fence: Fence) {
+        let now = ContinuousClock.now
+        do throws(MetadataError) {
+            let lease = try metadata.renewLease(holder: fence.holder, token: fence.token, ttlSeconds: options.leaseTTLSeconds)
+            writer.withLock { state in
+                guard state.fence == fence else { return }
+                state.validUntil = now + .seconds(options.leaseTTLSeconds * 2 / 3)
+                state.lastRenewal = now
+            }
+            _ = lease
+        } catch {
+            if case .fenced(let holder) = error {
+                loseLease("the lease now belongs to \(holder ?? "nobody") (taken over or broken)")
+            } else {
+                logger.warning("cannot renew the writer lease: \(error)")
+            }
+        }
+    }
+
+    /// Runs one namespace transaction as the writer. A transaction refused by the fence
+    /// means the lease was lost (taken over, broken or expired): note it, take the lease
+    /// again if the mode and its holder allow, and try once more.
+    func mutating<T>(_ body: () throws(MetadataError) -> T) throws(FSError) -> T {
+        try ensureWritable()
+        do {
+            return try body()
+        } catch .fenced(let holder) {
+            loseLease("the lease now belongs to \(holder ?? "nobody")")
+            try ensureWritable()
+            return try Self.lift(body)
+        } catch {
+            throw .metadata(error)
+        }
+    }
+
+    func hasWritableHandles() -> Bool {
+        handles.withLock { $0.values.contains { $0.writable } }
+    }
+
+    /// Applies the changes other mounts committed since we last looked: open files reload
+    /// their chunk maps, and the kernel forgets what it cached of what changed.
+    public func followChanges() {
+        var position = writer.withLock { $0.seenChanges }
+        while true {
+            let batch: ChangeBatch
+            do {
+                batch = try metadata.changes(after: position, limit: 2048)
+            } catch {
+                logger.warning("cannot read the change feed: \(error)")
+                return
+            }
+            if batch.truncated {
+                for ino in refs.withLock({ Array($0.keys) }) {
+                    refresh(ino)
+                    invalidate(.inode(ino))
+                }
+                position = batch.latest
+                break
+            }
+            var inodes = Set<InodeNumber>()
+            var entries: [(InodeNumber, FileName)] = []
+            for change in batch.changes {
+                if let ino = change.ino { inodes.insert(ino) }
+                if let parent = change.parent, let name = change.name { entries.append((parent, name)) }
+                position = change.sequence
+            }
+            let known = refs.withLock { table in inodes.filter { table[$0] != nil } }
+            for ino in known {
+                refresh(ino)
+                invalidate(.inode(ino))
+            }
+            for (parent, name) in entries where isReferenced(parent) {
+                invalidate(.entry(parent: parent, name: name))
+            }
+            if batch.changes.count < 2048 { break }
+        }
+        writer.withLock { $0.seenChanges = max($0.seenChanges, position) }
+    }
+
+    /// Reloads an open file's chunk map and attributes after another mount changed it.
+    func refresh(_ ino: InodeNumber) {
+        guard let file = openFiles.withLock({ $0[ino] }) else { return }
+        guard let attr = try? metadata.getattr(ino), let chunks = try? metadata.chunks(ino) else { return }
+        file.lock.lock()
+        if file.dirty.isEmpty {
+            file.chunkMap = Dictionary(uniqueKeysWithValues: chunks.map { ($0.index, $0) })
+            file.size = attr.size
+            file.committedSize = attr.size
+            file.attr = attr
+        }
+        file.lock.unlock()
+    }
+
+    func refreshUsage() {
+        guard let usage = try? metadata.usage() else { return }
+        accounting.withLock { state in
+            state.used = usage.usedBytes
+            state.limit = usage.sizeLimit
+        }
+    }
+
+    /// Commits everything and gives the lease back (unmount).
+    public func shutdown() {
+        flushAll()
+        releaseLease()
+    }
+}

@@ -1,0 +1,219 @@
+import ChunkStore
+import Foundation
+import Metadata
+import Synchronization
+import Testing
+@testable import VolumeFS
+
+/// A clock the test moves by hand, standing in for the database's clock.
+final class TestClock: Sendable {
+    let time = Mutex(Timestamp(seconds: 1_800_000_000, nanoseconds: 0))
+    var now: Timestamp { time.withLock { $0 } }
+    func advance(seconds: Double) { time.withLock { $0.nanoseconds += Int64(seconds * 1e9) } }
+}
+
+/// Several mounts of one volume, each with its own metadata connection, sharing a clock.
+final class SharedVolume {
+    let directory = temporaryDirectory()
+    let clock = TestClock()
+    let store: LocalChunkStore
+
+    init(chunkSize: Int = 16 * 1024) throws {
+        _ = try SQLiteMetadata.create(path: directory + "/volume.db", chunkSize: chunkSize, sizeLimit: 1 << 30, now: VolumeFS.now())
+        store = try LocalChunkStore(root: directory + "/chunks")
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: directory) }
+
+    func mount(_ name: String, mode: AccessMode = .onDemand, idle: Double = 30) throws -> VolumeFS {
+        var options = VolumeOptions()
+        options.mode = mode
+        options.leaseTTLSeconds = 15
+        options.leaseIdleSeconds = idle
+        let clock = self.clock
+        let metadata = try SQLiteMetadata(path: directory + "/volume.db", clock: { clock.now })
+        return try VolumeFS(metadata: metadata, store: store, options: options, holder: name)
+    }
+}
+
+func writeFile(_ volume: VolumeFS, _ name: String, _ bytes: [UInt8]) throws -> InodeNumber {
+    let (attr, fh) = try volume.create(.root, FileName(name), mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
+    _ = try bytes.withUnsafeBytes { try volume.write(attr.ino, fh, offset: 0, $0) }
+    volume.release(attr.ino, fh)
+    return attr.ino
+}
+
+func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
+    let attr = try volume.lookup(.root, FileName(name))
+    let fh = try volume.open(attr.ino, flags: O_RDONLY)
+    defer { volume.release(attr.ino, fh) }
+    return try volume.read(attr.ino, fh, offset: 0, count: Int(attr.size) + 1)
+}
+
+@Suite struct LeaseTests {
+    @Test func theFirstToWriteGetsTheLeaseAndTheOtherIsReadOnly() throws {
+        let shared = try SharedVolume()
+        let a = try shared.mount("a")
+        let b = try shared.mount("b")
+        _ = try writeFile(a, "f", [1, 2, 3])
+        #expect(a.isWriter && !b.isWriter)
+        #expect(throws: FSError.readOnly(holder: "a")) { try writeFile(b, "g", [4]) }
+        #expect(throws: FSError.readOnly(holder: "a")) { try b.mkdir(.root, "d", mode: 0o755, uid: 0, gid: 0) }
+        #expect(FSError.readOnly(holder: "a").errno == EROFS)
+        // Reads work on the other mount and show the writer's committed data.
+        #expect(try readFile(b, "f") == [1, 2, 3])
+        #expect(try b.currentLease().holder == "a")
+    }
+
+    @Test func anIdleWriterGivesTheLeaseBack() throws {
+        let shared = try SharedVolume()
+        let a = try shared.mount("a", idle: 0)
+        let b = try shared.mount("b")
+        _ = try writeFile(a, "f", [1])
+        a.tick()
+        #expect(!a.isWriter)
+        #expect(try a.currentLease().isHeld == false)
+        _ = try writeFile(b, "g", [2])
+        #expect(b.isWriter)
+        // A file open for writing keeps the lease however idle.
+        let c = try shared.mount("c", idle: 0)
+        _ = try shared.mount("x")
+        b.releaseLease()
+        let (attr, fh) = try c.create(.root, "h", mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
+        c.tick()
+        #expect(c.isWriter)
+        c.release(attr.ino, fh)
+        c.tick()
+        #expect(!c.isWriter)
+    }
+
+    @Test func aReadOnlyMountNeverWrites() throws {
+        let shared = try SharedVolume()
+        let r = try shared.mount("r", mode: .readOnly)
+        #expect(throws: FSError.readOnly(holder: nil)) { try writeFile(r, "f", [1]) }
+        #expect(try r.currentLease().isHeld == false)
+    }
+
+    @Test func aWriterModeMountFailsWhileAnotherHoldsTheLease() throws {
+        let shared = try SharedVolume()
+        let a = try shared.mount("a", mode: .writer)
+        try a.acquireLease()
+        let b = try shared.mount("b", mode: .writer)
+        #expect(throws: FSError.readOnly(holder: "a")) { try b.acquireLease() }
+        a.shutdown()
+        try b.acquireLease()
+        #expect(b.isWriter)
+    }
+
+    @Test func aWriterPausedPastExpiryIsFencedAndItsBufferedWritesAreLost() throws {
+        let shared = try SharedVolume()
+        let a = try shared.mount("a")
+        let b = try shared.mount("b")
+        let ino = try writeFile(a, "f", [1, 1, 1])
+        // a buffers a write, then stops (SIGSTOP, a long pause) past its lease's expiry.
+        let fh = try a.open(ino, flags: O_RDWR)
+        _ = try [UInt8]([9, 9, 9]).withUnsafeBytes { try a.write(ino, fh, offset: 0, $0) }
+        shared.clock.advance(seconds: 16)
+        // b takes the lease over and writes.
+        _ = try writeFile(b, "f", [2, 2, 2, 2])
+        #expect(b.isWriter)
+        // a wakes up: its commit is refused inside the transaction, and it knows why.
+        #expect(throws: FSError.lostWrites) { try a.flush(ino, fh) }
+        #expect(FSError.lostWrites.errno == EIO)
+        #expect(!a.isWriter)
+        #expect(throws: FSError.readOnly(holder: "b")) { try [UInt8]([7]).withUnsafeBytes { try a.write(ino, fh, offset: 0, $0) } }
+        a.release(ino, fh)
+        // The volume holds exactly b's data.
+        let c = try shared.mount("c", mode: .readOnly)
+        #expect(try readFile(c, "f") == [2, 2, 2, 2])
+    }
+
+    @Test func aCommitRacingATakeoverNeverLands() throws {
+        let shared = try SharedVolume()
+        let a = try shared.mount("a")
+        let ino = try writeFile(a, "f", [1])
+        let fh = try a.open(ino, flags: O_RDWR)
+        // Less than a chunk, so it stays buffered until fsync.
+        _ = try [UInt8](repeating: 5, count: 10_000).withUnsafeBytes { try a.write(ino, fh, offset: 0, $0) }
+        // The takeover lands between a's upload and its metadata commit: a's token is stale
+        // by the time the transaction checks it.
+        shared.clock.advance(seconds: 16)
+        let b = try shared.mount("b")
+        try b.acquireLease()
+        let objectsBefore = Set(try shared.store.list())
+        #expect(throws: FSError.lostWrites) { try a.fsync(ino, fh) }
+        // a's uploads stay unreferenced: gc's business, never the file's.
+        let c = try shared.mount("c", mode: .readOnly)
+        #expect(try readFile(c, "f") == [1])
+        #expect(Set(try shared.store.list()) == objectsBefore)
+        a.release(ino, fh)
+    }
+
+    @Test func aBrokenLeaseFencesItsHolder() throws {
+        let shared = try SharedVolume()
+        let a = try shared.mount("a")
+        _ = try writeFile(a, "f", [1])
+        let metadata = try SQLiteMetadata(path: shared.directory + "/volume.db")
+        let before = try metadata.lease().token
+        #expect(try metadata.breakLease().token > before)
+        // a notices at its next renewal.
+        a.renewLease()
+        #expect(!a.isWriter)
+        // Nobody holds it now, so a (on demand) can take it again, with a new token.
+        _ = try writeFile(a, "g", [2])
+        #expect(a.isWriter)
+        #expect(try metadata.lease().token.rawValue > before.rawValue + 1)
+        // A break between two of a's transactions: the next one notices and retries.
+        _ = try metadata.breakLease()
+        _ = try writeFile(a, "h", [3])
+        #expect(try readFile(a, "h") == [3])
+    }
+
+    @Test func readersFollowTheWritersChanges() throws {
+        let shared = try SharedVolume()
+        let w = try shared.mount("w")
+        let r = try shared.mount("r", mode: .readOnly)
+        let seen = Mutex<[Invalidation]>([])
+        r.setInvalidator { what in seen.withLock { $0.append(what) } }
+        let ino = try writeFile(w, "f", [1, 2])
+        let attr = try r.lookup(.root, "f")
+        let fh = try r.open(attr.ino, flags: O_RDONLY)
+        #expect(try r.read(ino, fh, offset: 0, count: 10) == [1, 2])
+        // The writer rewrites the file; the reader's open handle sees it after a poll.
+        let wh = try w.open(ino, flags: O_RDWR)
+        _ = try [UInt8]([3, 4, 5]).withUnsafeBytes { try w.write(ino, wh, offset: 0, $0) }
+        w.release(ino, wh)
+        r.tick()
+        #expect(seen.withLock { $0.contains(.inode(ino)) })
+        #expect(try r.read(ino, fh, offset: 0, count: 10) == [3, 4, 5])
+        #expect(try r.getattr(ino).size == 3)
+        // A new name invalidates the directory entry and the directory.
+        _ = try writeFile(w, "g", [6])
+        r.tick()
+        #expect(seen.withLock { $0.contains(.entry(parent: .root, name: "g")) && $0.contains(.inode(.root)) })
+        // Deleted by the writer while the reader has it open: still readable.
+        try w.unlink(.root, "f")
+        w.forget(ino, 1)
+        r.tick()
+        #expect(try r.getattr(ino).nlink == 0)
+        #expect(try r.read(ino, fh, offset: 0, count: 10) == [3, 4, 5])
+        r.release(ino, fh)
+    }
+
+    @Test func aMountThatGainsTheLeaseRevalidatesFirst() throws {
+        let shared = try SharedVolume()
+        let a = try shared.mount("a", idle: 0)
+        let b = try shared.mount("b", idle: 0)
+        let ino = try writeFile(a, "f", [1, 1])
+        let bAttr = try b.lookup(.root, "f")
+        let bh = try b.open(bAttr.ino, flags: O_RDWR)  // b's chunk map: [1, 1]
+        let ah = try a.open(ino, flags: O_RDWR)
+        _ = try [UInt8]([2, 2, 2]).withUnsafeBytes { try a.write(ino, ah, offset: 0, $0) }
+        a.release(ino, ah)
+        a.tick()  // a gives the lease back; b has not polled yet
+        // b writes one byte at offset 3: it must build on [2, 2, 2], not on its stale [1, 1].
+        _ = try [UInt8]([9]).withUnsafeBytes { try b.write(ino, bh, offset: 3, $0) }
+        b.release(ino, bh)
+        #expect(try readFile(a, "f") == [2, 2, 2, 9])
+    }
+}
