@@ -137,7 +137,16 @@ struct Mount: ParsableCommand {
             } catch {
                 throw CLIError("cannot open volume \(dir.path): \(error)")
             }
-            if mode == .writer { try takeLease(volumeFS, logger: logger) }
+            if mode == .writer {
+                try takeLease(volumeFS, logger: logger)
+                do {
+                    // Waiting for the lease can take long: the mountpoint may be taken by now.
+                    try prepareMountpoint(target)
+                } catch {
+                    volumeFS.releaseLease()
+                    throw error
+                }
+            }
 
             var mountOptions = MountOptions(mountpoint: target)
             mountOptions.fuseOptions = options.flatMap { $0.split(separator: ",").map(String.init) }
@@ -176,7 +185,12 @@ struct Mount: ParsableCommand {
 
     /// --writer: the lease before the mount, or one line naming who has it.
     func takeLease(_ volumeFS: VolumeFS, logger: Logger) throws {
+        let parent = getppid()
         while true {
+            // A `netvol mount --wait` that was interrupted must not mount later on its own.
+            if readyFd != nil && getppid() != parent {
+                throw CLIError("the mount command waiting for this daemon is gone; giving up on the lease")
+            }
             do {
                 try volumeFS.acquireLease()
                 return
@@ -275,7 +289,7 @@ struct Mount: ParsableCommand {
         let deadline = Date().addingTimeInterval(wait ? 365 * 86_400 : 60)
         while !message.contains("\n") {
             var poller = pollfd(fd: fds[0], events: Int16(POLLIN), revents: 0)
-            let remaining = Int32(max(0, deadline.timeIntervalSinceNow) * 1000)
+            let remaining = Int32(min(1000, max(0, deadline.timeIntervalSinceNow) * 1000))
             if remaining == 0 {
                 kill(pid, SIGTERM)
                 throw CLIError("the mount daemon did not answer within 60 s; see \(logPath)")
