@@ -1,11 +1,43 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Synchronization
+
+/// An open descriptor of one object, closed when the last user lets go: readers keep
+/// it alive while they read, even if the cache evicts it meanwhile.
+final class ObjectFile: Sendable {
+    let fd: Int32
+    init(fd: Int32) { self.fd = fd }
+    deinit { close(fd) }
+}
+
+/// Recently read objects' descriptors, so a read costs one pread instead of an open,
+/// a pread and a close. Objects never change, so a cached descriptor never goes stale.
+struct DescriptorCache {
+    var files: [ObjectID: ObjectFile] = [:]
+    /// Insertion order, for evicting the oldest.
+    var order: [ObjectID] = []
+    let capacity: Int
+
+    mutating func insert(_ id: ObjectID, _ file: ObjectFile) {
+        if files.updateValue(file, forKey: id) == nil { order.append(id) }
+        if order.count > capacity {
+            let overflow = order.count - capacity
+            for old in order.prefix(overflow) { files[old] = nil }
+            order.removeFirst(overflow)
+        }
+    }
+
+    mutating func remove(_ id: ObjectID) {
+        if files.removeValue(forKey: id) != nil { order.removeAll { $0 == id } }
+    }
+}
 
 /// A chunk store in a local directory: object `id` is the file `ROOT/xx/<16 hex digits>`,
 /// fanned out over 256 subdirectories by the id's low byte so no directory grows huge.
 public final class LocalChunkStore: ChunkStore {
     public let root: String
+    let descriptors = Mutex(DescriptorCache(capacity: 128))
 
     /// Opens the store at `root`, creating the directory if needed.
     public init(root: String) throws(StoreError) {
@@ -64,6 +96,23 @@ public final class LocalChunkStore: ChunkStore {
     }
 
     public func read(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int {
+        let file = try openFile(id)
+        var done = 0
+        while done < buffer.count {
+            let n = pread(file.fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset + done))
+            if n < 0 {
+                let code = errno
+                if code == EINTR { continue }
+                throw Self.failure(code, "cannot read \(path(of: id))")
+            }
+            if n == 0 { break }
+            done += n
+        }
+        return done
+    }
+
+    func openFile(_ id: ObjectID) throws(StoreError) -> ObjectFile {
+        if let file = descriptors.withLock({ $0.files[id] }) { return file }
         let path = path(of: id)
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         if fd < 0 {
@@ -71,19 +120,9 @@ public final class LocalChunkStore: ChunkStore {
             if code == ENOENT { throw .notFound(id) }
             throw Self.failure(code, "cannot open \(path)")
         }
-        defer { close(fd) }
-        var done = 0
-        while done < buffer.count {
-            let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset + done))
-            if n < 0 {
-                let code = errno
-                if code == EINTR { continue }
-                throw Self.failure(code, "cannot read \(path)")
-            }
-            if n == 0 { break }
-            done += n
-        }
-        return done
+        let file = ObjectFile(fd: fd)
+        descriptors.withLock { $0.insert(id, file) }
+        return file
     }
 
     public func size(of id: ObjectID) throws(StoreError) -> Int {
@@ -97,6 +136,7 @@ public final class LocalChunkStore: ChunkStore {
     }
 
     public func delete(_ id: ObjectID) throws(StoreError) {
+        descriptors.withLock { $0.remove(id) }
         if unlink(path(of: id)) != 0 {
             let code = errno
             if code == ENOENT { return }

@@ -200,6 +200,7 @@ func makeOperations() -> fuse_lowlevel_ops {
             guard let fi else { throw .invalidArgument("open without file info") }
             let handle = try ctx.volume.open(inode(ino), flags: fi.pointee.flags)
             fi.pointee.fh = handle.rawValue
+            fi.pointee.keep_cache = ctx.volume.keepsCache(handle) ? 1 : 0
             if fuse_reply_open(req, fi) != 0 {
                 // The opener was interrupted and will never release this handle.
                 ctx.volume.release(inode(ino), handle)

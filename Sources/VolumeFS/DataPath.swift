@@ -14,7 +14,14 @@ extension VolumeFS {
         guard attr.isRegular else { throw .notSupported("opening special files") }
         let access = flags & O_ACCMODE
         let file = try attach(attr)
-        let handle = Handle(ino: ino, readable: access != O_WRONLY, writable: access != O_RDONLY)
+        var handle = Handle(ino: ino, readable: access != O_WRONLY, writable: access != O_RDONLY)
+        // Pages the kernel cached stay valid while the file is as it was when they were
+        // read: a second open (or a second process) then reads from memory.
+        let stamp = CacheStamp(pending(attr))
+        handle.keepCache = cacheStamps.withLock { stamps in
+            defer { stamps[ino] = stamp }
+            return stamps[ino] == stamp
+        }
         let id = FileHandleID(rawValue: nextHandle.add(1, ordering: .relaxed).oldValue)
         handles.withLock { $0[id] = handle }
         if flags & O_TRUNC != 0 && handle.writable {
@@ -85,6 +92,18 @@ extension VolumeFS {
         } catch {
             logger.warning("cannot update atime of inode \(attr.ino.rawValue): \(error)")
         }
+    }
+
+    /// Whether the kernel may keep the pages it cached when it opens `fh` (FOPEN_KEEP_CACHE).
+    public func keepsCache(_ fh: FileHandleID) -> Bool {
+        handles.withLock { $0[fh]?.keepCache ?? false }
+    }
+
+    /// After this mount changed a file, the kernel's pages are its new contents (writes
+    /// go through the page cache): record that version as the cached one.
+    func restamp(_ ino: InodeNumber) {
+        guard cacheStamps.withLock({ $0[ino] != nil }), let attr = try? metadata.getattr(ino) else { return }
+        cacheStamps.withLock { $0[ino] = CacheStamp(attr) }
     }
 
     func file(_ fh: FileHandleID, _ ino: InodeNumber) throws(FSError) -> OpenFile {
@@ -376,6 +395,7 @@ extension VolumeFS {
         }
         file.committedSize = size
         if file.dirty.isEmpty && file.size == size { file.mtime = nil }
+        restamp(file.ino)
         accounting.withLock { state in
             state.used = UInt64(max(0, Int64(state.used) + delta))
             state.reserved -= released
@@ -462,6 +482,7 @@ extension VolumeFS {
             file.mtime = nil
         }
         accounting.withLock { $0.used = UInt64(max(0, Int64($0.used) + delta)) }
+        restamp(ino)
     }
 
     /// fallocate(2) with mode 0: makes sure the volume has room for the range and extends

@@ -245,6 +245,7 @@ extension VolumeFS {
                 return
             }
             if batch.truncated {
+                cacheStamps.withLock { $0 = [:] }
                 for ino in refs.withLock({ Array($0.keys) }) {
                     refresh(ino)
                     invalidate(.inode(ino))
@@ -260,6 +261,7 @@ extension VolumeFS {
                 position = change.sequence
             }
             let known = refs.withLock { table in inodes.filter { table[$0] != nil } }
+            cacheStamps.withLock { stamps in for ino in inodes { stamps[ino] = nil } }
             for ino in known {
                 refresh(ino)
                 invalidate(.inode(ino))

@@ -101,6 +101,16 @@ struct Handle {
     var ino: InodeNumber
     var readable: Bool
     var writable: Bool
+    /// The kernel may keep the pages it cached of this file: nothing changed it since.
+    var keepCache = false
+}
+
+/// What a file looked like when the kernel last cached its pages.
+struct CacheStamp: Equatable {
+    var size: UInt64
+    var mtime: Timestamp
+    var ctime: Timestamp
+    init(_ attr: Attr) { size = attr.size; mtime = attr.mtime; ctime = attr.ctime }
 }
 
 struct KernelRefs {
@@ -132,6 +142,8 @@ public final class VolumeFS: Sendable {
     /// Serializes taking and giving back the lease.
     let leaseChange = Mutex(())
     let invalidator = Mutex<(@Sendable (Invalidation) -> Void)?>(nil)
+    /// For each file the kernel may hold pages of: the version those pages are of.
+    let cacheStamps = Mutex<[InodeNumber: CacheStamp]>([:])
 
     /// Opens a volume for use. Nothing is written until this mount takes the writer
     /// lease (at the first mutation, or `acquireLease`); inodes a crash left without
@@ -223,7 +235,10 @@ public final class VolumeFS: Sendable {
             table[ino] = entry
             return false
         }
-        if released { purgeIfUnlinked(ino) }
+        if released {
+            cacheStamps.withLock { $0[ino] = nil }
+            purgeIfUnlinked(ino)
+        }
     }
 
     /// How many lookups the kernel holds on `ino` (for tests and diagnostics).
@@ -426,6 +441,8 @@ public final class VolumeFS: Sendable {
 
     public func getxattr(_ ino: InodeNumber, _ name: FileName) throws(FSError) -> [UInt8] {
         if name.bytes.isEmpty || name.bytes.count > 255 { throw .range }
+        // `ls -l` asks for POSIX ACLs of every file; none are ever stored.
+        if name.bytes.starts(with: Array("system.".utf8)) { throw .metadata(.noAttribute) }
         return try Self.lift { () throws(MetadataError) in try metadata.getxattr(ino, name) }
     }
 
