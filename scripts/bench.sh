@@ -324,8 +324,8 @@ mount_fs() { # NAME
                 return 1
             }
             pid=$("$NETVOL" status "$DATA/netvol-volume" --json 2>>"$LOGS/netvol.log" |
-                python3 -c 'import json,sys; print(json.load(sys.stdin)["mount"]["pid"])' 2>>"$LOGS/netvol.log")
-            [[ $pid =~ ^[0-9]+$ ]] || { say "bench: netvol status --json gives no mount.pid"; return 1; }
+                python3 -c 'import json,sys; print(next(m["pid"] for m in json.load(sys.stdin)["mounts"] if m["mountpoint"] == sys.argv[1]))' "$mp" 2>>"$LOGS/netvol.log")
+            [[ $pid =~ ^[0-9]+$ ]] || { say "bench: netvol status --json names no daemon for $mp"; return 1; }
             DAEMON[netvol]=$pid
             mounted "$mp" || { say "bench: netvol mount returned but $mp is not mounted"; return 1; }
             ;;

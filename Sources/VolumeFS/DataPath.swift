@@ -2,7 +2,9 @@
 import Glibc
 #endif
 public import ChunkStore
+import Dispatch
 public import Metadata
+import Synchronization
 
 extension VolumeFS {
     // MARK: - Open and close
@@ -335,18 +337,27 @@ extension VolumeFS {
         if file.dirty.count > options.maxDirtyChunksPerFile {
             try commit(file)
         } else {
-            let full = (first...last).filter { file.dirty[$0]?.count == chunkSize }
-            if !full.isEmpty { try commit(file, only: full) }
+            // Full chunks are committed in groups, whose objects are stored in parallel:
+            // a sequential writer then waits for one round of syncs per group, not per chunk.
+            let full = file.dirty.compactMap { $0.value.count == chunkSize ? $0.key : nil }
+            if full.count >= options.fullChunksPerCommit { try commit(file, only: full) }
         }
         return data.count
     }
 
     func reserve(_ bytes: Int64) throws(FSError) {
         guard bytes > 0 else { return }
-        try accounting.withLock { state throws(FSError) in
-            if Int64(state.used) + state.reserved + bytes > Int64(state.limit) { throw .noSpace }
-            state.reserved += bytes
+        func attempt() -> Bool {
+            accounting.withLock { state in
+                if Int64(state.used) + state.reserved + bytes > Int64(state.limit) { return false }
+                state.reserved += bytes
+                return true
+            }
         }
+        if attempt() { return }
+        // `netvol resize` may have grown the volume since we last looked.
+        refreshUsage()
+        if !attempt() { throw .noSpace }
     }
 
     /// Stores the dirty chunks of `file` (all, or `only` these) as new objects and swaps
@@ -355,17 +366,7 @@ extension VolumeFS {
         if file.lostWrites { throw .lostWrites }
         let indices = (only ?? Array(file.dirty.keys)).filter { file.dirty[$0] != nil }.sorted()
         if indices.isEmpty && file.size == file.committedSize && file.mtime == nil { return }
-        var refs: [ChunkRef] = []
-        do {
-            for index in indices {
-                try Self.typed { try file.dirty[index]!.withUnsafeBytes { (bytes: UnsafeRawBufferPointer) throws in
-                    refs.append(try storeObject(file.ino, index, bytes))
-                } }
-            }
-        } catch {
-            for ref in refs { try? store.delete(ref.object) }
-            throw error
-        }
+        let refs = try storeObjects(file.ino, indices.map { ($0, file.dirty[$0]!) })
         var size = file.size
         if only != nil {
             // Commit no size that covers data still buffered: a crash would show it as zeros.
@@ -400,6 +401,39 @@ extension VolumeFS {
             state.used = UInt64(max(0, Int64(state.used) + delta))
             state.reserved -= released
         }
+    }
+
+    /// Stores chunks as new objects, several at once; on any failure, stores none.
+    func storeObjects(_ ino: InodeNumber, _ chunks: [(Int, [UInt8])]) throws(FSError) -> [ChunkRef] {
+        if chunks.count == 1 {
+            return [try Self.typed { try chunks[0].1.withUnsafeBytes { bytes throws in try storeObject(ino, chunks[0].0, bytes) } }]
+        }
+        let results = Mutex<[Result<ChunkRef, FSError>?]>(Array(repeating: nil, count: chunks.count))
+        let workers = min(chunks.count, 4)
+        DispatchQueue.concurrentPerform(iterations: workers) { worker in
+            for slot in stride(from: worker, to: chunks.count, by: workers) {
+                let (index, bytes) = chunks[slot]
+                let result: Result<ChunkRef, FSError> = bytes.withUnsafeBytes { buffer in
+                    do throws(FSError) { return .success(try storeObject(ino, index, buffer)) } catch { return .failure(error) }
+                }
+                results.withLock { $0[slot] = result }
+            }
+        }
+        let outcomes = results.withLock { $0 }
+        var refs: [ChunkRef] = []
+        var failure: FSError?
+        for outcome in outcomes {
+            switch outcome {
+            case .success(let ref)?: refs.append(ref)
+            case .failure(let error)?: failure = failure ?? error
+            case nil: failure = failure ?? .invalidArgument("a chunk was not stored")
+            }
+        }
+        if let failure {
+            for ref in refs { try? store.delete(ref.object) }
+            throw failure
+        }
+        return refs
     }
 
     /// Stores `bytes` as a new object for chunk `index` of `ino`.

@@ -38,6 +38,8 @@ public struct VolumeOptions: Sendable {
     public var gcGraceSeconds: Int = 600
     /// Buffered chunks per open file before they are committed without waiting for close.
     public var maxDirtyChunksPerFile: Int = 16
+    /// Full chunks an open file gathers before committing them together.
+    public var fullChunksPerCommit: Int = 4
     /// Update atime on open when it is older than mtime, ctime or a day (like relatime).
     public var relatime: Bool = true
     /// Who may write through this mount, and when it takes the writer lease.
