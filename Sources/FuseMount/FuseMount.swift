@@ -20,9 +20,11 @@ public struct MountOptions: Sendable {
     public var fuseOptions: [String] = []
     /// Names the mount in /proc/mounts and `df` (fsname).
     public var source: String = "netvol"
-    /// Seconds the kernel may cache names and attributes.
-    public var entryTimeout: Double = 1
-    public var attrTimeout: Double = 1
+    /// Seconds the kernel may cache names and attributes. Changes made by other mounts
+    /// are pushed out of the kernel's caches as they are seen in the change feed, so
+    /// these bound only how long a missed notification could matter.
+    public var entryTimeout: Double = 5
+    public var attrTimeout: Double = 5
     public var maxThreads: UInt32 = 16
     /// Unmount on SIGTERM, SIGINT and SIGHUP. libfuse keeps one such session per process,
     /// so a process serving several mounts (tests) turns this off.

@@ -11,6 +11,10 @@ extension VolumeFS {
 
     /// Opens `ino` with open(2) `flags`; the handle must be released with `release`.
     public func open(_ ino: InodeNumber, flags: Int32) throws(FSError) -> FileHandleID {
+        try open(ino, flags: flags, touchingAtime: options.relatime)
+    }
+
+    func open(_ ino: InodeNumber, flags: Int32, touchingAtime: Bool) throws(FSError) -> FileHandleID {
         let attr = try Self.lift { () throws(MetadataError) in try metadata.getattr(ino) }
         if attr.isDirectory { throw .metadata(.isDirectory) }
         guard attr.isRegular else { throw .notSupported("opening special files") }
@@ -34,7 +38,7 @@ extension VolumeFS {
                 throw error
             }
         }
-        if handle.readable && options.relatime { touchAtime(attr) }
+        if handle.readable && touchingAtime { touchAtime(attr) }
         _ = file
         return id
     }
@@ -56,7 +60,8 @@ extension VolumeFS {
             return (try getattr(existing.ino), handle)
         }
         remember(attr.ino)
-        let handle = try open(attr.ino, flags: flags & ~O_TRUNC)
+        // A new file's atime is already now: no relatime update on this open.
+        let handle = try open(attr.ino, flags: flags & ~O_TRUNC, touchingAtime: false)
         return (attr, handle)
     }
 
