@@ -66,18 +66,35 @@ struct Mount: ParsableCommand {
     func run() throws {
         let dir = VolumeDirectory(volume)
         let target = absolutePath(mountpoint)
+        var created: String?
         do {
             try dir.validate()
             try checkFuseDevice()
-            try prepareMountpoint(target)
+            created = try prepareMountpoint(target)
         } catch let error as CLIError {
             report(error)
             throw error
         }
-        if foreground {
-            try serve(dir, at: target)
-        } else {
-            try spawnDaemon(dir, at: target)
+        do {
+            if foreground {
+                try serve(dir, at: target)
+            } else {
+                try spawnDaemon(dir, at: target)
+            }
+        } catch {
+            // A mount that failed leaves the disk as it found it.
+            if let created { removeCreated(from: target, upTo: created) }
+            throw error
+        }
+    }
+
+    /// Removes the (empty) directories from `path` up to `top`, which this command made.
+    func removeCreated(from path: String, upTo top: String) {
+        var current = path
+        while current.hasPrefix(top) {
+            guard rmdir(current) == 0 else { return }
+            if current == top { return }
+            current = (current as NSString).deletingLastPathComponent
         }
     }
 
@@ -101,9 +118,19 @@ struct Mount: ParsableCommand {
         close(fd)
     }
 
-    func prepareMountpoint(_ path: String) throws {
+    /// Makes sure `path` is a directory nothing is mounted on, creating it if missing;
+    /// returns the topmost directory it created, if any.
+    @discardableResult
+    func prepareMountpoint(_ path: String) throws -> String? {
         let files = FileManager.default
+        var created: String?
         if !files.fileExists(atPath: path) {
+            var top = path
+            while case let parent = (top as NSString).deletingLastPathComponent, parent != top,
+                  !files.fileExists(atPath: parent) {
+                top = parent
+            }
+            created = top
             do {
                 try files.createDirectory(atPath: path, withIntermediateDirectories: true)
             } catch {
@@ -114,6 +141,7 @@ struct Mount: ParsableCommand {
         if let entry = MountEntry.find(path) {
             throw CLIError("\(path) is already a mountpoint (\(entry.fsType) from \(entry.source)); unmount it first")
         }
+        return created
     }
 
     /// Runs the filesystem in this process until it is unmounted or signalled.
