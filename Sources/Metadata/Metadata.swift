@@ -16,8 +16,9 @@ public protocol Metadata: Sendable {
     /// The inode named `name` in directory `parent`.
     func lookup(_ parent: InodeNumber, _ name: FileName) throws(MetadataError) -> Attr
     func getattr(_ ino: InodeNumber) throws(MetadataError) -> Attr
-    /// Records a read access time without touching ctime (what relatime does on read).
-    func touch(_ ino: InodeNumber, atime: Timestamp) throws(MetadataError)
+    /// Records read access times without touching ctime (what relatime does on read),
+    /// all in one transaction; inodes that are gone are skipped.
+    func touch(_ atimes: [InodeNumber: Timestamp]) throws(MetadataError)
     /// Changes mode, owner and times; sets ctime to `now`.
     func setattr(_ ino: InodeNumber, _ changes: AttrChanges, now: Timestamp) throws(MetadataError) -> Attr
     /// Creates a new inode and its entry: a file, directory, symlink (with `target`) or
@@ -58,6 +59,8 @@ public protocol Metadata: Sendable {
     /// Inodes with no names left, kept for open handles that a crash then dropped.
     func orphans() throws(MetadataError) -> [InodeNumber]
 
+    /// Every inode that has at least one extended attribute.
+    func inodesWithXattrs() throws(MetadataError) -> Set<InodeNumber>
     func getxattr(_ ino: InodeNumber, _ name: FileName) throws(MetadataError) -> [UInt8]
     func setxattr(_ ino: InodeNumber, _ name: FileName, _ value: [UInt8], mode: XattrMode, now: Timestamp) throws(MetadataError)
     func listxattr(_ ino: InodeNumber) throws(MetadataError) -> [FileName]

@@ -318,9 +318,13 @@ public final class SQLiteMetadata: Metadata {
         try read { db in try Self.fetchAttr(db, ino) }
     }
 
-    public func touch(_ ino: InodeNumber, atime: Timestamp) throws(MetadataError) {
+    public func touch(_ atimes: [InodeNumber: Timestamp]) throws(MetadataError) {
+        guard !atimes.isEmpty else { return }
         try mutate { db in
-            try db.execute(sql: "UPDATE inodes SET atime = ? WHERE ino = ?", arguments: [atime.nanoseconds, Int64(ino.rawValue)])
+            let statement = try db.cachedStatement(sql: "UPDATE inodes SET atime = max(atime, ?) WHERE ino = ?")
+            for (ino, atime) in atimes {
+                try statement.execute(arguments: [atime.nanoseconds, Int64(ino.rawValue)])
+            }
         }
     }
 
@@ -645,6 +649,12 @@ public final class SQLiteMetadata: Metadata {
     }
 
     // MARK: - Extended attributes
+
+    public func inodesWithXattrs() throws(MetadataError) -> Set<InodeNumber> {
+        try read { db in
+            Set(try Int64.fetchAll(db, sql: "SELECT DISTINCT ino FROM xattrs").map { InodeNumber(UInt64($0)) })
+        }
+    }
 
     public func getxattr(_ ino: InodeNumber, _ name: FileName) throws(MetadataError) -> [UInt8] {
         try read { db in

@@ -94,10 +94,24 @@ extension VolumeFS {
         // atime is best effort: a reader does not take the lease for it.
         guard isWriter else { return }
         guard attr.atime <= attr.mtime || attr.atime <= attr.ctime || now.nanoseconds - attr.atime.nanoseconds > day else { return }
+        // Written lazily (like lazytime): one transaction a tick for every file read,
+        // instead of one per open.
+        pendingAtimes.withLock { pending in
+            if pending[attr.ino] == nil { pending[attr.ino] = now }
+        }
+    }
+
+    /// Writes the access times gathered since the last call.
+    public func flushAtimes() {
+        let atimes = pendingAtimes.withLock { pending in
+            defer { pending = [:] }
+            return pending
+        }
+        guard !atimes.isEmpty, isWriter else { return }
         do {
-            try metadata.touch(attr.ino, atime: now)
+            try metadata.touch(atimes)
         } catch {
-            logger.warning("cannot update atime of inode \(attr.ino.rawValue): \(error)")
+            logger.warning("cannot record access times of \(atimes.count) files: \(error)")
         }
     }
 

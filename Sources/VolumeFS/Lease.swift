@@ -130,6 +130,7 @@ extension VolumeFS {
         leaseChange.withLock { _ in
             guard let fence = writer.withLock({ $0.fence }) else { return }
             flushAll()
+            flushAtimes()
             do {
                 try metadata.releaseLease(holder: fence.holder, token: fence.token)
                 logger.info("released the writer lease (token \(fence.token))")
@@ -179,6 +180,7 @@ extension VolumeFS {
             followChanges()
             return
         }
+        flushAtimes()
         if options.mode == .onDemand, now - state.lastWrite > .seconds(options.leaseIdleSeconds), !hasWritableHandles() {
             releaseLease()
             return
@@ -246,6 +248,7 @@ extension VolumeFS {
             }
             if batch.truncated {
                 cacheStamps.withLock { $0 = [:] }
+                xattrInodes.withLock { $0 = nil }
                 for ino in refs.withLock({ Array($0.keys) }) {
                     refresh(ino)
                     invalidate(.inode(ino))
@@ -262,6 +265,7 @@ extension VolumeFS {
             }
             let known = refs.withLock { table in inodes.filter { table[$0] != nil } }
             cacheStamps.withLock { stamps in for ino in inodes { stamps[ino] = nil } }
+            if !inodes.isEmpty { xattrInodes.withLock { $0 = nil } }
             for ino in known {
                 refresh(ino)
                 invalidate(.inode(ino))

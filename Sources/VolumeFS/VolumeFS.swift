@@ -146,6 +146,11 @@ public final class VolumeFS: Sendable {
     let invalidator = Mutex<(@Sendable (Invalidation) -> Void)?>(nil)
     /// For each file the kernel may hold pages of: the version those pages are of.
     let cacheStamps = Mutex<[InodeNumber: CacheStamp]>([:])
+    /// Access times not written yet.
+    let pendingAtimes = Mutex<[InodeNumber: Timestamp]>([:])
+    /// Inodes that have extended attributes (nil: not known, ask the metadata): most
+    /// files have none, and `ls -l` asks every file for some.
+    let xattrInodes = Mutex<Set<InodeNumber>?>(nil)
 
     /// Opens a volume for use. Nothing is written until this mount takes the writer
     /// lease (at the first mutation, or `acquireLease`); inodes a crash left without
@@ -297,10 +302,11 @@ public final class VolumeFS: Sendable {
 
     /// `attr` with the size and mtime of writes not yet committed.
     func pending(_ attr: Attr) -> Attr {
+        var attr = attr
+        if let atime = pendingAtimes.withLock({ $0[attr.ino] }) { attr.atime = max(attr.atime, atime) }
         guard attr.isRegular, let file = openFiles.withLock({ $0[attr.ino] }) else { return attr }
         file.lock.lock()
         defer { file.lock.unlock() }
-        var attr = attr
         attr.size = file.size
         attr.storedBytes = UInt64(max(0, Int64(attr.storedBytes) + file.reserved.values.reduce(0, +)))
         if let mtime = file.mtime {
@@ -445,6 +451,7 @@ public final class VolumeFS: Sendable {
         if name.bytes.isEmpty || name.bytes.count > 255 { throw .range }
         // `ls -l` asks for POSIX ACLs of every file; none are ever stored.
         if name.bytes.starts(with: Array("system.".utf8)) { throw .metadata(.noAttribute) }
+        if try !mayHaveXattrs(ino) { throw .metadata(.noAttribute) }
         return try Self.lift { () throws(MetadataError) in try metadata.getxattr(ino, name) }
     }
 
@@ -452,10 +459,22 @@ public final class VolumeFS: Sendable {
         try Self.checkXattr(name)
         if value.count > 65_536 { throw .valueTooBig }
         try mutating { () throws(MetadataError) in try metadata.setxattr(ino, name, value, mode: mode, now: Self.now()) }
+        xattrInodes.withLock { known in _ = known?.insert(ino) }
+    }
+
+    func mayHaveXattrs(_ ino: InodeNumber) throws(FSError) -> Bool {
+        if let known = xattrInodes.withLock({ $0 }) { return known.contains(ino) }
+        let loaded = try Self.lift { () throws(MetadataError) in try metadata.inodesWithXattrs() }
+        xattrInodes.withLock { $0 = loaded }
+        return loaded.contains(ino)
     }
 
     public func listxattr(_ ino: InodeNumber) throws(FSError) -> [FileName] {
-        try Self.lift { () throws(MetadataError) in try metadata.listxattr(ino) }
+        if try !mayHaveXattrs(ino) {
+            _ = try getattr(ino)
+            return []
+        }
+        return try Self.lift { () throws(MetadataError) in try metadata.listxattr(ino) }
     }
 
     public func removexattr(_ ino: InodeNumber, _ name: FileName) throws(FSError) {

@@ -256,7 +256,7 @@ let dirMode = FileType.directory.rawValue | 0o755
         let changed = try meta.setattr(a.ino, AttrChanges(mode: 0o4711, uid: 7, gid: 8, atime: t0, mtime: t1), now: t1)
         #expect(changed.mode == FileType.regular.rawValue | 0o4711)
         #expect(changed.uid == 7 && changed.gid == 8 && changed.atime == t0 && changed.mtime == t1 && changed.ctime == t1)
-        try meta.touch(a.ino, atime: t1)
+        try meta.touch([a.ino: t1, InodeNumber(999): t1])
         #expect(try meta.getattr(a.ino).atime == t1)
         #expect(try meta.getattr(a.ino).ctime == t1)
     }
