@@ -53,9 +53,10 @@ public protocol Metadata: Sendable {
     /// Makes every committed transaction durable against a machine crash.
     func sync() throws(MetadataError)
 
-    /// Deletes an inode that has no names left, with its chunks and xattrs; its objects
-    /// become garbage. Does nothing if the inode still has names or is gone.
-    func purge(_ ino: InodeNumber, now: Timestamp) throws(MetadataError)
+    /// Deletes inodes that have no names left, with their chunks and xattrs, in one
+    /// transaction; their objects become garbage. Skips inodes that still have names or
+    /// are gone.
+    func purge(_ inodes: [InodeNumber], now: Timestamp) throws(MetadataError)
     /// Inodes with no names left, kept for open handles that a crash then dropped.
     func orphans() throws(MetadataError) -> [InodeNumber]
 

@@ -628,16 +628,22 @@ public final class SQLiteMetadata: Metadata {
         }
     }
 
-    public func purge(_ ino: InodeNumber, now: Timestamp) throws(MetadataError) {
+    public func purge(_ inodes: [InodeNumber], now: Timestamp) throws(MetadataError) {
+        guard !inodes.isEmpty else { return }
         try mutate { db in
-            guard let nlink = try Int64.fetchOne(db, sql: "SELECT nlink FROM inodes WHERE ino = ?",
-                                                 arguments: [Int64(ino.rawValue)]), nlink == 0 else { return }
-            let rows = try Row.fetchAll(db, sql: "SELECT object, length FROM chunks WHERE ino = ?", arguments: [Int64(ino.rawValue)])
-            try Self.retire(db, rows.map { ObjectID(rawValue: UInt64(bitPattern: $0[0])) }, now: now)
-            let freed = rows.reduce(Int64(0)) { $0 + ($1[1] as Int64) }
-            try Self.addUsage(db, -freed)
-            for table in ["chunks", "xattrs", "inodes"] {
-                try db.execute(sql: "DELETE FROM \(table) WHERE ino = ?", arguments: [Int64(ino.rawValue)])
+            for ino in inodes {
+                let value = Int64(ino.rawValue)
+                guard let nlink = try Int64.fetchOne(db.cachedStatement(sql: "SELECT nlink FROM inodes WHERE ino = ?"),
+                                                     arguments: [value]), nlink == 0 else { continue }
+                let rows = try Row.fetchAll(db.cachedStatement(sql: "SELECT object, length FROM chunks WHERE ino = ?"),
+                                            arguments: [value])
+                try Self.retire(db, rows.map { ObjectID(rawValue: UInt64(bitPattern: $0[0])) }, now: now)
+                let freed = rows.reduce(Int64(0)) { $0 + ($1[1] as Int64) }
+                try Self.addUsage(db, -freed)
+                for table in ["chunks", "xattrs", "inodes"] {
+                    try db.cachedStatement(sql: "DELETE FROM \(table) WHERE ino = ?").execute(arguments: [value])
+                }
+                try Self.note(db, ino: ino)
             }
         }
     }

@@ -374,7 +374,9 @@ extension VolumeFS {
             }
         }
         if attempt() { return }
-        // `netvol resize` may have grown the volume since we last looked.
+        // Deleted files may be waiting for their purge, and `netvol resize` may have grown
+        // the volume since we last looked.
+        flushPurges()
         refreshUsage()
         if !attempt() { throw .noSpace }
     }
@@ -551,6 +553,8 @@ extension VolumeFS {
         defer { file.lock.unlock() }
         guard end > file.size else { return }
         let needed = Int64(end - file.size)
+        flushPurges()
+        refreshUsage()
         try accounting.withLock { state throws(FSError) in
             if Int64(state.used) + state.reserved + needed > Int64(state.limit) { throw .noSpace }
         }

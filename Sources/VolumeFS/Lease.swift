@@ -119,9 +119,8 @@ extension VolumeFS {
                 state.lastWrite = .now
             }
             logger.info("took the writer lease (token \(lease.token))")
-            for orphan in (try? metadata.orphans()) ?? [] where !isReferenced(orphan) {
-                try? metadata.purge(orphan, now: Self.now())
-            }
+            let orphans = ((try? metadata.orphans()) ?? []).filter { !isReferenced($0) }
+            try? metadata.purge(orphans, now: Self.now())
         }
     }
 
@@ -131,6 +130,7 @@ extension VolumeFS {
             guard let fence = writer.withLock({ $0.fence }) else { return }
             flushAll()
             flushAtimes()
+            flushPurges()
             do {
                 try metadata.releaseLease(holder: fence.holder, token: fence.token)
                 logger.info("released the writer lease (token \(fence.token))")
@@ -181,6 +181,7 @@ extension VolumeFS {
             return
         }
         flushAtimes()
+        flushPurges()
         if options.mode == .onDemand, now - state.lastWrite > .seconds(options.leaseIdleSeconds), !hasWritableHandles() {
             releaseLease()
             return

@@ -146,6 +146,8 @@ public final class VolumeFS: Sendable {
     let invalidator = Mutex<(@Sendable (Invalidation) -> Void)?>(nil)
     /// For each file the kernel may hold pages of: the version those pages are of.
     let cacheStamps = Mutex<[InodeNumber: CacheStamp]>([:])
+    /// Unlinked inodes nothing refers to any more, to purge in the next batch.
+    let pendingPurges = Mutex<Set<InodeNumber>>([])
     /// Access times not written yet.
     let pendingAtimes = Mutex<[InodeNumber: Timestamp]>([:])
     /// Inodes that have extended attributes (nil: not known, ask the metadata): most
@@ -267,10 +269,22 @@ public final class VolumeFS: Sendable {
         guard unlinked.withLock({ $0.remove(ino) }) != nil else { return }
         // Only the writer purges; otherwise the next writer does, when it takes the lease.
         guard isWriter else { return }
+        // Batched: `rm -rf` of many files then costs one purge transaction a tick, not
+        // one per file. Space is counted back when the batch runs (or when a write needs it).
+        pendingPurges.withLock { _ = $0.insert(ino) }
+    }
+
+    /// Purges the inodes whose last reference went since the last call.
+    public func flushPurges() {
+        let inodes = pendingPurges.withLock { pending in
+            defer { pending = [] }
+            return pending
+        }
+        guard !inodes.isEmpty else { return }
         do {
-            try metadata.purge(ino, now: Self.now())
+            try metadata.purge(Array(inodes), now: Self.now())
         } catch {
-            logger.error("cannot purge unlinked inode \(ino.rawValue): \(error); it is purged at the next mount")
+            logger.error("cannot purge \(inodes.count) unlinked inodes: \(error); they are purged when a mount next takes the lease")
         }
     }
 
@@ -422,6 +436,7 @@ public final class VolumeFS: Sendable {
     }
 
     public func statfs() throws(FSError) -> FSStats {
+        flushPurges()
         let usage = try Self.lift { () throws(MetadataError) in try metadata.usage() }
         let reserved = accounting.withLock { state -> Int64 in
             state.used = usage.usedBytes

@@ -199,11 +199,11 @@ let dirMode = FileType.directory.rawValue | 0o755
         let a = try file("a")
         let chunk = ref(0, 10)
         try meta.commitData(a.ino, chunks: [chunk], dropFrom: nil, size: 10, mtime: t1, now: t1)
-        try meta.purge(a.ino, now: t1)
+        try meta.purge([a.ino], now: t1)
         #expect(try meta.getattr(a.ino).nlink == 1)
         _ = try meta.unlink(.root, "a", now: t1)
         #expect(try meta.orphans() == [a.ino])
-        try meta.purge(a.ino, now: t1)
+        try meta.purge([a.ino], now: t1)
         #expect(throws: MetadataError.notFound) { try meta.getattr(a.ino) }
         #expect(try meta.usage().usedBytes == 0)
         #expect(try meta.knownObjects() == [chunk.object])
