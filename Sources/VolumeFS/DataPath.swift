@@ -19,7 +19,7 @@ extension VolumeFS {
         if attr.isDirectory { throw .metadata(.isDirectory) }
         guard attr.isRegular else { throw .notSupported("opening special files") }
         let access = flags & O_ACCMODE
-        let file = try attach(attr)
+        _ = try attach(attr)
         var handle = Handle(ino: ino, readable: access != O_WRONLY, writable: access != O_RDONLY)
         // Pages the kernel cached stay valid while the file is as it was when they were
         // read: a second open (or a second process) then reads from memory.
@@ -39,7 +39,6 @@ extension VolumeFS {
             }
         }
         if handle.readable && touchingAtime { touchAtime(attr) }
-        _ = file
         return id
     }
 

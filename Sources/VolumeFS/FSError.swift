@@ -19,8 +19,6 @@ public enum FSError: Error, Equatable, Sendable {
     case nameTooLong
     /// A file handle that was never opened or is already released.
     case badHandle
-    /// The handle was not opened for this kind of access.
-    case wrongAccess
     case notSupported(String)
     /// A buffer too small for the answer (getxattr, listxattr) or an xattr name too long.
     case range
@@ -63,7 +61,6 @@ public enum FSError: Error, Equatable, Sendable {
         case .invalidArgument: EINVAL
         case .nameTooLong: ENAMETOOLONG
         case .badHandle: EBADF
-        case .wrongAccess: EBADF
         case .notSupported: EOPNOTSUPP
         case .range: ERANGE
         case .valueTooBig: E2BIG
@@ -85,7 +82,6 @@ extension FSError: CustomStringConvertible {
         case .invalidArgument(let why): "invalid argument: \(why)"
         case .nameTooLong: "name longer than \(FileName.maxLength) bytes"
         case .badHandle: "unknown file handle"
-        case .wrongAccess: "handle not opened for this access"
         case .notSupported(let what): "not supported: \(what)"
         case .range: "buffer too small or name too long"
         case .valueTooBig: "value too big"
