@@ -114,6 +114,17 @@ extension VolumeFS {
         }
     }
 
+    /// Forgets what `file` buffered and gives back the space reserved for it; the file is
+    /// as last committed. Caller holds `file.lock`.
+    func discardBuffered(_ file: OpenFile) {
+        let dropped = file.reserved.values.reduce(0, +)
+        accounting.withLock { $0.reserved -= dropped }
+        file.dirty = [:]
+        file.reserved = [:]
+        file.size = file.committedSize
+        file.mtime = nil
+    }
+
     /// Whether the kernel may keep the pages it cached when it opens `fh` (FOPEN_KEEP_CACHE).
     public func keepsCache(_ fh: FileHandleID) -> Bool {
         handles.withLock { $0[fh]?.keepCache ?? false }
@@ -160,12 +171,7 @@ extension VolumeFS {
                 try commit(file)
             } catch {
                 logger.error("data written to inode \(ino.rawValue) is lost: the last close could not commit it: \(error)")
-                let dropped = file.reserved.values.reduce(0, +)
-                accounting.withLock { $0.reserved -= dropped }
-                file.dirty = [:]
-                file.reserved = [:]
-                file.size = file.committedSize
-                file.mtime = nil
+                discardBuffered(file)
             }
         }
         file.lock.unlock()

@@ -160,12 +160,7 @@ extension VolumeFS {
             if !file.dirty.isEmpty || file.size != file.committedSize {
                 logger.error("dropping uncommitted writes to inode \(file.ino.rawValue): the next flush, fsync or close answers EIO")
                 file.lostWrites = true
-                let dropped = file.reserved.values.reduce(0, +)
-                accounting.withLock { $0.reserved -= dropped }
-                file.dirty = [:]
-                file.reserved = [:]
-                file.size = file.committedSize
-                file.mtime = nil
+                discardBuffered(file)
             }
             file.lock.unlock()
         }

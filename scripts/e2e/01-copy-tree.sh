@@ -5,11 +5,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 # A real tree from this machine: kernel headers when present, else another one.
-tree=
-for candidate in /usr/include/linux /usr/share/perl5 /usr/share/doc /etc/ssl; do
-    if [[ -d $candidate ]]; then tree=$candidate; break; fi
-done
-[[ -n $tree ]] || skip "no source tree found on this machine"
+tree=$(real_tree)
 step "copying $tree ($(du -sh "$tree" | cut -f1))"
 
 mount_volume

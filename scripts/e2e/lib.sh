@@ -238,6 +238,16 @@ require_program() {
 
 # --- volumes and mounts ----------------------------------------------------------------
 
+# real_tree: prints a real directory tree of this machine to copy (kernel headers when
+# present, else another one); skips the test when there is none.
+real_tree() {
+    local candidate
+    for candidate in /usr/include/linux /usr/share/perl5 /usr/share/doc /etc/ssl; do
+        if [[ -d $candidate ]]; then printf '%s\n' "$candidate"; return; fi
+    done
+    skip "no source tree found on this machine"
+}
+
 # make_volume [CREATE_ARGS...]: creates the volume $VOLUME (default --size 10G).
 make_volume() { make_volume_at "$VOLUME" "$@"; }
 
