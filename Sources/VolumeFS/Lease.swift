@@ -167,8 +167,10 @@ extension VolumeFS {
     }
 
     /// One turn of the background work: renew or idle-release the lease, or follow the
-    /// change feed when another mount writes. Call it every `pollInterval`.
+    /// change feed when another mount writes, then send the kernel what it must forget.
+    /// Call it about twice a second from a thread that serves no requests.
     public func tick() {
+        defer { deliverInvalidations() }
         let now = ContinuousClock.now
         let state = writer.withLock { $0 }
         guard let fence = state.fence else {

@@ -144,6 +144,7 @@ public final class VolumeFS: Sendable {
     /// Serializes taking and giving back the lease.
     let leaseChange = Mutex(())
     let invalidator = Mutex<(@Sendable (Invalidation) -> Void)?>(nil)
+    let pendingInvalidations = Mutex<[Invalidation]>([])
     /// For each file the kernel may hold pages of: the version those pages are of.
     let cacheStamps = Mutex<[InodeNumber: CacheStamp]>([:])
     /// Unlinked inodes nothing refers to any more, to purge in the next batch.
@@ -178,8 +179,24 @@ public final class VolumeFS: Sendable {
         invalidator.withLock { $0 = invalidate }
     }
 
+    /// Queues a kernel cache invalidation; `deliverInvalidations` sends them.
+    ///
+    /// Never sent from inside a request: the kernel may hold the very page or directory
+    /// locks an invalidation waits for (a write holds its pages, a create its directory)
+    /// until we answer, and the two would wait for each other forever.
     func invalidate(_ what: Invalidation) {
-        invalidator.withLock { $0 }?(what)
+        pendingInvalidations.withLock { $0.append(what) }
+    }
+
+    /// Sends the queued invalidations to the kernel. Call it from a thread that serves
+    /// no requests (the background tick).
+    public func deliverInvalidations() {
+        let queued = pendingInvalidations.withLock { pending in
+            defer { pending = [] }
+            return pending
+        }
+        guard !queued.isEmpty, let send = invalidator.withLock({ $0 }) else { return }
+        for what in queued { send(what) }
     }
 
     static func lift<T>(_ body: () throws(MetadataError) -> T) throws(FSError) -> T {
