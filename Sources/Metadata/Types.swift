@@ -34,9 +34,26 @@ public struct FileName: Hashable, Sendable, CustomStringConvertible, Expressible
 public struct Timestamp: Hashable, Comparable, Sendable, CustomStringConvertible {
     public var nanoseconds: Int64
     public init(nanoseconds: Int64) { self.nanoseconds = nanoseconds }
-    public init(seconds: Int64, nanoseconds: Int64) { self.nanoseconds = seconds * 1_000_000_000 + nanoseconds }
-    public var seconds: Int64 { nanoseconds >= 0 ? nanoseconds / 1_000_000_000 : (nanoseconds - 999_999_999) / 1_000_000_000 }
-    public var subsecondNanoseconds: Int64 { nanoseconds - seconds * 1_000_000_000 }
+    /// Times past what 64 bits of nanoseconds hold (before 1678 or after 2262) are clamped
+    /// to the nearest one that fits: a caller's `touch -d` never overflows.
+    public init(seconds: Int64, nanoseconds: Int64) {
+        let (scaled, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        let (sum, overflow2) = scaled.addingReportingOverflow(nanoseconds)
+        if overflow || overflow2 {
+            self.nanoseconds = seconds < 0 ? Int64.min : Int64.max
+        } else {
+            self.nanoseconds = sum
+        }
+    }
+    /// Whole seconds, rounded down (so `subsecondNanoseconds` is never negative).
+    public var seconds: Int64 {
+        let remainder = nanoseconds % 1_000_000_000
+        return nanoseconds / 1_000_000_000 - (remainder < 0 ? 1 : 0)
+    }
+    public var subsecondNanoseconds: Int64 {
+        let remainder = nanoseconds % 1_000_000_000
+        return remainder < 0 ? remainder + 1_000_000_000 : remainder
+    }
     public static func < (a: Timestamp, b: Timestamp) -> Bool { a.nanoseconds < b.nanoseconds }
     public var description: String { "\(seconds).\(subsecondNanoseconds)" }
 }

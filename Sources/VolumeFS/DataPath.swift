@@ -92,7 +92,7 @@ extension VolumeFS {
         let day: Int64 = 86_400 * 1_000_000_000
         // atime is best effort: a reader does not take the lease for it.
         guard isWriter else { return }
-        guard attr.atime <= attr.mtime || attr.atime <= attr.ctime || now.nanoseconds - attr.atime.nanoseconds > day else { return }
+        guard attr.atime <= attr.mtime || attr.atime <= attr.ctime || attr.atime.nanoseconds < now.nanoseconds - day else { return }
         // Written lazily (like lazytime): one transaction a tick for every file read,
         // instead of one per open.
         pendingAtimes.withLock { pending in

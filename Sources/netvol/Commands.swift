@@ -182,7 +182,7 @@ struct GC: ParsableCommand {
     var grace: Int = 600
 
     func run() throws {
-        guard grace >= 0 else { throw CLIError("--grace must not be negative") }
+        guard grace >= 0, grace <= 315_360_000 else { throw CLIError("--grace must be between 0 and 315360000 seconds (ten years)") }
         let (metadata, store) = try VolumeDirectory(volume).open()
         // Objects no transaction ever referred to (a crash between upload and commit)
         // become garbage now and go after the grace period like any other.

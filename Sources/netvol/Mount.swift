@@ -54,11 +54,11 @@ struct Mount: ParsableCommand {
     var readyFd: Int32?
 
     func validate() throws {
-        guard gcGrace >= 0 else { throw ValidationError("--gc-grace must not be negative") }
+        guard gcGrace >= 0, gcGrace <= 315_360_000 else { throw ValidationError("--gc-grace must be between 0 and 315360000 seconds (ten years)") }
         guard !(readOnly && writer) else { throw ValidationError("--read-only and --writer exclude each other") }
         guard !wait || writer else { throw ValidationError("--wait goes with --writer") }
         guard leaseTtl >= 1, leaseTtl <= 3600 else { throw ValidationError("--lease-ttl must be between 1 and 3600 seconds") }
-        guard leaseIdle >= 0 else { throw ValidationError("--lease-idle must not be negative") }
+        guard leaseIdle >= 0, leaseIdle <= 31_536_000 else { throw ValidationError("--lease-idle must be between 0 and 31536000 seconds (a year)") }
     }
 
     var mode: AccessMode { readOnly ? .readOnly : writer ? .writer : .onDemand }
