@@ -12,12 +12,16 @@ install_packages attr python3 tar diffutils util-linux procps psmisc
 swift build --build-tests
 swift build --product netvol
 
+# Mounts that were there before (a volume mounted by scripts/run.sh, say) are not ours.
+netvol_mounts() { awk '$3 ~ /^fuse/ && $1 ~ /netvol/ {print $2}' /proc/mounts | sort; }
+before=$(netvol_mounts)
+
 # A hung mount must fail the run, not hang it: every layer is bounded in time.
 status=0
 timeout --kill-after=30 1800 swift test --skip-build || status=$?
 NETVOL="$PWD/.build/debug/netvol" timeout --kill-after=30 2400 scripts/e2e/run-all.sh || status=$?
 
-left=$(awk '$3 ~ /^fuse/ && $1 ~ /netvol/ {print $2}' /proc/mounts)
+left=$(comm -13 <(printf '%s\n' "$before") <(netvol_mounts) | sed '/^$/d')
 if [ -n "$left" ]; then
   echo "error: tests left netvol mounts behind: $left" >&2
   for mountpoint in $left; do fusermount3 -uz "$mountpoint" || true; done

@@ -30,11 +30,16 @@ start_container() {
 }
 in_container() { local pid=$1; shift; timeout 30 nsenter -t "$pid" -m "$@"; }
 
+# A volume the machine itself has at /runpod-volume (scripts/run.sh) is not ours.
+host_had_mount=no
+! is_mounted /runpod-volume || host_had_mount=yes
 one=$(start_container)
 ns_pids+=("$one")
 two=$(start_container)
 ns_pids+=("$two")
-is_mounted /runpod-volume && fail "the containers' mounts leaked into the host namespace"
+if [[ $host_had_mount == no ]] && is_mounted /runpod-volume; then
+    fail "the containers' mounts leaked into the host namespace"
+fi
 
 step "container one writes, container two reads it and is refused writes"
 in_container "$one" sh -c 'printf "from one" > /runpod-volume/f'
