@@ -9,7 +9,7 @@ import Glibc
 #endif
 internal import CFuse
 import Logging
-public import Metadata
+import Metadata
 import Synchronization
 public import VolumeFS
 

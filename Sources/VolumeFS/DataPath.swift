@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-public import ChunkStore
+import ChunkStore
 import Dispatch
 public import Metadata
 import Synchronization

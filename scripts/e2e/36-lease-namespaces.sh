@@ -17,26 +17,31 @@ cleanup_namespaces() {
         kill "$pid" 2>/dev/null || true
     done
 }
-trap 'cleanup_namespaces; e2e_cleanup' EXIT
+# e2e_cleanup reports the status the test ended with: hand it on.
+trap 'ended=$?; cleanup_namespaces; (exit "$ended"); e2e_cleanup' EXIT
 
 # A container: a namespace kept alive by a sleeping process, in which netvol mounts.
+# Sets CONTAINER to its pid, registered for cleanup before anything can fail.
 start_container() {
     unshare -m --propagation private sleep 600 </dev/null >/dev/null 2>&1 &
-    local pid=$!
-    wait_until 5 test -e "/proc/$pid/ns/mnt"
+    CONTAINER=$!
+    ns_pids+=("$CONTAINER")
+    wait_until 5 test -e "/proc/$CONTAINER/ns/mnt"
     sleep 0.2
-    nsenter -t "$pid" -m "$NETVOL" mount "$VOLUME" >/dev/null || fail "mount in namespace of $pid failed"
-    printf '%s\n' "$pid"
+    # A container starts with its own mount table: drop the copy of any /runpod-volume
+    # the machine itself has mounted (private propagation keeps the machine's).
+    nsenter -t "$CONTAINER" -m sh -c 'if mountpoint -q /runpod-volume; then umount -l /runpod-volume; fi'
+    nsenter -t "$CONTAINER" -m "$NETVOL" mount "$VOLUME" >/dev/null || fail "mount in namespace of $CONTAINER failed"
 }
 in_container() { local pid=$1; shift; timeout 30 nsenter -t "$pid" -m "$@"; }
 
 # A volume the machine itself has at /runpod-volume (scripts/run.sh) is not ours.
 host_had_mount=no
 ! is_mounted /runpod-volume || host_had_mount=yes
-one=$(start_container)
-ns_pids+=("$one")
-two=$(start_container)
-ns_pids+=("$two")
+start_container
+one=$CONTAINER
+start_container
+two=$CONTAINER
 if [[ $host_had_mount == no ]] && is_mounted /runpod-volume; then
     fail "the containers' mounts leaked into the host namespace"
 fi
