@@ -8,8 +8,10 @@ func temporaryDirectory() -> String {
     return path
 }
 
-@Suite struct LocalChunkStoreTests {
+@Suite final class LocalChunkStoreTests {
     let root = temporaryDirectory()
+
+    deinit { try? FileManager.default.removeItem(atPath: root) }
 
     func bytes(_ count: Int, seed: UInt8 = 7) -> [UInt8] {
         (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(seed)) }

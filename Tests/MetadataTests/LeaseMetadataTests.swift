@@ -10,18 +10,21 @@ final class ManualClock: Sendable {
 }
 
 /// The lease, fencing, sessions and the change feed, at the metadata level.
-@Suite struct LeaseMetadataTests {
-    let path = temporaryDirectory() + "/volume.db"
+@Suite final class LeaseMetadataTests {
+    let directory = temporaryDirectory()
+    var path: String { directory + "/volume.db" }
     let clock = ManualClock()
     let a: SQLiteMetadata
     let b: SQLiteMetadata
 
     init() throws {
-        _ = try SQLiteMetadata.create(path: path, chunkSize: 4096, sizeLimit: 1 << 20, now: t0)
+        _ = try SQLiteMetadata.create(path: directory + "/volume.db", chunkSize: 4096, sizeLimit: 1 << 20, now: t0)
         let clock = self.clock
-        a = try SQLiteMetadata(path: path, clock: { clock.now })
-        b = try SQLiteMetadata(path: path, clock: { clock.now })
+        a = try SQLiteMetadata(path: directory + "/volume.db", clock: { clock.now })
+        b = try SQLiteMetadata(path: directory + "/volume.db", clock: { clock.now })
     }
+
+    deinit { try? FileManager.default.removeItem(atPath: directory) }
 
     @Test func acquireRenewReleaseAndTakeover() throws {
         let first = try a.acquireLease(holder: "a", ttlSeconds: 10)

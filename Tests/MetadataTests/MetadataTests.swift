@@ -15,12 +15,15 @@ let fileMode = FileType.regular.rawValue | 0o644
 let dirMode = FileType.directory.rawValue | 0o755
 
 /// One suite, run against every metadata backend available.
-@Suite struct MetadataTests {
+@Suite final class MetadataTests {
+    let directory = temporaryDirectory()
     let meta: any Metadata
 
     init() throws {
-        meta = try SQLiteMetadata.create(path: temporaryDirectory() + "/volume.db", chunkSize: 4096, sizeLimit: 1 << 20, now: t0)
+        meta = try SQLiteMetadata.create(path: directory + "/volume.db", chunkSize: 4096, sizeLimit: 1 << 20, now: t0)
     }
+
+    deinit { try? FileManager.default.removeItem(atPath: directory) }
 
     func file(_ name: FileName, in parent: InodeNumber = .root) throws -> Attr {
         try meta.mknode(parent, name, mode: fileMode, uid: 1, gid: 2, rdev: 0, target: nil, now: t0)
@@ -262,7 +265,9 @@ let dirMode = FileType.directory.rawValue | 0o755
     }
 
     @Test func reopenedVolumeKeepsEverything() throws {
-        let path = temporaryDirectory() + "/volume.db"
+        let directory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/volume.db"
         let created = try SQLiteMetadata.create(path: path, chunkSize: 1 << 20, sizeLimit: 1 << 30, now: t0)
         let a = try created.mknode(.root, "a", mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0)
         let reopened = try SQLiteMetadata(path: path)
