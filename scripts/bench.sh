@@ -482,6 +482,20 @@ workload() { # ROUND FS
 
 # The process that serves a mount: JuiceFS runs as a supervisor with the serving process
 # as its child, so follow single children down from the pid we started.
+# record_hwm FS KEY STATUS: after a streaming step that ended with STATUS, records the
+# peak RSS of FS's daemon as KEY (or ERR).
+record_hwm() {
+    local fs=$1 key=$2 hwm
+    if [[ $3 == 0 ]] && capture "${TOOL[@]}" hwm "$(serving_pid "${DAEMON[$fs]}")"; then
+        hwm=$(awk -v k="$OUT" 'BEGIN { printf "%.1f", k / 1024 }')
+        record rss "$fs" "$key" "$hwm"
+        printf '  %-14s %s MiB\n' "$key" "$hwm" >&2
+    else
+        record rss "$fs" "$key" ERR
+        printf '  %-14s ERROR: %s\n' "$key" "$(tail -n 1 "$ERRLOG")" >&2
+    fi
+}
+
 serving_pid() {
     local pid=$1 children
     while :; do
@@ -507,16 +521,10 @@ rss_phase() {
         fi
         file=${ROOTDIR[$fs]}/rss-stream
         echo "--- rss $fs write" >>"$ERRLOG"
-        if capture "${TOOL[@]}" sh "$t" "for i in \$(seq $repeats); do cat '$SHM/data'; done |
-                dd of='$file' bs=1M count=$BENCH_RSS_MB iflag=fullblock conv=fsync" &&
-            capture "${TOOL[@]}" hwm "$(serving_pid "${DAEMON[$fs]}")"; then
-            hwm=$(awk -v k="$OUT" 'BEGIN { printf "%.1f", k / 1024 }')
-            record rss "$fs" rss_write "$hwm"
-            printf '  %-14s %s MiB\n' rss_write "$hwm" >&2
-        else
-            record rss "$fs" rss_write ERR
-            printf '  %-14s ERROR: %s\n' rss_write "$(tail -n 1 "$ERRLOG")" >&2
-        fi
+        ok=0
+        capture "${TOOL[@]}" sh "$t" "for i in \$(seq $repeats); do cat '$SHM/data'; done |
+                dd of='$file' bs=1M count=$BENCH_RSS_MB iflag=fullblock conv=fsync" || ok=$?
+        record_hwm "$fs" rss_write "$ok"
         umount_fs "$fs"
         if ! mount_fs "$fs"; then
             record rss "$fs" rss_read ERR
@@ -524,15 +532,9 @@ rss_phase() {
         fi
         drop_caches
         echo "--- rss $fs read" >>"$ERRLOG"
-        if [[ -f $file ]] && capture "${TOOL[@]}" run "$t" dd if="$file" of=/dev/null bs=1M &&
-            capture "${TOOL[@]}" hwm "$(serving_pid "${DAEMON[$fs]}")"; then
-            hwm=$(awk -v k="$OUT" 'BEGIN { printf "%.1f", k / 1024 }')
-            record rss "$fs" rss_read "$hwm"
-            printf '  %-14s %s MiB\n' rss_read "$hwm" >&2
-        else
-            record rss "$fs" rss_read ERR
-            printf '  %-14s ERROR: %s\n' rss_read "$(tail -n 1 "$ERRLOG")" >&2
-        fi
+        ok=1
+        [[ ! -f $file ]] || { ok=0; capture "${TOOL[@]}" run "$t" dd if="$file" of=/dev/null bs=1M || ok=$?; }
+        record_hwm "$fs" rss_read "$ok"
         rm -f "$file" 2>>"$ERRLOG"
         umount_fs "$fs"
     done

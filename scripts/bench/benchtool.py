@@ -176,24 +176,28 @@ def fmt_value(value, kind):
     return f"{value:.1f}"
 
 
+def read_results(path):
+    """The (round, fs, key, value) rows of a results file; malformed lines are skipped."""
+    with open(path) as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) == 4:
+                yield tuple(parts)
+
+
 def cmd_report(args):
     """report RESULTS.tsv FS... : the table of medians, ratio to raw."""
     path, systems = args[0], args[1:]
     values = {}   # (fs, key) -> list of floats
     errors = {}   # (fs, key) -> count
     rounds = {}   # (fs, round) -> {key: value}
-    with open(path) as f:
-        for line in f:
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) != 4:
-                continue
-            rnd, fs, key, value = parts
-            if value == "ERR":
-                errors[(fs, key)] = errors.get((fs, key), 0) + 1
-                rounds.setdefault((fs, rnd), {})[key] = None
-                continue
-            values.setdefault((fs, key), []).append(float(value))
-            rounds.setdefault((fs, rnd), {})[key] = float(value)
+    for rnd, fs, key, value in read_results(path):
+        if value == "ERR":
+            errors[(fs, key)] = errors.get((fs, key), 0) + 1
+            rounds.setdefault((fs, rnd), {})[key] = None
+            continue
+        values.setdefault((fs, key), []).append(float(value))
+        rounds.setdefault((fs, rnd), {})[key] = float(value)
     # The total of a round counts only when every timed step of it succeeded.
     for (fs, rnd), got in rounds.items():
         if "small_create" not in got and "tree_cp" not in got:
@@ -245,13 +249,8 @@ def cmd_rounds(args):
     """rounds RESULTS.tsv FS...: every measured value, one line per figure and filesystem."""
     path, systems = args[0], args[1:]
     table = {}
-    with open(path) as f:
-        for line in f:
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) != 4:
-                continue
-            _, fs, key, value = parts
-            table.setdefault((fs, key), []).append(value)
+    for _, fs, key, value in read_results(path):
+        table.setdefault((fs, key), []).append(value)
     keys = [k for k, _, _ in FIGURES]
     order = sorted(table, key=lambda p: (systems.index(p[0]) if p[0] in systems else len(systems),
                                          keys.index(p[1]) if p[1] in keys else len(keys)))
