@@ -54,6 +54,10 @@ public protocol ChunkStore: Sendable {
     /// bytes were read: fewer than `buffer.count` only at the end of the object.
     func read(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int
 
+    /// Hints that object `id` will be read soon, so that fetching it overlaps the reads
+    /// before it; returns without waiting. A missing object is not an error here.
+    func prefetch(_ id: ObjectID)
+
     /// The length of object `id` in bytes.
     func size(of id: ObjectID) throws(StoreError) -> Int
 

@@ -224,8 +224,11 @@ func makeOperations() -> fuse_lowlevel_ops {
     ops.read = { req, ino, size, offset, fi in
         serve(req, "read", ino) { ctx throws(FSError) in
             guard offset >= 0 else { throw .invalidArgument("negative offset") }
-            let bytes = try ctx.volume.read(inode(ino), fileInfo(fi), offset: UInt64(offset), count: size)
-            bytes.withUnsafeBytes { _ = fuse_reply_buf(req, $0.baseAddress?.assumingMemoryBound(to: CChar.self), $0.count) }
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(size, 1), alignment: 4096)
+            defer { buffer.deallocate() }
+            let got = try ctx.volume.read(inode(ino), fileInfo(fi), offset: UInt64(offset),
+                                          into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<size]))
+            _ = fuse_reply_buf(req, buffer.baseAddress?.assumingMemoryBound(to: CChar.self), got)
         }
     }
     ops.write = { req, ino, buffer, size, offset, fi in

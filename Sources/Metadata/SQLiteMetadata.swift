@@ -34,8 +34,13 @@ public final class SQLiteMetadata: Metadata {
             guard version == Self.formatVersion else {
                 throw MetadataError.notAVolume("\(path) has metadata format \(version.map(String.init) ?? "none"), expected \(Self.formatVersion)")
             }
-            // Volumes made before the lease existed get its tables on first open.
-            try pool.write { db in try db.execute(sql: Self.sharingSchema) }
+            // Volumes made before the lease or inline chunks existed get them on first open.
+            try pool.write { db in
+                try db.execute(sql: Self.sharingSchema)
+                if try !db.columns(in: "chunks").contains(where: { $0.name == "data" }) {
+                    try db.execute(sql: "ALTER TABLE chunks ADD COLUMN data BLOB")
+                }
+            }
         } catch let error as MetadataError {
             throw error
         } catch {
@@ -93,6 +98,7 @@ public final class SQLiteMetadata: Metadata {
         CREATE TABLE chunks(
             ino INTEGER NOT NULL, idx INTEGER NOT NULL, object INTEGER NOT NULL,
             length INTEGER NOT NULL, checksums BLOB NOT NULL,
+            data BLOB,  -- inline chunks (object 0): the bytes themselves
             PRIMARY KEY(ino, idx)
         ) WITHOUT ROWID;
         CREATE INDEX chunks_by_object ON chunks(object);
@@ -252,9 +258,12 @@ public final class SQLiteMetadata: Metadata {
                           arguments: [Int64(dir.rawValue)]) ?? false
     }
 
+    /// The object column of an inline chunk: no object was stored for it.
+    static let inlineObject: Int64 = 0
+
     static func retire(_ db: Database, _ objects: [ObjectID], now: Timestamp) throws {
         let statement = try db.cachedStatement(sql: "INSERT OR IGNORE INTO garbage(object, since) VALUES (?, ?)")
-        for object in objects {
+        for object in objects where object.rawValue != UInt64(Self.inlineObject) {
             try statement.execute(arguments: [Int64(bitPattern: object.rawValue), now.nanoseconds])
         }
     }
@@ -562,13 +571,20 @@ public final class SQLiteMetadata: Metadata {
 
     public func chunks(_ ino: InodeNumber) throws(MetadataError) -> [ChunkRef] {
         try read { db in
-            let statement = try db.cachedStatement(sql: "SELECT idx, object, length, checksums FROM chunks WHERE ino = ? ORDER BY idx")
+            let statement = try db.cachedStatement(sql: "SELECT idx, object, length, checksums, data FROM chunks WHERE ino = ? ORDER BY idx")
             return try Row.fetchAll(statement, arguments: [Int64(ino.rawValue)]).map { row throws in
                 let encoded = [UInt8](row[3] as Data)
                 guard let checksums = BlockChecksums(encoded: encoded) else {
                     throw MetadataError.database("chunk \(row[0] as Int64) of \(ino) has damaged checksums")
                 }
-                return ChunkRef(index: Int(row[0] as Int64), object: ObjectID(rawValue: UInt64(bitPattern: row[1])),
+                let index = Int(row[0] as Int64)
+                if let data = row[4] as Data? {
+                    // The recorded length is checked against the bytes when they are read.
+                    var ref = ChunkRef(index: index, inline: [UInt8](data), checksums: checksums)
+                    ref.length = Int(row[2] as Int64)
+                    return ref
+                }
+                return ChunkRef(index: index, object: ObjectID(rawValue: UInt64(bitPattern: row[1])),
                                 length: Int(row[2] as Int64), checksums: checksums)
             }
         }
@@ -592,7 +608,7 @@ public final class SQLiteMetadata: Metadata {
                 try db.execute(sql: "DELETE FROM chunks WHERE ino = ? AND idx >= ?", arguments: [inoValue, dropFrom])
             }
             let old = try db.cachedStatement(sql: "SELECT object, length FROM chunks WHERE ino = ? AND idx = ?")
-            let put = try db.cachedStatement(sql: "INSERT OR REPLACE INTO chunks(ino, idx, object, length, checksums) VALUES (?, ?, ?, ?, ?)")
+            let put = try db.cachedStatement(sql: "INSERT OR REPLACE INTO chunks(ino, idx, object, length, checksums, data) VALUES (?, ?, ?, ?, ?, ?)")
             let keep = try db.cachedStatement(sql: "DELETE FROM garbage WHERE object = ?")
             for chunk in chunks {
                 if let row = try Row.fetchOne(old, arguments: [inoValue, chunk.index]) {
@@ -600,10 +616,16 @@ public final class SQLiteMetadata: Metadata {
                     delta -= row[1] as Int64
                 }
                 delta += Int64(chunk.length)
-                let object = Int64(bitPattern: chunk.object.rawValue)
-                try put.execute(arguments: [inoValue, chunk.index, object, chunk.length, Data(chunk.checksums.encoded)])
-                // An upload that gc adopted as a stray before this commit is no stray.
-                try keep.execute(arguments: [object])
+                let checksums = Data(chunk.checksums.encoded)
+                switch chunk.location {
+                case .object(let id):
+                    let object = Int64(bitPattern: id.rawValue)
+                    try put.execute(arguments: [inoValue, chunk.index, object, chunk.length, checksums, nil])
+                    // An upload that gc adopted as a stray before this commit is no stray.
+                    try keep.execute(arguments: [object])
+                case .inline(let bytes):
+                    try put.execute(arguments: [inoValue, chunk.index, Self.inlineObject, chunk.length, checksums, Data(bytes)])
+                }
             }
             try Self.addUsage(db, delta)
             let newMtime = mtime ?? attr.mtime

@@ -114,13 +114,30 @@ public struct DirEntry: Equatable, Sendable {
 /// `length` bytes of that range (the rest, up to the file size, reads as zeros).
 public struct ChunkRef: Equatable, Sendable {
     public var index: Int
-    public var object: ObjectID
+    public var location: ChunkLocation
     public var length: Int
     public var checksums: BlockChecksums
 
     public init(index: Int, object: ObjectID, length: Int, checksums: BlockChecksums) {
-        self.index = index; self.object = object; self.length = length; self.checksums = checksums
+        self.index = index; self.location = .object(object); self.length = length; self.checksums = checksums
     }
+
+    /// A chunk kept in its metadata row: small files then cost no object of their own.
+    public init(index: Int, inline bytes: [UInt8], checksums: BlockChecksums) {
+        self.index = index; self.location = .inline(bytes); self.length = bytes.count; self.checksums = checksums
+    }
+
+    /// The chunk store object holding the bytes, or nil when they are inline.
+    public var object: ObjectID? {
+        if case .object(let id) = location { return id }
+        return nil
+    }
+}
+
+/// Where a chunk's bytes live.
+public enum ChunkLocation: Equatable, Sendable {
+    case object(ObjectID)
+    case inline([UInt8])
 }
 
 /// What a `setattr` changes besides the size; nil leaves a field alone.

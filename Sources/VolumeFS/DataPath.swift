@@ -216,50 +216,84 @@ extension VolumeFS {
     ///
     /// - Throws: `.corrupt` or `.store` (EIO) when a chunk is damaged or missing.
     public func read(_ ino: InodeNumber, _ fh: FileHandleID, offset: UInt64, count: Int) throws(FSError) -> [UInt8] {
+        var output = [UInt8](repeating: 0, count: max(0, count))
+        let got = try Self.typed { try output.withUnsafeMutableBytes { (buffer: UnsafeMutableRawBufferPointer) throws in
+            try read(ino, fh, offset: offset, into: buffer)
+        } }
+        output.removeLast(output.count - got)
+        return output
+    }
+
+    /// Reads into `buffer` from `offset`, as `read(_:_:offset:count:)` does; returns how
+    /// many bytes were read. The kernel's request is answered from this buffer with no
+    /// further copy or allocation.
+    public func read(_ ino: InodeNumber, _ fh: FileHandleID, offset: UInt64,
+                     into buffer: UnsafeMutableRawBufferPointer) throws(FSError) -> Int {
         let file = try file(fh, ino)
         file.lock.lock()
         let size = file.size
-        guard offset < size, count > 0 else {
+        guard offset < size, buffer.count > 0 else {
             file.lock.unlock()
-            return []
+            return 0
         }
-        let end = min(offset + UInt64(count), size)
+        let end = min(offset + UInt64(buffer.count), size)
         let cs = UInt64(chunkSize)
         let first = Int(offset / cs)
         let last = Int((end - 1) / cs)
         // Snapshot under the lock, read outside it: objects are immutable and buffers are
         // copied on write, so other readers and writers are not held up by our I/O.
         let parts = (first...last).map { index in (index, file.dirty[index], file.chunkMap[index]) }
+        let ahead = prefetchTargets(file, reading: first...last)
         file.lock.unlock()
+        for object in ahead { store.prefetch(object) }
 
-        var output = [UInt8](repeating: 0, count: Int(end - offset))
-        try Self.typed { try output.withUnsafeMutableBytes { (out: UnsafeMutableRawBufferPointer) throws in
-            for (index, dirty, ref) in parts {
-                let chunkStart = UInt64(index) * cs
-                let low = Int(max(offset, chunkStart) - chunkStart)
-                let high = Int(min(end, chunkStart + cs) - chunkStart)
-                let destination = UnsafeMutableRawBufferPointer(rebasing: out[Int(chunkStart + UInt64(low) - offset)...])
-                if let dirty {
-                    let available = min(high, dirty.count) - low
-                    if available > 0 {
-                        dirty.withUnsafeBytes { source in
-                            destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[low..<(low + available)]))
-                        }
+        for (index, dirty, ref) in parts {
+            let chunkStart = UInt64(index) * cs
+            let low = Int(max(offset, chunkStart) - chunkStart)
+            let high = Int(min(end, chunkStart + cs) - chunkStart)
+            let destination = UnsafeMutableRawBufferPointer(rebasing: buffer[Int(chunkStart + UInt64(low) - offset)...])
+            var filled = 0
+            if let dirty {
+                let available = min(high, dirty.count) - low
+                if available > 0 {
+                    dirty.withUnsafeBytes { source in
+                        destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[low..<(low + available)]))
                     }
-                } else if let ref {
-                    try readVerified(ino, ref, from: low, to: high, into: destination)
+                    filled = available
                 }
+            } else if let ref {
+                filled = try readVerified(ino, ref, from: low, to: high, into: destination)
             }
-        } }
-        return output
+            // Holes, and bytes past the end of what a chunk stores, read as zeros.
+            if filled < high - low {
+                UnsafeMutableRawBufferPointer(rebasing: destination[filled..<(high - low)]).initializeMemory(as: UInt8.self, repeating: 0)
+            }
+        }
+        return Int(end - offset)
+    }
+
+    /// Objects to fetch ahead of a read of chunks `range`: the next `prefetchChunks` while
+    /// the reader goes through the file in order, each object once. Caller holds `file.lock`.
+    func prefetchTargets(_ file: OpenFile, reading range: ClosedRange<Int>) -> [ObjectID] {
+        guard options.prefetchChunks > 0 else { return [] }
+        if range.lowerBound == 0 { file.prefetchedUpTo = 0 }
+        // A read in the chunk of the last one, or the next, continues a sequential pass.
+        let sequential = range.lowerBound == 0 || (file.lastChunkRead...(file.lastChunkRead + 1)).contains(range.lowerBound)
+        file.lastChunkRead = range.upperBound
+        let start = max(file.prefetchedUpTo, range.upperBound + 1)
+        let end = range.upperBound + 1 + options.prefetchChunks
+        guard sequential, start < end else { return [] }
+        file.prefetchedUpTo = end
+        return (start..<end).compactMap { file.chunkMap[$0]?.object }
     }
 
     /// Reads bytes `[low, high)` of a stored chunk into `destination`, checking every block
-    /// touched; bytes past the object's length are left as they are (zeros).
+    /// touched; returns how many it wrote, fewer than asked where the chunk's stored bytes end.
+    @discardableResult
     func readVerified(_ ino: InodeNumber, _ ref: ChunkRef, from low: Int, to high: Int,
-                      into destination: UnsafeMutableRawBufferPointer) throws(FSError) {
+                      into destination: UnsafeMutableRawBufferPointer) throws(FSError) -> Int {
         let stop = min(high, ref.length)
-        guard low < stop else { return }
+        guard low < stop else { return 0 }
         let blockSize = BlockChecksums.blockSize
         guard ref.checksums.values.count == (ref.length + blockSize - 1) / blockSize else {
             throw corrupt(ino, ref, "has \(ref.checksums.values.count) checksums for \(ref.length) bytes")
@@ -268,30 +302,51 @@ extension VolumeFS {
         let lastBlock = (stop - 1) / blockSize
         let readStart = firstBlock * blockSize
         let readEnd = min((lastBlock + 1) * blockSize, ref.length)
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: readEnd - readStart, alignment: 16)
-        defer { buffer.deallocate() }
-        let got: Int
-        do {
-            got = try store.read(ref.object, offset: readStart, into: buffer)
-        } catch {
-            logger.error("read of inode \(ino.rawValue) chunk \(ref.index) (object \(ref.object)) failed: \(error)")
-            throw .store(error, ino: ino, chunk: ref.index)
-        }
-        guard got == buffer.count else {
-            throw corrupt(ino, ref, "object is \(readStart + got) bytes, expected \(ref.length)")
-        }
-        for block in firstBlock...lastBlock {
-            let start = block * blockSize - readStart
-            let bytes = UnsafeRawBufferPointer(rebasing: buffer[start..<min(start + blockSize, buffer.count)])
-            if BlockChecksums.hash(bytes) != ref.checksums.values[block] {
-                throw corrupt(ino, ref, "checksum mismatch in block \(block)")
+        func verify(_ buffer: UnsafeRawBufferPointer) throws(FSError) {
+            for block in firstBlock...lastBlock {
+                let start = block * blockSize - readStart
+                let bytes = UnsafeRawBufferPointer(rebasing: buffer[start..<min(start + blockSize, buffer.count)])
+                if BlockChecksums.hash(bytes) != ref.checksums.values[block] {
+                    throw corrupt(ino, ref, "checksum mismatch in block \(block)")
+                }
             }
         }
-        destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: buffer[(low - readStart)..<(stop - readStart)]))
+        switch ref.location {
+        case .inline(let bytes):
+            guard bytes.count == ref.length else {
+                throw corrupt(ino, ref, "inline data is \(bytes.count) bytes, expected \(ref.length)")
+            }
+            try Self.typed { try bytes.withUnsafeBytes { (all: UnsafeRawBufferPointer) throws in
+                try verify(UnsafeRawBufferPointer(rebasing: all[readStart..<readEnd]))
+                destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: all[low..<stop]))
+            } }
+        case .object(let object):
+            // Block-aligned reads (the kernel's readahead) land in place; others go through
+            // a scratch buffer so that only checked bytes reach the caller.
+            let inPlace = low == readStart && stop == readEnd
+            let buffer = inPlace ? UnsafeMutableRawBufferPointer(rebasing: destination[0..<(readEnd - readStart)])
+                                 : UnsafeMutableRawBufferPointer.allocate(byteCount: readEnd - readStart, alignment: 16)
+            defer { if !inPlace { buffer.deallocate() } }
+            let got: Int
+            do {
+                got = try store.read(object, offset: readStart, into: buffer)
+            } catch {
+                logger.error("read of inode \(ino.rawValue) chunk \(ref.index) (object \(object)) failed: \(error)")
+                throw .store(error, ino: ino, chunk: ref.index)
+            }
+            guard got == buffer.count else {
+                throw corrupt(ino, ref, "object is \(readStart + got) bytes, expected \(ref.length)")
+            }
+            try verify(UnsafeRawBufferPointer(buffer))
+            if !inPlace {
+                destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: buffer[(low - readStart)..<(stop - readStart)]))
+            }
+        }
+        return stop - low
     }
 
     func corrupt(_ ino: InodeNumber, _ ref: ChunkRef, _ why: String) -> FSError {
-        logger.error("inode \(ino.rawValue) chunk \(ref.index) (object \(ref.object)) \(why): answering EIO")
+        logger.error("inode \(ino.rawValue) chunk \(ref.index) (\(ref.object.map { "object \($0)" } ?? "inline")) \(why): answering EIO")
         return .corrupt(ino: ino, chunk: ref.index, why)
     }
 
@@ -392,7 +447,7 @@ extension VolumeFS {
         if file.lostWrites { throw .lostWrites }
         let indices = (only ?? Array(file.dirty.keys)).filter { file.dirty[$0] != nil }.sorted()
         if indices.isEmpty && file.size == file.committedSize && file.mtime == nil { return }
-        let refs = try storeObjects(file.ino, indices.map { ($0, file.dirty[$0]!) })
+        let refs = try storeChunks(file.ino, indices.map { ($0, file.dirty[$0]!) }, fileSize: file.size)
         var size = file.size
         if only != nil {
             // Commit no size that covers data still buffered: a crash would show it as zeros.
@@ -402,7 +457,7 @@ extension VolumeFS {
         do {
             try metadata.commitData(file.ino, chunks: refs, dropFrom: nil, size: size, mtime: file.mtime, now: Self.now())
         } catch {
-            for ref in refs { try? store.delete(ref.object) }
+            deleteObjects(refs)
             logger.error("commit of inode \(file.ino.rawValue) failed: \(error)")
             if case .fenced(let holder) = error {
                 file.lock.unlock()
@@ -456,10 +511,24 @@ extension VolumeFS {
             }
         }
         if let failure {
-            for ref in refs { try? store.delete(ref.object) }
+            deleteObjects(refs)
             throw failure
         }
         return refs
+    }
+
+    /// Makes refs for chunks about to be committed: a file that will be no larger than
+    /// `inlineLimit` keeps its bytes inline, others get objects stored in parallel.
+    func storeChunks(_ ino: InodeNumber, _ chunks: [(Int, [UInt8])], fileSize: UInt64) throws(FSError) -> [ChunkRef] {
+        guard fileSize <= UInt64(min(options.inlineLimit, chunkSize)) else { return try storeObjects(ino, chunks) }
+        return chunks.map { index, bytes in
+            ChunkRef(index: index, inline: bytes, checksums: bytes.withUnsafeBytes { BlockChecksums(of: $0) })
+        }
+    }
+
+    /// Deletes the objects of refs that were never committed.
+    func deleteObjects(_ refs: [ChunkRef]) {
+        for case let object? in refs.map(\.object) { try? store.delete(object) }
     }
 
     /// Stores `bytes` as a new object for chunk `index` of `ino`.
@@ -519,10 +588,7 @@ extension VolumeFS {
                 try Self.typed { try bytes.withUnsafeMutableBytes { (buffer: UnsafeMutableRawBufferPointer) throws in
                     try readVerified(ino, ref, from: 0, to: keep, into: buffer)
                 } }
-                let newRef = try Self.typed { try bytes.withUnsafeBytes { (buffer: UnsafeRawBufferPointer) throws in
-                    try storeObject(ino, index, buffer)
-                } }
-                boundary.append(newRef)
+                boundary += try storeChunks(ino, [(index, bytes)], fileSize: size)
                 delta += Int64(keep - ref.length)
             }
             for (chunkIndex, ref) in chunkMap where chunkIndex >= dropFrom! { delta -= Int64(ref.length) }
@@ -531,7 +597,7 @@ extension VolumeFS {
         do {
             try metadata.commitData(ino, chunks: boundary, dropFrom: dropFrom, size: size, mtime: now, now: now)
         } catch {
-            for ref in boundary { try? store.delete(ref.object) }
+            deleteObjects(boundary)
             throw .metadata(error)
         }
         if let file {

@@ -40,6 +40,11 @@ public struct VolumeOptions: Sendable {
     public var maxDirtyChunksPerFile: Int = 16
     /// Full chunks an open file gathers before committing them together.
     public var fullChunksPerCommit: Int = 4
+    /// Chunks past the one being read that a sequential reader has fetched ahead.
+    public var prefetchChunks: Int = 2
+    /// Files no larger than this keep their bytes in the metadata row rather than in a
+    /// chunk object of their own: creating or reading one costs no file of the store.
+    public var inlineLimit: Int = 64 << 10
     /// Update atime on open when it is older than mtime, ctime or a day (like relatime).
     public var relatime: Bool = true
     /// Who may write through this mount, and when it takes the writer lease.
@@ -89,6 +94,10 @@ final class OpenFile: @unchecked Sendable {
     var attr: Attr
     /// Writes accepted into buffers were dropped when the lease was lost.
     var lostWrites = false
+    /// Sequential prefetch: chunks below `prefetchedUpTo` were hinted to the store; the
+    /// last read ended in chunk `lastChunkRead`.
+    var prefetchedUpTo = 0
+    var lastChunkRead = -2
 
     init(attr: Attr, chunkMap: [Int: ChunkRef]) {
         self.ino = attr.ino

@@ -107,12 +107,12 @@ import Testing
         fx.volume.release(b.ino, fb)
         let chunksOfA = try fx.metadata.chunks(a.ino)
         // Flip one byte of a's middle chunk on disk (objects are read-only files).
-        let path = fx.store.path(of: chunksOfA[1].object)
+        let path = fx.store.path(of: chunksOfA[1].object!)
         chmod(path, 0o644)
         var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
         bytes[100] ^= 0xff
         try Data(bytes).write(to: URL(fileURLWithPath: path))
-        try fx.store.delete(try fx.metadata.chunks(b.ino)[2].object)
+        try fx.store.delete(try fx.metadata.chunks(b.ino)[2].object!)
 
         let ra = try fx.volume.open(a.ino, flags: O_RDONLY)
         #expect(try fx.volume.read(a.ino, ra, offset: 0, count: 16_384) == Array(pattern(40_000, seed: 6)[0..<16_384]))
@@ -133,6 +133,46 @@ import Testing
             #expect(error.errno == EIO)
         }
         #expect(try fx.volume.read(b.ino, rb, offset: 0, count: 100) == Array(pattern(40_000, seed: 7)[0..<100]))
+    }
+
+    @Test func smallFilesLiveInlineUntilTheyGrow() throws {
+        var options = VolumeOptions()
+        options.inlineLimit = 4096
+        let fx = try Fixture(chunkSize: 16 * 1024, options: options)
+        let (attr, fh) = try fx.create("small")
+        _ = try fx.write(attr.ino, fh, 0, pattern(4096, seed: 3))
+        try fx.volume.flush(attr.ino, fh)
+        #expect(try fx.metadata.chunks(attr.ino).map(\.object) == [nil])
+        #expect(try fx.store.list().isEmpty)
+        #expect(try fx.volume.read(attr.ino, fh, offset: 100, count: 5000) == Array(pattern(4096, seed: 3)[100...]))
+        #expect(try fx.volume.getattr(attr.ino).storedBytes == 4096)
+
+        // One byte more and the chunk moves to an object; nothing is left for gc.
+        _ = try fx.write(attr.ino, fh, 4096, [9])
+        try fx.volume.flush(attr.ino, fh)
+        let moved = try fx.metadata.chunks(attr.ino)
+        #expect(moved.count == 1 && moved[0].object != nil && moved[0].length == 4097)
+        #expect(try fx.metadata.garbage(before: Timestamp(nanoseconds: Int64.max), limit: 10).isEmpty)
+        // Truncating back under the limit brings the bytes inline again.
+        try fx.volume.truncate(attr.ino, to: 10)
+        #expect(try fx.metadata.chunks(attr.ino).map(\.object) == [nil])
+        #expect(try fx.metadata.garbage(before: Timestamp(nanoseconds: Int64.max), limit: 10) == [moved[0].object!])
+        fx.volume.release(attr.ino, fh)
+        let again = try fx.volume.open(attr.ino, flags: O_RDONLY)
+        #expect(try fx.volume.read(attr.ino, again, offset: 0, count: 100) == Array(pattern(4096, seed: 3)[0..<10]))
+        fx.volume.release(attr.ino, again)
+        #expect(try fx.metadata.usage().usedBytes == 10)
+
+        // Inline bytes are checked like objects: damaged ones give EIO.
+        let damaged: [UInt8] = [1, 2, 3]
+        let wrong: [UInt8] = [1, 2, 4]
+        try fx.metadata.commitData(attr.ino, chunks: [ChunkRef(index: 0, inline: damaged, checksums: wrong.withUnsafeBytes { BlockChecksums(of: $0) })],
+                                   dropFrom: nil, size: 3, mtime: nil, now: VolumeFS.now())
+        let third = try fx.volume.open(attr.ino, flags: O_RDONLY)
+        #expect(throws: FSError.corrupt(ino: attr.ino, chunk: 0, "checksum mismatch in block 0")) {
+            try fx.volume.read(attr.ino, third, offset: 0, count: 3)
+        }
+        fx.volume.release(attr.ino, third)
     }
 
     @Test func lookupCountsFollowRepliesAndForgets() throws {
@@ -228,11 +268,12 @@ import Testing
     @Test func garbageWaitsForTheGracePeriod() throws {
         var options = VolumeOptions()
         options.gcGraceSeconds = 60
+        options.inlineLimit = 0
         let fx = try Fixture(options: options)
         let (attr, fh) = try fx.create("f")
         _ = try fx.write(attr.ino, fh, 0, [1])
         try fx.volume.flush(attr.ino, fh)
-        let old = try fx.metadata.chunks(attr.ino)[0].object
+        let old = try fx.metadata.chunks(attr.ino)[0].object!
         _ = try fx.write(attr.ino, fh, 0, [2])
         try fx.volume.flush(attr.ino, fh)
         #expect(try fx.volume.collectGarbage() == 0)
