@@ -46,10 +46,11 @@ public protocol Metadata: Sendable {
     /// Replaces chunks of `ino` with `chunks` (objects already stored whole), drops every
     /// chunk at index `dropFrom` or above when given, and sets the size and times.
     /// Fails with `.noSpace`, changing nothing, when the volume's size limit would be
-    /// exceeded. Returns the objects that are no longer referred to (now garbage).
+    /// exceeded. Returns the file's attributes after the commit and the objects that are
+    /// no longer referred to (now garbage).
     @discardableResult
     func commitData(_ ino: InodeNumber, chunks: [ChunkRef], dropFrom: Int?, size: UInt64,
-                    mtime: Timestamp?, now: Timestamp) throws(MetadataError) -> [ObjectID]
+                    mtime: Timestamp?, now: Timestamp) throws(MetadataError) -> Committed
     /// Makes every committed transaction durable against a machine crash.
     func sync() throws(MetadataError)
 

@@ -62,12 +62,12 @@ public final class SQLiteMetadata: Metadata {
                 for (key, value) in [("format", formatVersion), ("chunk_size", Int64(chunkSize)),
                                      ("size_limit", Int64(bitPattern: sizeLimit)), ("used_bytes", 0),
                                      ("syncs", 0), ("created", now.nanoseconds)] {
-                    try db.execute(sql: "INSERT INTO settings(key, value) VALUES (?, ?)", arguments: [key, value])
+                    try db.cachedStatement(sql: "INSERT INTO settings(key, value) VALUES (?, ?)").execute(arguments: [key, value])
                 }
-                try db.execute(sql: """
+                try db.cachedStatement(sql: """
                     INSERT INTO inodes(ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, parent)
                     VALUES (1, ?, 2, ?, ?, 0, 0, ?, ?, ?, 1)
-                    """, arguments: [Int64(FileType.directory.rawValue | 0o755), Int64(uid), Int64(gid),
+                    """).execute(arguments: [Int64(FileType.directory.rawValue | 0o755), Int64(uid), Int64(gid),
                                      now.nanoseconds, now.nanoseconds, now.nanoseconds])
             }
             try pool.close()
@@ -136,7 +136,19 @@ public final class SQLiteMetadata: Metadata {
 
     func write<T>(_ body: (Database) throws -> T) throws(MetadataError) -> T {
         do {
-            return try pool.write(body)
+            // BEGIN and COMMIT as cached statements: a transaction then parses no SQL of its
+            // own, which is a good part of the cost of a small one.
+            return try pool.writeWithoutTransaction { db in
+                try db.cachedStatement(sql: "BEGIN IMMEDIATE").execute()
+                do {
+                    let value = try body(db)
+                    try db.cachedStatement(sql: "COMMIT").execute()
+                    return value
+                } catch {
+                    if db.isInsideTransaction { try? db.cachedStatement(sql: "ROLLBACK").execute() }
+                    throw error
+                }
+            }
         } catch let error as MetadataError {
             throw error
         } catch {
@@ -188,6 +200,19 @@ public final class SQLiteMetadata: Metadata {
         }
     }
 
+    /// A read whose statements need no common snapshot (one query, or several where a
+    /// change in between only gives an answer that was true a moment earlier). It runs
+    /// without BEGIN and COMMIT: the hot paths (lookup, getattr, readdir, open) use it.
+    func readNow<T>(_ body: (Database) throws -> T) throws(MetadataError) -> T {
+        do {
+            return try pool.unsafeRead(body)
+        } catch let error as MetadataError {
+            throw error
+        } catch {
+            throw .database(String(describing: error))
+        }
+    }
+
     static let attrColumns = "ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, stored"
 
     static let joinedAttrColumns = attrColumns.split(separator: ",")
@@ -230,18 +255,18 @@ public final class SQLiteMetadata: Metadata {
     }
 
     static func insertEntry(_ db: Database, _ parent: InodeNumber, _ name: FileName, _ ino: InodeNumber) throws {
-        try db.execute(sql: "INSERT INTO dentries(parent, name, ino) VALUES (?, ?, ?)",
+        try db.cachedStatement(sql: "INSERT INTO dentries(parent, name, ino) VALUES (?, ?, ?)").execute(
                        arguments: [Int64(parent.rawValue), Data(name.bytes), Int64(ino.rawValue)])
     }
 
     static func deleteEntry(_ db: Database, _ parent: InodeNumber, _ name: FileName) throws {
-        try db.execute(sql: "DELETE FROM dentries WHERE parent = ? AND name = ?",
+        try db.cachedStatement(sql: "DELETE FROM dentries WHERE parent = ? AND name = ?").execute(
                        arguments: [Int64(parent.rawValue), Data(name.bytes)])
     }
 
     /// Sets mtime and ctime of a directory whose entries changed, and adjusts its link count.
     static func touchDirectory(_ db: Database, _ dir: InodeNumber, nlinkDelta: Int = 0, now: Timestamp) throws {
-        try db.execute(sql: "UPDATE inodes SET mtime = ?, ctime = ?, nlink = nlink + ? WHERE ino = ?",
+        try db.cachedStatement(sql: "UPDATE inodes SET mtime = ?, ctime = ?, nlink = nlink + ? WHERE ino = ?").execute(
                        arguments: [now.nanoseconds, now.nanoseconds, nlinkDelta, Int64(dir.rawValue)])
     }
 
@@ -254,7 +279,7 @@ public final class SQLiteMetadata: Metadata {
     }
 
     static func hasEntries(_ db: Database, _ dir: InodeNumber) throws -> Bool {
-        try Bool.fetchOne(db, sql: "SELECT EXISTS(SELECT 1 FROM dentries WHERE parent = ?)",
+        try Bool.fetchOne(db.cachedStatement(sql: "SELECT EXISTS(SELECT 1 FROM dentries WHERE parent = ?)"),
                           arguments: [Int64(dir.rawValue)]) ?? false
     }
 
@@ -275,7 +300,7 @@ public final class SQLiteMetadata: Metadata {
             let limit = UInt64(bitPattern: try setting(db, "size_limit"))
             if UInt64(used) + UInt64(delta) > limit { throw MetadataError.noSpace }
         }
-        try db.execute(sql: "UPDATE settings SET value = max(0, value + ?) WHERE key = 'used_bytes'", arguments: [delta])
+        try db.cachedStatement(sql: "UPDATE settings SET value = max(0, value + ?) WHERE key = 'used_bytes'").execute(arguments: [delta])
     }
 
     // MARK: - Volume
@@ -302,7 +327,7 @@ public final class SQLiteMetadata: Metadata {
             guard sizeLimit >= current else {
                 throw MetadataError.invalidArgument("a volume can grow but not shrink")
             }
-            try db.execute(sql: "UPDATE settings SET value = ? WHERE key = 'size_limit'",
+            try db.cachedStatement(sql: "UPDATE settings SET value = ? WHERE key = 'size_limit'").execute(
                            arguments: [Int64(bitPattern: sizeLimit)])
         }
     }
@@ -310,7 +335,7 @@ public final class SQLiteMetadata: Metadata {
     // MARK: - Namespace
 
     public func lookup(_ parent: InodeNumber, _ name: FileName) throws(MetadataError) -> Attr {
-        try read { db in
+        try readNow { db in
             let statement = try db.cachedStatement(sql: """
                 SELECT \(Self.joinedAttrColumns)
                 FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE d.parent = ? AND d.name = ?
@@ -324,7 +349,7 @@ public final class SQLiteMetadata: Metadata {
     }
 
     public func getattr(_ ino: InodeNumber) throws(MetadataError) -> Attr {
-        try read { db in try Self.fetchAttr(db, ino) }
+        try readNow { db in try Self.fetchAttr(db, ino) }
     }
 
     public func touch(_ atimes: [InodeNumber: Timestamp]) throws(MetadataError) {
@@ -346,7 +371,7 @@ public final class SQLiteMetadata: Metadata {
             if let atime = changes.atime { attr.atime = atime }
             if let mtime = changes.mtime { attr.mtime = mtime }
             attr.ctime = now
-            try db.execute(sql: "UPDATE inodes SET mode = ?, uid = ?, gid = ?, atime = ?, mtime = ?, ctime = ? WHERE ino = ?",
+            try db.cachedStatement(sql: "UPDATE inodes SET mode = ?, uid = ?, gid = ?, atime = ?, mtime = ?, ctime = ? WHERE ino = ?").execute(
                            arguments: [Int64(attr.mode), Int64(attr.uid), Int64(attr.gid), attr.atime.nanoseconds,
                                        attr.mtime.nanoseconds, attr.ctime.nanoseconds, Int64(ino.rawValue)])
             try Self.note(db, ino: ino)
@@ -366,10 +391,10 @@ public final class SQLiteMetadata: Metadata {
                 gid = dir.gid
                 if isDirectory { mode |= 0o2000 }
             }
-            try db.execute(sql: """
+            try db.cachedStatement(sql: """
                 INSERT INTO inodes(mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, parent, target)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """, arguments: [Int64(mode), isDirectory ? 2 : 1, Int64(uid), Int64(gid), Int64(bitPattern: rdev),
+                """).execute(arguments: [Int64(mode), isDirectory ? 2 : 1, Int64(uid), Int64(gid), Int64(bitPattern: rdev),
                                  Int64(target?.count ?? 0), now.nanoseconds, now.nanoseconds, now.nanoseconds,
                                  isDirectory ? Int64(parent.rawValue) : nil, target.map { Data($0) }])
             let ino = InodeNumber(UInt64(db.lastInsertedRowID))
@@ -388,7 +413,7 @@ public final class SQLiteMetadata: Metadata {
             if try Self.entry(db, newParent, newName) != nil { throw MetadataError.exists }
             if attr.nlink >= 65_000 { throw MetadataError.tooManyLinks }
             try Self.insertEntry(db, newParent, newName, ino)
-            try db.execute(sql: "UPDATE inodes SET nlink = nlink + 1, ctime = ? WHERE ino = ?",
+            try db.cachedStatement(sql: "UPDATE inodes SET nlink = nlink + 1, ctime = ? WHERE ino = ?").execute(
                            arguments: [now.nanoseconds, Int64(ino.rawValue)])
             try Self.touchDirectory(db, newParent, now: now)
             try Self.note(db, ino: ino)
@@ -404,7 +429,7 @@ public final class SQLiteMetadata: Metadata {
             let attr = try Self.fetchAttr(db, ino)
             if attr.isDirectory { throw MetadataError.isDirectory }
             try Self.deleteEntry(db, parent, name)
-            try db.execute(sql: "UPDATE inodes SET nlink = max(0, nlink - 1), ctime = ? WHERE ino = ?",
+            try db.cachedStatement(sql: "UPDATE inodes SET nlink = max(0, nlink - 1), ctime = ? WHERE ino = ?").execute(
                            arguments: [now.nanoseconds, Int64(ino.rawValue)])
             try Self.touchDirectory(db, parent, now: now)
             try Self.note(db, ino: ino)
@@ -421,7 +446,7 @@ public final class SQLiteMetadata: Metadata {
             guard attr.isDirectory else { throw MetadataError.notDirectory }
             if try Self.hasEntries(db, ino) { throw MetadataError.notEmpty }
             try Self.deleteEntry(db, parent, name)
-            try db.execute(sql: "UPDATE inodes SET nlink = 0, ctime = ? WHERE ino = ?",
+            try db.cachedStatement(sql: "UPDATE inodes SET nlink = 0, ctime = ? WHERE ino = ?").execute(
                            arguments: [now.nanoseconds, Int64(ino.rawValue)])
             try Self.touchDirectory(db, parent, nlinkDelta: -1, now: now)
             try Self.note(db, ino: ino)
@@ -437,7 +462,7 @@ public final class SQLiteMetadata: Metadata {
         while true {
             if current == ancestor { return true }
             if current == .root { return false }
-            guard let parent = try Int64.fetchOne(db, sql: "SELECT parent FROM inodes WHERE ino = ?",
+            guard let parent = try Int64.fetchOne(db.cachedStatement(sql: "SELECT parent FROM inodes WHERE ino = ?"),
                                                   arguments: [Int64(current.rawValue)]) else { return false }
             current = InodeNumber(UInt64(parent))
             steps += 1
@@ -474,19 +499,19 @@ public final class SQLiteMetadata: Metadata {
                 if try targetAttr.isDirectory && parent != newParent && Self.isWithin(db, parent, target) {
                     throw MetadataError.invalidArgument("cannot move a directory into itself")
                 }
-                try db.execute(sql: "UPDATE dentries SET ino = ? WHERE parent = ? AND name = ?",
+                try db.cachedStatement(sql: "UPDATE dentries SET ino = ? WHERE parent = ? AND name = ?").execute(
                                arguments: [Int64(target.rawValue), Int64(parent.rawValue), Data(name.bytes)])
-                try db.execute(sql: "UPDATE dentries SET ino = ? WHERE parent = ? AND name = ?",
+                try db.cachedStatement(sql: "UPDATE dentries SET ino = ? WHERE parent = ? AND name = ?").execute(
                                arguments: [Int64(source.rawValue), Int64(newParent.rawValue), Data(newName.bytes)])
                 if parent != newParent {
                     let sourceDir = sourceAttr.isDirectory ? 1 : 0
                     let targetDir = targetAttr.isDirectory ? 1 : 0
                     if sourceAttr.isDirectory {
-                        try db.execute(sql: "UPDATE inodes SET parent = ? WHERE ino = ?",
+                        try db.cachedStatement(sql: "UPDATE inodes SET parent = ? WHERE ino = ?").execute(
                                        arguments: [Int64(newParent.rawValue), Int64(source.rawValue)])
                     }
                     if targetAttr.isDirectory {
-                        try db.execute(sql: "UPDATE inodes SET parent = ? WHERE ino = ?",
+                        try db.cachedStatement(sql: "UPDATE inodes SET parent = ? WHERE ino = ?").execute(
                                        arguments: [Int64(parent.rawValue), Int64(target.rawValue)])
                     }
                     try Self.touchDirectory(db, parent, nlinkDelta: targetDir - sourceDir, now: now)
@@ -494,7 +519,7 @@ public final class SQLiteMetadata: Metadata {
                 } else {
                     try Self.touchDirectory(db, parent, now: now)
                 }
-                try db.execute(sql: "UPDATE inodes SET ctime = ? WHERE ino IN (?, ?)",
+                try db.cachedStatement(sql: "UPDATE inodes SET ctime = ? WHERE ino IN (?, ?)").execute(
                                arguments: [now.nanoseconds, Int64(source.rawValue), Int64(target.rawValue)])
                 return nil
             }
@@ -509,12 +534,12 @@ public final class SQLiteMetadata: Metadata {
                 if sourceAttr.isDirectory {
                     guard targetAttr.isDirectory else { throw MetadataError.notDirectory }
                     if try Self.hasEntries(db, target) { throw MetadataError.notEmpty }
-                    try db.execute(sql: "UPDATE inodes SET nlink = 0, ctime = ? WHERE ino = ?",
+                    try db.cachedStatement(sql: "UPDATE inodes SET nlink = 0, ctime = ? WHERE ino = ?").execute(
                                    arguments: [now.nanoseconds, Int64(target.rawValue)])
                     newParentLinks -= 1
                 } else {
                     if targetAttr.isDirectory { throw MetadataError.isDirectory }
-                    try db.execute(sql: "UPDATE inodes SET nlink = max(0, nlink - 1), ctime = ? WHERE ino = ?",
+                    try db.cachedStatement(sql: "UPDATE inodes SET nlink = max(0, nlink - 1), ctime = ? WHERE ino = ?").execute(
                                    arguments: [now.nanoseconds, Int64(target.rawValue)])
                 }
                 try Self.deleteEntry(db, newParent, newName)
@@ -523,12 +548,12 @@ public final class SQLiteMetadata: Metadata {
             try Self.deleteEntry(db, parent, name)
             try Self.insertEntry(db, newParent, newName, source)
             if sourceAttr.isDirectory && parent != newParent {
-                try db.execute(sql: "UPDATE inodes SET parent = ? WHERE ino = ?",
+                try db.cachedStatement(sql: "UPDATE inodes SET parent = ? WHERE ino = ?").execute(
                                arguments: [Int64(newParent.rawValue), Int64(source.rawValue)])
                 parentLinks -= 1
                 newParentLinks += 1
             }
-            try db.execute(sql: "UPDATE inodes SET ctime = ? WHERE ino = ?",
+            try db.cachedStatement(sql: "UPDATE inodes SET ctime = ? WHERE ino = ?").execute(
                            arguments: [now.nanoseconds, Int64(source.rawValue)])
             if parent == newParent {
                 try Self.touchDirectory(db, parent, nlinkDelta: parentLinks + newParentLinks, now: now)
@@ -541,7 +566,7 @@ public final class SQLiteMetadata: Metadata {
     }
 
     public func readdir(_ ino: InodeNumber, after cookie: Int64, limit: Int) throws(MetadataError) -> [DirEntry] {
-        try read { db in
+        try readNow { db in
             let dir = try Self.fetchAttr(db, ino)
             guard dir.isDirectory else { throw MetadataError.notDirectory }
             let statement = try db.cachedStatement(sql: """
@@ -556,8 +581,8 @@ public final class SQLiteMetadata: Metadata {
     }
 
     public func readlink(_ ino: InodeNumber) throws(MetadataError) -> [UInt8] {
-        try read { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT mode, target FROM inodes WHERE ino = ?",
+        try readNow { db in
+            guard let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT mode, target FROM inodes WHERE ino = ?"),
                                              arguments: [Int64(ino.rawValue)]) else { throw MetadataError.notFound }
             guard UInt32(truncatingIfNeeded: row[0] as Int64) & FileType.mask == FileType.symlink.rawValue,
                   let target = row[1] as Data? else {
@@ -570,7 +595,7 @@ public final class SQLiteMetadata: Metadata {
     // MARK: - Data
 
     public func chunks(_ ino: InodeNumber) throws(MetadataError) -> [ChunkRef] {
-        try read { db in
+        try readNow { db in
             let statement = try db.cachedStatement(sql: "SELECT idx, object, length, checksums, data FROM chunks WHERE ino = ? ORDER BY idx")
             return try Row.fetchAll(statement, arguments: [Int64(ino.rawValue)]).map { row throws in
                 let encoded = [UInt8](row[3] as Data)
@@ -592,7 +617,7 @@ public final class SQLiteMetadata: Metadata {
 
     @discardableResult
     public func commitData(_ ino: InodeNumber, chunks: [ChunkRef], dropFrom: Int?, size: UInt64,
-                           mtime: Timestamp?, now: Timestamp) throws(MetadataError) -> [ObjectID] {
+                           mtime: Timestamp?, now: Timestamp) throws(MetadataError) -> Committed {
         try mutate { db in
             let attr = try Self.fetchAttr(db, ino)
             guard attr.isRegular else { throw MetadataError.invalidArgument("not a regular file") }
@@ -600,12 +625,12 @@ public final class SQLiteMetadata: Metadata {
             var retired: [ObjectID] = []
             let inoValue = Int64(ino.rawValue)
             if let dropFrom {
-                for row in try Row.fetchAll(db, sql: "SELECT object, length FROM chunks WHERE ino = ? AND idx >= ?",
+                for row in try Row.fetchAll(db.cachedStatement(sql: "SELECT object, length FROM chunks WHERE ino = ? AND idx >= ?"),
                                             arguments: [inoValue, dropFrom]) {
                     retired.append(ObjectID(rawValue: UInt64(bitPattern: row[0])))
                     delta -= row[1] as Int64
                 }
-                try db.execute(sql: "DELETE FROM chunks WHERE ino = ? AND idx >= ?", arguments: [inoValue, dropFrom])
+                try db.cachedStatement(sql: "DELETE FROM chunks WHERE ino = ? AND idx >= ?").execute(arguments: [inoValue, dropFrom])
             }
             let old = try db.cachedStatement(sql: "SELECT object, length FROM chunks WHERE ino = ? AND idx = ?")
             let put = try db.cachedStatement(sql: "INSERT OR REPLACE INTO chunks(ino, idx, object, length, checksums, data) VALUES (?, ?, ?, ?, ?, ?)")
@@ -629,11 +654,16 @@ public final class SQLiteMetadata: Metadata {
             }
             try Self.addUsage(db, delta)
             let newMtime = mtime ?? attr.mtime
-            try db.execute(sql: "UPDATE inodes SET size = ?, mtime = ?, ctime = ?, stored = max(0, stored + ?) WHERE ino = ?",
+            try db.cachedStatement(sql: "UPDATE inodes SET size = ?, mtime = ?, ctime = ?, stored = max(0, stored + ?) WHERE ino = ?").execute(
                            arguments: [Int64(bitPattern: size), newMtime.nanoseconds, now.nanoseconds, delta, inoValue])
             try Self.retire(db, retired, now: now)
             try Self.note(db, ino: ino)
-            return retired
+            var after = attr
+            after.size = size
+            after.mtime = newMtime
+            after.ctime = now
+            after.storedBytes = UInt64(max(0, Int64(attr.storedBytes) + delta))
+            return Committed(attr: after, retired: retired)
         }
     }
 
@@ -687,7 +717,7 @@ public final class SQLiteMetadata: Metadata {
     public func getxattr(_ ino: InodeNumber, _ name: FileName) throws(MetadataError) -> [UInt8] {
         try read { db in
             _ = try Self.fetchAttr(db, ino)
-            guard let value = try Data.fetchOne(db, sql: "SELECT value FROM xattrs WHERE ino = ? AND name = ?",
+            guard let value = try Data.fetchOne(db.cachedStatement(sql: "SELECT value FROM xattrs WHERE ino = ? AND name = ?"),
                                                 arguments: [Int64(ino.rawValue), Data(name.bytes)]) else {
                 throw MetadataError.noAttribute
             }
@@ -698,24 +728,24 @@ public final class SQLiteMetadata: Metadata {
     public func setxattr(_ ino: InodeNumber, _ name: FileName, _ value: [UInt8], mode: XattrMode, now: Timestamp) throws(MetadataError) {
         try mutate { db in
             _ = try Self.fetchAttr(db, ino)
-            let exists = try Bool.fetchOne(db, sql: "SELECT EXISTS(SELECT 1 FROM xattrs WHERE ino = ? AND name = ?)",
+            let exists = try Bool.fetchOne(db.cachedStatement(sql: "SELECT EXISTS(SELECT 1 FROM xattrs WHERE ino = ? AND name = ?)"),
                                            arguments: [Int64(ino.rawValue), Data(name.bytes)]) ?? false
             switch mode {
             case .create where exists: throw MetadataError.exists
             case .replace where !exists: throw MetadataError.noAttribute
             default: break
             }
-            try db.execute(sql: "INSERT OR REPLACE INTO xattrs(ino, name, value) VALUES (?, ?, ?)",
+            try db.cachedStatement(sql: "INSERT OR REPLACE INTO xattrs(ino, name, value) VALUES (?, ?, ?)").execute(
                            arguments: [Int64(ino.rawValue), Data(name.bytes), Data(value)])
             try Self.note(db, ino: ino)
-            try db.execute(sql: "UPDATE inodes SET ctime = ? WHERE ino = ?", arguments: [now.nanoseconds, Int64(ino.rawValue)])
+            try db.cachedStatement(sql: "UPDATE inodes SET ctime = ? WHERE ino = ?").execute(arguments: [now.nanoseconds, Int64(ino.rawValue)])
         }
     }
 
     public func listxattr(_ ino: InodeNumber) throws(MetadataError) -> [FileName] {
         try read { db in
             _ = try Self.fetchAttr(db, ino)
-            return try Data.fetchAll(db, sql: "SELECT name FROM xattrs WHERE ino = ? ORDER BY name",
+            return try Data.fetchAll(db.cachedStatement(sql: "SELECT name FROM xattrs WHERE ino = ? ORDER BY name"),
                                      arguments: [Int64(ino.rawValue)]).map { FileName([UInt8]($0)) }
         }
     }
@@ -723,10 +753,10 @@ public final class SQLiteMetadata: Metadata {
     public func removexattr(_ ino: InodeNumber, _ name: FileName, now: Timestamp) throws(MetadataError) {
         try mutate { db in
             _ = try Self.fetchAttr(db, ino)
-            try db.execute(sql: "DELETE FROM xattrs WHERE ino = ? AND name = ?", arguments: [Int64(ino.rawValue), Data(name.bytes)])
+            try db.cachedStatement(sql: "DELETE FROM xattrs WHERE ino = ? AND name = ?").execute(arguments: [Int64(ino.rawValue), Data(name.bytes)])
             if db.changesCount == 0 { throw MetadataError.noAttribute }
             try Self.note(db, ino: ino)
-            try db.execute(sql: "UPDATE inodes SET ctime = ? WHERE ino = ?", arguments: [now.nanoseconds, Int64(ino.rawValue)])
+            try db.cachedStatement(sql: "UPDATE inodes SET ctime = ? WHERE ino = ?").execute(arguments: [now.nanoseconds, Int64(ino.rawValue)])
         }
     }
 
@@ -734,7 +764,7 @@ public final class SQLiteMetadata: Metadata {
 
     public func garbage(before cutoff: Timestamp, limit: Int) throws(MetadataError) -> [ObjectID] {
         try read { db in
-            try Int64.fetchAll(db, sql: "SELECT object FROM garbage WHERE since < ? LIMIT ?", arguments: [cutoff.nanoseconds, limit])
+            try Int64.fetchAll(db.cachedStatement(sql: "SELECT object FROM garbage WHERE since < ? LIMIT ?"), arguments: [cutoff.nanoseconds, limit])
                 .map { ObjectID(rawValue: UInt64(bitPattern: $0)) }
         }
     }
@@ -804,7 +834,7 @@ extension SQLiteMetadata {
             let current = try Self.fetchLease(db, now: now)
             if current.isHeld && current.holder != holder { throw MetadataError.leaseHeld(current) }
             let expires = now.nanoseconds + Self.nanoseconds(ttlSeconds)
-            try db.execute(sql: "UPDATE lease SET holder = ?, token = token + 1, expires_at = ?, renewed_at = ? WHERE id = 1",
+            try db.cachedStatement(sql: "UPDATE lease SET holder = ?, token = token + 1, expires_at = ?, renewed_at = ? WHERE id = 1").execute(
                            arguments: [holder, expires, now.nanoseconds])
             return try Self.fetchLease(db, now: now)
         }
@@ -814,7 +844,7 @@ extension SQLiteMetadata {
         try write { db in
             let now = try now(db)
             try Self.check(db, Fence(holder: holder, token: token))
-            try db.execute(sql: "UPDATE lease SET expires_at = ?, renewed_at = ? WHERE id = 1",
+            try db.cachedStatement(sql: "UPDATE lease SET expires_at = ?, renewed_at = ? WHERE id = 1").execute(
                            arguments: [now.nanoseconds + Self.nanoseconds(ttlSeconds), now.nanoseconds])
             // Keep the change feed bounded: readers that fall this far behind start over.
             try db.execute(sql: "DELETE FROM changes WHERE seq < (SELECT max(seq) FROM changes) - 100000")
@@ -824,7 +854,7 @@ extension SQLiteMetadata {
 
     public func releaseLease(holder: String, token: LeaseToken) throws(MetadataError) {
         try write { db in
-            try db.execute(sql: "UPDATE lease SET holder = NULL, expires_at = 0 WHERE id = 1 AND holder = ? AND token = ?",
+            try db.cachedStatement(sql: "UPDATE lease SET holder = NULL, expires_at = 0 WHERE id = 1 AND holder = ? AND token = ?").execute(
                            arguments: [holder, token.rawValue])
         }
     }
@@ -859,20 +889,20 @@ extension SQLiteMetadata {
     public func heartbeat(_ session: Session, staleSeconds: Double) throws(MetadataError) {
         try write { db in
             let now = try now(db)
-            try db.execute(sql: """
+            try db.cachedStatement(sql: """
                 INSERT INTO sessions(id, host, pid, mountpoint, device, mode, started_at, heartbeat_at)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT(id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, mode = excluded.mode,
                     device = excluded.device
-                """, arguments: [session.id, session.host, session.pid, session.mountpoint, session.device, session.mode,
+                """).execute(arguments: [session.id, session.host, session.pid, session.mountpoint, session.device, session.mode,
                                  now.nanoseconds, now.nanoseconds])
-            try db.execute(sql: "DELETE FROM sessions WHERE heartbeat_at < ?",
+            try db.cachedStatement(sql: "DELETE FROM sessions WHERE heartbeat_at < ?").execute(
                            arguments: [now.nanoseconds - Self.nanoseconds(staleSeconds)])
         }
     }
 
     public func removeSession(id: String) throws(MetadataError) {
-        try write { db in try db.execute(sql: "DELETE FROM sessions WHERE id = ?", arguments: [id]) }
+        try write { db in try db.cachedStatement(sql: "DELETE FROM sessions WHERE id = ?").execute(arguments: [id]) }
     }
 
     public func sessions() throws(MetadataError) -> [Session] {

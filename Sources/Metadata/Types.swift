@@ -134,6 +134,13 @@ public struct ChunkRef: Equatable, Sendable {
     }
 }
 
+/// What a data commit left: the file's attributes and the objects it stopped using.
+public struct Committed: Equatable, Sendable {
+    public var attr: Attr
+    public var retired: [ObjectID]
+    public init(attr: Attr, retired: [ObjectID]) { self.attr = attr; self.retired = retired }
+}
+
 /// Where a chunk's bytes live.
 public enum ChunkLocation: Equatable, Sendable {
     case object(ObjectID)

@@ -15,7 +15,12 @@ extension VolumeFS {
     }
 
     func open(_ ino: InodeNumber, flags: Int32, touchingAtime: Bool) throws(FSError) -> FileHandleID {
-        let attr = try Self.lift { () throws(MetadataError) in try metadata.getattr(ino) }
+        try open(Self.lift { () throws(MetadataError) in try metadata.getattr(ino) }, flags: flags, touchingAtime: touchingAtime)
+    }
+
+    /// Opens the file whose attributes were just read (or made).
+    func open(_ attr: Attr, flags: Int32, touchingAtime: Bool) throws(FSError) -> FileHandleID {
+        let ino = attr.ino
         if attr.isDirectory { throw .metadata(.isDirectory) }
         guard attr.isRegular else { throw .notSupported("opening special files") }
         let access = flags & O_ACCMODE
@@ -60,7 +65,7 @@ extension VolumeFS {
         }
         remember(attr.ino)
         // A new file's atime is already now: no relatime update on this open.
-        let handle = try open(attr.ino, flags: flags & ~O_TRUNC, touchingAtime: false)
+        let handle = try open(attr, flags: flags & ~O_TRUNC, touchingAtime: false)
         return (attr, handle)
     }
 
@@ -73,8 +78,9 @@ extension VolumeFS {
             if let existing = files[attr.ino] {
                 file = existing
             } else {
-                // Close-to-open: a first open reads the chunk map afresh.
-                let chunks = try Self.lift { () throws(MetadataError) in try metadata.chunks(attr.ino) }
+                // Close-to-open: a first open reads the chunk map afresh (an empty file has none).
+                let chunks = attr.size == 0 && attr.storedBytes == 0 ? []
+                    : try Self.lift { () throws(MetadataError) in try metadata.chunks(attr.ino) }
                 file = OpenFile(attr: attr, chunkMap: Dictionary(uniqueKeysWithValues: chunks.map { ($0.index, $0) }))
                 files[attr.ino] = file
             }
@@ -132,9 +138,10 @@ extension VolumeFS {
 
     /// After this mount changed a file, the kernel's pages are its new contents (writes
     /// go through the page cache): record that version as the cached one.
-    func restamp(_ ino: InodeNumber) {
-        guard cacheStamps.withLock({ $0[ino] != nil }), let attr = try? metadata.getattr(ino) else { return }
-        cacheStamps.withLock { $0[ino] = CacheStamp(attr) }
+    func restamp(_ attr: Attr) {
+        cacheStamps.withLock { stamps in
+            if stamps[attr.ino] != nil { stamps[attr.ino] = CacheStamp(attr) }
+        }
     }
 
     func file(_ fh: FileHandleID, _ ino: InodeNumber) throws(FSError) -> OpenFile {
@@ -449,13 +456,14 @@ extension VolumeFS {
         if indices.isEmpty && file.size == file.committedSize && file.mtime == nil { return }
         let refs = try storeChunks(file.ino, indices.map { ($0, file.dirty[$0]!) }, fileSize: file.size)
         var size = file.size
+        let committed: Committed
         if only != nil {
             // Commit no size that covers data still buffered: a crash would show it as zeros.
             let reach = refs.map { UInt64($0.index * chunkSize + $0.length) }.max() ?? 0
             size = min(file.size, max(file.committedSize, reach))
         }
         do {
-            try metadata.commitData(file.ino, chunks: refs, dropFrom: nil, size: size, mtime: file.mtime, now: Self.now())
+            committed = try metadata.commitData(file.ino, chunks: refs, dropFrom: nil, size: size, mtime: file.mtime, now: Self.now())
         } catch {
             deleteObjects(refs)
             logger.error("commit of inode \(file.ino.rawValue) failed: \(error)")
@@ -477,7 +485,7 @@ extension VolumeFS {
         }
         file.committedSize = size
         if file.dirty.isEmpty && file.size == size { file.mtime = nil }
-        restamp(file.ino)
+        restamp(committed.attr)
         accounting.withLock { state in
             state.used = UInt64(max(0, Int64(state.used) + delta))
             state.reserved -= released
@@ -594,8 +602,9 @@ extension VolumeFS {
             for (chunkIndex, ref) in chunkMap where chunkIndex >= dropFrom! { delta -= Int64(ref.length) }
         }
         let now = Self.now()
+        let committed: Committed
         do {
-            try metadata.commitData(ino, chunks: boundary, dropFrom: dropFrom, size: size, mtime: now, now: now)
+            committed = try metadata.commitData(ino, chunks: boundary, dropFrom: dropFrom, size: size, mtime: now, now: now)
         } catch {
             deleteObjects(boundary)
             throw .metadata(error)
@@ -608,7 +617,7 @@ extension VolumeFS {
             file.mtime = nil
         }
         accounting.withLock { $0.used = UInt64(max(0, Int64($0.used) + delta)) }
-        restamp(ino)
+        restamp(committed.attr)
     }
 
     /// fallocate(2) with mode 0: makes sure the volume has room for the range and extends

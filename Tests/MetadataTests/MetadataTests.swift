@@ -174,7 +174,9 @@ let dirMode = FileType.directory.rawValue | 0o755
         #expect(try meta.usage().usedBytes == 4196)
 
         let replacement = ref(0, 4096)
-        let retired = try meta.commitData(a.ino, chunks: [replacement], dropFrom: 1, size: 4096, mtime: t1, now: t1)
+        let committed = try meta.commitData(a.ino, chunks: [replacement], dropFrom: 1, size: 4096, mtime: t1, now: t1)
+        #expect(committed.attr == (try meta.getattr(a.ino)))
+        let retired = committed.retired
         #expect(Set(retired) == [first.object!, second.object!])
         #expect(try meta.chunks(a.ino) == [replacement])
         #expect(try meta.usage().usedBytes == 4096)
@@ -193,7 +195,7 @@ let dirMode = FileType.directory.rawValue | 0o755
 
         // Growing into an object leaves nothing for gc: the inline bytes had no object.
         let big = ref(0, 5000)
-        #expect(try meta.commitData(a.ino, chunks: [big], dropFrom: nil, size: 5000, mtime: t1, now: t1).allSatisfy { $0.rawValue == 0 })
+        #expect(try meta.commitData(a.ino, chunks: [big], dropFrom: nil, size: 5000, mtime: t1, now: t1).retired.allSatisfy { $0.rawValue == 0 })
         #expect(try meta.garbage(before: Timestamp(nanoseconds: t1.nanoseconds + 1), limit: 10).isEmpty)
         #expect(try meta.chunks(a.ino) == [big])
         try meta.commitData(a.ino, chunks: [small], dropFrom: nil, size: 200, mtime: t1, now: t1)
