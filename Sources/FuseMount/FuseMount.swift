@@ -21,10 +21,11 @@ public struct MountOptions: Sendable {
     /// Names the mount in /proc/mounts and `df` (fsname).
     public var source: String = "netvol"
     /// Seconds the kernel may cache names and attributes. Changes made by other mounts
-    /// are pushed out of the kernel's caches as they are seen in the change feed, so
-    /// these bound only how long a missed notification could matter.
-    public var entryTimeout: Double = 5
-    public var attrTimeout: Double = 5
+    /// are pushed out of the kernel's caches as they are seen in the change feed (within
+    /// a poll, half a second), so these bound only how long a missed notification could
+    /// matter; long ones spare `du`, `tar` and `stat` a round trip per file.
+    public var entryTimeout: Double = 30
+    public var attrTimeout: Double = 30
     public var maxThreads: UInt32 = 16
     /// Unmount on SIGTERM, SIGINT and SIGHUP. libfuse keeps one such session per process,
     /// so a process serving several mounts (tests) turns this off.
@@ -208,7 +209,7 @@ public final class FuseMount: @unchecked Sendable {
     }
 
     /// Bytes the kernel reads ahead of a sequential reader (and of page faults on a mapping).
-    static let readahead = 1 << 20
+    public static let readahead = 1 << 20
 
     /// The kernel caps a FUSE mount's readahead at its 128 KiB default whatever `init`
     /// asks for; only the mount's backing device setting raises it. Cold sequential reads

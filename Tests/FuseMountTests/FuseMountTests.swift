@@ -1,5 +1,6 @@
 import CSyscalls
 import Foundation
+import FuseMount
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -156,6 +157,14 @@ struct FuseMountTests {
         #expect(st.f_namemax == 255)
         let df = shell("df -B1 --output=size \(vol.mountpoint) | tail -1")
         #expect(df.output.trimmingCharacters(in: .whitespacesAndNewlines) == "\(10 << 30)")
+    }
+
+    @Test func readaheadIsRaisedOnTheMountsDevice() throws {
+        let vol = try MountedVolume()
+        let device = shell("mountpoint -d \(vol.mountpoint)").output.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(device.contains(":"))
+        let value = try String(contentsOfFile: "/sys/class/bdi/\(device)/read_ahead_kb", encoding: .utf8)
+        #expect(value.trimmingCharacters(in: .whitespacesAndNewlines) == "\(FuseMount.readahead >> 10)")
     }
 
     @Test func bigSparseFilesAndMmap() throws {

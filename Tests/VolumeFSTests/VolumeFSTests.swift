@@ -175,6 +175,37 @@ import Testing
         fx.volume.release(attr.ino, third)
     }
 
+    @Test func sequentialReadsFetchTheNextChunksAheadAndRandomOnesDoNot() throws {
+        var options = VolumeOptions()
+        options.prefetchChunks = 2
+        let fx = try Fixture(chunkSize: 16 * 1024, options: options)
+        let (attr, fh) = try fx.create("f")
+        _ = try fx.write(attr.ino, fh, 0, pattern(10 * 16 * 1024, seed: 4))
+        try fx.volume.flush(attr.ino, fh)
+        fx.volume.release(attr.ino, fh)
+        let reader = try fx.volume.open(attr.ino, flags: O_RDONLY)
+        let file = try fx.volume.file(reader, attr.ino)
+        let objects = try fx.metadata.chunks(attr.ino).map(\.object!)
+        func ahead(_ range: ClosedRange<Int>) -> [ObjectID] {
+            file.lock.lock()
+            defer { file.lock.unlock() }
+            return fx.volume.prefetchTargets(file, reading: range)
+        }
+        // From the start, in order: each read names the chunks after it, each once.
+        #expect(ahead(0...0) == [objects[1], objects[2]])
+        #expect(ahead(0...0) == [objects[1], objects[2]])
+        #expect(ahead(1...1) == [objects[3]])
+        #expect(ahead(1...2) == [objects[4]])
+        #expect(ahead(3...3) == [objects[5]])
+        #expect(ahead(8...9) == [])
+        // A jump is not sequential; continuing from there is.
+        #expect(ahead(6...6) == [])
+        #expect(ahead(7...7) == [objects[8], objects[9]])
+        // Reads still return the right bytes.
+        #expect(try fx.volume.read(attr.ino, reader, offset: 20_000, count: 40_000) == Array(pattern(10 * 16 * 1024, seed: 4)[20_000..<60_000]))
+        fx.volume.release(attr.ino, reader)
+    }
+
     @Test func lookupCountsFollowRepliesAndForgets() throws {
         let fx = try Fixture()
         _ = try fx.volume.mkdir(.root, "d", mode: 0o755, uid: 0, gid: 0)
