@@ -201,11 +201,14 @@ public final class SQLiteMetadata: Metadata {
     }
 
     /// A read whose statements need no common snapshot (one query, or several where a
-    /// change in between only gives an answer that was true a moment earlier). It runs
-    /// without BEGIN and COMMIT: the hot paths (lookup, getattr, readdir, open) use it.
+    /// change in between only gives an answer that was true a moment earlier): the hot
+    /// paths (lookup, getattr, readdir, open). It runs without BEGIN and COMMIT on the
+    /// writer's connection, whose page cache our own commits keep warm; a reader
+    /// connection would reload every page a commit touched, and take its own locks.
+    /// Such reads queue behind writes, which are short.
     func readNow<T>(_ body: (Database) throws -> T) throws(MetadataError) -> T {
         do {
-            return try pool.unsafeRead(body)
+            return try pool.writeWithoutTransaction(body)
         } catch let error as MetadataError {
             throw error
         } catch {
@@ -246,6 +249,21 @@ public final class SQLiteMetadata: Metadata {
         guard attr.isDirectory else { throw MetadataError.notDirectory }
         guard attr.nlink > 0 else { throw MetadataError.notFound }
         return attr
+    }
+
+    /// The attributes of what `name` in `parent` names. An entry exists only in a live
+    /// directory, so the directory is looked at only when there is none: the error then
+    /// says why (ENOTDIR, or ENOENT).
+    static func entryAttr(_ db: Database, _ parent: InodeNumber, _ name: FileName) throws -> Attr {
+        let statement = try db.cachedStatement(sql: """
+            SELECT \(joinedAttrColumns)
+            FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE d.parent = ? AND d.name = ?
+            """)
+        if let row = try Row.fetchOne(statement, arguments: [Int64(parent.rawValue), Data(name.bytes)]) {
+            return attr(row)
+        }
+        _ = try fetchDirectory(db, parent)
+        throw MetadataError.notFound
     }
 
     static func entry(_ db: Database, _ parent: InodeNumber, _ name: FileName) throws -> InodeNumber? {
@@ -295,12 +313,14 @@ public final class SQLiteMetadata: Metadata {
 
     static func addUsage(_ db: Database, _ delta: Int64) throws {
         guard delta != 0 else { return }
-        if delta > 0 {
-            let used = try setting(db, "used_bytes")
-            let limit = UInt64(bitPattern: try setting(db, "size_limit"))
-            if UInt64(used) + UInt64(delta) > limit { throw MetadataError.noSpace }
-        }
-        try db.cachedStatement(sql: "UPDATE settings SET value = max(0, value + ?) WHERE key = 'used_bytes'").execute(arguments: [delta])
+        // One statement checks the limit and counts (a limit past 2^63 reads as negative:
+        // no limit).
+        try db.cachedStatement(sql: """
+            UPDATE settings SET value = max(0, value + ?1) WHERE key = 'used_bytes' AND (?1 <= 0 OR
+                (SELECT value FROM settings WHERE key = 'size_limit') < 0 OR
+                value + ?1 <= (SELECT value FROM settings WHERE key = 'size_limit'))
+            """).execute(arguments: [delta])
+        if db.changesCount == 0 { throw MetadataError.noSpace }
     }
 
     // MARK: - Volume
@@ -335,17 +355,7 @@ public final class SQLiteMetadata: Metadata {
     // MARK: - Namespace
 
     public func lookup(_ parent: InodeNumber, _ name: FileName) throws(MetadataError) -> Attr {
-        try readNow { db in
-            let statement = try db.cachedStatement(sql: """
-                SELECT \(Self.joinedAttrColumns)
-                FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE d.parent = ? AND d.name = ?
-                """)
-            if let row = try Row.fetchOne(statement, arguments: [Int64(parent.rawValue), Data(name.bytes)]) {
-                return Self.attr(row)
-            }
-            _ = try Self.fetchDirectory(db, parent)
-            throw MetadataError.notFound
-        }
+        try readNow { db in try Self.entryAttr(db, parent, name) }
     }
 
     public func getattr(_ ino: InodeNumber) throws(MetadataError) -> Attr {
@@ -401,7 +411,8 @@ public final class SQLiteMetadata: Metadata {
             try Self.insertEntry(db, parent, name, ino)
             try Self.touchDirectory(db, parent, nlinkDelta: isDirectory ? 1 : 0, now: now)
             try Self.note(db, ino: parent, parent: parent, name: name)
-            return try Self.fetchAttr(db, ino)
+            return Attr(ino: ino, mode: mode, nlink: isDirectory ? 2 : 1, uid: uid, gid: gid, rdev: rdev,
+                        size: UInt64(target?.count ?? 0), atime: now, mtime: now, ctime: now)
         }
     }
 
@@ -424,17 +435,18 @@ public final class SQLiteMetadata: Metadata {
 
     public func unlink(_ parent: InodeNumber, _ name: FileName, now: Timestamp) throws(MetadataError) -> Attr {
         try mutate { db in
-            _ = try Self.fetchDirectory(db, parent)
-            guard let ino = try Self.entry(db, parent, name) else { throw MetadataError.notFound }
-            let attr = try Self.fetchAttr(db, ino)
+            var attr = try Self.entryAttr(db, parent, name)
             if attr.isDirectory { throw MetadataError.isDirectory }
+            let ino = attr.ino
             try Self.deleteEntry(db, parent, name)
             try db.cachedStatement(sql: "UPDATE inodes SET nlink = max(0, nlink - 1), ctime = ? WHERE ino = ?").execute(
                            arguments: [now.nanoseconds, Int64(ino.rawValue)])
             try Self.touchDirectory(db, parent, now: now)
             try Self.note(db, ino: ino)
             try Self.note(db, ino: parent, parent: parent, name: name)
-            return try Self.fetchAttr(db, ino)
+            attr.nlink = attr.nlink > 0 ? attr.nlink - 1 : 0
+            attr.ctime = now
+            return attr
         }
     }
 

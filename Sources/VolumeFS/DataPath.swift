@@ -283,7 +283,8 @@ extension VolumeFS {
     /// the reader goes through the file in order, each object once. Caller holds `file.lock`.
     func prefetchTargets(_ file: OpenFile, reading range: ClosedRange<Int>) -> [ObjectID] {
         guard options.prefetchChunks > 0 else { return [] }
-        if range.lowerBound == 0 { file.prefetchedUpTo = 0 }
+        // Starting over from the top (not the kernel's several requests within chunk 0).
+        if range.lowerBound == 0 && file.lastChunkRead > 0 { file.prefetchedUpTo = 0 }
         // A read in the chunk of the last one, or the next, continues a sequential pass.
         let sequential = range.lowerBound == 0 || (file.lastChunkRead...(file.lastChunkRead + 1)).contains(range.lowerBound)
         file.lastChunkRead = range.upperBound
