@@ -203,6 +203,24 @@ let dirMode = FileType.directory.rawValue | 0o755
         #expect(try meta.usage().usedBytes == 200)
     }
 
+    @Test func volumesMadeBeforeInlineChunksGainThemWhenOpened() throws {
+        let path = directory + "/old.db"
+        let old = try SQLiteMetadata.create(path: path, chunkSize: 4096, sizeLimit: 1 << 20, now: t0)
+        let a = try old.mknode(.root, "a", mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0)
+        let stored = ref(0, 100)
+        try old.commitData(a.ino, chunks: [stored], dropFrom: nil, size: 100, mtime: t1, now: t1)
+        // The schema as it was before small files lived inline.
+        try old.pool.write { db in try db.execute(sql: "ALTER TABLE chunks DROP COLUMN data") }
+        try old.pool.close()
+
+        let reopened = try SQLiteMetadata(path: path)
+        #expect(try reopened.chunks(a.ino) == [stored])
+        let bytes: [UInt8] = [7, 8, 9]
+        let small = ChunkRef(index: 0, inline: bytes, checksums: bytes.withUnsafeBytes { BlockChecksums(of: $0) })
+        try reopened.commitData(a.ino, chunks: [small], dropFrom: nil, size: 3, mtime: t1, now: t1)
+        #expect(try reopened.chunks(a.ino) == [small])
+    }
+
     @Test func commitPastTheSizeLimitChangesNothing() throws {
         let a = try file("a")
         let big = ref(0, 1 << 20)
