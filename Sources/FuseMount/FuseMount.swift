@@ -74,7 +74,10 @@ final class FuseContext: Sendable {
         // as far, instead of its 128 KiB defaults.
         conn.pointee.max_write = 1 << 20
         conn.pointee.max_readahead = UInt32(FuseMount.readahead)
-        let wanted = UInt32(FUSE_CAP_READDIRPLUS | FUSE_CAP_PARALLEL_DIROPS | FUSE_CAP_ASYNC_READ | FUSE_CAP_ATOMIC_O_TRUNC)
+        // Symlink targets never change (a new target is a new inode, and inode numbers are
+        // never reused), so the kernel may keep them in its page cache.
+        let wanted = UInt32(FUSE_CAP_READDIRPLUS | FUSE_CAP_PARALLEL_DIROPS | FUSE_CAP_ASYNC_READ | FUSE_CAP_ATOMIC_O_TRUNC
+                            | FUSE_CAP_CACHE_SYMLINKS)
         conn.pointee.want |= wanted & conn.pointee.capable
         logger.info("connection ready: protocol \(conn.pointee.proto_major).\(conn.pointee.proto_minor), max_write \(conn.pointee.max_write)")
     }
