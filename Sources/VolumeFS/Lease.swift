@@ -120,7 +120,7 @@ extension VolumeFS {
             }
             logger.info("took the writer lease (token \(lease.token))")
             let orphans = ((try? metadata.orphans()) ?? []).filter { !isReferenced($0) }
-            try? metadata.purge(orphans, now: Self.now())
+            try? purge(orphans)
         }
     }
 

@@ -308,9 +308,18 @@ public final class VolumeFS: Sendable {
         }
         guard !inodes.isEmpty else { return }
         do {
-            try metadata.purge(Array(inodes), now: Self.now())
+            try purge(Array(inodes))
         } catch {
             logger.error("cannot purge \(inodes.count) unlinked inodes: \(error); they are purged when a mount next takes the lease")
+        }
+    }
+
+    /// Purges in transactions of a bounded size: lookups and other commits wait for each
+    /// one (they share the writer's connection), so after an `rm -rf` of a big tree none
+    /// waits for the whole of it.
+    func purge(_ inodes: [InodeNumber]) throws(MetadataError) {
+        for start in stride(from: 0, to: inodes.count, by: 256) {
+            try metadata.purge(Array(inodes[start..<min(start + 256, inodes.count)]), now: Self.now())
         }
     }
 
