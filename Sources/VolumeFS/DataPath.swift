@@ -250,9 +250,12 @@ extension VolumeFS {
         // Snapshot under the lock, read outside it: objects are immutable and buffers are
         // copied on write, so other readers and writers are not held up by our I/O.
         let parts = (first...last).map { index in (index, file.dirty[index], file.chunkMap[index]) }
-        let ahead = prefetchTargets(file, reading: first...last)
         file.lock.unlock()
-        for object in ahead { store.prefetch(object) }
+        let ahead = handles.withLock { $0[fh]?.reads.ahead(of: first...last, by: options.prefetchChunks) } ?? 0..<0
+        if !ahead.isEmpty {
+            let objects = file.lock.withLock { ahead.compactMap { file.chunkMap[$0]?.object } }
+            for object in objects { store.prefetch(object) }
+        }
 
         for (index, dirty, ref) in parts {
             let chunkStart = UInt64(index) * cs
@@ -277,22 +280,6 @@ extension VolumeFS {
             }
         }
         return Int(end - offset)
-    }
-
-    /// Objects to fetch ahead of a read of chunks `range`: the next `prefetchChunks` while
-    /// the reader goes through the file in order, each object once. Caller holds `file.lock`.
-    func prefetchTargets(_ file: OpenFile, reading range: ClosedRange<Int>) -> [ObjectID] {
-        guard options.prefetchChunks > 0 else { return [] }
-        // Starting over from the top (not the kernel's several requests within chunk 0).
-        if range.lowerBound == 0 && file.lastChunkRead > 0 { file.prefetchedUpTo = 0 }
-        // A read in the chunk of the last one, or the next, continues a sequential pass.
-        let sequential = range.lowerBound == 0 || (file.lastChunkRead...(file.lastChunkRead + 1)).contains(range.lowerBound)
-        file.lastChunkRead = range.upperBound
-        let start = max(file.prefetchedUpTo, range.upperBound + 1)
-        let end = range.upperBound + 1 + options.prefetchChunks
-        guard sequential, start < end else { return [] }
-        file.prefetchedUpTo = end
-        return (start..<end).compactMap { file.chunkMap[$0]?.object }
     }
 
     /// Reads bytes `[low, high)` of a stored chunk into `destination`, checking every block

@@ -94,10 +94,6 @@ final class OpenFile: @unchecked Sendable {
     var attr: Attr
     /// Writes accepted into buffers were dropped when the lease was lost.
     var lostWrites = false
-    /// Sequential prefetch: chunks below `prefetchedUpTo` were hinted to the store; the
-    /// last read ended in chunk `lastChunkRead`.
-    var prefetchedUpTo = 0
-    var lastChunkRead = -2
 
     init(attr: Attr, chunkMap: [Int: ChunkRef]) {
         self.ino = attr.ino
@@ -114,6 +110,32 @@ struct Handle {
     var writable: Bool
     /// The kernel may keep the pages it cached of this file: nothing changed it since.
     var keepCache = false
+    /// Per handle, so that several processes loading one file each count as sequential.
+    var reads = ReadPattern()
+}
+
+/// Sequential-read detection for prefetch.
+struct ReadPattern {
+    /// Chunks below this were already fetched ahead.
+    var prefetchedUpTo = 0
+    /// The chunk the last read ended in.
+    var lastChunkRead = -2
+
+    /// The chunks to fetch ahead of a read of chunks `range`: the next `count` while the
+    /// reader goes through the file in order, each once; none for a read out of order.
+    mutating func ahead(of range: ClosedRange<Int>, by count: Int) -> Range<Int> {
+        guard count > 0 else { return 0..<0 }
+        // Starting over from the top (not the kernel's several requests within chunk 0).
+        if range.lowerBound == 0 && lastChunkRead > 0 { prefetchedUpTo = 0 }
+        // A read in the chunk of the last one, or the next, continues a sequential pass.
+        let sequential = range.lowerBound == 0 || (lastChunkRead...(lastChunkRead + 1)).contains(range.lowerBound)
+        lastChunkRead = range.upperBound
+        let start = max(prefetchedUpTo, range.upperBound + 1)
+        let end = range.upperBound + 1 + count
+        guard sequential, start < end else { return 0..<0 }
+        prefetchedUpTo = end
+        return start..<end
+    }
 }
 
 /// What a file looked like when the kernel last cached its pages.

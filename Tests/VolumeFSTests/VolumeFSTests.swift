@@ -176,36 +176,42 @@ import Testing
     }
 
     @Test func sequentialReadsFetchTheNextChunksAheadAndRandomOnesDoNot() throws {
-        var options = VolumeOptions()
-        options.prefetchChunks = 2
-        let fx = try Fixture(chunkSize: 16 * 1024, options: options)
-        let (attr, fh) = try fx.create("f")
-        _ = try fx.write(attr.ino, fh, 0, pattern(10 * 16 * 1024, seed: 4))
-        try fx.volume.flush(attr.ino, fh)
-        fx.volume.release(attr.ino, fh)
-        let reader = try fx.volume.open(attr.ino, flags: O_RDONLY)
-        let file = try fx.volume.file(reader, attr.ino)
-        let objects = try fx.metadata.chunks(attr.ino).map(\.object!)
-        func ahead(_ range: ClosedRange<Int>) -> [ObjectID] {
-            file.lock.lock()
-            defer { file.lock.unlock() }
-            return fx.volume.prefetchTargets(file, reading: range)
-        }
+        var reads = ReadPattern()
         // From the start, in order: each read names the chunks after it, each once.
-        #expect(ahead(0...0) == [objects[1], objects[2]])
-        #expect(ahead(0...0) == [])
-        #expect(ahead(1...1) == [objects[3]])
-        #expect(ahead(1...2) == [objects[4]])
-        #expect(ahead(3...3) == [objects[5]])
-        #expect(ahead(8...9) == [])
+        #expect(reads.ahead(of: 0...0, by: 2) == 1..<3)
+        #expect(reads.ahead(of: 0...0, by: 2).isEmpty)
+        #expect(reads.ahead(of: 1...1, by: 2) == 3..<4)
+        #expect(reads.ahead(of: 1...2, by: 2) == 4..<5)
+        #expect(reads.ahead(of: 3...3, by: 2) == 5..<6)
         // A jump is not sequential; continuing from there is.
-        #expect(ahead(6...6) == [])
-        #expect(ahead(7...7) == [objects[8], objects[9]])
+        #expect(reads.ahead(of: 6...6, by: 2).isEmpty)
+        #expect(reads.ahead(of: 7...7, by: 2) == 8..<10)
         // Reading from the top again fetches ahead again.
-        #expect(ahead(0...0) == [objects[1], objects[2]])
-        // Reads still return the right bytes.
-        #expect(try fx.volume.read(attr.ino, reader, offset: 20_000, count: 40_000) == Array(pattern(10 * 16 * 1024, seed: 4)[20_000..<60_000]))
-        fx.volume.release(attr.ino, reader)
+        #expect(reads.ahead(of: 0...0, by: 2) == 1..<3)
+        #expect(reads.ahead(of: 1...1, by: 0).isEmpty)
+
+        // Each handle keeps its own pattern: two readers of one file, interleaved, both
+        // stay sequential, and the bytes they get are right.
+        let fx = try Fixture(chunkSize: 16 * 1024)
+        let (attr, fh) = try fx.create("f")
+        let data = pattern(10 * 16 * 1024, seed: 4)
+        _ = try fx.write(attr.ino, fh, 0, data)
+        fx.volume.release(attr.ino, fh)
+        let a = try fx.volume.open(attr.ino, flags: O_RDONLY)
+        let b = try fx.volume.open(attr.ino, flags: O_RDONLY)
+        let chunk = 16 * 1024
+        for index in 0..<4 {
+            let start = index * chunk
+            let other = start + 5 * chunk
+            let fromA = try fx.volume.read(attr.ino, a, offset: UInt64(start), count: chunk)
+            let fromB = try fx.volume.read(attr.ino, b, offset: UInt64(other), count: 100)
+            #expect(fromA == Array(data[start..<(start + chunk)]))
+            #expect(fromB == Array(data[other..<(other + 100)]))
+        }
+        let progress = fx.volume.handles.withLock { [$0[a]!.reads.prefetchedUpTo, $0[b]!.reads.prefetchedUpTo] }
+        #expect(progress == [6, 11])
+        fx.volume.release(attr.ino, a)
+        fx.volume.release(attr.ino, b)
     }
 
     @Test func lookupCountsFollowRepliesAndForgets() throws {
