@@ -251,9 +251,17 @@ public final class FuseMount: @unchecked Sendable {
     /// The major:minor of the netvol mount at `mountpoint` (the most recent one there).
     static func device(of mountpoint: String) -> String? {
         guard let table = readFile("/proc/self/mountinfo") else { return nil }
-        let resolved = realpath(mountpoint, nil).map { pointer in
+        // Only the parent is resolved: a call that reached the mountpoint itself would
+        // wait for this daemon, which does not serve requests yet.
+        var path = mountpoint
+        while path.count > 1 && path.hasSuffix("/") { path.removeLast() }
+        let slash = path.lastIndex(of: "/")
+        let parent = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+        let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
+        let resolved = realpath(parent, nil).map { pointer in
             defer { free(pointer) }
-            return String(cString: pointer)
+            let dir = String(cString: pointer)
+            return (dir == "/" ? "" : dir) + "/" + name
         } ?? mountpoint
         // mountinfo escapes space, tab, newline and backslash as octal.
         let escaped = resolved.unicodeScalars.map { scalar -> String in
