@@ -134,11 +134,22 @@ public final class SQLiteMetadata: Metadata {
 
     // MARK: - Plumbing
 
-    func write<T>(_ body: (Database) throws -> T) throws(MetadataError) -> T {
+    /// Runs `body`, passing our own errors through and naming any other one a database error.
+    static func lifted<T>(_ body: () throws -> T) throws(MetadataError) -> T {
         do {
-            // BEGIN and COMMIT as cached statements: a transaction then parses no SQL of its
-            // own, which is a good part of the cost of a small one.
-            return try pool.writeWithoutTransaction { db in
+            return try body()
+        } catch let error as MetadataError {
+            throw error
+        } catch {
+            throw .database(String(describing: error))
+        }
+    }
+
+    func write<T>(_ body: (Database) throws -> T) throws(MetadataError) -> T {
+        // BEGIN and COMMIT as cached statements: a transaction then parses no SQL of its
+        // own, which is a good part of the cost of a small one.
+        try Self.lifted {
+            try pool.writeWithoutTransaction { db in
                 try db.cachedStatement(sql: "BEGIN IMMEDIATE").execute()
                 do {
                     let value = try body(db)
@@ -149,10 +160,6 @@ public final class SQLiteMetadata: Metadata {
                     throw error
                 }
             }
-        } catch let error as MetadataError {
-            throw error
-        } catch {
-            throw .database(String(describing: error))
         }
     }
 
@@ -191,13 +198,7 @@ public final class SQLiteMetadata: Metadata {
     }
 
     func read<T>(_ body: (Database) throws -> T) throws(MetadataError) -> T {
-        do {
-            return try pool.read(body)
-        } catch let error as MetadataError {
-            throw error
-        } catch {
-            throw .database(String(describing: error))
-        }
+        try Self.lifted { try pool.read(body) }
     }
 
     /// A read whose statements need no common snapshot (one query, or several where a
@@ -207,13 +208,7 @@ public final class SQLiteMetadata: Metadata {
     /// connection would reload every page a commit touched, and take its own locks.
     /// Such reads queue behind writes, which are short.
     func readNow<T>(_ body: (Database) throws -> T) throws(MetadataError) -> T {
-        do {
-            return try pool.writeWithoutTransaction(body)
-        } catch let error as MetadataError {
-            throw error
-        } catch {
-            throw .database(String(describing: error))
-        }
+        try Self.lifted { try pool.writeWithoutTransaction(body) }
     }
 
     static let attrColumns = "ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, stored"
@@ -304,9 +299,14 @@ public final class SQLiteMetadata: Metadata {
     /// The object column of an inline chunk: no object was stored for it.
     static let inlineObject: Int64 = 0
 
+    /// The object a chunk row's object column names, or nil for an inline chunk.
+    static func storedObject(_ column: Int64) -> ObjectID? {
+        column == inlineObject ? nil : ObjectID(rawValue: UInt64(bitPattern: column))
+    }
+
     static func retire(_ db: Database, _ objects: [ObjectID], now: Timestamp) throws {
         let statement = try db.cachedStatement(sql: "INSERT OR IGNORE INTO garbage(object, since) VALUES (?, ?)")
-        for object in objects where object.rawValue != UInt64(Self.inlineObject) {
+        for object in objects {
             try statement.execute(arguments: [Int64(bitPattern: object.rawValue), now.nanoseconds])
         }
     }
@@ -639,7 +639,7 @@ public final class SQLiteMetadata: Metadata {
             if let dropFrom {
                 for row in try Row.fetchAll(db.cachedStatement(sql: "SELECT object, length FROM chunks WHERE ino = ? AND idx >= ?"),
                                             arguments: [inoValue, dropFrom]) {
-                    retired.append(ObjectID(rawValue: UInt64(bitPattern: row[0])))
+                    if let object = Self.storedObject(row[0]) { retired.append(object) }
                     delta -= row[1] as Int64
                 }
                 try db.cachedStatement(sql: "DELETE FROM chunks WHERE ino = ? AND idx >= ?").execute(arguments: [inoValue, dropFrom])
@@ -649,7 +649,7 @@ public final class SQLiteMetadata: Metadata {
             let keep = try db.cachedStatement(sql: "DELETE FROM garbage WHERE object = ?")
             for chunk in chunks {
                 if let row = try Row.fetchOne(old, arguments: [inoValue, chunk.index]) {
-                    retired.append(ObjectID(rawValue: UInt64(bitPattern: row[0])))
+                    if let object = Self.storedObject(row[0]) { retired.append(object) }
                     delta -= row[1] as Int64
                 }
                 delta += Int64(chunk.length)
@@ -701,7 +701,7 @@ public final class SQLiteMetadata: Metadata {
                                                      arguments: [value]), nlink == 0 else { continue }
                 let rows = try Row.fetchAll(db.cachedStatement(sql: "SELECT object, length FROM chunks WHERE ino = ?"),
                                             arguments: [value])
-                try Self.retire(db, rows.map { ObjectID(rawValue: UInt64(bitPattern: $0[0])) }, now: now)
+                try Self.retire(db, rows.compactMap { Self.storedObject($0[0]) }, now: now)
                 let freed = rows.reduce(Int64(0)) { $0 + ($1[1] as Int64) }
                 try Self.addUsage(db, -freed)
                 for table in ["chunks", "xattrs", "inodes"] {

@@ -142,9 +142,17 @@ public struct Committed: Equatable, Sendable {
 }
 
 /// Where a chunk's bytes live.
-public enum ChunkLocation: Equatable, Sendable {
+public enum ChunkLocation: Equatable, Sendable, CustomStringConvertible {
     case object(ObjectID)
     case inline([UInt8])
+
+    /// For messages: the object, or that the bytes are inline (not the bytes themselves).
+    public var description: String {
+        switch self {
+        case .object(let id): "object \(id)"
+        case .inline: "inline data"
+        }
+    }
 }
 
 /// What a `setattr` changes besides the size; nil leaves a field alone.

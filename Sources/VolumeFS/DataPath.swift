@@ -341,7 +341,7 @@ extension VolumeFS {
     }
 
     func corrupt(_ ino: InodeNumber, _ ref: ChunkRef, _ why: String) -> FSError {
-        logger.error("inode \(ino.rawValue) chunk \(ref.index) (\(ref.object.map { "object \($0)" } ?? "inline")) \(why): answering EIO")
+        logger.error("inode \(ino.rawValue) chunk \(ref.index) (\(ref.location)) \(why): answering EIO")
         return .corrupt(ino: ino, chunk: ref.index, why)
     }
 

@@ -227,7 +227,7 @@ struct FsckReport {
             for ref in refs {
                 report.chunks += 1
                 used += UInt64(ref.length)
-                let place = "inode \(ino.rawValue) chunk \(ref.index): " + describe(ref)
+                let place = "inode \(ino.rawValue) chunk \(ref.index): \(ref.location)"
                 do {
                     let bytes = try contents(of: ref, in: store)
                     if bytes.count != ref.length {
@@ -247,22 +247,18 @@ struct FsckReport {
         return report
     }
 
+    /// The stored bytes of a chunk, as many as there are.
     // Kept out of line: inlined into `check`, the switch over the chunk's location trips
     // an ownership verifier crash of the Swift 6.3 optimizer.
     @inline(never)
-    static func describe(_ ref: ChunkRef) -> String {
-        ref.object.map { "object \($0)" } ?? "inline data"
-    }
-
-    /// The stored bytes of a chunk, as many as there are.
-    @inline(never)
     static func contents(of ref: ChunkRef, in store: any ChunkStore) throws -> [UInt8] {
-        guard let object = ref.object else {
-            if case .inline(let bytes) = ref.location { return bytes }
-            return []
+        switch ref.location {
+        case .inline(let bytes):
+            return bytes
+        case .object(let object):
+            var bytes = [UInt8](repeating: 0, count: ref.length)
+            let got = try bytes.withUnsafeMutableBytes { try store.read(object, offset: 0, into: $0) }
+            return Array(bytes[0..<got])
         }
-        var bytes = [UInt8](repeating: 0, count: ref.length)
-        let got = try bytes.withUnsafeMutableBytes { try store.read(object, offset: 0, into: $0) }
-        return Array(bytes[0..<got])
     }
 }
