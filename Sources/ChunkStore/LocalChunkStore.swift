@@ -35,14 +35,21 @@ struct DescriptorCache {
 
 /// A chunk store in a local directory: object `id` is the file `ROOT/xx/<16 hex digits>`,
 /// fanned out over 256 subdirectories by the id's low byte so no directory grows huge.
+///
+/// The objects are every file's bytes, unencrypted: only the daemon's user may reach them.
+/// Directories are made 0700 and objects 0400 (never written again) from the first byte;
+/// permissions inside the volume are enforced by the mount, not here.
 public final class LocalChunkStore: ChunkStore {
+    static let directoryMode: mode_t = 0o700
+    static let objectMode: mode_t = 0o400
+
     public let root: String
     let descriptors = Mutex(DescriptorCache(capacity: 128))
 
     /// Opens the store at `root`, creating the directory if needed.
     public init(root: String) throws(StoreError) {
         self.root = root
-        if mkdir(root, 0o755) != 0 && errno != EEXIST {
+        if mkdir(root, Self.directoryMode) != 0 && errno != EEXIST {
             throw .io(errno: errno, "cannot create \(root): \(Self.describe(errno))")
         }
     }
@@ -60,12 +67,12 @@ public final class LocalChunkStore: ChunkStore {
     public func put(_ id: ObjectID, _ bytes: UnsafeRawBufferPointer) throws(StoreError) {
         let dir = directory(of: id)
         let path = dir + "/" + id.description
-        var fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o444)
+        var fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, Self.objectMode)
         if fd < 0 && errno == ENOENT {
-            if mkdir(dir, 0o755) != 0 && errno != EEXIST {
+            if mkdir(dir, Self.directoryMode) != 0 && errno != EEXIST {
                 throw Self.failure(errno, "cannot create \(dir)")
             }
-            fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o444)
+            fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, Self.objectMode)
         }
         if fd < 0 {
             let code = errno
@@ -148,6 +155,31 @@ public final class LocalChunkStore: ChunkStore {
             if code == ENOENT { return }
             throw Self.failure(code, "cannot delete \(path(of: id))")
         }
+    }
+
+    /// Takes group and other access away from the store's directories (and, with
+    /// `objects`, from every object), for stores made before they were created private.
+    /// Closing the directories is enough to shut everyone else out at once; the objects'
+    /// own modes follow for tidiness and can be left to a background pass.
+    public func restrictPermissions(objects: Bool) {
+        Self.restrict(root, to: Self.directoryMode)
+        guard let subdirectories = try? Self.entries(of: root) else { return }
+        for sub in subdirectories where sub.count == 2 {
+            let dir = root + "/" + sub
+            Self.restrict(dir, to: Self.directoryMode)
+            guard objects, let names = try? Self.entries(of: dir) else { continue }
+            for name in names where ObjectID(hex: name) != nil {
+                Self.restrict(dir + "/" + name, to: Self.objectMode)
+            }
+        }
+    }
+
+    /// Sets `path`'s permission bits to `mode` if it grants more than that; failures are
+    /// left alone (a file may vanish, or belong to someone else).
+    public static func restrict(_ path: String, to mode: mode_t) {
+        var info = stat()
+        guard lstat(path, &info) == 0, info.st_mode & 0o7777 & ~mode != 0 else { return }
+        _ = chmod(path, mode)
     }
 
     public func list() throws(StoreError) -> [ObjectID] {

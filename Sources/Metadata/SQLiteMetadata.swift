@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Foundation
 public import ChunkStore
 import GRDB
@@ -26,6 +29,8 @@ public final class SQLiteMetadata: Metadata {
             throw .notAVolume("no \(Self.fileName) in \((path as NSString).deletingLastPathComponent)")
         }
         self.path = path
+        // Volumes made before the database was private are closed to other users here.
+        for file in [path, path + "-wal", path + "-shm"] { Self.restrict(file) }
         do {
             pool = try DatabasePool(path: path, configuration: Self.configuration())
             let version = try pool.read { db in
@@ -51,9 +56,14 @@ public final class SQLiteMetadata: Metadata {
     /// Creates the metadata of a new volume with an empty root directory owned by `uid`/`gid`.
     public static func create(path: String, chunkSize: Int, sizeLimit: UInt64, uid: UInt32 = 0, gid: UInt32 = 0,
                               now: Timestamp) throws(MetadataError) -> SQLiteMetadata {
-        if FileManager.default.fileExists(atPath: path) {
-            throw .exists
+        // The database holds small files' bytes: it is made 0600 before SQLite writes a
+        // byte to it, and SQLite gives its WAL and shared-memory files the same mode.
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, privateFileMode)
+        guard fd >= 0 else {
+            if errno == EEXIST { throw .exists }
+            throw .database("cannot create \(path): \(String(cString: strerror(errno)))")
         }
+        close(fd)
         do {
             let pool = try DatabasePool(path: path, configuration: configuration())
             try pool.write { db in
@@ -76,6 +86,16 @@ public final class SQLiteMetadata: Metadata {
             throw .database("cannot create \(path): \(error)")
         }
         return try SQLiteMetadata(path: path)
+    }
+
+    /// The mode of the database and its WAL: only the daemon's user may read them.
+    static let privateFileMode: mode_t = 0o600
+
+    /// Takes group and other access away from `file`, if it has any.
+    static func restrict(_ file: String) {
+        var info = stat()
+        guard stat(file, &info) == 0, info.st_mode & 0o077 != 0 else { return }
+        _ = chmod(file, info.st_mode & 0o700)
     }
 
     static let schema = """

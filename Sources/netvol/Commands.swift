@@ -43,8 +43,17 @@ struct Create: ParsableCommand {
         var created = false
         do {
             if !files.fileExists(atPath: dir.path) {
-                try files.createDirectory(atPath: dir.path, withIntermediateDirectories: true)
+                let parent = (dir.path as NSString).deletingLastPathComponent
+                try files.createDirectory(atPath: parent, withIntermediateDirectories: true)
+                guard mkdir(dir.path, VolumeDirectory.directoryMode) == 0 else {
+                    throw CLIError("cannot create \(dir.path): \(String(cString: strerror(errno)))")
+                }
                 created = true
+            } else {
+                // An empty directory someone made for the volume: private before anything is in it.
+                guard chmod(dir.path, VolumeDirectory.directoryMode) == 0 else {
+                    throw CLIError("cannot make \(dir.path) private: \(String(cString: strerror(errno)))")
+                }
             }
             _ = try LocalChunkStore(root: dir.chunksPath)
             _ = try SQLiteMetadata.create(path: dir.databasePath, chunkSize: Int(chunk), sizeLimit: sizeLimit, now: VolumeFS.now())

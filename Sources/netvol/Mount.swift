@@ -153,6 +153,7 @@ struct Mount: ParsableCommand {
         }
         let logger = Logger(label: "netvol")
         do {
+            dir.restrictPermissions(objects: false)
             let (metadata, store) = try dir.open()
             var volumeOptions = VolumeOptions()
             volumeOptions.gcGraceSeconds = gcGrace
@@ -201,7 +202,7 @@ struct Mount: ParsableCommand {
                 _ = "ready\n".withCString { write(readyFd, $0, strlen($0)) }
                 close(readyFd)
             }
-            startBackground(volumeFS, metadata: metadata, session: session, logger: logger)
+            startBackground(volumeFS, metadata: metadata, store: store, session: session, logger: logger)
             mount.run()
             try? metadata.removeSession(id: session.id)
             logger.info("unmounted \(target)")
@@ -241,11 +242,14 @@ struct Mount: ParsableCommand {
 
     /// Renews or follows the lease every half second, heartbeats the session, and
     /// collects garbage while this mount is the writer.
-    func startBackground(_ volumeFS: VolumeFS, metadata: SQLiteMetadata, session: Session, logger: Logger) {
+    func startBackground(_ volumeFS: VolumeFS, metadata: SQLiteMetadata, store: LocalChunkStore, session: Session, logger: Logger) {
         let heartbeatEvery = max(1, leaseTtl / 3)
         let gcEvery = Double(max(10, min(gcGrace / 4, 300)))
         let stale = leaseTtl * 4
         Thread.detachNewThread {
+            // The objects of a volume made before volumes were private; its directories
+            // were closed before the mount.
+            store.restrictPermissions(objects: true)
             var lastHeartbeat = ContinuousClock.now
             var lastGC = ContinuousClock.now
             while true {
@@ -294,7 +298,9 @@ struct Mount: ParsableCommand {
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_adddup2(&actions, fds[1], 3)
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        // The log names files: private like the rest of the volume.
+        LocalChunkStore.restrict(logPath, to: VolumeDirectory.logMode)
+        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, VolumeDirectory.logMode)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)

@@ -55,7 +55,12 @@ func isDirectory(_ path: String) -> Bool {
 }
 
 /// An embedded volume: a directory with `volume.db` and `chunks/`.
+///
+/// The directory holds every file's bytes, unencrypted: it is 0700 and its files 0600
+/// (objects 0400), so only the daemon's user reads them; the mount enforces permissions.
 struct VolumeDirectory {
+    static let directoryMode: mode_t = 0o700
+    static let logMode: mode_t = 0o600
     let path: String
     var databasePath: String { path + "/" + SQLiteMetadata.fileName }
     var chunksPath: String { path + "/chunks" }
@@ -72,6 +77,15 @@ struct VolumeDirectory {
         guard FileManager.default.fileExists(atPath: databasePath) else {
             throw CLIError("\(path) is not a netvol volume (no \(SQLiteMetadata.fileName)); create one with: netvol create DIR --size 10G")
         }
+    }
+
+    /// Closes a volume made before volumes were private to everyone but its owner: the
+    /// directory, the log and the store's directories at once; the objects' own modes
+    /// (unreachable now anyway) with `objects`.
+    func restrictPermissions(objects: Bool) {
+        LocalChunkStore.restrict(path, to: Self.directoryMode)
+        LocalChunkStore.restrict(logPath, to: Self.logMode)
+        if let store = try? LocalChunkStore(root: chunksPath) { store.restrictPermissions(objects: objects) }
     }
 
     func open() throws -> (SQLiteMetadata, LocalChunkStore) {
