@@ -6,10 +6,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-require_root
-require_program setpriv
-id nobody >/dev/null 2>&1 || skip "there is no user nobody"
-[[ $(id -u nobody) == 65534 ]] || skip "nobody is not uid 65534 here"
+require_nobody
 
 mount_volume
 assert_contains "$(awk -v m="$MNT" '$2 == m { print $4 }' /proc/self/mounts)" 'default_permissions' "mount options"

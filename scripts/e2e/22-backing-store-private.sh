@@ -8,10 +8,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-require_root
-require_program setpriv
-id nobody >/dev/null 2>&1 || skip "there is no user nobody"
-[[ $(id -u nobody) == 65534 ]] || skip "nobody is not uid 65534 here"
+require_nobody
 
 # The work directory is 0700 itself: open it, so that the volume's own modes are the only
 # thing between nobody and the bytes.

@@ -223,6 +223,14 @@ assert_cli_error() {
 
 require_root() { [[ $(id -u) == 0 ]] || skip "needs root"; }
 
+# require_nobody: as_nobody can run (root, setpriv, and nobody as uid 65534).
+require_nobody() {
+    require_root
+    require_program setpriv
+    id nobody >/dev/null 2>&1 || skip "there is no user nobody"
+    [[ $(id -u nobody) == 65534 ]] || skip "nobody is not uid 65534 here"
+}
+
 require_fuse() {
     require_root
     [[ -c /dev/fuse ]] || skip "/dev/fuse is missing (in a container: --device /dev/fuse --cap-add SYS_ADMIN)"
