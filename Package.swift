@@ -19,14 +19,17 @@ let package = Package(
         .systemLibrary(name: "CXXHash", providers: [.apt(["libxxhash-dev"])]),
         // The few libfuse entry points Swift cannot call directly (macros, versioned symbols).
         .target(name: "CFuse", dependencies: ["CFuse3"], cSettings: [.define("_GNU_SOURCE")]),
-        .target(name: "ChunkStore", dependencies: [
-            "CXXHash",
-            .product(name: "Logging", package: "swift-log"),
-        ]),
-        .target(name: "Metadata", dependencies: [
-            "ChunkStore",
+        // The values every layer speaks in; no backend needs to import another.
+        .target(name: "VolumeTypes", dependencies: ["CXXHash"]),
+        // The two protocols the filesystem holds, and one module per implementation.
+        .target(name: "ChunkStore", dependencies: ["VolumeTypes"]),
+        .target(name: "LocalChunkStore", dependencies: ["ChunkStore"]),
+        .target(name: "Metadata", dependencies: ["VolumeTypes"]),
+        .target(name: "SQLiteMetadata", dependencies: [
+            "Metadata",
             .product(name: "GRDB", package: "GRDB.swift"),
         ]),
+        // POSIX semantics over the two protocols; links no database or HTTP library.
         .target(name: "VolumeFS", dependencies: [
             "ChunkStore", "Metadata",
             .product(name: "Logging", package: "swift-log"),
@@ -36,16 +39,17 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "netvol", dependencies: [
-            "FuseMount", "VolumeFS", "Metadata", "ChunkStore",
+            "FuseMount", "VolumeFS", "Metadata", "ChunkStore", "SQLiteMetadata", "LocalChunkStore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .testTarget(name: "ChunkStoreTests", dependencies: ["ChunkStore"]),
-        .testTarget(name: "MetadataTests", dependencies: ["Metadata"]),
-        .testTarget(name: "VolumeFSTests", dependencies: ["VolumeFS", "Metadata", "ChunkStore"]),
+        .testTarget(name: "ChunkStoreTests", dependencies: ["ChunkStore", "LocalChunkStore"]),
+        .testTarget(name: "MetadataTests", dependencies: ["Metadata", "SQLiteMetadata"]),
+        .testTarget(name: "VolumeFSTests", dependencies: ["VolumeFS", "Metadata", "ChunkStore", "SQLiteMetadata", "LocalChunkStore"]),
         // Linux calls the tests make that Swift's Glibc module does not show.
         .target(name: "CSyscalls", path: "Tests/CSyscalls"),
-        .testTarget(name: "FuseMountTests", dependencies: ["FuseMount", "VolumeFS", "Metadata", "ChunkStore", "CSyscalls",
+        .testTarget(name: "FuseMountTests", dependencies: ["FuseMount", "VolumeFS", "Metadata", "ChunkStore", "SQLiteMetadata",
+                                                           "LocalChunkStore", "CSyscalls",
                                                            .product(name: "Logging", package: "swift-log")]),
     ]
 )

@@ -1,4 +1,12 @@
-public import ChunkStore
+// Metadata: the namespace, attributes, chunk maps and settings of a volume.
+//
+// Every change is one transaction: a crash leaves each operation either done or not
+// done. Chunk objects are referred to here only after they are stored whole (the
+// caller's duty); objects a transaction stops referring to go to the `garbage` list with
+// the time they left, and are deleted from the chunk store only after a grace period so
+// that a reader still holding an older chunk map never finds them gone.
+
+@_exported public import VolumeTypes
 
 /// The metadata of one volume.
 ///

@@ -3,8 +3,10 @@ import Glibc
 #endif
 import ArgumentParser
 import ChunkStore
+import LocalChunkStore
 import Foundation
 import Metadata
+import SQLiteMetadata
 import VolumeFS
 
 struct Netvol: ParsableCommand {

@@ -3,10 +3,12 @@ import Glibc
 #endif
 import ArgumentParser
 import ChunkStore
+import LocalChunkStore
 import Foundation
 import FuseMount
 import Logging
 import Metadata
+import SQLiteMetadata
 import VolumeFS
 
 struct Mount: ParsableCommand {

@@ -3,7 +3,9 @@ import Glibc
 #endif
 import Foundation
 import ChunkStore
+import LocalChunkStore
 import Metadata
+import SQLiteMetadata
 
 /// A mistake a person made or a condition they can fix: printed as one line, exit 1.
 struct CLIError: Error, CustomStringConvertible {

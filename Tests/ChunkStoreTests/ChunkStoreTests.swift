@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import ChunkStore
+@testable import LocalChunkStore
 
 func temporaryDirectory() -> String {
     let path = NSTemporaryDirectory() + "netvol-test-" + UUID().uuidString

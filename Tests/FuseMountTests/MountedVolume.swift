@@ -1,8 +1,10 @@
 import ChunkStore
+import LocalChunkStore
 import Foundation
 import FuseMount
 import Logging
 import Metadata
+import SQLiteMetadata
 import VolumeFS
 #if canImport(Glibc)
 import Glibc

@@ -2,6 +2,7 @@ import Foundation
 import Synchronization
 import Testing
 @testable import Metadata
+@testable import SQLiteMetadata
 
 final class ManualClock: Sendable {
     let time = Mutex(Timestamp(seconds: 1_800_000_000, nanoseconds: 0))

@@ -2,6 +2,7 @@ import ChunkStore
 import Foundation
 import Testing
 @testable import Metadata
+@testable import SQLiteMetadata
 
 func temporaryDirectory() -> String {
     let path = NSTemporaryDirectory() + "netvol-test-" + UUID().uuidString

@@ -1,6 +1,8 @@
 import ChunkStore
+import LocalChunkStore
 import Foundation
 import Metadata
+import SQLiteMetadata
 @testable import VolumeFS
 
 func temporaryDirectory() -> String {

@@ -1,6 +1,8 @@
 import ChunkStore
+import LocalChunkStore
 import Foundation
 import Metadata
+import SQLiteMetadata
 import Synchronization
 import Testing
 @testable import VolumeFS

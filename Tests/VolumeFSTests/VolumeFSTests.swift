@@ -1,6 +1,7 @@
 import ChunkStore
 import Foundation
 import Metadata
+import SQLiteMetadata
 import Testing
 @testable import VolumeFS
 

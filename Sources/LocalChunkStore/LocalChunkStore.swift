@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+public import ChunkStore
 import Synchronization
 
 /// An open descriptor of one object, closed when the last user lets go: readers keep

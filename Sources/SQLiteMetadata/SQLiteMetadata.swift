@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import Foundation
-public import ChunkStore
+public import Metadata
 import GRDB
 import Synchronization
 

@@ -1,12 +1,7 @@
-// Metadata: the namespace, attributes, chunk maps and settings of a volume.
-//
-// Every change is one transaction: a crash leaves each operation either done or not
-// done. Chunk objects are referred to here only after they are stored whole (the
-// caller's duty); objects a transaction stops referring to go to the `garbage` list with
-// the time they left, and are deleted from the chunk store only after a grace period so
-// that a reader still holding an older chunk map never finds them gone.
-
-public import ChunkStore
+// VolumeTypes: the values every layer of netvol speaks in (inode numbers, names, times,
+// attributes, chunk references, object ids and their checksums, the lease), with no
+// behaviour of their own. The metadata and chunk store protocols and every
+// implementation of them share these, so no backend needs to import another.
 
 /// The number of an inode; the root directory is 1.
 public struct InodeNumber: RawRepresentable, Hashable, Comparable, Sendable, CustomStringConvertible {
@@ -107,6 +102,7 @@ public struct DirEntry: Equatable, Sendable {
     /// Position of this entry in its directory; a listing resumed after `cookie` continues
     /// with the entries added after it, however the directory changed in between.
     public var cookie: Int64
+    public init(name: FileName, attr: Attr, cookie: Int64) { self.name = name; self.attr = attr; self.cookie = cookie }
 }
 
 /// One stored chunk of a regular file: chunk `index` covers bytes
@@ -172,6 +168,7 @@ public struct AttrChanges: Equatable, Sendable {
 public struct VolumeSettings: Equatable, Sendable {
     public var chunkSize: Int
     public var sizeLimit: UInt64
+    public init(chunkSize: Int, sizeLimit: UInt64) { self.chunkSize = chunkSize; self.sizeLimit = sizeLimit }
 }
 
 /// Size and usage, for `statfs` and `netvol status`.
@@ -180,34 +177,9 @@ public struct VolumeUsage: Equatable, Sendable {
     public var usedBytes: UInt64
     public var inodes: UInt64
     public var chunkSize: Int
-}
-
-/// Why a metadata operation failed.
-public enum MetadataError: Error, Equatable, Sendable {
-    case notFound
-    case exists
-    case notDirectory
-    case isDirectory
-    case notEmpty
-    /// The operation makes no sense for these arguments (a directory into its own subtree, say).
-    case invalidArgument(String)
-    case nameTooLong
-    /// The volume's size limit would be exceeded.
-    case noSpace
-    /// The extended attribute does not exist (ENODATA).
-    case noAttribute
-    /// Not allowed whatever the permissions (hard link to a directory).
-    case notPermitted
-    case tooManyLinks
-    /// The directory is not a volume, or its metadata is damaged.
-    case notAVolume(String)
-    /// The database failed; the message says how.
-    case database(String)
-    /// This writer's lease token is no longer the volume's: another worker took the
-    /// lease over (or it was broken or released), so the transaction was refused.
-    case fenced(holder: String?)
-    /// Another worker holds the writer lease.
-    case leaseHeld(Lease)
+    public init(sizeLimit: UInt64, usedBytes: UInt64, inodes: UInt64, chunkSize: Int) {
+        self.sizeLimit = sizeLimit; self.usedBytes = usedBytes; self.inodes = inodes; self.chunkSize = chunkSize
+    }
 }
 
 /// The writer lease's token: it only ever grows, and every write transaction of a writer
@@ -248,6 +220,9 @@ public struct Change: Equatable, Sendable {
     /// A directory entry that appeared, vanished or changed target.
     public var parent: InodeNumber?
     public var name: FileName?
+    public init(sequence: Int64, ino: InodeNumber?, parent: InodeNumber?, name: FileName?) {
+        self.sequence = sequence; self.ino = ino; self.parent = parent; self.name = name
+    }
 }
 
 /// Changes after a point in the feed.
@@ -258,6 +233,9 @@ public struct ChangeBatch: Sendable {
     /// True when changes after the asked point were already pruned: the reader must
     /// forget everything it cached.
     public var truncated: Bool
+    public init(changes: [Change], latest: Int64, truncated: Bool) {
+        self.changes = changes; self.latest = latest; self.truncated = truncated
+    }
 }
 
 /// A mount that is attached to the volume.
