@@ -34,12 +34,14 @@ let package = Package(
             "ChunkStore", "Metadata",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Turns a volume's name (a directory or a URL) into a Metadata and a ChunkStore.
+        .target(name: "VolumeBackends", dependencies: ["Metadata", "ChunkStore", "SQLiteMetadata", "LocalChunkStore"]),
         .target(name: "FuseMount", dependencies: [
             "CFuse", "VolumeFS",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "netvol", dependencies: [
-            "FuseMount", "VolumeFS", "Metadata", "ChunkStore", "SQLiteMetadata", "LocalChunkStore",
+            "FuseMount", "VolumeFS", "Metadata", "VolumeBackends",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -44,4 +44,13 @@ public protocol ChunkStore: Sendable {
 
     /// Every object in the store, in no particular order (for garbage collection and fsck).
     func list() throws(StoreError) -> [ObjectID]
+
+    /// Says that the bytes just read from object `id` did not match their checksums: a
+    /// store that keeps a local copy drops it, so that the next read fetches the object
+    /// again. Stores without copies need not implement it.
+    func discard(_ id: ObjectID)
+}
+
+extension ChunkStore {
+    public func discard(_ id: ObjectID) {}
 }

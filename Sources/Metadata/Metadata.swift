@@ -51,6 +51,8 @@ public protocol Metadata: Sendable {
 
     /// The stored chunks of `ino`, by index.
     func chunks(_ ino: InodeNumber) throws(MetadataError) -> [ChunkRef]
+    /// Every chunk of every file, by inode (for fsck).
+    func allChunks() throws(MetadataError) -> [(InodeNumber, [ChunkRef])]
     /// Replaces chunks of `ino` with `chunks` (objects already stored whole), drops every
     /// chunk at index `dropFrom` or above when given, and sets the size and times.
     /// Fails with `.noSpace`, changing nothing, when the volume's size limit would be

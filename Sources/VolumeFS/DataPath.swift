@@ -322,17 +322,27 @@ extension VolumeFS {
             let buffer = inPlace ? UnsafeMutableRawBufferPointer(rebasing: destination[0..<(readEnd - readStart)])
                                  : UnsafeMutableRawBufferPointer.allocate(byteCount: readEnd - readStart, alignment: 16)
             defer { if !inPlace { buffer.deallocate() } }
-            let got: Int
-            do {
-                got = try store.read(object, offset: readStart, into: buffer)
-            } catch {
-                logger.error("read of inode \(ino.rawValue) chunk \(ref.index) (object \(object)) failed: \(error)")
-                throw .store(error, ino: ino, chunk: ref.index)
+            // A store that keeps local copies (a cache) may hold a damaged one: it is
+            // dropped and the object read once more from where it really lives.
+            for attempt in 1...2 {
+                let got: Int
+                do {
+                    got = try store.read(object, offset: readStart, into: buffer)
+                } catch {
+                    logger.error("read of inode \(ino.rawValue) chunk \(ref.index) (object \(object)) failed: \(error)")
+                    throw .store(error, ino: ino, chunk: ref.index)
+                }
+                do throws(FSError) {
+                    guard got == buffer.count else {
+                        throw corrupt(ino, ref, "object is \(readStart + got) bytes, expected \(ref.length)")
+                    }
+                    try verify(UnsafeRawBufferPointer(buffer))
+                    break
+                } catch {
+                    store.discard(object)
+                    if attempt == 2 { throw error }
+                }
             }
-            guard got == buffer.count else {
-                throw corrupt(ino, ref, "object is \(readStart + got) bytes, expected \(ref.length)")
-            }
-            try verify(UnsafeRawBufferPointer(buffer))
             if !inPlace {
                 destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: buffer[(low - readStart)..<(stop - readStart)]))
             }

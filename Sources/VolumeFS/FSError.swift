@@ -9,6 +9,8 @@ public enum FSError: Error, Equatable, Sendable {
     case metadata(MetadataError)
     /// The chunk store failed reading or writing chunk `chunk` of `ino`.
     case store(StoreError, ino: InodeNumber, chunk: Int)
+    /// The chunk store failed at something about no one chunk (listing its objects).
+    case storeFailure(StoreError)
     /// Chunk `chunk` of `ino` does not match its recorded checksum.
     case corrupt(ino: InodeNumber, chunk: Int, String)
     /// An offset or size past the largest file netvol keeps.
@@ -55,6 +57,8 @@ public enum FSError: Error, Equatable, Sendable {
             }
         case .store(.noSpace, _, _): ENOSPC
         case .store(.notFound, _, _), .store(.exists, _, _), .store(.io, _, _): EIO
+        case .storeFailure(.noSpace): ENOSPC
+        case .storeFailure(.notFound), .storeFailure(.exists), .storeFailure(.io): EIO
         case .corrupt: EIO
         case .fileTooBig: EFBIG
         case .noSpace: ENOSPC
@@ -76,6 +80,7 @@ extension FSError: CustomStringConvertible {
         switch self {
         case .metadata(let error): "metadata: \(error)"
         case .store(let error, let ino, let chunk): "chunk \(chunk) of inode \(ino.rawValue): \(error)"
+        case .storeFailure(let error): "chunk store: \(error)"
         case .corrupt(let ino, let chunk, let why): "chunk \(chunk) of inode \(ino.rawValue) is corrupt: \(why)"
         case .fileTooBig: "file too big"
         case .noSpace: "volume size limit reached"

@@ -2,11 +2,9 @@
 import Glibc
 #endif
 import ArgumentParser
-import ChunkStore
-import LocalChunkStore
 import Foundation
 import Metadata
-import SQLiteMetadata
+import VolumeBackends
 import VolumeFS
 
 struct Netvol: ParsableCommand {
@@ -19,7 +17,7 @@ struct Netvol: ParsableCommand {
 struct Create: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Create an embedded volume in a directory.")
 
-    @Argument(help: "Directory for the volume (created if missing; must be empty).")
+    @Argument(help: "The volume: a directory (created if missing; must be empty).")
     var volume: String
 
     @Option(help: "Size limit, e.g. 10G. It can grow later, never shrink.")
@@ -34,45 +32,16 @@ struct Create: ParsableCommand {
         guard chunk >= 64 << 10, chunk <= 64 << 20, chunk & (chunk - 1) == 0 else {
             throw CLIError("--chunk-size must be a power of two from 64K to 64M, not \(chunkSize)")
         }
-        let dir = VolumeDirectory(volume)
-        let files = FileManager.default
-        if files.fileExists(atPath: dir.path) {
-            guard isDirectory(dir.path) else { throw CLIError("\(dir.path) exists and is not a directory") }
-            if files.fileExists(atPath: dir.databasePath) { throw CLIError("\(dir.path) is already a netvol volume") }
-            let contents = (try? files.contentsOfDirectory(atPath: dir.path)) ?? []
-            guard contents.isEmpty else { throw CLIError("\(dir.path) is not empty; a volume needs a directory of its own") }
-        }
-        var created = false
-        do {
-            if !files.fileExists(atPath: dir.path) {
-                let parent = (dir.path as NSString).deletingLastPathComponent
-                try files.createDirectory(atPath: parent, withIntermediateDirectories: true)
-                guard mkdir(dir.path, VolumeDirectory.directoryMode) == 0 else {
-                    throw CLIError("cannot create \(dir.path): \(String(cString: strerror(errno)))")
-                }
-                created = true
-            } else {
-                // An empty directory someone made for the volume: private before anything is in it.
-                guard chmod(dir.path, VolumeDirectory.directoryMode) == 0 else {
-                    throw CLIError("cannot make \(dir.path) private: \(String(cString: strerror(errno)))")
-                }
-            }
-            _ = try LocalChunkStore(root: dir.chunksPath)
-            _ = try SQLiteMetadata.create(path: dir.databasePath, chunkSize: Int(chunk), sizeLimit: sizeLimit, now: VolumeFS.now())
-        } catch {
-            try? files.removeItem(atPath: dir.chunksPath)
-            try? files.removeItem(atPath: dir.databasePath)
-            if created { try? files.removeItem(atPath: dir.path) }
-            throw CLIError("cannot create volume \(dir.path): \(error)")
-        }
-        print("created volume \(dir.path): size \(formatBytes(sizeLimit)), chunk size \(formatBytes(chunk))")
+        let address = VolumeAddress(volume)
+        try address.create(VolumeSpec(sizeLimit: sizeLimit, chunkSize: Int(chunk), now: VolumeFS.now()))
+        print("created volume \(address): size \(formatBytes(sizeLimit)), chunk size \(formatBytes(chunk))")
     }
 }
 
 struct Resize: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Grow a volume's size limit.")
 
-    @Argument(help: "The volume directory.")
+    @Argument(help: "The volume: its directory.")
     var volume: String
 
     @Option(help: "New size limit, e.g. 100G; must not be smaller than the current one.")
@@ -80,28 +49,28 @@ struct Resize: ParsableCommand {
 
     func run() throws {
         let newLimit = try parseSize(size, what: "--size")
-        let (metadata, _) = try VolumeDirectory(volume).open()
+        let metadata = try VolumeAddress(volume).open().metadata
         let current = try metadata.settings().sizeLimit
         guard newLimit >= current else {
             throw CLIError("cannot shrink a volume: it is \(formatBytes(current)), asked for \(formatBytes(newLimit)); volumes can only grow")
         }
         try metadata.resize(sizeLimit: newLimit)
-        print("volume \(VolumeDirectory(volume).path) is now \(formatBytes(newLimit))")
+        print("volume \(VolumeAddress(volume)) is now \(formatBytes(newLimit))")
     }
 }
 
 struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show a volume's size, usage and mounts.")
 
-    @Argument(help: "The volume directory.")
+    @Argument(help: "The volume: its directory.")
     var volume: String
 
     @Flag(help: "Print JSON.")
     var json = false
 
     func run() throws {
-        let dir = VolumeDirectory(volume)
-        let (metadata, _) = try dir.open()
+        let address = VolumeAddress(volume)
+        let metadata = try address.open().metadata
         let usage = try metadata.usage()
         let free = usage.sizeLimit > usage.usedBytes ? usage.sizeLimit - usage.usedBytes : 0
         let lease = try metadata.lease()
@@ -115,7 +84,7 @@ struct Status: ParsableCommand {
                 leaseObject["expires_in_seconds"] = Double(lease.expiresAt.nanoseconds - lease.now.nanoseconds) / 1e9
             }
             let object: [String: Any] = [
-                "volume": dir.path, "size_bytes": usage.sizeLimit, "used_bytes": usage.usedBytes,
+                "volume": address.description, "size_bytes": usage.sizeLimit, "used_bytes": usage.usedBytes,
                 "free_bytes": free, "files": usage.inodes, "chunk_size_bytes": usage.chunkSize,
                 "lease": leaseObject,
                 "mounts": sessions.map { session -> [String: Any] in
@@ -128,7 +97,7 @@ struct Status: ParsableCommand {
             print(String(decoding: data, as: UTF8.self))
             return
         }
-        print("volume:     \(dir.path)")
+        print("volume:     \(address)")
         print("size:       \(formatBytes(usage.sizeLimit))")
         print("used:       \(formatBytes(usage.usedBytes))")
         print("free:       \(formatBytes(free))")
@@ -158,14 +127,14 @@ struct LeaseCommand: ParsableCommand {
         commandName: "lease", abstract: "Show the writer lease, or break it.",
         discussion: "Breaking bumps the lease token: the old holder can never commit again, and its buffered writes are lost.")
 
-    @Argument(help: "The volume directory.")
+    @Argument(help: "The volume: its directory.")
     var volume: String
 
     @Flag(name: .customLong("break"), help: "Revoke the lease from its holder.")
     var breakLease = false
 
     func run() throws {
-        let (metadata, _) = try VolumeDirectory(volume).open()
+        let metadata = try VolumeAddress(volume).open().metadata
         let lease = try metadata.lease()
         guard breakLease else {
             if lease.isHeld, let holder = lease.holder {
@@ -186,7 +155,7 @@ struct LeaseCommand: ParsableCommand {
 struct GC: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "gc", abstract: "Delete chunk objects nothing refers to, after a grace period.")
 
-    @Argument(help: "The volume directory.")
+    @Argument(help: "The volume: its directory.")
     var volume: String
 
     @Option(help: "Seconds an unreferenced object is kept before it is deleted.")
@@ -194,12 +163,11 @@ struct GC: ParsableCommand {
 
     func run() throws {
         guard grace >= 0, grace <= 315_360_000 else { throw CLIError("--grace must be between 0 and 315360000 seconds (ten years)") }
-        let (metadata, store) = try VolumeDirectory(volume).open()
+        let opened = try VolumeAddress(volume).open()
+        let (metadata, store) = (opened.metadata, opened.store)
         // Objects no transaction ever referred to (a crash between upload and commit)
         // become garbage now and go after the grace period like any other.
-        let known = try metadata.knownObjects()
-        let strays = try store.list().filter { !known.contains($0) }
-        let adopted = try metadata.adoptStrays(strays, now: VolumeFS.now())
+        let adopted = try adoptStrays(metadata: metadata, store: store)
         var options = VolumeOptions()
         options.gcGraceSeconds = grace
         let volumeFS = try VolumeFS(metadata: metadata, store: store, options: options)
@@ -211,65 +179,14 @@ struct GC: ParsableCommand {
 struct Fsck: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Check that every chunk the metadata refers to is present and intact.")
 
-    @Argument(help: "The volume directory.")
+    @Argument(help: "The volume: its directory.")
     var volume: String
 
     func run() throws {
-        let dir = VolumeDirectory(volume)
-        let (metadata, store) = try dir.open()
-        let report = try FsckReport.check(metadata: metadata, store: store)
+        let opened = try VolumeAddress(volume).open()
+        let report = try FsckReport.check(metadata: opened.metadata, store: opened.store)
         for problem in report.problems { print(problem) }
         print("checked \(report.inodes) inodes, \(report.chunks) chunks: \(report.problems.isEmpty ? "no problems" : "\(report.problems.count) problems")")
         if !report.problems.isEmpty { throw ExitCode(1) }
-    }
-}
-
-/// What `fsck` found.
-struct FsckReport {
-    var inodes = 0
-    var chunks = 0
-    var problems: [String] = []
-
-    static func check(metadata: SQLiteMetadata, store: any ChunkStore) throws -> FsckReport {
-        var report = FsckReport()
-        report.inodes = Int(try metadata.usage().inodes)
-        var used: UInt64 = 0
-        for (ino, refs) in try metadata.allChunks() {
-            for ref in refs {
-                report.chunks += 1
-                used += UInt64(ref.length)
-                let place = "inode \(ino.rawValue) chunk \(ref.index): \(ref.location)"
-                do {
-                    let bytes = try contents(of: ref, in: store)
-                    if bytes.count != ref.length {
-                        report.problems.append("\(place) has \(bytes.count) bytes, expected \(ref.length)")
-                    } else if bytes.withUnsafeBytes({ BlockChecksums(of: $0) }) != ref.checksums {
-                        report.problems.append("\(place) does not match its checksums")
-                    }
-                } catch {
-                    report.problems.append("\(place): \(error)")
-                }
-            }
-        }
-        let recorded = try metadata.usage().usedBytes
-        if recorded != used {
-            report.problems.append("usage is recorded as \(recorded) bytes but chunks add up to \(used)")
-        }
-        return report
-    }
-
-    /// The stored bytes of a chunk, as many as there are.
-    // Kept out of line: inlined into `check`, the switch over the chunk's location trips
-    // an ownership verifier crash of the Swift 6.3 optimizer.
-    @inline(never)
-    static func contents(of ref: ChunkRef, in store: any ChunkStore) throws -> [UInt8] {
-        switch ref.location {
-        case .inline(let bytes):
-            return bytes
-        case .object(let object):
-            var bytes = [UInt8](repeating: 0, count: ref.length)
-            let got = try bytes.withUnsafeMutableBytes { try store.read(object, offset: 0, into: $0) }
-            return Array(bytes[0..<got])
-        }
     }
 }

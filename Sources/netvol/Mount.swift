@@ -2,13 +2,11 @@
 import Glibc
 #endif
 import ArgumentParser
-import ChunkStore
-import LocalChunkStore
 import Foundation
 import FuseMount
 import Logging
 import Metadata
-import SQLiteMetadata
+import VolumeBackends
 import VolumeFS
 
 struct Mount: ParsableCommand {
@@ -16,7 +14,7 @@ struct Mount: ParsableCommand {
         abstract: "Mount a volume (in the background unless --foreground).",
         discussion: "Returns once the mount answers, so the next line of a script can use it.")
 
-    @Argument(help: "The volume directory.")
+    @Argument(help: "The volume: its directory.")
     var volume: String
 
     @Argument(help: "Where to mount it (created if missing).")
@@ -66,11 +64,15 @@ struct Mount: ParsableCommand {
     var mode: AccessMode { readOnly ? .readOnly : writer ? .writer : .onDemand }
 
     func run() throws {
-        let dir = VolumeDirectory(volume)
+        let address = VolumeAddress(volume)
         let target = absolutePath(mountpoint)
         var created: String?
         do {
-            try dir.validate()
+            do {
+                _ = try address.open()
+            } catch {
+                throw CLIError(error.description)
+            }
             try checkFuseDevice()
             created = try prepareMountpoint(target)
         } catch let error as CLIError {
@@ -79,9 +81,9 @@ struct Mount: ParsableCommand {
         }
         do {
             if foreground {
-                try serve(dir, at: target)
+                try serve(address, at: target)
             } else {
-                try spawnDaemon(dir, at: target)
+                try spawnDaemon(address, at: target)
             }
         } catch {
             // A mount that failed leaves the disk as it found it.
@@ -147,7 +149,7 @@ struct Mount: ParsableCommand {
     }
 
     /// Runs the filesystem in this process until it is unmounted or signalled.
-    func serve(_ dir: VolumeDirectory, at target: String) throws {
+    func serve(_ address: VolumeAddress, at target: String) throws {
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = debug ? .debug : .info
@@ -155,8 +157,13 @@ struct Mount: ParsableCommand {
         }
         let logger = Logger(label: "netvol")
         do {
-            dir.restrictPermissions(objects: false)
-            let (metadata, store) = try dir.open()
+            address.restrictPermissions(slowParts: false)
+            let opened: OpenedVolume
+            do {
+                opened = try address.open()
+            } catch {
+                throw CLIError(error.description)
+            }
             var volumeOptions = VolumeOptions()
             volumeOptions.gcGraceSeconds = gcGrace
             volumeOptions.mode = mode
@@ -164,9 +171,9 @@ struct Mount: ParsableCommand {
             volumeOptions.leaseIdleSeconds = leaseIdle
             let volumeFS: VolumeFS
             do {
-                volumeFS = try VolumeFS(metadata: metadata, store: store, options: volumeOptions, logger: logger)
+                volumeFS = try VolumeFS(metadata: opened.metadata, store: opened.store, options: volumeOptions, logger: logger)
             } catch {
-                throw CLIError("cannot open volume \(dir.path): \(error)")
+                throw CLIError("cannot open volume \(address): \(error)")
             }
             if mode == .writer {
                 try takeLease(volumeFS, logger: logger)
@@ -187,7 +194,7 @@ struct Mount: ParsableCommand {
                 mountOptions.fuseOptions.append("allow_other")
             }
             if readOnly && !mountOptions.fuseOptions.contains("ro") { mountOptions.fuseOptions.append("ro") }
-            mountOptions.source = "netvol:" + dir.path.replacingOccurrences(of: ",", with: "\\,")
+            mountOptions.source = "netvol:" + address.description.replacingOccurrences(of: ",", with: "\\,")
             let mount = FuseMount(volume: volumeFS, options: mountOptions, logger: logger)
             do {
                 try mount.mount()
@@ -198,15 +205,19 @@ struct Mount: ParsableCommand {
             let session = Session(id: volumeFS.holder, host: ProcessInfo.processInfo.hostName, pid: getpid(),
                                   mountpoint: target, device: MountEntry.find(target)?.device ?? "?",
                                   mode: mode.rawValue, startedAt: VolumeFS.now(), heartbeatAt: VolumeFS.now())
-            try? metadata.heartbeat(session, staleSeconds: leaseTtl * 4)
-            logger.info("mounted \(dir.path) at \(target) as \(volumeFS.holder), \(mode.rawValue), pid \(getpid())")
+            logger.info("mounted \(address) at \(target) as \(volumeFS.holder), \(mode.rawValue), pid \(getpid())")
+            let background = BackgroundWork(volume: volumeFS, session: session, logger: logger) {
+                // The objects of a volume made before volumes were private; its
+                // directories were closed before the mount.
+                address.restrictPermissions(slowParts: true)
+            }
+            background.start()
             if let readyFd {
                 _ = "ready\n".withCString { write(readyFd, $0, strlen($0)) }
                 close(readyFd)
             }
-            startBackground(volumeFS, metadata: metadata, store: store, session: session, logger: logger)
             mount.run()
-            try? metadata.removeSession(id: session.id)
+            background.stop()
             logger.info("unmounted \(target)")
         } catch let error as CLIError {
             report(error)
@@ -232,7 +243,7 @@ struct Mount: ParsableCommand {
                         let seconds = Double(lease.expiresAt.nanoseconds - lease.now.nanoseconds) / 1e9
                         detail = " (token \(lease.token), expires in \(String(format: "%.0f", seconds)) s unless renewed)"
                     }
-                    throw CLIError("the writer lease of \(VolumeDirectory(volume).path) is held by \(holder ?? "another worker")\(detail); use --wait to wait for it")
+                    throw CLIError("the writer lease of \(VolumeAddress(volume)) is held by \(holder ?? "another worker")\(detail); use --wait to wait for it")
                 }
                 logger.info("waiting for the writer lease held by \(holder ?? "another worker")")
                 sleep(1)
@@ -242,52 +253,15 @@ struct Mount: ParsableCommand {
         }
     }
 
-    /// Renews or follows the lease every half second, heartbeats the session, and
-    /// collects garbage while this mount is the writer.
-    func startBackground(_ volumeFS: VolumeFS, metadata: SQLiteMetadata, store: LocalChunkStore, session: Session, logger: Logger) {
-        let heartbeatEvery = max(1, leaseTtl / 3)
-        let gcEvery = Double(max(10, min(gcGrace / 4, 300)))
-        let stale = leaseTtl * 4
-        Thread.detachNewThread {
-            // The objects of a volume made before volumes were private; its directories
-            // were closed before the mount.
-            store.restrictPermissions(objects: true)
-            var lastHeartbeat = ContinuousClock.now
-            var lastGC = ContinuousClock.now
-            while true {
-                usleep(500_000)
-                volumeFS.tick()
-                let now = ContinuousClock.now
-                if now - lastHeartbeat >= .seconds(heartbeatEvery) {
-                    lastHeartbeat = now
-                    do {
-                        try metadata.heartbeat(session, staleSeconds: stale)
-                    } catch {
-                        logger.warning("session heartbeat failed: \(error)")
-                    }
-                }
-                if now - lastGC >= .seconds(gcEvery), volumeFS.isWriter {
-                    lastGC = now
-                    do {
-                        let deleted = try volumeFS.collectGarbage()
-                        if deleted > 0 { logger.info("gc deleted \(deleted) objects") }
-                    } catch {
-                        logger.warning("gc failed: \(error)")
-                    }
-                }
-            }
-        }
-    }
-
     /// Starts this program again as a detached `--foreground` daemon and waits until the
     /// mount answers or the daemon says why it cannot. A fresh process rather than fork():
     /// forking after threads exist can deadlock the child.
-    func spawnDaemon(_ dir: VolumeDirectory, at target: String) throws {
+    func spawnDaemon(_ address: VolumeAddress, at target: String) throws {
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else { throw CLIError("cannot create a pipe: \(String(cString: strerror(errno)))") }
         for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        let logPath = logFile.map(absolutePath) ?? dir.logPath
-        var arguments = ["netvol", "mount", dir.path, target, "--foreground", "--ready-fd", "3", "--gc-grace", "\(gcGrace)",
+        let logPath = try logFile.map(absolutePath) ?? address.open().defaultLogPath
+        var arguments = ["netvol", "mount", address.description, target, "--foreground", "--ready-fd", "3", "--gc-grace", "\(gcGrace)",
                          "--lease-ttl", "\(leaseTtl)", "--lease-idle", "\(leaseIdle)"]
         for option in options { arguments += ["-o", option] }
         if debug { arguments.append("--debug") }
@@ -301,8 +275,11 @@ struct Mount: ParsableCommand {
         posix_spawn_file_actions_adddup2(&actions, fds[1], 3)
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         // The log names files: private like the rest of the volume.
-        LocalChunkStore.restrict(logPath, to: VolumeDirectory.logMode)
-        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, VolumeDirectory.logMode)
+        var info = stat()
+        if stat(logPath, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_mode & 0o077 != 0 {
+            _ = chmod(logPath, logFileMode)
+        }
+        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, logFileMode)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
@@ -357,8 +334,8 @@ struct Unmount: ParsableCommand {
         // The daemon serving this mount: its session names the mount's device.
         var daemon: Int32?
         if entry.source.hasPrefix("netvol:"),
-           let (metadata, _) = try? VolumeDirectory(String(entry.source.dropFirst("netvol:".count))).open() {
-            daemon = (try? metadata.sessions())?.first { $0.device == entry.device && $0.host == ProcessInfo.processInfo.hostName }?.pid
+           let opened = try? VolumeAddress(String(entry.source.dropFirst("netvol:".count))).open() {
+            daemon = (try? opened.metadata.sessions())?.first { $0.device == entry.device && $0.host == ProcessInfo.processInfo.hostName }?.pid
         }
         guard let fusermount = findProgram("fusermount3") else {
             throw CLIError("fusermount3 is missing; install the fuse3 package")

@@ -2,10 +2,8 @@
 import Glibc
 #endif
 import Foundation
-import ChunkStore
-import LocalChunkStore
 import Metadata
-import SQLiteMetadata
+import VolumeBackends
 
 /// A mistake a person made or a condition they can fix: printed as one line, exit 1.
 struct CLIError: Error, CustomStringConvertible {
@@ -44,64 +42,6 @@ func formatBytes(_ bytes: UInt64) -> String {
         unit += 1
     }
     return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
-}
-
-func absolutePath(_ path: String) -> String {
-    let url = URL(fileURLWithPath: path, relativeTo: URL(fileURLWithPath: FileManager.default.currentDirectoryPath))
-    return url.standardizedFileURL.path
-}
-
-func isDirectory(_ path: String) -> Bool {
-    var isDir: ObjCBool = false
-    return FileManager.default.fileExists(atPath: path, isDirectory: &isDir) && isDir.boolValue
-}
-
-/// An embedded volume: a directory with `volume.db` and `chunks/`.
-///
-/// The directory holds every file's bytes, unencrypted: it is 0700 and its files 0600
-/// (objects 0400), so only the daemon's user reads them; the mount enforces permissions.
-struct VolumeDirectory {
-    static let directoryMode: mode_t = 0o700
-    static let logMode: mode_t = 0o600
-    let path: String
-    var databasePath: String { path + "/" + SQLiteMetadata.fileName }
-    var chunksPath: String { path + "/chunks" }
-    var logPath: String { path + "/netvol.log" }
-
-    init(_ path: String) { self.path = absolutePath(path) }
-
-    /// Checks that the directory is a volume, with a message naming what is wrong.
-    func validate() throws {
-        guard FileManager.default.fileExists(atPath: path) else {
-            throw CLIError("volume \(path) does not exist; create it with: netvol create \(path) --size 10G")
-        }
-        guard isDirectory(path) else { throw CLIError("volume \(path) is not a directory") }
-        guard FileManager.default.fileExists(atPath: databasePath) else {
-            throw CLIError("\(path) is not a netvol volume (no \(SQLiteMetadata.fileName)); create one with: netvol create DIR --size 10G")
-        }
-    }
-
-    /// Closes a volume made before volumes were private to everyone but its owner: the
-    /// directory, the log and the store's directories at once; the objects' own modes
-    /// (unreachable now anyway) with `objects`.
-    func restrictPermissions(objects: Bool) {
-        LocalChunkStore.restrict(path, to: Self.directoryMode)
-        LocalChunkStore.restrict(logPath, to: Self.logMode)
-        if let store = try? LocalChunkStore(root: chunksPath) { store.restrictPermissions(objects: objects) }
-    }
-
-    func open() throws -> (SQLiteMetadata, LocalChunkStore) {
-        try validate()
-        do {
-            let metadata = try SQLiteMetadata(path: databasePath)
-            let store = try LocalChunkStore(root: chunksPath)
-            return (metadata, store)
-        } catch let error as MetadataError {
-            throw CLIError("cannot open volume \(path): \(error)")
-        } catch {
-            throw CLIError("cannot open volume \(path): \(error)")
-        }
-    }
 }
 
 /// One line of /proc/self/mountinfo.

@@ -2,12 +2,20 @@
 import Glibc
 #endif
 import ArgumentParser
+import VolumeBackends
+import VolumeFS
 
 // Every mistake a person can make ends here as one line on stderr and a non-zero exit.
 do {
     var command = try Netvol.parseAsRoot()
     try command.run()
 } catch let error as CLIError {
+    printError("netvol: \(error)")
+    exit(1)
+} catch let error as VolumeError {
+    printError("netvol: \(error)")
+    exit(1)
+} catch let error as FSError {
     printError("netvol: \(error)")
     exit(1)
 } catch {

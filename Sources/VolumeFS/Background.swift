@@ -1,0 +1,93 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+public import Logging
+public import Metadata
+import Synchronization
+
+/// What a mount does besides answering requests, on a thread of its own that serves
+/// none: every half second a `tick` (renew or give back the lease, or follow the change
+/// feed), a heartbeat of the mount's session every third of the lease's ttl, and, while
+/// this mount is the writer, garbage collection every quarter of the grace period
+/// (between 10 s and 5 minutes).
+///
+/// The session row is what `netvol status` lists and what `netvol unmount` finds the
+/// daemon by; it is registered by `start` and removed by `stop`, and sessions whose
+/// heartbeat is older than four ttls are dropped by the others' heartbeats.
+public final class BackgroundWork: Sendable {
+    let volume: VolumeFS
+    let session: Session
+    let logger: Logger
+    let firstly: (@Sendable () -> Void)?
+    let state = Mutex<(running: Bool, finished: Bool)>((false, false))
+
+    /// - Parameters:
+    ///   - firstly: work to do once on the thread before the first turn (a slow repair
+    ///     that must not hold the mount up).
+    public init(volume: VolumeFS, session: Session, logger: Logger, firstly: (@Sendable () -> Void)? = nil) {
+        self.volume = volume
+        self.session = session
+        self.logger = logger
+        self.firstly = firstly
+    }
+
+    var staleSeconds: Double { volume.options.leaseTTLSeconds * 4 }
+
+    /// Registers the session and starts the thread.
+    public func start() {
+        heartbeat()
+        state.withLock { $0 = (true, false) }
+        Thread.detachNewThread { [self] in run() }
+    }
+
+    /// Stops the thread (waiting at most a few seconds for its turn to end) and removes
+    /// the session.
+    public func stop() {
+        state.withLock { $0.running = false }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while !state.withLock({ $0.finished }) && ContinuousClock.now < deadline { usleep(10_000) }
+        do {
+            try volume.metadata.removeSession(id: session.id)
+        } catch {
+            logger.warning("cannot remove the session of this mount: \(error)")
+        }
+    }
+
+    func heartbeat() {
+        do {
+            try volume.metadata.heartbeat(session, staleSeconds: staleSeconds)
+        } catch {
+            logger.warning("session heartbeat failed: \(error)")
+        }
+    }
+
+    func run() {
+        defer { state.withLock { $0.finished = true } }
+        firstly?()
+        let heartbeatEvery = max(1, volume.options.leaseTTLSeconds / 3)
+        let grace = volume.options.gcGraceSeconds
+        let gcEvery = Double(max(10, min(grace / 4, 300)))
+        var lastHeartbeat = ContinuousClock.now
+        var lastGC = ContinuousClock.now
+        while state.withLock({ $0.running }) {
+            usleep(500_000)
+            guard state.withLock({ $0.running }) else { return }
+            volume.tick()
+            let now = ContinuousClock.now
+            if now - lastHeartbeat >= .seconds(heartbeatEvery) {
+                lastHeartbeat = now
+                heartbeat()
+            }
+            if now - lastGC >= .seconds(gcEvery), volume.isWriter {
+                lastGC = now
+                do {
+                    let deleted = try volume.collectGarbage()
+                    if deleted > 0 { logger.info("gc deleted \(deleted) objects") }
+                } catch {
+                    logger.warning("gc failed: \(error)")
+                }
+            }
+        }
+    }
+}
