@@ -18,7 +18,7 @@ struct FuseMountTests {
 
         // pwrite past the end leaves a hole of zeros.
         let fd = open(vol.path("f"), O_RDWR)
-        #expect(fd >= 0)
+        try #require(fd >= 0)
         #expect([UInt8]([9, 9]).withUnsafeBytes { pwrite(fd, $0.baseAddress, 2, 400_000) } == 2)
         var buffer = [UInt8](repeating: 1, count: 10)
         #expect(pread(fd, &buffer, 10, 399_998) == 4)
@@ -38,7 +38,7 @@ struct FuseMountTests {
         let vol = try MountedVolume()
         try writeFile(vol.path("f"), [1, 2, 3])
         let fd = open(vol.path("f"), O_RDWR)
-        #expect(fd >= 0)
+        try #require(fd >= 0)
         #expect(unlink(vol.path("f")) == 0)
         #expect(errnoOf(access(vol.path("f"), F_OK)) == ENOENT)
         #expect([UInt8]([4]).withUnsafeBytes { pwrite(fd, $0.baseAddress, 1, 3) } == 1)
@@ -170,7 +170,7 @@ struct FuseMountTests {
     @Test func bigSparseFilesAndMmap() throws {
         let vol = try MountedVolume(chunkSize: 1 << 20)
         let fd = open(vol.path("big"), O_RDWR | O_CREAT, 0o644)
-        #expect(fd >= 0)
+        try #require(fd >= 0)
         let far: off_t = 5 << 30
         #expect([UInt8]([1, 2, 3]).withUnsafeBytes { pwrite(fd, $0.baseAddress, 3, far) } == 3)
         close(fd)

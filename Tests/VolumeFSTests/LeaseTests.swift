@@ -18,11 +18,11 @@ final class TestClock: Sendable {
 final class SharedVolume {
     let directory = temporaryDirectory()
     let clock = TestClock()
-    let store: LocalChunkStore
+    let store: CountingStore
 
     init(chunkSize: Int = 16 * 1024) throws {
         _ = try SQLiteMetadata.create(path: directory + "/volume.db", chunkSize: chunkSize, sizeLimit: 1 << 30, now: VolumeFS.now())
-        store = try LocalChunkStore(root: directory + "/chunks")
+        store = CountingStore(try LocalChunkStore(root: directory + "/chunks"))
     }
 
     deinit { try? FileManager.default.removeItem(atPath: directory) }
@@ -131,20 +131,25 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
     }
 
     @Test func aCommitRacingATakeoverNeverLands() throws {
-        let shared = try SharedVolume()
+        let shared = try SharedVolume(chunkSize: 1 << 20)
         let a = try shared.mount("a")
         let ino = try writeFile(a, "f", [1])
         let fh = try a.open(ino, flags: O_RDWR)
-        // Less than a chunk, so it stays buffered until fsync.
-        _ = try [UInt8](repeating: 5, count: 10_000).withUnsafeBytes { try a.write(ino, fh, offset: 0, $0) }
+        // Past the inline limit, so that fsync uploads an object, and less than a chunk,
+        // so that it stays buffered until then.
+        let size = a.options.inlineLimit * 3
+        #expect(size < a.chunkSize)
+        _ = try [UInt8](repeating: 5, count: size).withUnsafeBytes { try a.write(ino, fh, offset: 0, $0) }
         // The takeover lands between a's upload and its metadata commit: a's token is stale
         // by the time the transaction checks it.
         shared.clock.advance(seconds: 16)
         let b = try shared.mount("b")
         try b.acquireLease()
         let objectsBefore = Set(try shared.store.list())
+        let putsBefore = shared.store.puts
         #expect(throws: FSError.lostWrites) { try a.fsync(ino, fh) }
-        // a's uploads stay unreferenced: gc's business, never the file's.
+        #expect(shared.store.puts == putsBefore + 1, "fsync uploaded the chunk before its commit was refused")
+        // The refused commit's upload is deleted again, and the file is as it was.
         let c = try shared.mount("c", mode: .readOnly)
         #expect(try readFile(c, "f") == [1])
         #expect(Set(try shared.store.list()) == objectsBefore)
@@ -218,4 +223,23 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         b.release(ino, bh)
         #expect(try readFile(a, "f") == [2, 2, 2, 9])
     }
+}
+
+/// A chunk store that counts the objects stored through it.
+final class CountingStore: ChunkStore {
+    let inner: LocalChunkStore
+    let stored = Mutex(0)
+    init(_ inner: LocalChunkStore) { self.inner = inner }
+    var puts: Int { stored.withLock { $0 } }
+    func put(_ id: ObjectID, _ bytes: UnsafeRawBufferPointer) throws(StoreError) {
+        try inner.put(id, bytes)
+        stored.withLock { $0 += 1 }
+    }
+    func read(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int {
+        try inner.read(id, offset: offset, into: buffer)
+    }
+    func prefetch(_ id: ObjectID) { inner.prefetch(id) }
+    func size(of id: ObjectID) throws(StoreError) -> Int { try inner.size(of: id) }
+    func delete(_ id: ObjectID) throws(StoreError) { try inner.delete(id) }
+    func list() throws(StoreError) -> [ObjectID] { try inner.list() }
 }
