@@ -49,8 +49,14 @@ public protocol ChunkStore: Sendable {
     /// store that keeps a local copy drops it, so that the next read fetches the object
     /// again. Stores without copies need not implement it.
     func discard(_ id: ObjectID)
+
+    /// Bytes the store can still take, when it lives on a filesystem of bounded size (a
+    /// local directory); nil when it cannot tell or has no bound (an object service).
+    /// `statfs` reports the smaller of this and the volume's own free space.
+    func availableBytes() -> UInt64?
 }
 
 extension ChunkStore {
     public func discard(_ id: ObjectID) {}
+    public func availableBytes() -> UInt64? { nil }
 }

@@ -183,6 +183,12 @@ public final class LocalChunkStore: ChunkStore {
         _ = chmod(path, mode)
     }
 
+    public func availableBytes() -> UInt64? {
+        var info = statvfs()
+        guard statvfs(root, &info) == 0 else { return nil }
+        return UInt64(info.f_bavail) * UInt64(info.f_frsize)
+    }
+
     public func list() throws(StoreError) -> [ObjectID] {
         var ids: [ObjectID] = []
         for sub in try Self.entries(of: root) where sub.count == 2 {

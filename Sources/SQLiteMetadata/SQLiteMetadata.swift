@@ -160,6 +160,9 @@ public final class SQLiteMetadata: Metadata {
             return try body()
         } catch let error as MetadataError {
             throw error
+        } catch let error as DatabaseError where error.resultCode == .SQLITE_FULL {
+            // The disk under the database is full: the caller sees ENOSPC, not EIO.
+            throw .noSpace
         } catch {
             throw .database(String(describing: error))
         }

@@ -10,7 +10,8 @@ import Synchronization
 /// none: every half second a `tick` (renew or give back the lease, or follow the change
 /// feed), a heartbeat of the mount's session every third of the lease's ttl, and, while
 /// this mount is the writer, garbage collection every quarter of the grace period
-/// (between 10 s and 5 minutes).
+/// (between 10 s and 5 minutes), and early reclaiming whenever the chunk store is nearly
+/// out of space.
 ///
 /// The session row is what `netvol status` lists and what `netvol unmount` finds the
 /// daemon by; it is registered by `start` and removed by `stop`, and sessions whose
@@ -70,6 +71,7 @@ public final class BackgroundWork: Sendable {
         let gcEvery = Double(max(10, min(grace / 4, 300)))
         var lastHeartbeat = ContinuousClock.now
         var lastGC = ContinuousClock.now
+        var lastSpaceCheck = ContinuousClock.now
         while state.withLock({ $0.running }) {
             usleep(500_000)
             guard state.withLock({ $0.running }) else { return }
@@ -78,6 +80,12 @@ public final class BackgroundWork: Sendable {
             if now - lastHeartbeat >= .seconds(heartbeatEvery) {
                 lastHeartbeat = now
                 heartbeat()
+            }
+            if now - lastSpaceCheck >= .seconds(2) {
+                lastSpaceCheck = now
+                // Deleting files on a full disk frees space within seconds, before the
+                // next write has to ask for it.
+                volume.reclaimSpace(ifBelow: UInt64(volume.chunkSize) * 4)
             }
             if now - lastGC >= .seconds(gcEvery), volume.isWriter {
                 lastGC = now

@@ -538,9 +538,14 @@ extension VolumeFS {
     }
 
     /// Stores `bytes` as a new object for chunk `index` of `ino`.
+    ///
+    /// A store that is out of space first gets back the room of garbage past the short
+    /// `fullStoreGraceSeconds` (deleted files' objects would otherwise hold it for the
+    /// whole grace period), and the object is tried once more.
     func storeObject(_ ino: InodeNumber, _ index: Int, _ bytes: UnsafeRawBufferPointer) throws(FSError) -> ChunkRef {
         let checksums = BlockChecksums(of: bytes)
         var attempts = 0
+        var reclaimed = false
         while true {
             let id = ObjectID.random()
             do {
@@ -548,6 +553,12 @@ extension VolumeFS {
                 return ChunkRef(index: index, object: id, length: bytes.count, checksums: checksums)
             } catch .exists(_) where attempts < 3 {
                 attempts += 1
+            } catch .noSpace where !reclaimed {
+                reclaimed = true
+                if reclaimSpace() == 0 {
+                    logger.error("cannot store chunk \(index) of inode \(ino.rawValue): the chunk store is out of space")
+                    throw .store(.noSpace, ino: ino, chunk: index)
+                }
             } catch {
                 logger.error("cannot store chunk \(index) of inode \(ino.rawValue): \(error)")
                 throw .store(error, ino: ino, chunk: index)
@@ -643,10 +654,34 @@ extension VolumeFS {
 
     // MARK: - Garbage
 
-    /// Deletes objects that left the metadata more than the grace period ago; returns how many.
+    /// When the chunk store is out of space (or nearly, under `fullStoreMargin`): deletes
+    /// garbage older than `fullStoreGraceSeconds` rather than the whole grace period, so
+    /// that deleting files frees space within seconds. A reader on another mount that
+    /// still holds the chunk map of a file deleted since then reads `EIO` from it. Only
+    /// the writer reclaims; returns how many objects went.
     @discardableResult
-    public func collectGarbage(now: Timestamp = VolumeFS.now()) throws(FSError) -> Int {
-        let cutoff = Timestamp(nanoseconds: now.nanoseconds - Int64(options.gcGraceSeconds) * 1_000_000_000)
+    public func reclaimSpace(ifBelow margin: UInt64? = nil) -> Int {
+        guard isWriter else { return 0 }
+        if let margin {
+            guard let room = store.availableBytes(), room < margin else { return 0 }
+        }
+        flushPurges()
+        do {
+            let deleted = try collectGarbage(graceSeconds: min(options.gcGraceSeconds, options.fullStoreGraceSeconds))
+            if deleted > 0 { logger.notice("the chunk store is short of space: deleted \(deleted) garbage objects early") }
+            return deleted
+        } catch {
+            logger.warning("cannot reclaim space: \(error)")
+            return 0
+        }
+    }
+
+    /// Deletes objects that left the metadata more than the grace period (or
+    /// `graceSeconds`) ago; returns how many.
+    @discardableResult
+    public func collectGarbage(now: Timestamp = VolumeFS.now(), graceSeconds: Int? = nil) throws(FSError) -> Int {
+        let grace = Int64(graceSeconds ?? options.gcGraceSeconds)
+        let cutoff = Timestamp(nanoseconds: now.nanoseconds - grace * 1_000_000_000)
         var total = 0
         while true {
             let due = try Self.lift { () throws(MetadataError) in try metadata.garbage(before: cutoff, limit: 512) }

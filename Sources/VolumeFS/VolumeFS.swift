@@ -54,6 +54,8 @@ public struct VolumeOptions: Sendable {
     /// On-demand mounts give the lease back after this many seconds without writes and
     /// with no file open for writing.
     public var leaseIdleSeconds: Double = 30
+    /// Garbage older than this is deleted at once when the chunk store runs out of space.
+    public var fullStoreGraceSeconds: Int = 5
     public init() {}
 }
 
@@ -503,7 +505,10 @@ public final class VolumeFS: Sendable {
         let blockSize: UInt64 = 4096
         let used = usage.usedBytes + UInt64(max(0, reserved))
         let total = usage.sizeLimit / blockSize
-        let free = usage.sizeLimit > used ? (usage.sizeLimit - used) / blockSize : 0
+        var available = usage.sizeLimit > used ? usage.sizeLimit - used : 0
+        // A volume larger than the disk under its store can hold no more than the disk.
+        if let room = store.availableBytes() { available = min(available, room) }
+        let free = available / blockSize
         return FSStats(blockSize: blockSize, totalBlocks: total, freeBlocks: free,
                        files: usage.inodes, freeFiles: UInt64(Int32.max) - min(usage.inodes, UInt64(Int32.max)),
                        nameMax: UInt64(FileName.maxLength))

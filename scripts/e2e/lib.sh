@@ -62,6 +62,8 @@ declare -A ERRNO_ALT_TEXT=(
 # Mountpoints this test mounted, and for each the daemon's pid, log file and the size of
 # that log when the mount started (so that checks read only this mount's lines).
 E2E_MOUNTS=()
+# Other filesystems a test mounted (register_mount), unmounted after its FUSE mounts.
+E2E_OTHER_MOUNTS=()
 declare -A E2E_PID=() E2E_LOG=() E2E_LOG_START=()
 E2E_WATCHDOG=
 E2E_MOUNT_COUNT=0
@@ -267,6 +269,10 @@ make_volume_at() {
     netvol create "$dir" "$@" >/dev/null || fail "netvol create $dir $* failed"
 }
 
+# register_mount PATH: a filesystem the test mounted at PATH itself, for the trap to
+# unmount after every netvol mount.
+register_mount() { E2E_OTHER_MOUNTS+=("$1"); }
+
 # is_mounted PATH: PATH is a mountpoint in this mount namespace (even a dead one).
 is_mounted() { awk -v m="$1" '$5 == m { found = 1 } END { exit !found }' /proc/self/mountinfo; }
 
@@ -426,6 +432,14 @@ e2e_cleanup() {
         if [[ $status != 0 && $status != 77 && -s ${E2E_LOG[$target]:-} ]]; then
             log "last lines the daemon of $target logged (${E2E_LOG[$target]}):"
             mount_log "$target" | tail -n 25 | sed 's/^/    /' >&2
+        fi
+    done
+    # Filesystems the test mounted under its volumes (a small loop disk): after the
+    # FUSE mounts that may use them.
+    for ((i = ${#E2E_OTHER_MOUNTS[@]} - 1; i >= 0; i--)); do
+        target=${E2E_OTHER_MOUNTS[i]}
+        if is_mounted "$target"; then
+            timeout -k 5 30 umount "$target" || { log "umount $target failed; detaching it"; umount -l "$target" || true; }
         fi
     done
     if [[ -n ${WORK:-} && -d $WORK ]]; then
