@@ -293,12 +293,13 @@ status_field() {
 # daemon_pid VOLUME_DIR [MOUNTPOINT]: the pid of the daemon serving the volume at
 # MOUNTPOINT (or of any mount of it), from netvol status --json: the "mounts" objects
 # (or an older binary's single "mount" object) each name a mountpoint and a pid. Prints
-# nothing when there is no such mount.
+# nothing when there is no such mount. (awk reads to the end: a writer cut off by an
+# early exit would fail the pipeline with SIGPIPE.)
 daemon_pid() {
     netvol status "$1" --json | awk -v want="${2:-}" '
         /"mountpoint" *:/ { mp = $0; sub(/^[^:]*: *"/, "", mp); sub(/",? *$/, "", mp); gsub(/\\\//, "/", mp) }
         /"pid" *:/ { pid = $0; gsub(/[^0-9]/, "", pid) }
-        /}/ { if (pid != "" && (want == "" || mp == want)) { print pid; exit } mp = ""; pid = "" }'
+        /}/ { if (pid != "" && (want == "" || mp == want) && !found) { print pid; found = 1 } mp = ""; pid = "" }'
 }
 
 # mount_volume [VOLUME_DIR [MOUNT_ARGS...]]: mounts a volume (default $VOLUME, created

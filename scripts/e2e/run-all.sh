@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # scripts/e2e/run-all.sh: runs every scripts/e2e/NN-*.sh in order, each under
-# `timeout 300`, prints PASS, FAIL or SKIP for each (and the output of each that failed),
+# `timeout 300` (or the seconds its "# e2e-timeout:" line asks for), prints PASS, FAIL or SKIP for each (and the output of each that failed),
 # and ends with one line "N passed, N failed, N skipped". Exits 1 if any failed.
 #
 # Usage: scripts/e2e/run-all.sh [PATTERN...]   (only scripts whose name contains a PATTERN)
@@ -46,7 +46,10 @@ for script in "$dir"/[0-9][0-9]-*.sh; do
         ((wanted)) || continue
     fi
     start=$SECONDS
-    timeout -k 30 300 bash "$script" </dev/null >"$logs/$name.log" 2>&1
+    # A script that needs longer says so in a line "# e2e-timeout: SECONDS".
+    limit=$(sed -n 's/^# e2e-timeout: \([0-9][0-9]*\)$/\1/p' "$script" | head -n 1)
+    limit=${limit:-300}
+    timeout -k 30 "$limit" bash "$script" </dev/null >"$logs/$name.log" 2>&1
     status=$?
     took=$((SECONDS - start))
     left=$(leftover_mounts "$name")
@@ -67,7 +70,7 @@ for script in "$dir"/[0-9][0-9]-*.sh; do
             failed=$((failed + 1))
             failures+=("$name")
             why=
-            [[ $status != 124 && $status != 137 ]] || why=", timed out after 300s"
+            [[ $status != 124 && $status != 137 ]] || why=", timed out after ${limit}s"
             printf 'FAIL %s (exit status %s%s, %ss); its output (%s):\n' "$name" "$status" "$why" "$took" "$logs/$name.log"
             tail -n 40 "$logs/$name.log" | sed 's/^/    /'
             ;;
