@@ -27,6 +27,9 @@ let package = Package(
             "ChunkStore",
             .product(name: "GRDB", package: "GRDB.swift"),
         ]),
+        // Finds and links libpq, PostgreSQL's client library.
+        .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
+        .target(name: "PostgresMetadata", dependencies: ["CLibPQ", "Metadata", "ChunkStore"]),
         .target(name: "VolumeFS", dependencies: [
             "ChunkStore", "Metadata",
             .product(name: "Logging", package: "swift-log"),
@@ -41,7 +44,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "ChunkStoreTests", dependencies: ["ChunkStore"]),
-        .testTarget(name: "MetadataTests", dependencies: ["Metadata"]),
+        .testTarget(name: "MetadataTests", dependencies: ["Metadata", "PostgresMetadata", "ChunkStore"]),
         .testTarget(name: "VolumeFSTests", dependencies: ["VolumeFS", "Metadata", "ChunkStore"]),
         // Linux calls the tests make that Swift's Glibc module does not show.
         .target(name: "CSyscalls", path: "Tests/CSyscalls"),

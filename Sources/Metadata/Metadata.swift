@@ -104,3 +104,36 @@ public protocol Metadata: Sendable {
     func removeSession(id: String) throws(MetadataError)
     func sessions() throws(MetadataError) -> [Session]
 }
+
+// Initializers for the types other backends build from their rows (the memberwise ones
+// are internal to this module).
+
+extension DirEntry {
+    public init(cookie: Int64, name: FileName, attr: Attr) {
+        self.name = name; self.attr = attr; self.cookie = cookie
+    }
+}
+
+extension Change {
+    public init(_ sequence: Int64, ino: InodeNumber?, parent: InodeNumber?, name: FileName?) {
+        self.sequence = sequence; self.ino = ino; self.parent = parent; self.name = name
+    }
+}
+
+extension ChangeBatch {
+    public init(_ changes: [Change], latest: Int64, truncated: Bool) {
+        self.changes = changes; self.latest = latest; self.truncated = truncated
+    }
+}
+
+extension VolumeSettings {
+    public init(_ chunkSize: Int, sizeLimit: UInt64) {
+        self.chunkSize = chunkSize; self.sizeLimit = sizeLimit
+    }
+}
+
+extension VolumeUsage {
+    public init(_ sizeLimit: UInt64, usedBytes: UInt64, inodes: UInt64, chunkSize: Int) {
+        self.sizeLimit = sizeLimit; self.usedBytes = usedBytes; self.inodes = inodes; self.chunkSize = chunkSize
+    }
+}
