@@ -151,7 +151,12 @@ final class Connection: @unchecked Sendable {
     /// Statement text to the name it was prepared under on this connection.
     private var prepared: [String: String] = [:]
 
-    init(_ raw: OpaquePointer) { self.raw = raw }
+    init(_ raw: OpaquePointer) {
+        self.raw = raw
+        // Notices ("relation already exists, skipping") are for people at a prompt; libpq
+        // would print them to standard error.
+        PQsetNoticeProcessor(raw, { _, _ in }, nil)
+    }
     deinit { PQfinish(raw) }
 
     var isUsable: Bool { PQstatus(raw) == CONNECTION_OK && PQtransactionStatus(raw) == PQTRANS_IDLE }

@@ -84,7 +84,7 @@ extension PostgresMetadata {
         let entries = Array(atimes)
         _ = try mutate { tx in
             try tx.execute("""
-                UPDATE inodes SET atime = greatest(atime, t.atime)
+                UPDATE inodes SET atime = greatest(inodes.atime, t.atime)
                 FROM unnest($2::bigint[], $3::bigint[]) AS t(ino, atime)
                 WHERE inodes.volume = $1 AND inodes.ino = t.ino
                 """, [.int(id), .ints(entries.map { Int64(bitPattern: $0.key.rawValue) }), .ints(entries.map { $0.value.nanoseconds })])
