@@ -803,7 +803,7 @@ public final class SQLiteMetadata: Metadata {
 
     public func knownObjects() throws(MetadataError) -> Set<ObjectID> {
         try read { db in
-            Set(try Int64.fetchAll(db, sql: "SELECT object FROM chunks UNION SELECT object FROM garbage")
+            Set(try Int64.fetchAll(db, sql: "SELECT object FROM chunks WHERE object <> 0 UNION SELECT object FROM garbage")
                 .map { ObjectID(rawValue: UInt64(bitPattern: $0)) })
         }
     }

@@ -172,6 +172,11 @@ final class ConnectionPool: Sendable {
                 throw .database(String(describing: error))
             }
             guard failure.isTransient else { throw .database(failure.message) }
+            if failure.connectionLost {
+                // A server restart or a network cut leaves every idle connection just as
+                // dead: trying them one by one would spend the deadline on backoff.
+                close()
+            }
             let left = Double((deadline - .now).components.seconds) + Double((deadline - .now).components.attoseconds) / 1e18
             guard left > pause else {
                 throw .database("gave up after \(String(format: "%.0f", deadlineSeconds)) s: \(failure.message)")

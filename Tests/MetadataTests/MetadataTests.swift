@@ -296,6 +296,24 @@ import Testing
         #expect(try meta.garbage(before: Timestamp(nanoseconds: Int64.max), limit: 10) == [shared.object!])
     }
 
+    @Test(arguments: Backend.all) func allChunksListsEveryFilesChunks(_ backend: Backend) throws {
+        let volume = try backend.volume()
+        defer { volume.remove() }
+        let meta = volume.meta
+        let a = try volume.file("a")
+        let b = try volume.file("b")
+        let bytes: [UInt8] = [1, 2, 3]
+        let inline = ChunkRef(index: 1, inline: bytes, checksums: bytes.withUnsafeBytes { BlockChecksums(of: $0) })
+        let chunksOfA = [ref(0, 4096), inline]
+        let chunksOfB = [ref(0, 10)]
+        try meta.commitData(a.ino, chunks: chunksOfA, dropFrom: nil, size: 4099, mtime: t1, now: t1)
+        try meta.commitData(b.ino, chunks: chunksOfB, dropFrom: nil, size: 10, mtime: t1, now: t1)
+        let all = try meta.allChunks()
+        #expect(all.map(\.0) == [a.ino, b.ino])
+        #expect(all.map(\.1) == [chunksOfA, chunksOfB])
+        #expect(try meta.knownObjects() == [chunksOfA[0].object!, chunksOfB[0].object!])
+    }
+
     @Test(arguments: Backend.all) func extendedAttributes(_ backend: Backend) throws {
         let volume = try backend.volume()
         defer { volume.remove() }

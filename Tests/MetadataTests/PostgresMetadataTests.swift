@@ -14,6 +14,19 @@ struct PostgresMetadataTests {
         return try pool.read { tx in try tx.executeOnce(sql, parameters) }
     }
 
+    /// The message of the `.database` error `body` throws; an issue if it throws another or none.
+    func databaseMessage(_ body: () throws -> Any) -> String {
+        do {
+            _ = try body()
+            Issue.record("expected a .database error; the call succeeded")
+        } catch MetadataError.database(let message) {
+            return message
+        } catch {
+            Issue.record("expected .database, got \(error)")
+        }
+        return ""
+    }
+
     func backendPid(_ meta: PostgresMetadata) throws -> Int64 {
         try meta.pool.read { tx in try tx.execute("SELECT pg_backend_pid()::bigint").int(0, 0) }
     }
@@ -37,32 +50,19 @@ struct PostgresMetadataTests {
 
     @Test func anUnreachableServerFailsWithinTheDeadline() throws {
         let started = ContinuousClock.now
-        do {
-            _ = try PostgresMetadata(url: "postgres://netvol@127.0.0.1:9/netvol?volume=x&connect_timeout=2", deadlineSeconds: 2)
-            Issue.record("opened a volume on a port where nothing listens")
-        } catch {
-            guard case MetadataError.database(let message) = error else {
-                Issue.record("expected .database, got \(error)")
-                return
-            }
-            #expect(message.contains("127.0.0.1:9"), "\(message)")
+        let message = databaseMessage {
+            try PostgresMetadata(url: "postgres://netvol@127.0.0.1:9/netvol?volume=x", deadlineSeconds: 2)
         }
+        #expect(message.contains("127.0.0.1:9"), "\(message)")
         #expect(ContinuousClock.now - started < .seconds(6))
     }
 
     @Test func aWrongPasswordSaysSoWithoutThePassword() throws {
         let secret = "not-the-password-\(UUID().uuidString)"
-        do {
-            _ = try PostgresMetadata(url: try PostgresServer.volumeURL(), password: secret, deadlineSeconds: 5)
-            Issue.record("opened a volume with a wrong password")
-        } catch {
-            guard case MetadataError.database(let message) = error else {
-                Issue.record("expected .database, got \(error)")
-                return
-            }
-            #expect(message.contains("password authentication failed for user netvol"), "\(message)")
-            #expect(!message.contains(secret))
-        }
+        let url = try PostgresServer.volumeURL()
+        let message = databaseMessage { try PostgresMetadata(url: url, password: secret, deadlineSeconds: 5) }
+        #expect(message.contains("password authentication failed for user netvol"), "\(message)")
+        #expect(!message.contains(secret))
         // Nor when the password is written into the URL.
         let base = try PostgresServer.url()
         let inURL = base.replacingOccurrences(of: "://netvol@", with: "://netvol:\(secret)@") + "?volume=x"
