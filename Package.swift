@@ -29,6 +29,9 @@ let package = Package(
             "Metadata",
             .product(name: "GRDB", package: "GRDB.swift"),
         ]),
+        // Finds and links libpq, PostgreSQL's client library.
+        .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
+        .target(name: "PostgresMetadata", dependencies: ["CLibPQ", "Metadata"]),
         // POSIX semantics over the two protocols; links no database or HTTP library.
         .target(name: "VolumeFS", dependencies: [
             "ChunkStore", "Metadata",
@@ -46,7 +49,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "ChunkStoreTests", dependencies: ["ChunkStore", "LocalChunkStore"]),
-        .testTarget(name: "MetadataTests", dependencies: ["Metadata", "SQLiteMetadata"]),
+        .testTarget(name: "MetadataTests", dependencies: ["Metadata", "SQLiteMetadata", "PostgresMetadata"]),
         .testTarget(name: "VolumeFSTests", dependencies: ["VolumeFS", "Metadata", "ChunkStore", "SQLiteMetadata", "LocalChunkStore"]),
         // Linux calls the tests make that Swift's Glibc module does not show.
         .target(name: "CSyscalls", path: "Tests/CSyscalls"),

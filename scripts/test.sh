@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/deps.sh
+. scripts/lib/postgres.sh
 
 install_build_dependencies
 # The tests also use the shell tools people use on a volume.
@@ -11,6 +12,13 @@ install_packages attr python3 tar diffutils util-linux procps psmisc
 
 swift build --build-tests
 swift build --product netvol
+
+# The PostgreSQL metadata tests need a server: a private one, gone when the run ends.
+install_postgres
+postgres_dir=$(mktemp -d /tmp/netvol-pg.XXXXXX)
+trap 'stop_postgres; rm -rf "$postgres_dir"' EXIT
+start_postgres "$postgres_dir" 54329
+export NETVOL_REQUIRE_SERVERS=1
 
 # Mounts that were there before (a volume mounted by scripts/run.sh, say) are not ours.
 netvol_mounts() { awk '$3 ~ /^fuse/ && $1 ~ /netvol/ {print $2}' /proc/mounts | sort; }

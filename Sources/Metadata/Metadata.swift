@@ -13,6 +13,31 @@
 /// Each requirement is one transaction and is safe to call from many threads at once.
 /// Name rules (length, `/`, `.` and `..`) are checked by the caller before it gets here;
 /// the store checks what needs the database: existence, types, emptiness, the size limit.
+///
+/// The contract every implementation keeps, whatever its database:
+///
+/// 1. **Fencing under the lease lock.** Every transaction that changes the volume checks
+///    the fence (when one is set) *inside* the transaction, while holding the lease row
+///    locked until it commits; acquiring, renewing, releasing and breaking the lease lock
+///    the same row. A takeover therefore lands either before a stale writer's check (which
+///    then fails with `.fenced`) or after its commit, never in between. (SQLite: every
+///    write transaction is `BEGIN IMMEDIATE`, which locks the whole database.)
+/// 2. **A change feed in commit order.** Sequence numbers become visible in the order
+///    they were handed out: a reader that has seen number n has seen every change up to
+///    n, and never skips one that commits later. Every transaction that appends to the
+///    feed is serialized on the lease lock of rule 1. A reader behind a pruned part of the
+///    feed gets `truncated: true` and must forget what it cached.
+/// 3. **Whose clock.** Lease and session times are the database's clock, the one every
+///    host shares (tests inject one). File times (atime, mtime, ctime) and garbage times
+///    are the caller's `now:`, and `garbage(before:)` compares with the caller's cutoff
+///    on that same clock.
+/// 4. **Transient failures are retried, within a bound.** A failed connection,
+///    serialization failure or deadlock runs the transaction again, with backoff, until a
+///    deadline; then the call throws `.database` naming what failed. A transaction is
+///    never run again when its commit may already have happened.
+/// 5. **Shared objects.** Several chunks may name one object (file copies): an object
+///    becomes garbage only when no chunk of the volume names it any more, and the
+///    objects a call reports as retired are exactly those.
 public protocol Metadata: Sendable {
     /// The volume's chunk size and size limit.
     func settings() throws(MetadataError) -> VolumeSettings
@@ -51,8 +76,6 @@ public protocol Metadata: Sendable {
 
     /// The stored chunks of `ino`, by index.
     func chunks(_ ino: InodeNumber) throws(MetadataError) -> [ChunkRef]
-    /// Every chunk of every file, by inode (for fsck).
-    func allChunks() throws(MetadataError) -> [(InodeNumber, [ChunkRef])]
     /// Replaces chunks of `ino` with `chunks` (objects already stored whole), drops every
     /// chunk at index `dropFrom` or above when given, and sets the size and times.
     /// Fails with `.noSpace`, changing nothing, when the volume's size limit would be
@@ -87,6 +110,9 @@ public protocol Metadata: Sendable {
     func adoptStrays(_ objects: [ObjectID], now: Timestamp) throws(MetadataError) -> Int
     /// Every object the metadata refers to or holds as garbage.
     func knownObjects() throws(MetadataError) -> Set<ObjectID>
+    /// Every chunk of every file, by inode in ascending order (for fsck, and to delete a
+    /// volume's objects).
+    func allChunks() throws(MetadataError) -> [(InodeNumber, [ChunkRef])]
 
     // MARK: - The writer lease (one transaction each; time is the database's clock)
 

@@ -327,11 +327,19 @@ public final class SQLiteMetadata: Metadata {
         column == inlineObject ? nil : ObjectID(rawValue: UInt64(bitPattern: column))
     }
 
-    static func retire(_ db: Database, _ objects: [ObjectID], now: Timestamp) throws {
-        let statement = try db.cachedStatement(sql: "INSERT OR IGNORE INTO garbage(object, since) VALUES (?, ?)")
+    /// Records those of `objects` that no chunk names any more as garbage since `now`, and
+    /// returns them: several chunks may share one object.
+    static func retire(_ db: Database, _ objects: [ObjectID], now: Timestamp) throws -> [ObjectID] {
+        let statement = try db.cachedStatement(sql: """
+            INSERT OR IGNORE INTO garbage(object, since)
+            SELECT ?1, ?2 WHERE NOT EXISTS (SELECT 1 FROM chunks WHERE object = ?1)
+            """)
+        var retired: [ObjectID] = []
         for object in objects {
             try statement.execute(arguments: [Int64(bitPattern: object.rawValue), now.nanoseconds])
+            if db.changesCount > 0 { retired.append(object) }
         }
+        return retired
     }
 
     static func addUsage(_ db: Database, _ delta: Int64) throws {
@@ -691,7 +699,7 @@ public final class SQLiteMetadata: Metadata {
             let newMtime = mtime ?? attr.mtime
             try db.cachedStatement(sql: "UPDATE inodes SET size = ?, mtime = ?, ctime = ?, stored = max(0, stored + ?) WHERE ino = ?").execute(
                            arguments: [Int64(bitPattern: size), newMtime.nanoseconds, now.nanoseconds, delta, inoValue])
-            try Self.retire(db, retired, now: now)
+            retired = try Self.retire(db, retired, now: now)
             try Self.note(db, ino: ino)
             var after = attr
             after.size = size
@@ -724,12 +732,13 @@ public final class SQLiteMetadata: Metadata {
                                                      arguments: [value]), nlink == 0 else { continue }
                 let rows = try Row.fetchAll(db.cachedStatement(sql: "SELECT object, length FROM chunks WHERE ino = ?"),
                                             arguments: [value])
-                try Self.retire(db, rows.compactMap { Self.storedObject($0[0]) }, now: now)
                 let freed = rows.reduce(Int64(0)) { $0 + ($1[1] as Int64) }
                 try Self.addUsage(db, -freed)
                 for table in ["chunks", "xattrs", "inodes"] {
                     try db.cachedStatement(sql: "DELETE FROM \(table) WHERE ino = ?").execute(arguments: [value])
                 }
+                // After the chunks are gone: an object another file still names is no garbage.
+                _ = try Self.retire(db, rows.compactMap { Self.storedObject($0[0]) }, now: now)
                 try Self.note(db, ino: ino)
             }
         }
@@ -812,23 +821,12 @@ public final class SQLiteMetadata: Metadata {
     }
 
     public func adoptStrays(_ objects: [ObjectID], now: Timestamp) throws(MetadataError) -> Int {
-        try write { db in
-            let statement = try db.cachedStatement(sql: """
-                INSERT OR IGNORE INTO garbage(object, since)
-                SELECT ?1, ?2 WHERE NOT EXISTS (SELECT 1 FROM chunks WHERE object = ?1)
-                """)
-            var adopted = 0
-            for object in objects {
-                try statement.execute(arguments: [Int64(bitPattern: object.rawValue), now.nanoseconds])
-                adopted += db.changesCount
-            }
-            return adopted
-        }
+        try write { db in try Self.retire(db, objects, now: now).count }
     }
 
     public func knownObjects() throws(MetadataError) -> Set<ObjectID> {
         try read { db in
-            Set(try Int64.fetchAll(db, sql: "SELECT object FROM chunks UNION SELECT object FROM garbage")
+            Set(try Int64.fetchAll(db, sql: "SELECT object FROM chunks WHERE object <> 0 UNION SELECT object FROM garbage")
                 .map { ObjectID(rawValue: UInt64(bitPattern: $0)) })
         }
     }

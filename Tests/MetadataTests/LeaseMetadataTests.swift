@@ -11,23 +11,24 @@ final class ManualClock: Sendable {
 }
 
 /// The lease, fencing, sessions and the change feed, at the metadata level.
-@Suite final class LeaseMetadataTests {
-    let directory = temporaryDirectory()
-    var path: String { directory + "/volume.db" }
-    let clock = ManualClock()
-    let a: SQLiteMetadata
-    let b: SQLiteMetadata
-
-    init() throws {
-        _ = try SQLiteMetadata.create(path: directory + "/volume.db", chunkSize: 4096, sizeLimit: 1 << 20, now: t0)
-        let clock = self.clock
-        a = try SQLiteMetadata(path: directory + "/volume.db", clock: { clock.now })
-        b = try SQLiteMetadata(path: directory + "/volume.db", clock: { clock.now })
+@Suite struct LeaseMetadataTests {
+    /// Two workers on one new volume, both on `clock`.
+    struct Pair {
+        let volume: TestVolume
+        let a: any Metadata
+        let b: any Metadata
     }
 
-    deinit { try? FileManager.default.removeItem(atPath: directory) }
+    func pair(_ backend: Backend, _ clock: ManualClock) throws -> Pair {
+        let volume = try backend.volume(clock: { clock.now })
+        return Pair(volume: volume, a: volume.meta, b: try volume.reopen({ clock.now }))
+    }
 
-    @Test func acquireRenewReleaseAndTakeover() throws {
+    @Test(arguments: Backend.all) func acquireRenewReleaseAndTakeover(_ backend: Backend) throws {
+        let clock = ManualClock()
+        let workers = try pair(backend, clock)
+        defer { workers.volume.remove() }
+        let a = workers.a, b = workers.b
         let first = try a.acquireLease(holder: "a", ttlSeconds: 10)
         #expect(first.holder == "a" && first.isHeld)
         #expect(first.expiresAt.nanoseconds == clock.now.nanoseconds + 10_000_000_000)
@@ -48,7 +49,11 @@ final class ManualClock: Sendable {
         #expect(try a.lease().isHeld == false)
     }
 
-    @Test func everyTransactionOfAFencedWriterIsRefused() throws {
+    @Test(arguments: Backend.all) func everyTransactionOfAFencedWriterIsRefused(_ backend: Backend) throws {
+        let clock = ManualClock()
+        let workers = try pair(backend, clock)
+        defer { workers.volume.remove() }
+        let a = workers.a, b = workers.b
         let lease = try a.acquireLease(holder: "a", ttlSeconds: 10)
         a.setFence(Fence(holder: "a", token: lease.token))
         let f = try a.mknode(.root, "f", mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0)
@@ -71,7 +76,11 @@ final class ManualClock: Sendable {
         #expect(throws: MetadataError.fenced(holder: nil)) { try b.unlink(.root, "f", now: t1) }
     }
 
-    @Test func theChangeFeedNamesWhatChanged() throws {
+    @Test(arguments: Backend.all) func theChangeFeedNamesWhatChanged(_ backend: Backend) throws {
+        let clock = ManualClock()
+        let workers = try pair(backend, clock)
+        defer { workers.volume.remove() }
+        let a = workers.a, b = workers.b
         let start = try a.changes(after: 0, limit: 100).latest
         let d = try a.mknode(.root, "d", mode: dirMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0)
         let f = try a.mknode(d.ino, "f", mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0)
@@ -85,7 +94,11 @@ final class ManualClock: Sendable {
         #expect(try a.inodesWithXattrs() == [f.ino])
     }
 
-    @Test func sessionsHeartbeatAndGoStale() throws {
+    @Test(arguments: Backend.all) func sessionsHeartbeatAndGoStale(_ backend: Backend) throws {
+        let clock = ManualClock()
+        let workers = try pair(backend, clock)
+        defer { workers.volume.remove() }
+        let a = workers.a, b = workers.b
         let one = Session(id: "one", host: "h", pid: 1, mountpoint: "/runpod-volume", device: "0:50", mode: "on-demand",
                           startedAt: t0, heartbeatAt: t0)
         var two = one

@@ -20,7 +20,7 @@ install_packages() {
 
 # What building and mounting netvol needs.
 install_build_dependencies() {
-  install_packages libfuse3-dev fuse3 libsqlite3-dev libxxhash-dev pkg-config
+  install_packages libfuse3-dev fuse3 libsqlite3-dev libxxhash-dev libpq-dev pkg-config
   if ! command -v swift >/dev/null 2>&1; then
     for candidate in /opt/swift/usr/bin /usr/share/swift/usr/bin; do
       [ -x "$candidate/swift" ] && export PATH="$candidate:$PATH" && break

@@ -1,0 +1,263 @@
+// One libpq connection: statements with bound parameters, answers in binary, and every
+// wait bounded by the caller's deadline.
+//
+// Statements are sent with the asynchronous calls and awaited with poll(2), so a server
+// that stops answering (a dead host, a partition) costs at most the time left to the
+// call, whatever TCP would do. Parameters go as text (integers, strings, integer arrays)
+// or binary (bytea) with explicit types, never spliced into the SQL; results come back
+// in binary, which decodes without parsing and carries bytea as it is.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLibPQ
+import Metadata
+
+/// A bound parameter; nil is SQL NULL of the parameter's type.
+enum Value {
+    case int(Int64?)
+    case text(String?)
+    case bytes([UInt8]?)
+    case ints([Int64])
+
+    var type: Oid {
+        switch self {
+        case .int: 20      // int8
+        case .text: 25     // text
+        case .bytes: 17    // bytea
+        case .ints: 1016   // int8[]
+        }
+    }
+
+    var isBinary: Bool {
+        if case .bytes = self { return true }
+        return false
+    }
+
+    /// The parameter's bytes as libpq wants them (text formats are NUL-terminated).
+    var encoded: [UInt8]? {
+        switch self {
+        case .int(let value): value.map { Array(String($0).utf8) + [0] }
+        case .text(let value): value.map { Array($0.utf8) + [0] }
+        case .bytes(let value): value
+        case .ints(let values): Array(("{" + values.map(String.init).joined(separator: ",") + "}").utf8) + [0]
+        }
+    }
+}
+
+extension Value {
+    static func ino(_ ino: InodeNumber?) -> Value { .int(ino.map { Int64(bitPattern: $0.rawValue) }) }
+    static func name(_ name: FileName?) -> Value { .bytes(name?.bytes) }
+    static func time(_ time: Timestamp) -> Value { .int(time.nanoseconds) }
+}
+
+/// A failure the database or the connection reported, before it becomes a `MetadataError`.
+struct DatabaseFailure: Error {
+    var sqlstate: String?
+    var message: String
+    /// The connection is gone (or can no longer be trusted): it must not be reused.
+    var connectionLost: Bool = false
+    /// Running the transaction again could apply it twice, or the failure will not pass.
+    var final: Bool = false
+
+    /// Failures that pass: another transaction won a race, the server restarted, the
+    /// network dropped.
+    var isTransient: Bool {
+        if final { return false }
+        if connectionLost { return true }
+        guard let sqlstate else { return false }
+        return ["40001", "40P01", "57P01", "57P02", "57P03", "55P03"].contains(sqlstate) || sqlstate.hasPrefix("08")
+    }
+}
+
+/// The rows of one statement's answer, decoded from binary.
+final class Rows {
+    let result: OpaquePointer
+    let count: Int
+    let affected: Int
+
+    init(_ result: OpaquePointer) {
+        self.result = result
+        count = Int(PQntuples(result))
+        affected = Int(String(cString: PQcmdTuples(result))) ?? 0
+    }
+
+    deinit { PQclear(result) }
+
+    func isNull(_ row: Int, _ column: Int) -> Bool { PQgetisnull(result, Int32(row), Int32(column)) != 0 }
+
+    private func raw(_ row: Int, _ column: Int) -> UnsafeBufferPointer<UInt8>? {
+        guard row < count, column < Int(PQnfields(result)), !isNull(row, column),
+              let pointer = PQgetvalue(result, Int32(row), Int32(column)) else { return nil }
+        let length = Int(PQgetlength(result, Int32(row), Int32(column)))
+        return UnsafeBufferPointer(start: UnsafeRawPointer(pointer).assumingMemoryBound(to: UInt8.self), count: length)
+    }
+
+    private func unexpected(_ row: Int, _ column: Int, _ what: String) -> MetadataError {
+        let name = PQfname(result, Int32(column)).map { String(cString: $0) } ?? "?"
+        return .database("the database answered \(what) for column \(name) of row \(row)")
+    }
+
+    func intOrNil(_ row: Int, _ column: Int) throws -> Int64? {
+        guard let bytes = raw(row, column) else {
+            if isNull(row, column) { return nil }
+            throw unexpected(row, column, "no value")
+        }
+        let width: Int
+        switch PQftype(result, Int32(column)) {
+        case 20: width = 8
+        case 23: width = 4
+        case 21: width = 2
+        case 16: width = 1
+        default: throw unexpected(row, column, "type \(PQftype(result, Int32(column))) where an integer belongs")
+        }
+        guard bytes.count == width else { throw unexpected(row, column, "\(bytes.count) bytes") }
+        var value: Int64 = width == 1 ? 0 : (bytes[0] & 0x80 != 0 ? -1 : 0)
+        for byte in bytes { value = (value << 8) | Int64(byte) }
+        return value
+    }
+
+    func int(_ row: Int, _ column: Int) throws -> Int64 {
+        guard let value = try intOrNil(row, column) else { throw unexpected(row, column, "NULL") }
+        return value
+    }
+
+    func bool(_ row: Int, _ column: Int) throws -> Bool { try int(row, column) != 0 }
+
+    func bytesOrNil(_ row: Int, _ column: Int) throws -> [UInt8]? {
+        if isNull(row, column) { return nil }
+        guard let bytes = raw(row, column) else { throw unexpected(row, column, "no value") }
+        return Array(bytes)
+    }
+
+    func bytes(_ row: Int, _ column: Int) throws -> [UInt8] {
+        guard let value = try bytesOrNil(row, column) else { throw unexpected(row, column, "NULL") }
+        return value
+    }
+
+    func textOrNil(_ row: Int, _ column: Int) throws -> String? {
+        try bytesOrNil(row, column).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    func text(_ row: Int, _ column: Int) throws -> String {
+        guard let value = try textOrNil(row, column) else { throw unexpected(row, column, "NULL") }
+        return value
+    }
+}
+
+/// One session with the server. Used by one thread at a time: the pool hands it out.
+final class Connection: @unchecked Sendable {
+    let raw: OpaquePointer
+    /// Statement text to the name it was prepared under on this connection.
+    private var prepared: [String: String] = [:]
+
+    init(_ raw: OpaquePointer) {
+        self.raw = raw
+        // Notices ("relation already exists, skipping") are for people at a prompt; libpq
+        // would print them to standard error.
+        PQsetNoticeProcessor(raw, { _, _ in }, nil)
+    }
+    deinit { PQfinish(raw) }
+
+    var isUsable: Bool { PQstatus(raw) == CONNECTION_OK && PQtransactionStatus(raw) == PQTRANS_IDLE }
+
+    var lastError: String {
+        PQerrorMessage(raw).map { String(cString: $0) }?.trimmingWhitespace ?? "unknown error"
+    }
+
+    /// Runs one statement. Statements run often are prepared once per connection: later
+    /// runs send only the parameters.
+    @discardableResult
+    func execute(_ sql: String, _ parameters: [Value] = [], deadline: ContinuousClock.Instant,
+                 prepare: Bool = true) throws -> Rows {
+        if prepare, prepared[sql] == nil {
+            let name = "netvol_\(prepared.count)"
+            let types = parameters.map(\.type)
+            guard PQsendPrepare(raw, name, sql, Int32(types.count), types) != 0 else { throw lost("cannot send") }
+            _ = try waitForAnswer(deadline)
+            prepared[sql] = name
+        }
+        let encoded = parameters.map(\.encoded)
+        let lengths = encoded.map { Int32($0?.count ?? 0) }
+        let formats = parameters.map { Int32($0.isBinary ? 1 : 0) }
+        let buffers: [UnsafeMutablePointer<CChar>?] = encoded.map { bytes in
+            guard let bytes else { return nil }
+            let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: max(1, bytes.count))
+            bytes.withUnsafeBufferPointer { source in
+                if let base = source.baseAddress {
+                    UnsafeMutableRawPointer(buffer).copyMemory(from: base, byteCount: bytes.count)
+                }
+            }
+            return buffer
+        }
+        defer { for buffer in buffers { buffer?.deallocate() } }
+        let sent = buffers.map { UnsafePointer($0) }.withUnsafeBufferPointer { values -> Int32 in
+            if let name = prepared[sql] {
+                return PQsendQueryPrepared(raw, name, Int32(parameters.count), values.baseAddress, lengths, formats, 1)
+            }
+            let types = parameters.map(\.type)
+            return PQsendQueryParams(raw, sql, Int32(parameters.count), types, values.baseAddress, lengths, formats, 1)
+        }
+        guard sent != 0 else { throw lost("cannot send") }
+        return try waitForAnswer(deadline)
+    }
+
+    /// Several statements in one message, without parameters (schema changes).
+    func script(_ sql: String, deadline: ContinuousClock.Instant) throws {
+        guard PQsendQuery(raw, sql) != 0 else { throw lost("cannot send") }
+        _ = try waitForAnswer(deadline)
+    }
+
+    private func lost(_ what: String) -> DatabaseFailure {
+        DatabaseFailure(sqlstate: nil, message: "\(what): \(lastError)", connectionLost: true)
+    }
+
+    /// Waits for the answer to what was sent, at most until `deadline`; returns the last
+    /// result, or throws the first error.
+    private func waitForAnswer(_ deadline: ContinuousClock.Instant) throws -> Rows {
+        var answer: Rows?
+        var failure: DatabaseFailure?
+        while true {
+            while PQisBusy(raw) != 0 {
+                let left = deadline - .now
+                let millis = left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000
+                if millis <= 0 {
+                    // The server may still be working on it; the connection is in an
+                    // unknown state and is thrown away.
+                    throw DatabaseFailure(sqlstate: nil, message: "the server did not answer in time", connectionLost: true)
+                }
+                var descriptor = pollfd(fd: PQsocket(raw), events: Int16(POLLIN), revents: 0)
+                let ready = poll(&descriptor, 1, Int32(min(millis, 1000)))
+                if ready < 0 && errno != EINTR { throw lost("cannot wait for the server") }
+                if ready > 0 && PQconsumeInput(raw) == 0 { throw lost("the connection dropped") }
+            }
+            guard let result = PQgetResult(raw) else { break }
+            switch PQresultStatus(result) {
+            case PGRES_TUPLES_OK, PGRES_COMMAND_OK, PGRES_EMPTY_QUERY:
+                answer = Rows(result)
+            default:
+                let state = PQresultErrorField(result, Int32(UInt8(ascii: "C"))).map { String(cString: $0) }
+                let message = (PQresultErrorField(result, Int32(UInt8(ascii: "M"))).map { String(cString: $0) })
+                    ?? PQresultErrorMessage(result).map { String(cString: $0) }?.trimmingWhitespace ?? "unknown error"
+                PQclear(result)
+                if failure == nil {
+                    failure = DatabaseFailure(sqlstate: state, message: message,
+                                              connectionLost: PQstatus(raw) != CONNECTION_OK)
+                }
+            }
+        }
+        if let failure { throw failure }
+        if PQstatus(raw) != CONNECTION_OK { throw lost("the connection dropped") }
+        guard let answer else { throw lost("no answer") }
+        return answer
+    }
+}
+
+extension String {
+    var trimmingWhitespace: String {
+        var text = Substring(self)
+        while let last = text.last, last.isWhitespace { text.removeLast() }
+        while let first = text.first, first.isWhitespace { text.removeFirst() }
+        return String(text)
+    }
+}

@@ -1,0 +1,147 @@
+// Chunk maps, sizes and the size limit; purging inodes that lost their last name.
+
+public import Metadata
+
+extension PostgresMetadata {
+    /// The object column of an inline chunk: no object was stored for it.
+    static let inlineObject: Int64 = 0
+
+    static func storedObject(_ column: Int64) -> ObjectID? {
+        column == inlineObject ? nil : ObjectID(rawValue: UInt64(bitPattern: column))
+    }
+
+    static func chunkRef(_ rows: Rows, _ row: Int, ino: InodeNumber) throws -> ChunkRef {
+        let index = Int(try rows.int(row, 0))
+        guard let checksums = BlockChecksums(encoded: try rows.bytes(row, 3)) else {
+            throw MetadataError.database("chunk \(index) of \(ino) has damaged checksums")
+        }
+        let length = Int(try rows.int(row, 2))
+        if let data = try rows.bytesOrNil(row, 4) {
+            // The recorded length is checked against the bytes when they are read.
+            var ref = ChunkRef(index: index, inline: data, checksums: checksums)
+            ref.length = length
+            return ref
+        }
+        return ChunkRef(index: index, object: ObjectID(rawValue: UInt64(bitPattern: try rows.int(row, 1))),
+                        length: length, checksums: checksums)
+    }
+
+    public func chunks(_ ino: InodeNumber) throws(MetadataError) -> [ChunkRef] {
+        try read { tx in
+            let rows = try tx.execute("SELECT idx, object, length, checksums, data FROM chunks WHERE volume = $1 AND ino = $2 ORDER BY idx",
+                                      [.int(id), .ino(ino)])
+            return try (0..<rows.count).map { row in try Self.chunkRef(rows, row, ino: ino) }
+        }
+    }
+
+    /// Every chunk of every file, by inode (for fsck).
+    public func allChunks() throws(MetadataError) -> [(InodeNumber, [ChunkRef])] {
+        try read { tx in
+            let rows = try tx.execute("SELECT idx, object, length, checksums, data, ino FROM chunks WHERE volume = $1 ORDER BY ino, idx",
+                                      [.int(id)])
+            var result: [(InodeNumber, [ChunkRef])] = []
+            for row in 0..<rows.count {
+                let ino = InodeNumber(UInt64(bitPattern: try rows.int(row, 5)))
+                let ref = try Self.chunkRef(rows, row, ino: ino)
+                if result.last?.0 == ino { result[result.count - 1].1.append(ref) } else { result.append((ino, [ref])) }
+            }
+            return result
+        }
+    }
+
+    @discardableResult
+    public func commitData(_ ino: InodeNumber, chunks: [ChunkRef], dropFrom: Int?, size: UInt64,
+                           mtime: Timestamp?, now: Timestamp) throws(MetadataError) -> Committed {
+        try mutate { tx in
+            let attr = try fetchAttr(tx, ino)
+            guard attr.isRegular else { throw MetadataError.invalidArgument("not a regular file") }
+            var delta: Int64 = 0
+            var dropped: [ObjectID] = []
+            if let dropFrom {
+                let rows = try tx.execute("DELETE FROM chunks WHERE volume = $1 AND ino = $2 AND idx >= $3 RETURNING object, length",
+                                          [.int(id), .ino(ino), .int(Int64(dropFrom))])
+                for row in 0..<rows.count {
+                    if let object = Self.storedObject(try rows.int(row, 0)) { dropped.append(object) }
+                    delta -= try rows.int(row, 1)
+                }
+            }
+            if !chunks.isEmpty {
+                // Replaced chunks first: what they named may become garbage.
+                let rows = try tx.execute("""
+                    DELETE FROM chunks WHERE volume = $1 AND ino = $2 AND idx = ANY($3) RETURNING object, length
+                    """, [.int(id), .ino(ino), .ints(chunks.map { Int64($0.index) })])
+                for row in 0..<rows.count {
+                    if let object = Self.storedObject(try rows.int(row, 0)) { dropped.append(object) }
+                    delta -= try rows.int(row, 1)
+                }
+            }
+            var referenced: [Int64] = []
+            for chunk in chunks {
+                delta += Int64(chunk.length)
+                let object: Int64
+                let data: [UInt8]?
+                switch chunk.location {
+                case .object(let id):
+                    object = Int64(bitPattern: id.rawValue)
+                    data = nil
+                    referenced.append(object)
+                case .inline(let bytes):
+                    object = Self.inlineObject
+                    data = bytes
+                }
+                try tx.execute("""
+                    INSERT INTO chunks(volume, ino, idx, object, length, checksums, data) VALUES ($1, $2, $3, $4, $5, $6, $7)
+                    ON CONFLICT (volume, ino, idx) DO UPDATE SET object = excluded.object, length = excluded.length,
+                        checksums = excluded.checksums, data = excluded.data
+                    """, [.int(id), .ino(ino), .int(Int64(chunk.index)), .int(object), .int(Int64(chunk.length)),
+                          .bytes(chunk.checksums.encoded), .bytes(data)])
+            }
+            if !referenced.isEmpty {
+                // An upload that gc adopted as a stray before this commit is no stray.
+                try tx.execute("DELETE FROM garbage WHERE volume = $1 AND object = ANY($2)", [.int(id), .ints(referenced)])
+            }
+            try addUsage(tx, delta)
+            let newMtime = mtime ?? attr.mtime
+            try tx.execute("UPDATE inodes SET size = $3, mtime = $4, ctime = $5, stored = greatest(0, stored + $6) WHERE volume = $1 AND ino = $2",
+                           [.int(id), .ino(ino), .int(Int64(bitPattern: size)), .time(newMtime), .time(now), .int(delta)])
+            let retired = try retire(tx, dropped, now: now)
+            try note(tx, ino: ino)
+            var after = attr
+            after.size = size
+            after.mtime = newMtime
+            after.ctime = now
+            after.storedBytes = UInt64(max(0, Int64(attr.storedBytes) + delta))
+            return Committed(attr: after, retired: retired)
+        }
+    }
+
+    public func purge(_ inodes: [InodeNumber], now: Timestamp) throws(MetadataError) {
+        guard !inodes.isEmpty else { return }
+        try mutate { tx in
+            for ino in inodes {
+                let gone = try tx.execute("DELETE FROM inodes WHERE volume = $1 AND ino = $2 AND nlink = 0 RETURNING ino",
+                                          [.int(id), .ino(ino)])
+                guard gone.count == 1 else { continue }
+                let rows = try tx.execute("DELETE FROM chunks WHERE volume = $1 AND ino = $2 RETURNING object, length",
+                                          [.int(id), .ino(ino)])
+                var objects: [ObjectID] = []
+                var freed: Int64 = 0
+                for row in 0..<rows.count {
+                    if let object = Self.storedObject(try rows.int(row, 0)) { objects.append(object) }
+                    freed += try rows.int(row, 1)
+                }
+                _ = try retire(tx, objects, now: now)
+                try addUsage(tx, -freed)
+                try tx.execute("DELETE FROM xattrs WHERE volume = $1 AND ino = $2", [.int(id), .ino(ino)])
+                try note(tx, ino: ino)
+            }
+        }
+    }
+
+    public func orphans() throws(MetadataError) -> [InodeNumber] {
+        try read { tx in
+            let rows = try tx.execute("SELECT ino FROM inodes WHERE volume = $1 AND nlink = 0 ORDER BY ino", [.int(id)])
+            return try (0..<rows.count).map { InodeNumber(UInt64(bitPattern: try rows.int($0, 0))) }
+        }
+    }
+}

@@ -1,0 +1,299 @@
+// Inodes and directory entries: the same rules, errors and link counts as SQLiteMetadata.
+
+public import Metadata
+
+extension PostgresMetadata {
+    /// The attributes of `ino`, which must be a directory that still has a name.
+    func fetchDirectory(_ tx: Transaction, _ ino: InodeNumber) throws -> Attr {
+        let attr = try fetchAttr(tx, ino)
+        guard attr.isDirectory else { throw MetadataError.notDirectory }
+        guard attr.nlink > 0 else { throw MetadataError.notFound }
+        return attr
+    }
+
+    /// The attributes of what `name` in `parent` names; the directory is looked at only
+    /// when there is no entry, for the error to say why.
+    func entryAttr(_ tx: Transaction, _ parent: InodeNumber, _ name: FileName) throws -> Attr {
+        let rows = try tx.execute("""
+            SELECT \(Self.joinedAttrColumns) FROM dentries d JOIN inodes i ON i.volume = d.volume AND i.ino = d.ino
+            WHERE d.volume = $1 AND d.parent = $2 AND d.name = $3
+            """, [.int(id), .ino(parent), .name(name)])
+        if rows.count == 1 { return try Self.attr(rows) }
+        _ = try fetchDirectory(tx, parent)
+        throw MetadataError.notFound
+    }
+
+    func entry(_ tx: Transaction, _ parent: InodeNumber, _ name: FileName) throws -> InodeNumber? {
+        let rows = try tx.execute("SELECT ino FROM dentries WHERE volume = $1 AND parent = $2 AND name = $3",
+                                  [.int(id), .ino(parent), .name(name)])
+        guard rows.count == 1 else { return nil }
+        return InodeNumber(UInt64(bitPattern: try rows.int(0, 0)))
+    }
+
+    func insertEntry(_ tx: Transaction, _ parent: InodeNumber, _ name: FileName, _ ino: InodeNumber) throws {
+        try tx.execute("INSERT INTO dentries(volume, parent, name, ino) VALUES ($1, $2, $3, $4)",
+                       [.int(id), .ino(parent), .name(name), .ino(ino)])
+    }
+
+    func deleteEntry(_ tx: Transaction, _ parent: InodeNumber, _ name: FileName) throws {
+        try tx.execute("DELETE FROM dentries WHERE volume = $1 AND parent = $2 AND name = $3", [.int(id), .ino(parent), .name(name)])
+    }
+
+    /// Sets mtime and ctime of a directory whose entries changed, and adjusts its link count.
+    func touchDirectory(_ tx: Transaction, _ dir: InodeNumber, nlinkDelta: Int = 0, now: Timestamp) throws {
+        try tx.execute("UPDATE inodes SET mtime = $3, ctime = $3, nlink = nlink + $4 WHERE volume = $1 AND ino = $2",
+                       [.int(id), .ino(dir), .time(now), .int(Int64(nlinkDelta))])
+    }
+
+    func setCtime(_ tx: Transaction, _ inodes: [InodeNumber], _ now: Timestamp) throws {
+        try tx.execute("UPDATE inodes SET ctime = $3 WHERE volume = $1 AND ino = ANY($2)",
+                       [.int(id), .ints(inodes.map { Int64(bitPattern: $0.rawValue) }), .time(now)])
+    }
+
+    func setParent(_ tx: Transaction, _ dir: InodeNumber, _ parent: InodeNumber) throws {
+        try tx.execute("UPDATE inodes SET parent = $3 WHERE volume = $1 AND ino = $2", [.int(id), .ino(dir), .ino(parent)])
+    }
+
+    func hasEntries(_ tx: Transaction, _ dir: InodeNumber) throws -> Bool {
+        try tx.execute("SELECT EXISTS(SELECT 1 FROM dentries WHERE volume = $1 AND parent = $2)", [.int(id), .ino(dir)]).bool(0, 0)
+    }
+
+    /// True when `dir` is `ancestor` or lies somewhere below it: one walk up the parents.
+    func isWithin(_ tx: Transaction, _ dir: InodeNumber, _ ancestor: InodeNumber) throws -> Bool {
+        try tx.execute("""
+            WITH RECURSIVE up(ino, depth) AS (
+                SELECT $2::bigint, 0
+                UNION ALL
+                SELECT i.parent, up.depth + 1 FROM up JOIN inodes i ON i.volume = $1 AND i.ino = up.ino
+                WHERE up.ino <> 1 AND up.ino <> $3 AND up.depth < 1000000
+            )
+            SELECT EXISTS(SELECT 1 FROM up WHERE ino = $3)
+            """, [.int(id), .ino(dir), .ino(ancestor)]).bool(0, 0)
+    }
+
+    public func lookup(_ parent: InodeNumber, _ name: FileName) throws(MetadataError) -> Attr {
+        try read { tx in try entryAttr(tx, parent, name) }
+    }
+
+    public func getattr(_ ino: InodeNumber) throws(MetadataError) -> Attr {
+        try read { tx in try fetchAttr(tx, ino) }
+    }
+
+    public func touch(_ atimes: [InodeNumber: Timestamp]) throws(MetadataError) {
+        guard !atimes.isEmpty else { return }
+        let entries = Array(atimes)
+        _ = try mutate { tx in
+            try tx.execute("""
+                UPDATE inodes SET atime = greatest(inodes.atime, t.atime)
+                FROM unnest($2::bigint[], $3::bigint[]) AS t(ino, atime)
+                WHERE inodes.volume = $1 AND inodes.ino = t.ino
+                """, [.int(id), .ints(entries.map { Int64(bitPattern: $0.key.rawValue) }), .ints(entries.map { $0.value.nanoseconds })])
+        }
+    }
+
+    public func setattr(_ ino: InodeNumber, _ changes: AttrChanges, now: Timestamp) throws(MetadataError) -> Attr {
+        try mutate { tx in
+            var attr = try fetchAttr(tx, ino)
+            if let mode = changes.mode { attr.mode = (attr.mode & FileType.mask) | (mode & 0o7777) }
+            if let uid = changes.uid { attr.uid = uid }
+            if let gid = changes.gid { attr.gid = gid }
+            if let atime = changes.atime { attr.atime = atime }
+            if let mtime = changes.mtime { attr.mtime = mtime }
+            attr.ctime = now
+            try tx.execute("UPDATE inodes SET mode = $3, uid = $4, gid = $5, atime = $6, mtime = $7, ctime = $8 WHERE volume = $1 AND ino = $2",
+                           [.int(id), .ino(ino), .int(Int64(attr.mode)), .int(Int64(attr.uid)), .int(Int64(attr.gid)),
+                            .time(attr.atime), .time(attr.mtime), .time(attr.ctime)])
+            try note(tx, ino: ino)
+            return attr
+        }
+    }
+
+    public func mknode(_ parent: InodeNumber, _ name: FileName, mode: UInt32, uid: UInt32, gid: UInt32,
+                       rdev: UInt64, target: [UInt8]?, now: Timestamp) throws(MetadataError) -> Attr {
+        try mutate { tx in
+            let dir = try fetchDirectory(tx, parent)
+            if try entry(tx, parent, name) != nil { throw MetadataError.exists }
+            var mode = mode
+            var gid = gid
+            let isDirectory = mode & FileType.mask == FileType.directory.rawValue
+            if dir.mode & 0o2000 != 0 {
+                gid = dir.gid
+                if isDirectory { mode |= 0o2000 }
+            }
+            // The number comes from the lease row, which this transaction holds locked.
+            let rows = try tx.execute("""
+                WITH next AS (UPDATE lease SET next_ino = next_ino + 1 WHERE volume = $1 RETURNING next_ino - 1 AS ino)
+                INSERT INTO inodes(volume, ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, parent, target)
+                SELECT $1, next.ino, $2, $3, $4, $5, $6, $7, $8, $8, $8, $9, $10 FROM next
+                RETURNING ino
+                """, [.int(id), .int(Int64(mode)), .int(isDirectory ? 2 : 1), .int(Int64(uid)), .int(Int64(gid)),
+                      .int(Int64(bitPattern: rdev)), .int(Int64(target?.count ?? 0)), .time(now),
+                      .ino(isDirectory ? parent : nil), .bytes(target)])
+            guard rows.count == 1 else { throw MetadataError.notAVolume("volume \(volumeName) has no lease row") }
+            let ino = InodeNumber(UInt64(bitPattern: try rows.int(0, 0)))
+            try insertEntry(tx, parent, name, ino)
+            try touchDirectory(tx, parent, nlinkDelta: isDirectory ? 1 : 0, now: now)
+            try note(tx, ino: parent, parent: parent, name: name)
+            return Attr(ino: ino, mode: mode, nlink: isDirectory ? 2 : 1, uid: uid, gid: gid, rdev: rdev,
+                        size: UInt64(target?.count ?? 0), atime: now, mtime: now, ctime: now)
+        }
+    }
+
+    public func link(_ ino: InodeNumber, _ newParent: InodeNumber, _ newName: FileName, now: Timestamp) throws(MetadataError) -> Attr {
+        try mutate { tx in
+            let attr = try fetchAttr(tx, ino)
+            if attr.isDirectory { throw MetadataError.notPermitted }
+            _ = try fetchDirectory(tx, newParent)
+            if try entry(tx, newParent, newName) != nil { throw MetadataError.exists }
+            if attr.nlink >= 65_000 { throw MetadataError.tooManyLinks }
+            try insertEntry(tx, newParent, newName, ino)
+            try tx.execute("UPDATE inodes SET nlink = nlink + 1, ctime = $3 WHERE volume = $1 AND ino = $2", [.int(id), .ino(ino), .time(now)])
+            try touchDirectory(tx, newParent, now: now)
+            try note(tx, ino: ino)
+            try note(tx, ino: newParent, parent: newParent, name: newName)
+            return try fetchAttr(tx, ino)
+        }
+    }
+
+    public func unlink(_ parent: InodeNumber, _ name: FileName, now: Timestamp) throws(MetadataError) -> Attr {
+        try mutate { tx in
+            var attr = try entryAttr(tx, parent, name)
+            if attr.isDirectory { throw MetadataError.isDirectory }
+            try deleteEntry(tx, parent, name)
+            try tx.execute("UPDATE inodes SET nlink = greatest(0, nlink - 1), ctime = $3 WHERE volume = $1 AND ino = $2",
+                           [.int(id), .ino(attr.ino), .time(now)])
+            try touchDirectory(tx, parent, now: now)
+            try note(tx, ino: attr.ino)
+            try note(tx, ino: parent, parent: parent, name: name)
+            attr.nlink = attr.nlink > 0 ? attr.nlink - 1 : 0
+            attr.ctime = now
+            return attr
+        }
+    }
+
+    public func rmdir(_ parent: InodeNumber, _ name: FileName, now: Timestamp) throws(MetadataError) -> Attr {
+        try mutate { tx in
+            _ = try fetchDirectory(tx, parent)
+            guard let ino = try entry(tx, parent, name) else { throw MetadataError.notFound }
+            let attr = try fetchAttr(tx, ino)
+            guard attr.isDirectory else { throw MetadataError.notDirectory }
+            if try hasEntries(tx, ino) { throw MetadataError.notEmpty }
+            try deleteEntry(tx, parent, name)
+            try tx.execute("UPDATE inodes SET nlink = 0, ctime = $3 WHERE volume = $1 AND ino = $2", [.int(id), .ino(ino), .time(now)])
+            try touchDirectory(tx, parent, nlinkDelta: -1, now: now)
+            try note(tx, ino: ino)
+            try note(tx, ino: parent, parent: parent, name: name)
+            return try fetchAttr(tx, ino)
+        }
+    }
+
+    public func rename(_ parent: InodeNumber, _ name: FileName, _ newParent: InodeNumber, _ newName: FileName,
+                       flags: RenameFlags, now: Timestamp) throws(MetadataError) -> Attr? {
+        try mutate { tx -> Attr? in
+            if flags.contains(.exchange) && flags.contains(.noReplace) {
+                throw MetadataError.invalidArgument("RENAME_EXCHANGE with RENAME_NOREPLACE")
+            }
+            _ = try fetchDirectory(tx, parent)
+            _ = try fetchDirectory(tx, newParent)
+            guard let source = try entry(tx, parent, name) else { throw MetadataError.notFound }
+            let sourceAttr = try fetchAttr(tx, source)
+            let target = try entry(tx, newParent, newName)
+            try note(tx, ino: source, parent: parent, name: name)
+            try note(tx, ino: target, parent: newParent, name: newName)
+            try note(tx, ino: parent)
+            try note(tx, ino: newParent)
+            if flags.contains(.noReplace) && target != nil { throw MetadataError.exists }
+            if try sourceAttr.isDirectory && parent != newParent && isWithin(tx, newParent, source) {
+                throw MetadataError.invalidArgument("cannot move a directory into itself")
+            }
+
+            if flags.contains(.exchange) {
+                guard let target else { throw MetadataError.notFound }
+                if target == source { return nil }
+                let targetAttr = try fetchAttr(tx, target)
+                if try targetAttr.isDirectory && parent != newParent && isWithin(tx, parent, target) {
+                    throw MetadataError.invalidArgument("cannot move a directory into itself")
+                }
+                let swap = "UPDATE dentries SET ino = $4 WHERE volume = $1 AND parent = $2 AND name = $3"
+                try tx.execute(swap, [.int(id), .ino(parent), .name(name), .ino(target)])
+                try tx.execute(swap, [.int(id), .ino(newParent), .name(newName), .ino(source)])
+                if parent != newParent {
+                    let sourceDir = sourceAttr.isDirectory ? 1 : 0
+                    let targetDir = targetAttr.isDirectory ? 1 : 0
+                    if sourceAttr.isDirectory { try setParent(tx, source, newParent) }
+                    if targetAttr.isDirectory { try setParent(tx, target, parent) }
+                    try touchDirectory(tx, parent, nlinkDelta: targetDir - sourceDir, now: now)
+                    try touchDirectory(tx, newParent, nlinkDelta: sourceDir - targetDir, now: now)
+                } else {
+                    try touchDirectory(tx, parent, now: now)
+                }
+                try setCtime(tx, [source, target], now)
+                return nil
+            }
+
+            var replaced: InodeNumber?
+            var parentLinks = 0
+            var newParentLinks = 0
+            if let target {
+                // Two names of one inode: POSIX says rename does nothing.
+                if target == source { return nil }
+                let targetAttr = try fetchAttr(tx, target)
+                if sourceAttr.isDirectory {
+                    guard targetAttr.isDirectory else { throw MetadataError.notDirectory }
+                    if try hasEntries(tx, target) { throw MetadataError.notEmpty }
+                    try tx.execute("UPDATE inodes SET nlink = 0, ctime = $3 WHERE volume = $1 AND ino = $2",
+                                   [.int(id), .ino(target), .time(now)])
+                    newParentLinks -= 1
+                } else {
+                    if targetAttr.isDirectory { throw MetadataError.isDirectory }
+                    try tx.execute("UPDATE inodes SET nlink = greatest(0, nlink - 1), ctime = $3 WHERE volume = $1 AND ino = $2",
+                                   [.int(id), .ino(target), .time(now)])
+                }
+                try deleteEntry(tx, newParent, newName)
+                replaced = target
+            }
+            try deleteEntry(tx, parent, name)
+            try insertEntry(tx, newParent, newName, source)
+            if sourceAttr.isDirectory && parent != newParent {
+                try setParent(tx, source, newParent)
+                parentLinks -= 1
+                newParentLinks += 1
+            }
+            try setCtime(tx, [source], now)
+            if parent == newParent {
+                try touchDirectory(tx, parent, nlinkDelta: parentLinks + newParentLinks, now: now)
+            } else {
+                try touchDirectory(tx, parent, nlinkDelta: parentLinks, now: now)
+                try touchDirectory(tx, newParent, nlinkDelta: newParentLinks, now: now)
+            }
+            return try replaced.map { try fetchAttr(tx, $0) }
+        }
+    }
+
+    public func readdir(_ ino: InodeNumber, after cookie: Int64, limit: Int) throws(MetadataError) -> [DirEntry] {
+        try read { tx in
+            let dir = try fetchAttr(tx, ino)
+            guard dir.isDirectory else { throw MetadataError.notDirectory }
+            let rows = try tx.execute("""
+                SELECT d.cookie, d.name, \(Self.joinedAttrColumns)
+                FROM dentries d JOIN inodes i ON i.volume = d.volume AND i.ino = d.ino
+                WHERE d.volume = $1 AND d.parent = $2 AND d.cookie > $3 ORDER BY d.cookie LIMIT $4
+                """, [.int(id), .ino(ino), .int(cookie), .int(Int64(limit))])
+            return try (0..<rows.count).map { row in
+                DirEntry(name: FileName(try rows.bytes(row, 1)), attr: try Self.attr(rows, row, from: 2), cookie: try rows.int(row, 0))
+            }
+        }
+    }
+
+    public func readlink(_ ino: InodeNumber) throws(MetadataError) -> [UInt8] {
+        try read { tx in
+            let rows = try tx.execute("SELECT mode, target FROM inodes WHERE volume = $1 AND ino = $2", [.int(id), .ino(ino)])
+            guard rows.count == 1 else { throw MetadataError.notFound }
+            guard UInt32(truncatingIfNeeded: try rows.int(0, 0)) & FileType.mask == FileType.symlink.rawValue,
+                  let target = try rows.bytesOrNil(0, 1) else {
+                throw MetadataError.invalidArgument("not a symbolic link")
+            }
+            return target
+        }
+    }
+}

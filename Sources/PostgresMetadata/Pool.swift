@@ -1,0 +1,251 @@
+// The connections of one volume, and how a call survives a flaky network.
+//
+// A call takes an idle connection (or opens one), runs its transaction, and gives the
+// connection back if it is still sound. Transient failures (serialization failures,
+// deadlocks, a server restarting, a dropped connection) run the whole transaction again
+// after a growing pause, until the call's deadline; then the call throws `.database`.
+// A broken connection is simply dropped: the next attempt opens a fresh one, so a call
+// after the server comes back works without reopening the volume.
+//
+// COMMIT is where retrying stops being safe: if the connection drops after COMMIT was
+// sent, the transaction may or may not have been applied, and running it again could
+// apply it twice (a second link, a second nlink decrement). Such a failure is final and
+// says so; every failure before COMMIT was sent left nothing behind and is retried.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLibPQ
+import Foundation
+import Metadata
+import Synchronization
+
+/// Where a volume lives: the libpq connection string without `volume`, and the name.
+struct VolumeLocation: Sendable {
+    /// The URL as libpq takes it, every parameter but `volume` untouched.
+    var conninfo: String
+    var volume: String
+    /// The URL for messages: no password, even when one was written into it.
+    var redacted: String
+
+    init(url: String) throws(MetadataError) {
+        let schemes = ["postgres://", "postgresql://"]
+        guard let scheme = schemes.first(where: { url.hasPrefix($0) }) else {
+            throw .invalidArgument("a PostgreSQL volume URL starts with postgres:// or postgresql://")
+        }
+        let rest = url.dropFirst(scheme.count)
+        let parts = rest.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
+        let base = String(parts[0])
+        var kept: [Substring] = []
+        var volume: String?
+        if parts.count > 1 {
+            for item in parts[1].split(separator: "&") {
+                if item.hasPrefix("volume=") {
+                    volume = String(item.dropFirst("volume=".count)).removingPercentEncoding
+                } else {
+                    kept.append(item)
+                }
+            }
+        }
+        // userinfo ends at the last @ before the path.
+        let authority = base.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)[0]
+        var redactedBase = base
+        if let at = authority.lastIndex(of: "@"), let colon = authority[..<at].firstIndex(of: ":") {
+            redactedBase = String(authority[..<colon]) + ":***" + String(base[at...])
+        }
+        guard let volume, !volume.isEmpty else {
+            throw .invalidArgument("\(scheme)\(redactedBase) names no volume: add ?volume=NAME")
+        }
+        self.volume = volume
+        conninfo = scheme + base + (kept.isEmpty ? "" : "?" + kept.joined(separator: "&"))
+        redacted = scheme + redactedBase + (kept.isEmpty ? "" : "?" + kept.joined(separator: "&"))
+    }
+}
+
+final class ConnectionPool: Sendable {
+    let location: VolumeLocation
+    let password: String?
+    let deadlineSeconds: Double
+    let idle = Mutex<[Connection]>([])
+    /// Connections kept idle; more may be open at once while calls run in parallel.
+    static let idleLimit = 8
+
+    init(location: VolumeLocation, password: String?, deadlineSeconds: Double) {
+        self.location = location
+        self.password = password
+        self.deadlineSeconds = deadlineSeconds
+    }
+
+    func close() {
+        idle.withLock { $0.removeAll() }
+    }
+
+    /// Opens a connection, within `deadline` (libpq counts connect_timeout in whole seconds,
+    /// at least 2).
+    func connect(deadline: ContinuousClock.Instant) throws -> Connection {
+        let left = deadline - .now
+        let seconds = max(2, min(10, left.components.seconds + 1))
+        let deadlineMillis = max(1000, Int(deadlineSeconds * 1000))
+        // Ours come first so that what the URL says wins; the password comes last.
+        var pairs: [(String, String)] = [
+            ("connect_timeout", String(seconds)),
+            ("keepalives", "1"), ("keepalives_idle", "5"), ("keepalives_interval", "2"), ("keepalives_count", "3"),
+            ("tcp_user_timeout", String(deadlineMillis)),
+            ("application_name", "netvol"),
+            // A transaction left open by a stopped process holds the lease row lock:
+            // the server ends it rather than let every writer wait forever.
+            ("options", "-c idle_in_transaction_session_timeout=\(deadlineMillis) -c statement_timeout=\(deadlineMillis)"),
+            ("dbname", location.conninfo),
+        ]
+        if let password { pairs.append(("password", password)) }
+        let keywords = pairs.map { strdup($0.0) }
+        let values = pairs.map { strdup($0.1) }
+        defer {
+            for pointer in keywords { free(pointer) }
+            for pointer in values { free(pointer) }
+        }
+        let raw: OpaquePointer? = (keywords.map { UnsafePointer($0) } + [nil]).withUnsafeBufferPointer { keys in
+            (values.map { UnsafePointer($0) } + [nil]).withUnsafeBufferPointer { vals in
+                PQconnectdbParams(keys.baseAddress, vals.baseAddress, 1)
+            }
+        }
+        guard let raw else { throw DatabaseFailure(sqlstate: nil, message: "out of memory", connectionLost: true) }
+        let connection = Connection(raw)
+        guard PQstatus(raw) == CONNECTION_OK else {
+            throw connectFailure(connection)
+        }
+        return connection
+    }
+
+    /// What went wrong connecting, said so that a person knows what to fix; never the password.
+    func connectFailure(_ connection: Connection) -> DatabaseFailure {
+        let raw = connection.raw
+        let host = PQhost(raw).map { String(cString: $0) } ?? "?"
+        let port = PQport(raw).map { String(cString: $0) } ?? "?"
+        let user = PQuser(raw).map { String(cString: $0) } ?? "?"
+        let database = PQdb(raw).map { String(cString: $0) } ?? "?"
+        var detail = connection.lastError
+        if let password, !password.isEmpty { detail = detail.replacingOccurrences(of: password, with: "***") }
+        let server = "\(host):\(port)"
+        if detail.contains("password authentication failed") {
+            return DatabaseFailure(message: "password authentication failed for user \(user) at \(server): check PGPASSWORD, the password file, or the role's password", final: true)
+        }
+        if detail.contains("no password supplied") || detail.contains("fe_sendauth") {
+            return DatabaseFailure(message: "the server at \(server) wants a password for user \(user) and none was given: set PGPASSWORD or a password file", final: true)
+        }
+        if detail.contains("database \"\(database)\" does not exist") {
+            return DatabaseFailure(message: "database \(database) does not exist on \(server)", final: true)
+        }
+        if detail.contains("role \"\(user)\" does not exist") {
+            return DatabaseFailure(message: "role \(user) does not exist on \(server)", final: true)
+        }
+        if detail.contains("invalid") || detail.contains("unrecognized") {
+            return DatabaseFailure(message: "cannot use \(location.redacted): \(detail)", final: true)
+        }
+        let line = detail.split(separator: "\n").last.map(String.init) ?? detail
+        return DatabaseFailure(message: "cannot reach the PostgreSQL server at \(server) (database \(database), user \(user)): \(line)",
+                               connectionLost: true)
+    }
+
+    /// Runs `body` on a connection, again on a fresh one after a transient failure, until
+    /// the deadline.
+    func run<T>(_ body: (Connection, ContinuousClock.Instant) throws -> T) throws(MetadataError) -> T {
+        let deadline = ContinuousClock.now + .milliseconds(Int64(deadlineSeconds * 1000))
+        var pause = 0.02
+        while true {
+            let failure: DatabaseFailure
+            do {
+                let connection = try idle.withLock { $0.popLast() } ?? connect(deadline: deadline)
+                do {
+                    let value = try body(connection, deadline)
+                    giveBack(connection)
+                    return value
+                } catch {
+                    giveBack(connection)
+                    throw error
+                }
+            } catch let error as MetadataError {
+                throw error
+            } catch let error as DatabaseFailure {
+                failure = error
+            } catch {
+                throw .database(String(describing: error))
+            }
+            guard failure.isTransient else { throw .database(failure.message) }
+            if failure.connectionLost {
+                // A server restart or a network cut leaves every idle connection just as
+                // dead: trying them one by one would spend the deadline on backoff.
+                close()
+            }
+            let left = Double((deadline - .now).components.seconds) + Double((deadline - .now).components.attoseconds) / 1e18
+            guard left > pause else {
+                throw .database("gave up after \(String(format: "%.0f", deadlineSeconds)) s: \(failure.message)")
+            }
+            usleep(UInt32(pause * 1_000_000))
+            pause = min(pause * 2, 1)
+        }
+    }
+
+    private func giveBack(_ connection: Connection) {
+        guard connection.isUsable else { return }
+        idle.withLock { connections in
+            if connections.count < Self.idleLimit { connections.append(connection) }
+        }
+    }
+
+    /// A transaction: BEGIN, `body`, COMMIT, retried as a whole after a transient failure
+    /// before COMMIT was sent.
+    func transaction<T>(_ body: (Transaction) throws -> T) throws(MetadataError) -> T {
+        try run { connection, deadline in
+            try connection.execute("BEGIN", deadline: deadline)
+            let value: T
+            do {
+                value = try body(Transaction(connection: connection, deadline: deadline))
+            } catch {
+                if PQstatus(connection.raw) == CONNECTION_OK {
+                    _ = try? connection.execute("ROLLBACK", deadline: deadline)
+                }
+                throw error
+            }
+            do {
+                try connection.execute("COMMIT", deadline: deadline)
+            } catch var failure as DatabaseFailure {
+                if failure.connectionLost {
+                    // The outcome is unknown: see the file's opening comment.
+                    failure.final = true
+                    failure.message = "the connection failed while committing, so the change may or may not have been made: \(failure.message)"
+                }
+                throw failure
+            }
+            return value
+        }
+    }
+
+    /// Statements outside a transaction: each sees the latest commits, and running them
+    /// again is always safe.
+    func read<T>(_ body: (Transaction) throws -> T) throws(MetadataError) -> T {
+        try run { connection, deadline in try body(Transaction(connection: connection, deadline: deadline)) }
+    }
+}
+
+/// A connection in use by one call, with that call's deadline.
+struct Transaction {
+    let connection: Connection
+    let deadline: ContinuousClock.Instant
+
+    @discardableResult
+    func execute(_ sql: String, _ parameters: [Value] = []) throws -> Rows {
+        try connection.execute(sql, parameters, deadline: deadline)
+    }
+
+    /// Several statements without parameters (a migration).
+    func script(_ sql: String) throws {
+        try connection.script(sql, deadline: deadline)
+    }
+
+    /// For statements run rarely (schema changes, admin): not worth a prepared statement.
+    @discardableResult
+    func executeOnce(_ sql: String, _ parameters: [Value] = []) throws -> Rows {
+        try connection.execute(sql, parameters, deadline: deadline, prepare: false)
+    }
+}

@@ -1,0 +1,146 @@
+import Foundation
+import Synchronization
+import Testing
+@testable import Metadata
+
+/// Runs every body on its own thread at once; returns when all are done.
+func runConcurrently(_ bodies: [@Sendable () -> Void]) {
+    let group = DispatchGroup()
+    for body in bodies {
+        group.enter()
+        Thread.detachNewThread {
+            body()
+            group.leave()
+        }
+    }
+    group.wait()
+}
+
+/// The contract of the `Metadata` protocol that concurrency makes hard: fencing against a
+/// takeover, a change feed in commit order, truncation.
+@Suite struct ContractTests {
+    @Test(arguments: Backend.all) func aTakeoverNeverInterleavesWithAStaleWritersCommit(_ backend: Backend) throws {
+        let clock = ManualClock()
+        let volume = try backend.volume(clock: { clock.now })
+        defer { volume.remove() }
+        let a = volume.meta
+        let b = try volume.reopen({ clock.now })
+        let lease = try a.acquireLease(holder: "a", ttlSeconds: 10)
+        a.setFence(Fence(holder: "a", token: lease.token))
+        clock.advance(11)
+
+        struct Outcome { var committed: [String] = []; var fencedAfter: Int?; var other: [String] = [] }
+        let outcome = Mutex(Outcome())
+        let seenAtTakeover = Mutex<Set<FileName>?>(nil)
+        let started = Atomic<Bool>(false)
+        runConcurrently([
+            {
+                for i in 0..<200 {
+                    started.store(true, ordering: .releasing)
+                    do {
+                        _ = try a.mknode(.root, FileName("a\(i)"), mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0)
+                        outcome.withLock { $0.committed.append("a\(i)") }
+                    } catch MetadataError.fenced(_) {
+                        outcome.withLock { if $0.fencedAfter == nil { $0.fencedAfter = i } }
+                    } catch {
+                        outcome.withLock { $0.other.append("\(error)") }
+                    }
+                }
+            },
+            {
+                while !started.load(ordering: .acquiring) { usleep(100) }
+                usleep(2000)
+                do {
+                    _ = try b.acquireLease(holder: "b", ttlSeconds: 10)
+                    // What is committed when the takeover has committed: nothing of a's may follow.
+                    let names = try b.readdir(.root, after: 0, limit: 1000).map(\.name)
+                    seenAtTakeover.withLock { $0 = Set(names) }
+                } catch {
+                    outcome.withLock { $0.other.append("takeover: \(error)") }
+                }
+            },
+        ])
+        let result = outcome.withLock { $0 }
+        #expect(result.other.isEmpty)
+        let atTakeover = try #require(seenAtTakeover.withLock { $0 })
+        let now = Set(try b.readdir(.root, after: 0, limit: 1000).map(\.name))
+        #expect(now == atTakeover, "a stale writer committed after the takeover")
+        #expect(Set(result.committed.map { FileName($0) }) == now)
+        // Once refused, refused for good.
+        if let first = result.fencedAfter {
+            #expect(result.committed.allSatisfy { Int($0.dropFirst())! < first })
+        }
+    }
+
+    @Test(arguments: Backend.all) func theChangeFeedIsInCommitOrderUnderConcurrentWriters(_ backend: Backend) throws {
+        let volume = try backend.volume()
+        defer { volume.remove() }
+        let meta = volume.meta
+        let writers = 4
+        let perWriter = 40
+        var directories: [InodeNumber] = []
+        for w in 0..<writers { directories.append(try volume.dir(FileName("w\(w)")).ino) }
+        let start = try meta.changes(after: 0, limit: 1).latest
+        let done = Atomic<Int>(0)
+        let problems = Mutex<[String]>([])
+        let observed = Mutex<[Int64]>([])
+        var bodies: [@Sendable () -> Void] = []
+        for w in 0..<writers {
+            let parent = directories[w]
+            bodies.append {
+                for i in 0..<perWriter {
+                    do {
+                        _ = try meta.mknode(parent, FileName("f\(i)"), mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0)
+                    } catch {
+                        problems.withLock { $0.append("writer \(w): \(error)") }
+                    }
+                }
+                done.add(1, ordering: .releasing)
+            }
+        }
+        bodies.append {
+            var position = start
+            var finishing = false
+            while true {
+                if done.load(ordering: .acquiring) == writers { finishing = true }
+                do {
+                    let batch = try meta.changes(after: position, limit: 50)
+                    if batch.truncated { problems.withLock { $0.append("truncated") }; return }
+                    for change in batch.changes {
+                        if change.sequence != position + 1 {
+                            problems.withLock { $0.append("after \(position) came \(change.sequence)") }
+                        }
+                        position = change.sequence
+                        observed.withLock { $0.append(change.sequence) }
+                    }
+                    if finishing && batch.changes.isEmpty { return }
+                } catch {
+                    problems.withLock { $0.append("reader: \(error)") }
+                    return
+                }
+            }
+        }
+        runConcurrently(bodies)
+        #expect(problems.withLock { $0 } == [])
+        let latest = try meta.changes(after: 0, limit: 1).latest
+        let seen = observed.withLock { $0 }
+        #expect(seen == Array((start + 1)...latest))
+        // Every file noted its entry.
+        #expect(seen.count >= writers * perWriter)
+    }
+
+    @Test(arguments: Backend.all) func aReaderBehindATruncatedFeedIsToldSo(_ backend: Backend) throws {
+        let volume = try backend.volume()
+        defer { volume.remove() }
+        let meta = volume.meta
+        for i in 0..<10 { _ = try volume.file(FileName("f\(i)")) }
+        let latest = try meta.changes(after: 0, limit: 100).latest
+        #expect(latest >= 10)
+        try volume.pruneFeed(latest - 5)
+        #expect(try meta.changes(after: 0, limit: 100).truncated)
+        #expect(try meta.changes(after: latest - 7, limit: 100).truncated)
+        let caughtUp = try meta.changes(after: latest - 5, limit: 100)
+        #expect(!caughtUp.truncated && caughtUp.changes.map(\.sequence) == Array((latest - 4)...latest))
+        #expect(try !meta.changes(after: latest, limit: 100).truncated)
+    }
+}

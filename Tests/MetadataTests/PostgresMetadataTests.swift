@@ -1,0 +1,163 @@
+import Foundation
+import Testing
+@testable import Metadata
+@testable import PostgresMetadata
+
+/// What only a database server has: connections that drop, servers that are not there,
+/// passwords, several volumes in one database, the server's clock.
+@Suite(.enabled(if: PostgresServer.available, "NETVOL_TEST_PG_URL is unset"))
+struct PostgresMetadataTests {
+    /// A statement on a connection of its own, as an administrator would run it.
+    func admin(_ sql: String, _ parameters: [Value] = []) throws -> Rows {
+        let pool = ConnectionPool(location: try VolumeLocation(url: try PostgresServer.volumeURL()), password: nil, deadlineSeconds: 10)
+        defer { pool.close() }
+        return try pool.read { tx in try tx.executeOnce(sql, parameters) }
+    }
+
+    /// The message of the `.database` error `body` throws; an issue if it throws another or none.
+    func databaseMessage(_ body: () throws -> Any) -> String {
+        do {
+            _ = try body()
+            Issue.record("expected a .database error; the call succeeded")
+        } catch MetadataError.database(let message) {
+            return message
+        } catch {
+            Issue.record("expected .database, got \(error)")
+        }
+        return ""
+    }
+
+    func backendPid(_ meta: PostgresMetadata) throws -> Int64 {
+        try meta.pool.read { tx in try tx.execute("SELECT pg_backend_pid()::bigint").int(0, 0) }
+    }
+
+    @Test func aDroppedConnectionIsRetriedTransparently() throws {
+        let url = try PostgresServer.volumeURL()
+        let meta = try PostgresMetadata.create(url: url, chunkSize: 4096, sizeLimit: 1 << 20, store: [:], now: t0)
+        defer { try? meta.destroy() }
+        let d = try meta.mknode(.root, "d", mode: dirMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0)
+        for _ in 0..<3 {
+            // The pool now holds exactly the connection that answered.
+            let pid = try backendPid(meta)
+            #expect(try admin("SELECT pg_terminate_backend($1::int)", [.int(pid)]).bool(0, 0))
+            #expect(try meta.lookup(.root, "d") == d)
+            let killed = try backendPid(meta)
+            #expect(try admin("SELECT pg_terminate_backend($1::int)", [.int(killed)]).bool(0, 0))
+            _ = try meta.mknode(d.ino, FileName("f\(killed)"), mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0)
+        }
+        #expect(try meta.readdir(d.ino, after: 0, limit: 10).count == 3)
+    }
+
+    @Test func anUnreachableServerFailsWithinTheDeadline() throws {
+        let started = ContinuousClock.now
+        let message = databaseMessage {
+            try PostgresMetadata(url: "postgres://netvol@127.0.0.1:9/netvol?volume=x", deadlineSeconds: 2)
+        }
+        #expect(message.contains("127.0.0.1:9"), "\(message)")
+        #expect(ContinuousClock.now - started < .seconds(6))
+    }
+
+    @Test func aWrongPasswordSaysSoWithoutThePassword() throws {
+        let secret = "not-the-password-\(UUID().uuidString)"
+        let url = try PostgresServer.volumeURL()
+        let message = databaseMessage { try PostgresMetadata(url: url, password: secret, deadlineSeconds: 5) }
+        #expect(message.contains("password authentication failed for user netvol"), "\(message)")
+        #expect(!message.contains(secret))
+        // Nor when the password is written into the URL.
+        let base = try PostgresServer.url()
+        let inURL = base.replacingOccurrences(of: "://netvol@", with: "://netvol:\(secret)@") + "?volume=x"
+        do {
+            _ = try PostgresMetadata(url: inURL, deadlineSeconds: 5)
+            Issue.record("opened a volume with a wrong password")
+        } catch {
+            #expect(!"\(error)".contains(secret))
+        }
+    }
+
+    @Test func aMissingDatabaseOrVolumeIsNamed() throws {
+        let base = try PostgresServer.url()
+        let noDatabase = String(base.dropLast("netvol".count)) + "nosuchdb?volume=x"
+        #expect(throws: MetadataError.database("database nosuchdb does not exist on 127.0.0.1:\(URLComponents(string: base)?.port ?? 0)")) {
+            try PostgresMetadata(url: noDatabase, deadlineSeconds: 5)
+        }
+        #expect(throws: MetadataError.notAVolume("no volume named nothing-here in database netvol")) {
+            try PostgresMetadata(url: base + "?volume=nothing-here")
+        }
+        #expect(throws: MetadataError.invalidArgument("postgres://netvol@\(base.dropFirst("postgres://netvol@".count)) names no volume: add ?volume=NAME")) {
+            try PostgresMetadata(url: base)
+        }
+    }
+
+    @Test func storeSettingsAndNameRoundTrip() throws {
+        let url = try PostgresServer.volumeURL()
+        let store = ["kind": "s3", "bucket": "b", "prefix": "volumes/x/", "endpoint": "http://127.0.0.1:9000", "region": "eu"]
+        let created = try PostgresMetadata.create(url: url, chunkSize: 1 << 20, sizeLimit: 1 << 40, store: store, uid: 5, gid: 6, now: t0)
+        defer { try? created.destroy() }
+        let reopened = try PostgresMetadata(url: url)
+        #expect(reopened.storeSettings == store)
+        #expect(reopened.volumeName == url.components(separatedBy: "volume=").last)
+        #expect(try reopened.settings() == VolumeSettings(chunkSize: 1 << 20, sizeLimit: 1 << 40))
+        let root = try reopened.getattr(.root)
+        #expect(root.uid == 5 && root.gid == 6 && root.isDirectory)
+    }
+
+    @Test func volumesOfOneDatabaseAreIndependent() throws {
+        let one = try PostgresMetadata.create(url: try PostgresServer.volumeURL(), chunkSize: 4096, sizeLimit: 1 << 20, store: [:], now: t0)
+        defer { try? one.destroy() }
+        let two = try PostgresMetadata.create(url: try PostgresServer.volumeURL(), chunkSize: 8192, sizeLimit: 1 << 21, store: [:], now: t1)
+        defer { try? two.destroy() }
+        let a = try one.mknode(.root, "a", mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0)
+        let b = try two.mknode(.root, "b", mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0)
+        #expect(a.ino == b.ino)  // numbered per volume
+        #expect(throws: MetadataError.notFound) { try two.lookup(.root, "a") }
+        #expect(try one.getattr(.root).mtime == t0 && two.getattr(.root).mtime == t0)
+        #expect(try two.settings().chunkSize == 8192)
+        _ = try one.acquireLease(holder: "w1", ttlSeconds: 30)
+        #expect(try two.lease().isHeld == false)
+        let taken = try two.acquireLease(holder: "w2", ttlSeconds: 30)
+        #expect(taken.holder == "w2")
+        #expect(try one.lease().holder == "w1")
+        #expect(try one.changes(after: 0, limit: 100).changes.allSatisfy { $0.parent != .root || $0.name != "b" })
+    }
+
+    @Test func listAndDestroy() throws {
+        let url = try PostgresServer.volumeURL()
+        let meta = try PostgresMetadata.create(url: url, chunkSize: 4096, sizeLimit: 1 << 20, store: [:], now: t0)
+        let f = try meta.mknode(.root, "f", mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0)
+        try meta.commitData(f.ino, chunks: [ref(0, 100)], dropFrom: nil, size: 100, mtime: t1, now: t1)
+        _ = try meta.acquireLease(holder: "lister", ttlSeconds: 30)
+        let listed = try PostgresMetadata.list(url: try PostgresServer.url(), password: nil)
+        let mine = try #require(listed.first { $0.name == meta.volumeName })
+        #expect(mine == VolumeSummary(name: meta.volumeName, sizeLimit: 1 << 20, usedBytes: 100, inodes: 2, leaseHolder: "lister"))
+        #expect(throws: MetadataError.exists) {
+            try PostgresMetadata.create(url: url, chunkSize: 4096, sizeLimit: 1 << 20, store: [:], now: t0)
+        }
+        try meta.destroy()
+        #expect(try PostgresMetadata.list(url: try PostgresServer.url(), password: nil).contains { $0.name == meta.volumeName } == false)
+        #expect(throws: MetadataError.self) { try PostgresMetadata(url: url) }
+        // The name is free again.
+        let again = try PostgresMetadata.create(url: url, chunkSize: 4096, sizeLimit: 1 << 20, store: [:], now: t0)
+        #expect(try again.readdir(.root, after: 0, limit: 10).isEmpty)
+        try again.destroy()
+    }
+
+    @Test func leaseTimesAreTheDatabasesClock() throws {
+        let url = try PostgresServer.volumeURL()
+        let meta = try PostgresMetadata.create(url: url, chunkSize: 4096, sizeLimit: 1 << 20, store: [:], now: t0)
+        defer { try? meta.destroy() }
+        let server = try admin("SELECT (extract(epoch from clock_timestamp()) * 1000000000)::bigint").int(0, 0)
+        let lease = try meta.acquireLease(holder: "a", ttlSeconds: 1)
+        #expect(lease.isHeld)
+        #expect(abs(lease.now.nanoseconds - server) < 5_000_000_000)
+        #expect(lease.expiresAt.nanoseconds - lease.now.nanoseconds == 1_000_000_000)
+        #expect(throws: MetadataError.self) { try meta.acquireLease(holder: "b", ttlSeconds: 1) }
+        usleep(1_300_000)
+        #expect(try meta.lease().isHeld == false)
+        #expect(try meta.acquireLease(holder: "b", ttlSeconds: 1).holder == "b")
+        // Sessions too.
+        let session = Session(id: "s", host: "h", pid: 1, mountpoint: "/m", device: "0:1", mode: "writer", startedAt: t0, heartbeatAt: t0)
+        try meta.heartbeat(session, staleSeconds: 60)
+        let stored = try #require(try meta.sessions().first)
+        #expect(abs(stored.heartbeatAt.nanoseconds - server) < 10_000_000_000)
+    }
+}
