@@ -11,6 +11,9 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         // Finds and links libfuse3; no code of its own.
@@ -23,6 +26,17 @@ let package = Package(
             "CXXHash",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Chunks in any S3-compatible object store, over HTTP with Signature V4.
+        .target(name: "S3ChunkStore", dependencies: [
+            "ChunkStore",
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ]),
+        // A bounded on-disk cache of whole objects in front of another store.
+        .target(name: "CachedChunkStore", dependencies: ["ChunkStore"]),
         .target(name: "Metadata", dependencies: [
             "ChunkStore",
             .product(name: "GRDB", package: "GRDB.swift"),
@@ -40,7 +54,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .testTarget(name: "ChunkStoreTests", dependencies: ["ChunkStore"]),
+        .testTarget(name: "ChunkStoreTests", dependencies: ["ChunkStore", "S3ChunkStore", "CachedChunkStore"]),
         .testTarget(name: "MetadataTests", dependencies: ["Metadata"]),
         .testTarget(name: "VolumeFSTests", dependencies: ["VolumeFS", "Metadata", "ChunkStore"]),
         // Linux calls the tests make that Swift's Glibc module does not show.

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/deps.sh
+. scripts/lib/seaweedfs.sh
 
 install_build_dependencies
 # The tests also use the shell tools people use on a volume.
@@ -15,6 +16,13 @@ swift build --product netvol
 # Mounts that were there before (a volume mounted by scripts/run.sh, say) are not ours.
 netvol_mounts() { awk '$3 ~ /^fuse/ && $1 ~ /netvol/ {print $2}' /proc/mounts | sort; }
 before=$(netvol_mounts)
+
+# The S3 chunk store's tests run against a local SeaweedFS, and must not skip it.
+install_seaweedfs
+seaweedfs_dir=$(mktemp -d)
+trap 'stop_seaweedfs; rm -rf "$seaweedfs_dir"' EXIT
+start_seaweedfs "$seaweedfs_dir" 27333
+export NETVOL_REQUIRE_SERVERS=1
 
 # A hung mount must fail the run, not hang it: every layer is bounded in time.
 status=0

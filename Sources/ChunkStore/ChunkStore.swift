@@ -66,4 +66,15 @@ public protocol ChunkStore: Sendable {
 
     /// Every object in the store, in no particular order (for garbage collection and fsck).
     func list() throws(StoreError) -> [ObjectID]
+
+    /// Says that the bytes just read from object `id` did not match their checksums:
+    /// the store drops any local copy it keeps of the object, so that the next read
+    /// fetches it again from where it is kept durably. Returns without waiting.
+    func discard(_ id: ObjectID)
+}
+
+extension ChunkStore {
+    /// A store without local copies has nothing to drop: the next read goes to the
+    /// object itself anyway.
+    public func discard(_ id: ObjectID) {}
 }
