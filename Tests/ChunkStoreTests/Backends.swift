@@ -160,13 +160,13 @@ final class CountingStore: ChunkStore {
 
 extension ChunkStore {
     func put(_ id: ObjectID, _ data: [UInt8]) throws {
-        try data.withUnsafeBytes { buffer throws(StoreError) in try put(id, buffer) }
+        try data.withUnsafeBytes { buffer in try put(id, buffer) }
     }
 
     /// `count` bytes from `offset`, as many as the store returned.
     func read(_ id: ObjectID, offset: Int = 0, count: Int) throws -> [UInt8] {
         var back = [UInt8](repeating: 0, count: count)
-        let got = try back.withUnsafeMutableBytes { buffer throws(StoreError) in try read(id, offset: offset, into: buffer) }
+        let got = try back.withUnsafeMutableBytes { buffer in try read(id, offset: offset, into: buffer) }
         return Array(back[0..<got])
     }
 }

@@ -13,7 +13,7 @@ final class SilentServer {
     let port: UInt16
 
     init() throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -25,6 +25,7 @@ final class SilentServer {
             }
         }
         guard fd >= 0, bound else { throw StoreError.io(errno: errno, "cannot listen") }
+        self.fd = fd
         port = UInt16(bigEndian: address.sin_port)
     }
 
