@@ -54,7 +54,13 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .testTarget(name: "ChunkStoreTests", dependencies: ["ChunkStore", "S3ChunkStore", "CachedChunkStore"]),
+        .testTarget(name: "ChunkStoreTests", dependencies: [
+            "ChunkStore", "S3ChunkStore", "CachedChunkStore",
+            // A scripted HTTP server, to see how the S3 client meets a misbehaving one.
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ]),
         .testTarget(name: "MetadataTests", dependencies: ["Metadata"]),
         .testTarget(name: "VolumeFSTests", dependencies: ["VolumeFS", "Metadata", "ChunkStore"]),
         // Linux calls the tests make that Swift's Glibc module does not show.

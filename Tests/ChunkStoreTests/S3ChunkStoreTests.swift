@@ -140,3 +140,93 @@ final class SilentServer {
         #expect(!S3ChunkStore.isRetryable(403, "AccessDenied") && !S3ChunkStore.isRetryable(404, "NoSuchKey"))
     }
 }
+
+/// How the client meets a server that throttles, fails, or ignores what it is sent.
+@Suite struct S3ClientBehaviourTests {
+    func store(_ server: ScriptedServer, deadline: Duration = .seconds(10)) throws -> S3ChunkStore {
+        try S3ChunkStore(configuration: S3Configuration(
+            endpoint: server.endpoint, bucket: "bucket", prefix: "volume",
+            credentials: S3Credentials(accessKeyID: "AKID", secretAccessKey: "the-secret", sessionToken: "the-token"),
+            deadline: deadline, connectTimeout: .seconds(1), readTimeout: .seconds(1)))
+    }
+
+    static let slowDown = ScriptedServer.Answer(
+        status: .serviceUnavailable,
+        body: "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>")
+
+    @Test func serverErrorsAndThrottlingAreRetried() throws {
+        let server = try ScriptedServer([.init(status: .internalServerError), Self.slowDown,
+                                         .init(status: .ok, headers: [("content-length", "5")])])
+        let store = try store(server)
+        defer { store.close() }
+        #expect(try store.size(of: ObjectID(rawValue: 0xab)) == 5)
+        #expect(server.requests.count == 3)
+        #expect(server.requests.allSatisfy { $0.method == .HEAD && $0.uri == "/bucket/volume/ab/00000000000000ab" })
+    }
+
+    @Test func throttlingThatNeverEndsFailsAtTheDeadline() throws {
+        let server = try ScriptedServer([Self.slowDown])
+        let store = try store(server, deadline: .seconds(2))
+        defer { store.close() }
+        let start = ContinuousClock.now
+        #expect {
+            try store.delete(ObjectID.random())
+        } throws: { error in
+            guard case .io(let code, let message)? = error as? StoreError else { return false }
+            return code == EIO && message.contains("SlowDown")
+        }
+        #expect(ContinuousClock.now - start < .seconds(2 + 8))
+        #expect(server.requests.count > 1)
+    }
+
+    @Test func clientErrorsAreNotRetried() throws {
+        let server = try ScriptedServer([.init(status: .forbidden, body: "<Error><Code>AccessDenied</Code></Error>")])
+        let store = try store(server)
+        defer { store.close() }
+        #expect(throws: StoreError.self) { try store.list() }
+        #expect(server.requests.count == 1)
+    }
+
+    @Test func aServerThatIgnoresRangeStillGivesTheBytesAsked() throws {
+        let server = try ScriptedServer([.init(status: .ok, body: "0123456789")])
+        let store = try store(server)
+        defer { store.close() }
+        var buffer = [UInt8](repeating: 0, count: 4)
+        let count = try buffer.withUnsafeMutableBytes { try store.read(ObjectID.random(), offset: 3, into: $0) }
+        #expect(count == 4 && String(decoding: buffer, as: UTF8.self) == "3456")
+        #expect(server.requests.first?.headers["range"] == ["bytes=3-6"])
+    }
+
+    @Test func putsAreConditionalSignedAndCarryTheSessionToken() throws {
+        let server = try ScriptedServer([.init(status: .ok), .init(status: .preconditionFailed)])
+        let store = try store(server)
+        defer { store.close() }
+        let id = ObjectID.random()
+        try bytes(10).withUnsafeBytes { try store.put(id, $0) }
+        #expect(throws: StoreError.exists(id)) { try bytes(10).withUnsafeBytes { try store.put(id, $0) } }
+        let head = try #require(server.requests.first)
+        #expect(head.method == .PUT)
+        #expect(head.headers["if-none-match"] == ["*"])
+        #expect(head.headers["x-amz-security-token"] == ["the-token"])
+        let authorization = head.headers["authorization"].first ?? ""
+        #expect(authorization.hasPrefix("AWS4-HMAC-SHA256 Credential=AKID/"))
+        #expect(authorization.contains("if-none-match;x-amz-content-sha256;x-amz-date;x-amz-security-token"))
+        #expect(!authorization.contains("the-secret"))
+    }
+
+    @Test func listingFollowsContinuationTokens() throws {
+        func page(_ keys: [String], next: String?) -> ScriptedServer.Answer {
+            let contents = keys.map { "<Contents><Key>volume/\($0.suffix(2))/\($0)</Key></Contents>" }.joined()
+            let tail = next.map { "<IsTruncated>true</IsTruncated><NextContinuationToken>\($0)</NextContinuationToken>" }
+                ?? "<IsTruncated>false</IsTruncated>"
+            return .init(status: .ok, body: "<ListBucketResult>\(contents)\(tail)</ListBucketResult>")
+        }
+        let server = try ScriptedServer([page(["0000000000000001", "0000000000000002"], next: "a/b+c="),
+                                         page(["0000000000000003"], next: nil)])
+        let store = try store(server)
+        defer { store.close() }
+        #expect(try store.list().map(\.rawValue) == [1, 2, 3])
+        #expect(server.requests.count == 2)
+        #expect(server.requests.last?.uri.contains("continuation-token=a%2Fb%2Bc%3D") == true)
+    }
+}
