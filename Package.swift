@@ -11,6 +11,9 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         // Finds and links libfuse3; no code of its own.
@@ -29,6 +32,17 @@ let package = Package(
             "Metadata",
             .product(name: "GRDB", package: "GRDB.swift"),
         ]),
+        // Chunks in any S3-compatible object store, over HTTP with Signature V4.
+        .target(name: "S3ChunkStore", dependencies: [
+            "ChunkStore",
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ]),
+        // A bounded on-disk cache of whole objects in front of another store.
+        .target(name: "CachedChunkStore", dependencies: ["ChunkStore"]),
         // Finds and links libpq, PostgreSQL's client library.
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
         .target(name: "PostgresMetadata", dependencies: ["CLibPQ", "Metadata"]),
@@ -38,7 +52,9 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Turns a volume's name (a directory or a URL) into a Metadata and a ChunkStore.
-        .target(name: "VolumeBackends", dependencies: ["Metadata", "ChunkStore", "SQLiteMetadata", "LocalChunkStore"]),
+        .target(name: "VolumeBackends", dependencies: [
+            "Metadata", "ChunkStore", "SQLiteMetadata", "LocalChunkStore", "PostgresMetadata", "S3ChunkStore", "CachedChunkStore",
+        ]),
         .target(name: "FuseMount", dependencies: [
             "CFuse", "VolumeFS",
             .product(name: "Logging", package: "swift-log"),
@@ -48,7 +64,13 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .testTarget(name: "ChunkStoreTests", dependencies: ["ChunkStore", "LocalChunkStore"]),
+        .testTarget(name: "ChunkStoreTests", dependencies: [
+            "ChunkStore", "LocalChunkStore", "S3ChunkStore", "CachedChunkStore",
+            // A scripted HTTP server, to see how the S3 client meets a misbehaving one.
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ]),
         .testTarget(name: "MetadataTests", dependencies: ["Metadata", "SQLiteMetadata", "PostgresMetadata"]),
         .testTarget(name: "VolumeFSTests", dependencies: ["VolumeFS", "Metadata", "ChunkStore", "SQLiteMetadata", "LocalChunkStore"]),
         // Linux calls the tests make that Swift's Glibc module does not show.

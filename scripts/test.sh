@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/deps.sh
 . scripts/lib/postgres.sh
+. scripts/lib/seaweedfs.sh
 
 install_build_dependencies
 # The tests also use the shell tools people use on a volume.
@@ -13,11 +14,20 @@ install_packages attr python3 tar diffutils util-linux procps psmisc
 swift build --build-tests
 swift build --product netvol
 
-# The PostgreSQL metadata tests need a server: a private one, gone when the run ends.
+# The PostgreSQL and S3 backends are tested against real servers: a private PostgreSQL
+# cluster and a SeaweedFS S3 server, both on loopback, gone when the run ends. A server
+# that cannot start fails the run; no test of a backend is skipped.
 install_postgres
+install_seaweedfs
 postgres_dir=$(mktemp -d /tmp/netvol-pg.XXXXXX)
-trap 'stop_postgres; rm -rf "$postgres_dir"' EXIT
+seaweedfs_dir=$(mktemp -d /tmp/netvol-s3.XXXXXX)
+stop_servers() { stop_seaweedfs; stop_postgres; rm -rf "$postgres_dir" "$seaweedfs_dir"; }
+trap stop_servers EXIT
 start_postgres "$postgres_dir" 54329
+start_seaweedfs "$seaweedfs_dir" 27333
+# The end-to-end scenarios that run on network volumes as well keep their chunks here.
+make_bucket netvol-e2e
+export NETVOL_E2E_BUCKET=netvol-e2e
 export NETVOL_REQUIRE_SERVERS=1
 
 # Mounts that were there before (a volume mounted by scripts/run.sh, say) are not ours.

@@ -36,7 +36,8 @@ struct EmbeddedVolume {
         do {
             let metadata = try SQLiteMetadata(path: databasePath)
             let store = try LocalChunkStore(root: chunksPath)
-            return OpenedVolume(address: address, metadata: metadata, store: store, defaultLogPath: logPath)
+            return OpenedVolume(address: address, metadata: metadata, store: store, defaultLogPath: logPath,
+                                storeDescription: nil, cache: nil)
         } catch {
             throw VolumeError("cannot open volume \(path): \(error)")
         }
@@ -72,6 +73,15 @@ struct EmbeddedVolume {
             if created { try? files.removeItem(atPath: path) }
             if let error = error as? VolumeError { throw error }
             throw VolumeError("cannot create volume \(path): \(error)")
+        }
+    }
+
+    func destroy(progress: (String) -> Void) throws(VolumeError) {
+        progress("deleting \(path)")
+        do {
+            try FileManager.default.removeItem(atPath: path)
+        } catch {
+            throw VolumeError("cannot delete \(path): \(error.localizedDescription)")
         }
     }
 

@@ -11,13 +11,44 @@ struct Netvol: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "netvol",
         abstract: "A persistent network volume, mounted with FUSE.",
-        subcommands: [Create.self, Mount.self, Unmount.self, Status.self, LeaseCommand.self, Resize.self, GC.self, Fsck.self])
+        subcommands: [Create.self, Mount.self, Unmount.self, Status.self, LeaseCommand.self, Resize.self, GC.self, Fsck.self,
+                      List.self, Destroy.self])
+}
+
+/// How a command finds a network volume's secrets (an embedded volume needs none).
+struct CredentialOptions: ParsableArguments {
+    @Option(help: "A file (mode 0600) whose first line is the PostgreSQL password; PGPASSWORD and PGPASSFILE work too.")
+    var passwordFile: String?
+
+    @Option(help: "A file (mode 0600) with AWS_ACCESS_KEY_ID=... and AWS_SECRET_ACCESS_KEY=... lines; the environment works too.")
+    var s3CredentialsFile: String?
+
+    func load() throws -> Credentials {
+        try Credentials.load(passwordFile: passwordFile.map(absolutePath), s3CredentialsFile: s3CredentialsFile.map(absolutePath))
+    }
+
+    /// The options again, for a daemon started with the same secrets.
+    var arguments: [String] {
+        (passwordFile.map { ["--password-file", absolutePath($0)] } ?? [])
+            + (s3CredentialsFile.map { ["--s3-credentials-file", absolutePath($0)] } ?? [])
+    }
+}
+
+/// Opens the volume a command was given, with its credentials.
+func openVolume(_ argument: String, _ credentials: CredentialOptions, cache: CacheSettings? = nil) throws -> OpenedVolume {
+    try VolumeAddress(argument).open(OpenOptions(credentials: credentials.load(), cache: cache))
 }
 
 struct Create: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Create an embedded volume in a directory.")
+    static let configuration = CommandConfiguration(
+        abstract: "Create a volume: embedded in a directory, or shared through PostgreSQL and an object store.",
+        discussion: """
+            An embedded volume is a directory: netvol create /var/lib/netvol/models --size 50G
+            A network volume is named by its metadata URL and keeps its chunks in S3:
+              netvol create 'postgres://USER@HOST:PORT/DB?volume=models' --store s3://BUCKET/PREFIX --endpoint http://HOST:PORT --size 50G
+            """)
 
-    @Argument(help: "The volume: a directory (created if missing; must be empty).")
+    @Argument(help: "The volume: a directory (created if missing; must be empty), or postgres://USER@HOST:PORT/DB?volume=NAME.")
     var volume: String
 
     @Option(help: "Size limit, e.g. 10G. It can grow later, never shrink.")
@@ -26,51 +57,126 @@ struct Create: ParsableCommand {
     @Option(help: "Chunk size, a power of two from 64K to 64M.")
     var chunkSize: String = "4M"
 
+    @Option(help: "Network volumes: where the chunks go, s3://BUCKET/PREFIX (a prefix of the volume's own).")
+    var store: String?
+
+    @Option(help: "Network volumes: the object store's URL, http://HOST:PORT or https://HOST.")
+    var endpoint: String?
+
+    @Option(help: "Network volumes: the object store's region.")
+    var region: String = "us-east-1"
+
+    @OptionGroup var credentials: CredentialOptions
+
     func run() throws {
         let sizeLimit = try parseSize(size, what: "--size")
         let chunk = try parseSize(chunkSize, what: "--chunk-size")
         guard chunk >= 64 << 10, chunk <= 64 << 20, chunk & (chunk - 1) == 0 else {
             throw CLIError("--chunk-size must be a power of two from 64K to 64M, not \(chunkSize)")
         }
-        let address = VolumeAddress(volume)
-        try address.create(VolumeSpec(sizeLimit: sizeLimit, chunkSize: Int(chunk), now: VolumeFS.now()))
-        print("created volume \(address): size \(formatBytes(sizeLimit)), chunk size \(formatBytes(chunk))")
+        let address = try VolumeAddress(volume)
+        var spec = VolumeSpec(sizeLimit: sizeLimit, chunkSize: Int(chunk), now: VolumeFS.now())
+        if case .postgres = address {
+            guard let store, let endpoint else {
+                throw CLIError("a network volume needs --store s3://BUCKET/PREFIX and --endpoint URL")
+            }
+            guard endpoint.hasPrefix("http://") || endpoint.hasPrefix("https://") else {
+                throw CLIError("--endpoint '\(endpoint)' must start with http:// or https://")
+            }
+            spec.store = StoreSpec(url: store, endpoint: endpoint, region: region)
+        } else if store != nil || endpoint != nil {
+            throw CLIError("--store and --endpoint are for network volumes (postgres:// URLs); an embedded volume keeps its chunks in its directory")
+        }
+        try address.create(spec, credentials: credentials.load())
+        let place = spec.store.map { ", chunks in \($0.url) at \($0.endpoint)" } ?? ""
+        print("created volume \(address): size \(formatBytes(sizeLimit)), chunk size \(formatBytes(chunk))\(place)")
+    }
+}
+
+struct List: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the volumes of a PostgreSQL database.")
+
+    @Argument(help: "The database: postgres://USER@HOST:PORT/DB.")
+    var database: String
+
+    @OptionGroup var credentials: CredentialOptions
+
+    func run() throws {
+        let volumes = try listVolumes(database, credentials: credentials.load())
+        if volumes.isEmpty {
+            print("no volumes in \(database)")
+            return
+        }
+        let rows = [["NAME", "SIZE", "USED", "FILES", "WRITER"]] + volumes.map { volume in
+            [volume.name, formatBytes(volume.sizeLimit), formatBytes(volume.usedBytes), "\(volume.inodes)",
+             volume.leaseHolder ?? "-"]
+        }
+        let widths = (0..<5).map { column in rows.map { $0[column].count }.max() ?? 0 }
+        for row in rows {
+            print(zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
+                .trimmingCharacters(in: .whitespaces))
+        }
+    }
+}
+
+struct Destroy: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Delete a volume: its metadata and every chunk object. Refused while it is mounted.")
+
+    @Argument(help: "The volume: its directory, or postgres://USER@HOST:PORT/DB?volume=NAME.")
+    var volume: String
+
+    @Flag(help: "Confirm: everything in the volume is lost.")
+    var yes = false
+
+    @OptionGroup var credentials: CredentialOptions
+
+    func run() throws {
+        let address = try VolumeAddress(volume)
+        guard yes else { throw CLIError("destroying \(address) deletes every file in it; confirm with --yes") }
+        try address.destroy(credentials: credentials.load()) { print($0) }
+        print("destroyed \(address)")
     }
 }
 
 struct Resize: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Grow a volume's size limit.")
 
-    @Argument(help: "The volume: its directory.")
+    @Argument(help: "The volume: its directory, or postgres://USER@HOST:PORT/DB?volume=NAME.")
     var volume: String
+
+    @OptionGroup var credentials: CredentialOptions
 
     @Option(help: "New size limit, e.g. 100G; must not be smaller than the current one.")
     var size: String
 
     func run() throws {
         let newLimit = try parseSize(size, what: "--size")
-        let metadata = try VolumeAddress(volume).open().metadata
+        let metadata = try openVolume(volume, credentials).metadata
         let current = try metadata.settings().sizeLimit
         guard newLimit >= current else {
             throw CLIError("cannot shrink a volume: it is \(formatBytes(current)), asked for \(formatBytes(newLimit)); volumes can only grow")
         }
         try metadata.resize(sizeLimit: newLimit)
-        print("volume \(VolumeAddress(volume)) is now \(formatBytes(newLimit))")
+        print("volume \(try VolumeAddress(volume)) is now \(formatBytes(newLimit))")
     }
 }
 
 struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show a volume's size, usage and mounts.")
 
-    @Argument(help: "The volume: its directory.")
+    @Argument(help: "The volume: its directory, or postgres://USER@HOST:PORT/DB?volume=NAME.")
     var volume: String
+
+    @OptionGroup var credentials: CredentialOptions
 
     @Flag(help: "Print JSON.")
     var json = false
 
     func run() throws {
-        let address = VolumeAddress(volume)
-        let metadata = try address.open().metadata
+        let opened = try openVolume(volume, credentials)
+        let address = opened.address
+        let metadata = opened.metadata
         let usage = try metadata.usage()
         let free = usage.sizeLimit > usage.usedBytes ? usage.sizeLimit - usage.usedBytes : 0
         let lease = try metadata.lease()
@@ -83,7 +189,7 @@ struct Status: ParsableCommand {
                 leaseObject["expires_at"] = iso8601(lease.expiresAt)
                 leaseObject["expires_in_seconds"] = Double(lease.expiresAt.nanoseconds - lease.now.nanoseconds) / 1e9
             }
-            let object: [String: Any] = [
+            var object: [String: Any] = [
                 "volume": address.description, "size_bytes": usage.sizeLimit, "used_bytes": usage.usedBytes,
                 "free_bytes": free, "files": usage.inodes, "chunk_size_bytes": usage.chunkSize,
                 "lease": leaseObject,
@@ -93,6 +199,7 @@ struct Status: ParsableCommand {
                      "heartbeat_at": iso8601(session.heartbeatAt)]
                 },
             ]
+            if let store = opened.storeDescription { object["store"] = store }
             let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
             print(String(decoding: data, as: UTF8.self))
             return
@@ -103,6 +210,7 @@ struct Status: ParsableCommand {
         print("free:       \(formatBytes(free))")
         print("files:      \(usage.inodes)")
         print("chunk size: \(formatBytes(UInt64(usage.chunkSize)))")
+        if let store = opened.storeDescription { print("store:      \(store)") }
         if lease.isHeld, let holder = lease.holder {
             let seconds = Double(lease.expiresAt.nanoseconds - lease.now.nanoseconds) / 1e9
             print("writer:     \(holder) (token \(lease.token), renewed \(iso8601(lease.renewedAt)), expires in \(String(format: "%.1f", seconds)) s)")
@@ -127,14 +235,16 @@ struct LeaseCommand: ParsableCommand {
         commandName: "lease", abstract: "Show the writer lease, or break it.",
         discussion: "Breaking bumps the lease token: the old holder can never commit again, and its buffered writes are lost.")
 
-    @Argument(help: "The volume: its directory.")
+    @Argument(help: "The volume: its directory, or postgres://USER@HOST:PORT/DB?volume=NAME.")
     var volume: String
+
+    @OptionGroup var credentials: CredentialOptions
 
     @Flag(name: .customLong("break"), help: "Revoke the lease from its holder.")
     var breakLease = false
 
     func run() throws {
-        let metadata = try VolumeAddress(volume).open().metadata
+        let metadata = try openVolume(volume, credentials).metadata
         let lease = try metadata.lease()
         guard breakLease else {
             if lease.isHeld, let holder = lease.holder {
@@ -155,15 +265,17 @@ struct LeaseCommand: ParsableCommand {
 struct GC: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "gc", abstract: "Delete chunk objects nothing refers to, after a grace period.")
 
-    @Argument(help: "The volume: its directory.")
+    @Argument(help: "The volume: its directory, or postgres://USER@HOST:PORT/DB?volume=NAME.")
     var volume: String
+
+    @OptionGroup var credentials: CredentialOptions
 
     @Option(help: "Seconds an unreferenced object is kept before it is deleted.")
     var grace: Int = 600
 
     func run() throws {
         guard grace >= 0, grace <= 315_360_000 else { throw CLIError("--grace must be between 0 and 315360000 seconds (ten years)") }
-        let opened = try VolumeAddress(volume).open()
+        let opened = try openVolume(volume, credentials)
         let (metadata, store) = (opened.metadata, opened.store)
         // Objects no transaction ever referred to (a crash between upload and commit)
         // become garbage now and go after the grace period like any other.
@@ -179,11 +291,13 @@ struct GC: ParsableCommand {
 struct Fsck: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Check that every chunk the metadata refers to is present and intact.")
 
-    @Argument(help: "The volume: its directory.")
+    @Argument(help: "The volume: its directory, or postgres://USER@HOST:PORT/DB?volume=NAME.")
     var volume: String
 
+    @OptionGroup var credentials: CredentialOptions
+
     func run() throws {
-        let opened = try VolumeAddress(volume).open()
+        let opened = try openVolume(volume, credentials)
         let report = try FsckReport.check(metadata: opened.metadata, store: opened.store)
         for problem in report.problems { print(problem) }
         print("checked \(report.inodes) inodes, \(report.chunks) chunks: \(report.problems.isEmpty ? "no problems" : "\(report.problems.count) problems")")

@@ -14,7 +14,7 @@ struct Mount: ParsableCommand {
         abstract: "Mount a volume (in the background unless --foreground).",
         discussion: "Returns once the mount answers, so the next line of a script can use it.")
 
-    @Argument(help: "The volume: its directory.")
+    @Argument(help: "The volume: its directory, or postgres://USER@HOST:PORT/DB?volume=NAME.")
     var volume: String
 
     @Argument(help: "Where to mount it (created if missing).")
@@ -50,6 +50,14 @@ struct Mount: ParsableCommand {
     @Option(help: "Seconds without writes after which an on-demand mount gives the lease back.")
     var leaseIdle: Double = 30
 
+    @Option(help: "Network volumes: the local cache of chunk objects (default /var/cache/netvol/<volume>).")
+    var cacheDir: String?
+
+    @Option(help: "Network volumes: the local cache's size limit, e.g. 20G.")
+    var cacheSize: String = "10G"
+
+    @OptionGroup var credentials: CredentialOptions
+
     @Option(help: .hidden)
     var readyFd: Int32?
 
@@ -59,18 +67,25 @@ struct Mount: ParsableCommand {
         guard !wait || writer else { throw ValidationError("--wait goes with --writer") }
         guard leaseTtl >= 1, leaseTtl <= 3600 else { throw ValidationError("--lease-ttl must be between 1 and 3600 seconds") }
         guard leaseIdle >= 0, leaseIdle <= 31_536_000 else { throw ValidationError("--lease-idle must be between 0 and 31536000 seconds (a year)") }
+        _ = try parseSize(cacheSize, what: "--cache-size")
+    }
+
+    /// The local cache a network volume's mount reads through.
+    func cacheSettings() throws -> CacheSettings {
+        CacheSettings(directory: cacheDir.map(absolutePath), capacityBytes: try parseSize(cacheSize, what: "--cache-size"))
     }
 
     var mode: AccessMode { readOnly ? .readOnly : writer ? .writer : .onDemand }
 
     func run() throws {
-        let address = VolumeAddress(volume)
         let target = absolutePath(mountpoint)
         var created: String?
+        let address: VolumeAddress
         do {
             do {
-                _ = try address.open()
-            } catch {
+                address = try VolumeAddress(volume)
+                _ = try address.open(OpenOptions(credentials: credentials.load()))
+            } catch let error as VolumeError {
                 throw CLIError(error.description)
             }
             try checkFuseDevice()
@@ -160,8 +175,8 @@ struct Mount: ParsableCommand {
             address.restrictPermissions(slowParts: false)
             let opened: OpenedVolume
             do {
-                opened = try address.open()
-            } catch {
+                opened = try address.open(OpenOptions(credentials: credentials.load(), cache: cacheSettings()))
+            } catch let error as VolumeError {
                 throw CLIError(error.description)
             }
             var volumeOptions = VolumeOptions()
@@ -243,7 +258,7 @@ struct Mount: ParsableCommand {
                         let seconds = Double(lease.expiresAt.nanoseconds - lease.now.nanoseconds) / 1e9
                         detail = " (token \(lease.token), expires in \(String(format: "%.0f", seconds)) s unless renewed)"
                     }
-                    throw CLIError("the writer lease of \(VolumeAddress(volume)) is held by \(holder ?? "another worker")\(detail); use --wait to wait for it")
+                    throw CLIError("the writer lease of \(volume) is held by \(holder ?? "another worker")\(detail); use --wait to wait for it")
                 }
                 logger.info("waiting for the writer lease held by \(holder ?? "another worker")")
                 sleep(1)
@@ -260,7 +275,14 @@ struct Mount: ParsableCommand {
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else { throw CLIError("cannot create a pipe: \(String(cString: strerror(errno)))") }
         for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        let logPath = try logFile.map(absolutePath) ?? address.open().defaultLogPath
+        let logPath = try logFile.map(absolutePath) ?? address.open(OpenOptions(credentials: credentials.load())).defaultLogPath
+        // The default log of a network volume is under /var/log/netvol, made private.
+        let logDirectory = (logPath as NSString).deletingLastPathComponent
+        if !FileManager.default.fileExists(atPath: logDirectory) {
+            guard mkdir(logDirectory, 0o700) == 0 || errno == EEXIST else {
+                throw CLIError("cannot create the log directory \(logDirectory): \(String(cString: strerror(errno)))")
+            }
+        }
         var arguments = ["netvol", "mount", address.description, target, "--foreground", "--ready-fd", "3", "--gc-grace", "\(gcGrace)",
                          "--lease-ttl", "\(leaseTtl)", "--lease-idle", "\(leaseIdle)"]
         for option in options { arguments += ["-o", option] }
@@ -268,6 +290,8 @@ struct Mount: ParsableCommand {
         if readOnly { arguments.append("--read-only") }
         if writer { arguments.append("--writer") }
         if wait { arguments.append("--wait") }
+        if let cacheDir { arguments += ["--cache-dir", absolutePath(cacheDir)] }
+        arguments += ["--cache-size", cacheSize] + credentials.arguments
 
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -331,12 +355,9 @@ struct Unmount: ParsableCommand {
         let target = absolutePath(mountpoint)
         guard let entry = MountEntry.find(target) else { throw CLIError("\(target) is not mounted") }
         guard entry.fsType == "fuse.netvol" else { throw CLIError("\(target) is not a netvol mount (it is \(entry.fsType))") }
-        // The daemon serving this mount: its session names the mount's device.
-        var daemon: Int32?
-        if entry.source.hasPrefix("netvol:"),
-           let opened = try? VolumeAddress(String(entry.source.dropFirst("netvol:".count))).open() {
-            daemon = (try? opened.metadata.sessions())?.first { $0.device == entry.device && $0.host == ProcessInfo.processInfo.hostName }?.pid
-        }
+        // The daemon serving this mount, found without asking the volume's metadata
+        // (which may be a database that is down, or need credentials).
+        let daemon = Self.daemon(serving: target)
         guard let fusermount = findProgram("fusermount3") else {
             throw CLIError("fusermount3 is missing; install the fuse3 package")
         }
@@ -354,5 +375,23 @@ struct Unmount: ParsableCommand {
                 usleep(20_000)
             }
         }
+    }
+
+    /// The `netvol mount ... --foreground` process of this mount namespace that serves
+    /// `target`, if any.
+    static func daemon(serving target: String) -> Int32? {
+        let namespace = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/mnt")
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        for entry in entries {
+            guard let pid = Int32(entry), pid != getpid(),
+                  let raw = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { continue }
+            let arguments = raw.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            guard arguments.count > 3, (arguments[0] as NSString).lastPathComponent == "netvol",
+                  arguments[1] == "mount", arguments.contains("--foreground"), arguments.contains(target),
+                  (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(entry)/ns/mnt")) == namespace
+            else { continue }
+            return pid
+        }
+        return nil
     }
 }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import ArgumentParser
+import Metadata
 import VolumeBackends
 import VolumeFS
 
@@ -13,6 +14,9 @@ do {
     printError("netvol: \(error)")
     exit(1)
 } catch let error as VolumeError {
+    printError("netvol: \(error)")
+    exit(1)
+} catch let error as MetadataError {
     printError("netvol: \(error)")
     exit(1)
 } catch let error as FSError {

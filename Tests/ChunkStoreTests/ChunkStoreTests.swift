@@ -1,12 +1,102 @@
+import Dispatch
 import Foundation
+import Synchronization
 import Testing
 @testable import ChunkStore
 @testable import LocalChunkStore
 
-func temporaryDirectory() -> String {
-    let path = NSTemporaryDirectory() + "netvol-test-" + UUID().uuidString
-    try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    return path
+/// What every ChunkStore promises, checked against each implementation.
+@Suite struct ChunkStoreConformanceTests {
+    @Test(arguments: Backend.allCases)
+    func putThenReadGivesTheSameBytes(_ backend: Backend) throws {
+        guard let fixture = try backend.open() else { return }
+        let store = fixture.store
+        let id = ObjectID.random()
+        let data = bytes(200_000)
+        try store.put(id, data)
+        #expect(try store.read(id, count: data.count) == data)
+        #expect(try store.read(id, offset: 70_000, count: 1000) == Array(data[70_000..<71_000]))
+        #expect(try store.size(of: id) == data.count)
+    }
+
+    @Test(arguments: Backend.allCases)
+    func readPastTheEndIsShort(_ backend: Backend) throws {
+        guard let fixture = try backend.open() else { return }
+        let store = fixture.store
+        let id = ObjectID.random()
+        try store.put(id, bytes(100))
+        #expect(try store.read(id, offset: 60, count: 64) == Array(bytes(100)[60..<100]))
+        #expect(try store.read(id, offset: 100, count: 10) == [])
+        #expect(try store.read(id, offset: 150, count: 10) == [])
+    }
+
+    @Test(arguments: Backend.allCases)
+    func emptyObjectsExist(_ backend: Backend) throws {
+        guard let fixture = try backend.open() else { return }
+        let store = fixture.store
+        let id = ObjectID.random()
+        try store.put(id, [])
+        #expect(try store.size(of: id) == 0)
+        #expect(try store.read(id, count: 10) == [])
+    }
+
+    @Test(arguments: Backend.allCases)
+    func objectsAreNeverOverwritten(_ backend: Backend) throws {
+        guard let fixture = try backend.open() else { return }
+        let store = fixture.store
+        let id = ObjectID.random()
+        try store.put(id, bytes(10))
+        #expect(throws: StoreError.exists(id)) { try store.put(id, bytes(10, seed: 1)) }
+        #expect(try store.read(id, count: 10) == bytes(10))
+    }
+
+    @Test(arguments: Backend.allCases)
+    func missingObjectIsNotFound(_ backend: Backend) throws {
+        guard let fixture = try backend.open() else { return }
+        let store = fixture.store
+        let id = ObjectID.random()
+        #expect(throws: StoreError.notFound(id)) { try store.read(id, count: 10) }
+        #expect(throws: StoreError.notFound(id)) { try store.size(of: id) }
+        try store.delete(id)  // deleting what is not there is fine
+    }
+
+    @Test(arguments: Backend.allCases)
+    func listFindsEveryObjectAcrossPagesAndDeleteRemoves(_ backend: Backend) throws {
+        // Pages of 7 keys make 20 objects take three pages where the store pages.
+        guard let fixture = try backend.open(listPageSize: 7) else { return }
+        let store = fixture.store
+        let ids = (0..<20).map { _ in ObjectID.random() }
+        for id in ids { try store.put(id, bytes(5)) }
+        #expect(Set(try store.list()) == Set(ids))
+        try store.delete(ids[0])
+        #expect(Set(try store.list()) == Set(ids.dropFirst()))
+        #expect(throws: StoreError.notFound(ids[0])) { try store.read(ids[0], count: 5) }
+    }
+
+    @Test(arguments: Backend.allCases)
+    func concurrentPutsAndReadsFromManyThreads(_ backend: Backend) throws {
+        guard let fixture = try backend.open() else { return }
+        let store = fixture.store
+        let ids = (0..<32).map { _ in ObjectID.random() }
+        let failures = Mutex<[String]>([])
+        DispatchQueue.concurrentPerform(iterations: ids.count) { index in
+            do {
+                let data = bytes(50_000 + index, seed: UInt8(index))
+                try store.put(ids[index], data)
+                let back = try store.read(ids[index], count: data.count)
+                if back != data { failures.withLock { $0.append("object \(index) read back different bytes") } }
+                // And read someone else's, which may or may not be there yet.
+                let other = (index + 1) % ids.count
+                if let got = try? store.read(ids[other], count: 100), got != Array(bytes(50_000 + other, seed: UInt8(other))[0..<100]) {
+                    failures.withLock { $0.append("object \(other) read by another thread is wrong") }
+                }
+            } catch {
+                failures.withLock { $0.append("object \(index): \(error)") }
+            }
+        }
+        #expect(failures.withLock { $0 } == [])
+        #expect(Set(try store.list()) == Set(ids))
+    }
 }
 
 @Suite final class LocalChunkStoreTests {
@@ -14,63 +104,11 @@ func temporaryDirectory() -> String {
 
     deinit { try? FileManager.default.removeItem(atPath: root) }
 
-    func bytes(_ count: Int, seed: UInt8 = 7) -> [UInt8] {
-        (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(seed)) }
-    }
-
-    @Test func putThenReadGivesTheSameBytes() throws {
+    @Test func objectsAreFannedOutByTheLowByteOfTheID() throws {
         let store = try LocalChunkStore(root: root)
         let id = ObjectID.random()
-        let data = bytes(200_000)
-        try data.withUnsafeBytes { try store.put(id, $0) }
-        var back = [UInt8](repeating: 0, count: data.count)
-        let count = try back.withUnsafeMutableBytes { try store.read(id, offset: 0, into: $0) }
-        #expect(count == data.count)
-        #expect(back == data)
-        #expect(try store.size(of: id) == data.count)
-    }
-
-    @Test func readPastTheEndIsShort() throws {
-        let store = try LocalChunkStore(root: root)
-        let id = ObjectID.random()
-        try bytes(100).withUnsafeBytes { try store.put(id, $0) }
-        var back = [UInt8](repeating: 0, count: 64)
-        let count = try back.withUnsafeMutableBytes { try store.read(id, offset: 60, into: $0) }
-        #expect(count == 40)
-        #expect(Array(back[0..<40]) == Array(bytes(100)[60..<100]))
-    }
-
-    @Test func objectsAreNeverOverwritten() throws {
-        let store = try LocalChunkStore(root: root)
-        let id = ObjectID.random()
-        try bytes(10).withUnsafeBytes { try store.put(id, $0) }
-        #expect(throws: StoreError.exists(id)) {
-            try bytes(10, seed: 1).withUnsafeBytes { try store.put(id, $0) }
-        }
-        var back = [UInt8](repeating: 0, count: 10)
-        _ = try back.withUnsafeMutableBytes { try store.read(id, offset: 0, into: $0) }
-        #expect(back == bytes(10))
-    }
-
-    @Test func missingObjectIsNotFound() throws {
-        let store = try LocalChunkStore(root: root)
-        let id = ObjectID.random()
-        var back = [UInt8](repeating: 0, count: 10)
-        #expect(throws: StoreError.notFound(id)) {
-            _ = try back.withUnsafeMutableBytes { try store.read(id, offset: 0, into: $0) }
-        }
-        try store.delete(id)  // deleting what is not there is fine
-    }
-
-    @Test func listFindsEveryObjectAndDeleteRemoves() throws {
-        let store = try LocalChunkStore(root: root)
-        let ids = (0..<20).map { _ in ObjectID.random() }
-        for id in ids { try bytes(5).withUnsafeBytes { try store.put(id, $0) } }
-        #expect(Set(try store.list()) == Set(ids))
-        try store.delete(ids[0])
-        #expect(Set(try store.list()) == Set(ids.dropFirst()))
-        // Fanned out by the low byte of the id.
-        #expect(FileManager.default.fileExists(atPath: root + "/" + ids[1].description.suffix(2) + "/" + ids[1].description))
+        try store.put(id, bytes(5))
+        #expect(FileManager.default.fileExists(atPath: root + "/" + id.description.suffix(2) + "/" + id.description))
     }
 
     @Test func objectIDHexRoundTrips() {
@@ -91,5 +129,13 @@ func temporaryDirectory() -> String {
         let other = changed.withUnsafeBytes { BlockChecksums(of: $0) }
         #expect(other.values[0] == sums.values[0])
         #expect(other.values[1] != sums.values[1])
+    }
+
+    @Test func discardIsANoOpForAStoreWithoutLocalCopies() throws {
+        let store = try LocalChunkStore(root: root)
+        let id = ObjectID.random()
+        try store.put(id, bytes(5))
+        store.discard(id)
+        #expect(try store.read(id, count: 5) == bytes(5))
     }
 }

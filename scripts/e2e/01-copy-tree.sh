@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # scripts/e2e/01-copy-tree.sh: a real tree copied in with cp reads back identical
 # (contents, symlinks, modes, sizes, mtimes), and ls shows it as on a local disk.
+# e2e-backends: embedded network
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # scripts/e2e/05-persistence.sh: what was written before an unmount is there, unchanged,
 # after the next mount (data, names, links, modes, times, sparse holes), and fsck agrees.
+# e2e-backends: embedded network
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 

@@ -2,6 +2,7 @@
 # scripts/e2e/30-lease-one-writer.sh: two on-demand mounts of one volume. The first to
 # write gets the writer lease; the other's writes fail with "Read-only file system",
 # while its reads work and show the writer's data within 2 s.
+# e2e-backends: embedded network
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 

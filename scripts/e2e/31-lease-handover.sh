@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # scripts/e2e/31-lease-handover.sh: a writer that goes idle (--lease-idle) or unmounts
 # gives the lease back, and the other mount can then write.
+# e2e-backends: embedded network
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 

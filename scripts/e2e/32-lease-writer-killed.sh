@@ -2,6 +2,7 @@
 # scripts/e2e/32-lease-writer-killed.sh: kill -9 of the writer's daemon. After the lease
 # ttl another mount takes over; every file the dead writer fsync'd is intact and nothing
 # half-written is visible.
+# e2e-backends: embedded network
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 

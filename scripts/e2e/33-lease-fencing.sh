@@ -2,6 +2,7 @@
 # scripts/e2e/33-lease-fencing.sh: a writer stopped with SIGSTOP past its lease's expiry
 # while another takes the lease and writes, then SIGCONT: the old writer's buffered and
 # later writes are refused, and the volume holds exactly the new writer's data.
+# e2e-backends: embedded network
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 require_program python3

@@ -2,6 +2,7 @@
 # scripts/e2e/34-lease-readers-never-torn.sh: eight readers read a file while the writer
 # rewrites it in a loop. Every read of a chunk returns one whole version of that chunk:
 # each version fills each chunk with one byte value, so a torn chunk shows two values.
+# e2e-backends: embedded network
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 require_program python3

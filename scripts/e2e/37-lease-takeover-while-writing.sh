@@ -4,6 +4,7 @@
 # the middle of a write (and of a create), catches up on the other's changes, and the
 # write completes (kernel invalidations are sent from the background, never from inside
 # the request being served); afterwards both mounts agree on the data.
+# e2e-backends: embedded network
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 

@@ -18,6 +18,12 @@
 # - its own private mount namespace (unless E2E_UNSHARE=0; see below);
 # - exit status 0 pass, 1 fail, 77 skip (as automake and libfuse's tests use it).
 #
+# Network volumes: with E2E_BACKEND=network, $VOLUME is a PostgreSQL + S3 volume (a
+# postgres:// URL in the database NETVOL_TEST_PG_URL names, its chunks in the bucket
+# NETVOL_E2E_BUCKET at NETVOL_TEST_S3_ENDPOINT, as scripts/test.sh sets them up) instead
+# of a directory; each mount gets its own cache directory and log under $WORK. Scripts
+# that apply to both say so in a line "# e2e-backends: embedded network".
+#
 # Environment: NETVOL (the binary; default: the repository's .build/debug/netvol),
 # E2E_DEADLINE, E2E_KEEP=1 (keep $WORK for a post mortem), E2E_UNSHARE=0.
 
@@ -62,6 +68,8 @@ declare -A ERRNO_ALT_TEXT=(
 # Mountpoints this test mounted, and for each the daemon's pid, log file and the size of
 # that log when the mount started (so that checks read only this mount's lines).
 E2E_MOUNTS=()
+# Network volumes this test created (make_volume_at).
+declare -A E2E_CREATED=()
 # Other filesystems a test mounted (register_mount), unmounted after its FUSE mounts.
 E2E_OTHER_MOUNTS=()
 declare -A E2E_PID=() E2E_LOG=() E2E_LOG_START=()
@@ -266,7 +274,20 @@ make_volume_at() {
     local dir=$1
     shift
     (($# > 0)) || set -- --size 10G
+    if is_network_volume "$dir"; then
+        local name=${dir##*volume=}
+        set -- "$@" --store "s3://$NETVOL_E2E_BUCKET/$name" --endpoint "$NETVOL_TEST_S3_ENDPOINT"
+    fi
     netvol create "$dir" "$@" >/dev/null || fail "netvol create $dir $* failed"
+    E2E_CREATED[$dir]=1
+}
+
+# is_network_volume VOLUME: VOLUME is a postgres:// URL.
+is_network_volume() { [[ $1 == postgres://* || $1 == postgresql://* ]]; }
+
+# volume_exists VOLUME: there is a volume there (a network one: this test made it).
+volume_exists() {
+    if is_network_volume "$1"; then [[ -n ${E2E_CREATED[$1]:-} ]]; else [[ -e $1/volume.db ]]; fi
 }
 
 # register_mount PATH: a filesystem the test mounted at PATH itself, for the trap to
@@ -309,10 +330,15 @@ mount_volume() {
     require_fuse
     local dir=${1:-$VOLUME}
     (($# == 0)) || shift
-    [[ -e $dir/volume.db ]] || make_volume_at "$dir"
+    volume_exists "$dir" || make_volume_at "$dir"
     E2E_MOUNT_COUNT=$((E2E_MOUNT_COUNT + 1))
     local target=$WORK/mnt$E2E_MOUNT_COUNT
     local logfile=$dir/netvol.log arg previous=
+    if is_network_volume "$dir"; then
+        # Each mount is a worker host of its own: its own cache, and a log in $WORK.
+        logfile=$WORK/netvol-$E2E_MOUNT_COUNT.log
+        set -- --cache-dir "$WORK/cache$E2E_MOUNT_COUNT" --log-file "$logfile" "$@"
+    fi
     for arg; do
         [[ $previous != --log-file ]] || logfile=$arg
         previous=$arg
@@ -494,6 +520,11 @@ WORK=$(mktemp -d "/tmp/netvol-e2e-$E2E_NAME.XXXXXX")
 # Other users (permission tests) must be able to reach mountpoints inside.
 chmod 0755 "$WORK"
 VOLUME=$WORK/volume
+if [[ ${E2E_BACKEND:-embedded} == network ]]; then
+    [[ -n ${NETVOL_TEST_PG_URL:-} && -n ${NETVOL_TEST_S3_ENDPOINT:-} && -n ${NETVOL_E2E_BUCKET:-} ]] ||
+        fail "E2E_BACKEND=network needs NETVOL_TEST_PG_URL, NETVOL_TEST_S3_ENDPOINT and NETVOL_E2E_BUCKET (scripts/test.sh sets them)"
+    VOLUME="$NETVOL_TEST_PG_URL?volume=e2e-$E2E_NAME-$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')"
+fi
 trap e2e_cleanup EXIT
 # set -e stops a test at a failing command without a word; say which one it was.
 set -o errtrace

@@ -1,0 +1,465 @@
+// CachedChunkStore: a bounded on-disk cache of whole objects in front of another store
+// (typically S3), one per worker host.
+//
+// Owns: the cache directory (`DIR/xx/<16 hex id>`, like a local store, plus `DIR/tmp/`
+// for downloads under way), its size bound, and which objects stay in it.
+// Assumes: objects never change once written, so a cached copy is never stale and the
+// cache can outlive the process; the backing store is the durable one and the only one
+// `put`, `delete` and `list` answer for.
+//
+// A fetched object is written to a uniquely named temporary file and renamed into place,
+// so a torn file is never visible under its final name, and several processes (mounts)
+// can share one directory: the worst a race does is fetch an object twice. A file that
+// one process evicts while another reads it stays readable through the open descriptor.
+//
+// Damage: the layer above checks every read against its checksums and calls `discard`
+// on a mismatch, which deletes the cached file so that the next read fetches it again.
+// A truncated file shows as a short read: the object's size is then asked of the backing
+// store (once; it is remembered), and a cached file shorter than that is dropped and
+// fetched again. Fetches themselves check that they got as many bytes as the backing
+// store said the object has.
+//
+// Size: least recently used objects are evicted to keep the total at most the capacity,
+// and the cache's filesystem at most 90% full. Use is ordered in memory and on disk by
+// the files' mtimes (refreshed at most once a minute per object), which is what orders
+// the cache again after a restart. Each process bounds what it knows of; files other
+// processes add are learned at start and by a rescan every few hundred insertions.
+
+import ChunkStore
+import Dispatch
+import Foundation
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The cache's counters since the store was opened (sizes: now).
+public struct CacheStatistics: Sendable, Equatable {
+    /// Reads served from a cached file.
+    public var hits: Int
+    /// Reads that had to fetch the object first.
+    public var misses: Int
+    /// Bytes read from the backing store into the cache.
+    public var bytesFetched: Int
+    /// Objects removed to stay within the bounds.
+    public var evictions: Int
+    /// Bytes and objects in the cache, as far as this process knows.
+    public var bytesCached: Int
+    public var objectsCached: Int
+}
+
+public final class CachedChunkStore: ChunkStore {
+    public let directory: String
+    public let capacityBytes: Int
+    public let backing: any ChunkStore
+    /// The fraction of the cache's filesystem the cache stops filling at.
+    let maxFilesystemUse: Double
+
+    let index: Mutex<CacheIndex>
+    let fetches = Mutex<[ObjectID: Fetch]>([:])
+    let prefetches = Mutex(PrefetchQueue())
+    let insertionsSinceScan = Atomic<Int>(0)
+
+    let hits = Atomic<Int>(0)
+    let misses = Atomic<Int>(0)
+    let bytesFetched = Atomic<Int>(0)
+    let evictions = Atomic<Int>(0)
+
+    static let prefetchConcurrency = 4
+    static let prefetchQueueLimit = 256
+    static let rescanInterval = 256
+    /// How long a read waits for another thread's fetch of the same object: several
+    /// backing-store calls, each bounded by the backing store's own deadline.
+    static let fetchWait: Double = 300
+    /// Downloads are read from the backing store this much at a time.
+    static let fetchPiece = 4 << 20
+    /// Temporary files older than this were left by a process that died mid-fetch.
+    static let staleTemporary = 3600
+
+    /// Opens (creating it 0700 if needed) the cache in `directory` and learns what it
+    /// already holds, evicting down to `capacityBytes` if it holds more.
+    public init(directory: String, capacityBytes: Int, backing: any ChunkStore,
+                maxFilesystemUse: Double = 0.9, descriptorLimit: Int = 128) throws(StoreError) {
+        self.directory = directory
+        self.capacityBytes = capacityBytes
+        self.backing = backing
+        self.maxFilesystemUse = maxFilesystemUse
+        self.index = Mutex(CacheIndex(descriptorLimit: descriptorLimit))
+        try Self.makeDirectory(directory)
+        try Self.makeDirectory(directory + "/tmp")
+        removeStaleTemporaries()
+        learn(scanning: true)
+        evict(toFit: 0)
+    }
+
+    public var statistics: CacheStatistics {
+        let (bytes, objects) = index.withLock { ($0.totalBytes, $0.count) }
+        return CacheStatistics(hits: hits.load(ordering: .relaxed), misses: misses.load(ordering: .relaxed),
+                               bytesFetched: bytesFetched.load(ordering: .relaxed),
+                               evictions: evictions.load(ordering: .relaxed),
+                               bytesCached: bytes, objectsCached: objects)
+    }
+
+    // MARK: Paths
+
+    func subdirectory(of id: ObjectID) -> String { directory + "/" + id.description.suffix(2) }
+
+    /// The cached file of object `id`, whether it is there or not.
+    public func path(of id: ObjectID) -> String { subdirectory(of: id) + "/" + id.description }
+
+    // MARK: ChunkStore
+
+    public func put(_ id: ObjectID, _ bytes: UnsafeRawBufferPointer) throws(StoreError) {
+        try backing.put(id, bytes)
+        // The writer is likely to read what it wrote; a failure to cache it costs
+        // nothing but a later fetch.
+        guard bytes.count <= capacityBytes, evict(toFit: bytes.count),
+              let created = try? createTemporary(for: id) else { return }
+        let (fd, temporary) = created
+        if writeAll(fd, bytes) && install(temporary, as: id, size: bytes.count) {
+            index.withLock {
+                $0.setVerifiedSize(id, bytes.count)
+                $0.keep(OpenObject(fd: fd), for: id)
+            }
+        } else {
+            close(fd)
+            Glibc.unlink(temporary)
+        }
+    }
+
+    public func read(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int {
+        for attempt in 0..<2 {
+            guard let file = try obtain(id, countingUse: attempt == 0) else {
+                // The cache cannot hold it (full disk, or bigger than the capacity).
+                return try backing.read(id, offset: offset, into: buffer)
+            }
+            guard let done = file.read(at: offset, into: buffer) else {
+                throw Self.failure(errno, "cannot read \(path(of: id))")
+            }
+            if done == buffer.count { return done }
+            // A short read is the end of the object, or of a truncated file.
+            let expected = try verifiedSize(id)
+            if file.currentSize >= expected { return done }
+            discard(id)
+        }
+        throw .io(errno: EIO, "object \(id) is shorter in the cache at \(path(of: id)) than in its store, even after fetching it again")
+    }
+
+    public func prefetch(_ id: ObjectID) {
+        if index.withLock({ $0[id] != nil }) { return }
+        let startWorker = prefetches.withLock { queue in queue.add(id, limit: Self.prefetchQueueLimit, workers: Self.prefetchConcurrency) }
+        if startWorker {
+            DispatchQueue.global(qos: .utility).async { self.drainPrefetches() }
+        }
+    }
+
+    public func size(of id: ObjectID) throws(StoreError) -> Int {
+        if let size = index.withLock({ $0[id]?.verifiedSize }) { return size }
+        return try backing.size(of: id)
+    }
+
+    public func delete(_ id: ObjectID) throws(StoreError) {
+        try backing.delete(id)
+        discard(id)
+    }
+
+    public func list() throws(StoreError) -> [ObjectID] {
+        try backing.list()
+    }
+
+    /// Deletes the cached file; the next read fetches the object again.
+    public func discard(_ id: ObjectID) {
+        index.withLock { _ = $0.remove(id) }
+        Glibc.unlink(path(of: id))
+    }
+
+    // MARK: Fetching
+
+    /// One fetch under way, which reads of the same object wait for instead of starting
+    /// their own.
+    final class Fetch: Sendable {
+        /// Entered by the fetching thread until it is done, so that any number of
+        /// waiters, even late ones, see the end.
+        let running = DispatchGroup()
+        let error = Mutex<StoreError?>(nil)
+    }
+
+    /// The open cached file of `id`, fetching it first if needed; nil when the cache
+    /// cannot take it, so the caller reads from the backing store directly.
+    func obtain(_ id: ObjectID, countingUse: Bool) throws(StoreError) -> OpenObject? {
+        if let file = openCached(id) {
+            if countingUse { hits.add(1, ordering: .relaxed) }
+            return file
+        }
+        if countingUse { misses.add(1, ordering: .relaxed) }
+        let (fetch, leader) = fetches.withLock { fetches in
+            if let fetch = fetches[id] { return (fetch, false) }
+            let fetch = Fetch()
+            fetch.running.enter()
+            fetches[id] = fetch
+            return (fetch, true)
+        }
+        if leader {
+            defer {
+                fetches.withLock { $0[id] = nil }
+                fetch.running.leave()
+            }
+            do {
+                return try download(id)
+            } catch {
+                fetch.error.withLock { $0 = error }
+                throw error
+            }
+        }
+        if fetch.running.wait(timeout: .now() + Self.fetchWait) == .timedOut {
+            throw .io(errno: EIO, "object \(id): another fetch of it took more than \(Int(Self.fetchWait)) s")
+        }
+        if let error = fetch.error.withLock({ $0 }) { throw error }
+        return openCached(id)
+    }
+
+    /// Reads the whole object into a temporary file, checks its length, and renames it
+    /// into place. Errors of the backing store are thrown; a cache that cannot take the
+    /// object (no room, a local I/O error) gives nil.
+    func download(_ id: ObjectID) throws(StoreError) -> OpenObject? {
+        let size = try backing.size(of: id)
+        guard size <= capacityBytes, evict(toFit: size), let created = try? createTemporary(for: id) else { return nil }
+        let (fd, temporary) = created
+        var installed = false
+        defer {
+            if !installed {
+                close(fd)
+                Glibc.unlink(temporary)
+            }
+        }
+        let piece = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, min(size, Self.fetchPiece)), alignment: 64)
+        defer { piece.deallocate() }
+        var offset = 0
+        while offset < size {
+            let want = UnsafeMutableRawBufferPointer(rebasing: piece[0..<min(piece.count, size - offset)])
+            let got = try backing.read(id, offset: offset, into: want)
+            if got == 0 {
+                throw .io(errno: EIO, "object \(id) ended at \(offset) bytes while its store says it has \(size)")
+            }
+            guard writeAll(fd, UnsafeRawBufferPointer(rebasing: want[0..<got]), at: offset) else { return nil }
+            offset += got
+            bytesFetched.add(got, ordering: .relaxed)
+        }
+        guard install(temporary, as: id, size: size) else { return nil }
+        installed = true
+        let file = OpenObject(fd: fd)
+        index.withLock {
+            $0.setVerifiedSize(id, size)
+            $0.keep(file, for: id)
+        }
+        return file
+    }
+
+    /// The cached file of `id` if it is there, opened (or its kept descriptor), and
+    /// marked as just used.
+    func openCached(_ id: ObjectID) -> OpenObject? {
+        let now = Int(time(nil))
+        // (known, its kept descriptor, whether its mtime is due a refresh)
+        let (known, kept, stale) = index.withLock { index -> (Bool, OpenObject?, Bool) in
+            guard let entry = index[id] else { return (false, nil, true) }
+            index.use(id)
+            let stale = now - entry.touchedAt >= 60
+            if stale { index.setTouched(id, at: now) }
+            return (true, entry.file, stale)
+        }
+        if let kept {
+            if stale { futimens(kept.fd, nil) }
+            return kept
+        }
+        let fd = open(path(of: id), O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            // Gone: evicted by another process, or discarded.
+            if known { index.withLock { _ = $0.remove(id) } }
+            return nil
+        }
+        let file = OpenObject(fd: fd)
+        if stale { futimens(fd, nil) }
+        let size = file.currentSize
+        index.withLock { index in
+            index.insertNewest(id, size: size, touchedAt: now)
+            index.keep(file, for: id)
+        }
+        return file
+    }
+
+    func verifiedSize(_ id: ObjectID) throws(StoreError) -> Int {
+        if let size = index.withLock({ $0[id]?.verifiedSize }) { return size }
+        let size = try backing.size(of: id)
+        index.withLock { $0.setVerifiedSize(id, size) }
+        return size
+    }
+
+    func drainPrefetches() {
+        while let id = prefetches.withLock({ $0.next() }) {
+            _ = try? obtain(id, countingUse: false)
+            prefetches.withLock { $0.finished(id) }
+        }
+    }
+
+    // MARK: Files
+
+    /// A new file in `DIR/tmp`, 0600 whatever the umask, named so that no other thread
+    /// or process picks the same name.
+    func createTemporary(for id: ObjectID) throws(StoreError) -> (Int32, String) {
+        let name = "\(directory)/tmp/\(id).\(getpid()).\(UInt64.random(in: 0...UInt64.max)).part"
+        let fd = open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw Self.failure(errno, "cannot create \(name)") }
+        fchmod(fd, 0o600)
+        return (fd, name)
+    }
+
+    /// Renames a complete temporary file into place and records it; an object that is
+    /// already there (another process fetched it too) is the same bytes, so either copy
+    /// may win.
+    func install(_ temporary: String, as id: ObjectID, size: Int) -> Bool {
+        let final = path(of: id)
+        var result = rename(temporary, final)
+        if result != 0 && errno == ENOENT {
+            try? Self.makeDirectory(subdirectory(of: id))
+            result = rename(temporary, final)
+        }
+        guard result == 0 else { return false }
+        index.withLock { $0.insertNewest(id, size: size, touchedAt: Int(time(nil))) }
+        if insertionsSinceScan.add(1, ordering: .relaxed).newValue % Self.rescanInterval == 0 {
+            learn(scanning: false)
+        }
+        evict(toFit: 0)
+        return true
+    }
+
+    func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at start: Int = 0) -> Bool {
+        guard let base = bytes.baseAddress else { return true }
+        var done = 0
+        while done < bytes.count {
+            let n = pwrite(fd, base + done, bytes.count - done, off_t(start + done))
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return false }
+            done += n
+        }
+        return true
+    }
+
+    // MARK: Size bounds
+
+    /// Evicts least recently used objects until `incoming` more bytes fit within the
+    /// capacity and the filesystem bound; false if they cannot.
+    @discardableResult
+    func evict(toFit incoming: Int) -> Bool {
+        while true {
+            let over = index.withLock { $0.totalBytes + incoming > capacityBytes }
+            let full = !filesystemHasRoom(for: incoming)
+            guard over || full else { return true }
+            guard let victim = index.withLock({ index -> ObjectID? in
+                guard let oldest = index.oldest else { return nil }
+                index.remove(oldest)
+                return oldest
+            }) else { return false }
+            Glibc.unlink(path(of: victim))
+            evictions.add(1, ordering: .relaxed)
+        }
+    }
+
+    func filesystemHasRoom(for incoming: Int) -> Bool {
+        var info = statvfs()
+        guard statvfs(directory, &info) == 0, info.f_blocks > 0 else { return true }
+        let block = Double(info.f_frsize)
+        let total = Double(info.f_blocks) * block
+        let used = Double(info.f_blocks - info.f_bavail) * block
+        return used + Double(incoming) <= total * maxFilesystemUse
+    }
+
+    /// Reads the directory: at start, every object in mtime order; later, the objects
+    /// other processes added (as least recently used) and the ones they removed.
+    func learn(scanning: Bool) {
+        var found: [(ObjectID, Int, Int)] = []
+        let files = FileManager.default
+        for sub in (try? files.contentsOfDirectory(atPath: directory)) ?? [] where sub.count == 2 {
+            for name in (try? files.contentsOfDirectory(atPath: directory + "/" + sub)) ?? [] {
+                guard let id = ObjectID(hex: name), name.hasSuffix(sub) else { continue }
+                var info = stat()
+                guard stat(directory + "/" + sub + "/" + name, &info) == 0 else { continue }
+                found.append((id, Int(info.st_size), Int(info.st_mtim.tv_sec)))
+            }
+        }
+        let present = Set(found.map(\.0))
+        index.withLock { index in
+            if !scanning {
+                for id in index.entries.keys where !present.contains(id) { index.remove(id) }
+            }
+            // Newest first into the old end leaves the oldest file at the very end.
+            for (id, size, mtime) in found.sorted(by: { $0.2 > $1.2 }) {
+                index.insertOldest(id, size: size, touchedAt: mtime)
+            }
+        }
+    }
+
+    func removeStaleTemporaries() {
+        let now = Int(time(nil))
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory + "/tmp")) ?? [] {
+            let path = directory + "/tmp/" + name
+            var info = stat()
+            if stat(path, &info) == 0 && now - Int(info.st_mtim.tv_sec) > Self.staleTemporary { Glibc.unlink(path) }
+        }
+    }
+
+    /// Creates a directory 0700 whatever the umask, and its missing parents.
+    static func makeDirectory(_ path: String) throws(StoreError) {
+        if mkdir(path, 0o700) == 0 {
+            chmod(path, 0o700)
+            return
+        }
+        switch errno {
+        case EEXIST:
+            return
+        case ENOENT where path.contains("/") && path != "/":
+            let parent = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
+            if !parent.isEmpty { try makeDirectory(parent) }
+            if mkdir(path, 0o700) == 0 || errno == EEXIST {
+                chmod(path, 0o700)
+                return
+            }
+            throw failure(errno, "cannot create \(path)")
+        default:
+            throw failure(errno, "cannot create \(path)")
+        }
+    }
+
+    static func failure(_ code: Int32, _ what: String) -> StoreError {
+        if code == ENOSPC || code == EDQUOT { return .noSpace }
+        return .io(errno: code, "\(what): \(String(cString: strerror(code)))")
+    }
+}
+
+/// Prefetches waiting for a worker: bounded, without duplicates, served by at most a
+/// few workers at once.
+struct PrefetchQueue {
+    var waiting: [ObjectID] = []
+    var pending: Set<ObjectID> = []
+    var workers = 0
+
+    /// Queues `id`; true when the caller should start one more worker.
+    mutating func add(_ id: ObjectID, limit: Int, workers maxWorkers: Int) -> Bool {
+        guard !pending.contains(id), waiting.count < limit else { return false }
+        pending.insert(id)
+        waiting.append(id)
+        guard workers < maxWorkers else { return false }
+        workers += 1
+        return true
+    }
+
+    /// The next id to fetch, or nil, and then the worker stops.
+    mutating func next() -> ObjectID? {
+        guard !waiting.isEmpty else {
+            workers -= 1
+            return nil
+        }
+        return waiting.removeFirst()
+    }
+
+    mutating func finished(_ id: ObjectID) { pending.remove(id) }
+}

@@ -1,0 +1,232 @@
+import Dispatch
+import Foundation
+import Synchronization
+import Testing
+@testable import CachedChunkStore
+import ChunkStore
+import LocalChunkStore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The cache's own promises, over a local store that counts what reaches it.
+@Suite final class CachedChunkStoreTests {
+    let root = temporaryDirectory()
+    let backing: CountingStore
+    var cacheDirectory: String { root + "/cache" }
+
+    init() throws {
+        backing = CountingStore(try LocalChunkStore(root: root + "/store"))
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: root) }
+
+    func makeCache(capacity: Int = 64 << 20, over store: (any ChunkStore)? = nil) throws -> CachedChunkStore {
+        try CachedChunkStore(directory: cacheDirectory, capacityBytes: capacity, backing: store ?? backing)
+    }
+
+    /// Objects written straight to the backing store, so the cache has not seen them.
+    func stored(_ count: Int, size: Int = 100_000) throws -> [ObjectID] {
+        try (0..<count).map { index in
+            let id = ObjectID.random()
+            try backing.inner.put(id, bytes(size, seed: UInt8(index)))
+            return id
+        }
+    }
+
+    func mode(_ path: String) -> mode_t {
+        var info = stat()
+        return stat(path, &info) == 0 ? info.st_mode & 0o7777 : 0
+    }
+
+    @Test func secondReadMakesNoBackingRequest() throws {
+        let cache = try makeCache()
+        let id = try stored(1)[0]
+        #expect(try cache.read(id, count: 100_000) == bytes(100_000, seed: 0))
+        let afterFirst = backing.backendCalls
+        #expect(afterFirst > 0)
+        #expect(try cache.read(id, offset: 500, count: 1000) == Array(bytes(100_000, seed: 0)[500..<1500]))
+        #expect(backing.backendCalls == afterFirst)
+        let statistics = cache.statistics
+        #expect(statistics.hits == 1 && statistics.misses == 1)
+        #expect(statistics.bytesFetched == 100_000 && statistics.bytesCached == 100_000 && statistics.objectsCached == 1)
+    }
+
+    @Test func uploadsEnterTheWritersCache() throws {
+        let cache = try makeCache()
+        let id = ObjectID.random()
+        try cache.put(id, bytes(5000))
+        #expect(backing.puts.load(ordering: .relaxed) == 1)
+        #expect(try backing.inner.read(id, count: 5000) == bytes(5000))  // durable in the backing store
+        #expect(try cache.read(id, count: 5000) == bytes(5000))
+        #expect(backing.backendCalls == 0)
+    }
+
+    @Test func evictionKeepsTheCacheUnderCapacityAndDropsTheLeastRecentlyUsed() throws {
+        let cache = try makeCache(capacity: 300_000)
+        let ids = try stored(4)
+        for id in ids[0..<3] { _ = try cache.read(id, count: 10) }
+        _ = try cache.read(ids[0], count: 10)  // now ids[1] is the least recently used
+        _ = try cache.read(ids[3], count: 10)
+        let statistics = cache.statistics
+        #expect(statistics.bytesCached <= 300_000)
+        #expect(statistics.evictions == 1)
+        #expect(!FileManager.default.fileExists(atPath: cache.path(of: ids[1])))
+        for id in [ids[0], ids[2], ids[3]] { #expect(FileManager.default.fileExists(atPath: cache.path(of: id))) }
+        // An evicted object is simply fetched again.
+        #expect(try cache.read(ids[1], count: 100_000) == bytes(100_000, seed: 1))
+        #expect(cache.statistics.bytesCached <= 300_000)
+    }
+
+    @Test func aDamagedFileIsDroppedByDiscardAndFetchedAgain() throws {
+        let cache = try makeCache()
+        let id = try stored(1)[0]
+        _ = try cache.read(id, count: 10)
+        let fd = open(cache.path(of: id), O_WRONLY)
+        #expect(fd >= 0)
+        var garbage: UInt8 = 0xff
+        #expect(pwrite(fd, &garbage, 1, 5) == 1)
+        close(fd)
+        #expect(try cache.read(id, count: 10) != Array(bytes(10, seed: 0)))  // the cache trusts its files...
+        cache.discard(id)  // ...until the layer above finds a checksum mismatch
+        let before = backing.reads.load(ordering: .relaxed)
+        #expect(try cache.read(id, count: 100_000) == bytes(100_000, seed: 0))
+        #expect(backing.reads.load(ordering: .relaxed) > before)
+    }
+
+    @Test(arguments: [false, true])
+    func aTruncatedFileIsDetectedAndFetchedAgain(reopen: Bool) throws {
+        var cache = try makeCache()
+        let id = try stored(1)[0]
+        _ = try cache.read(id, count: 10)
+        #expect(truncate(cache.path(of: id), 40_000) == 0)
+        if reopen { cache = try makeCache() }  // the new instance has not seen the object's size
+        #expect(try cache.read(id, offset: 30_000, count: 70_000) == Array(bytes(100_000, seed: 0)[30_000...]))
+        #expect(try cache.read(id, count: 100_000) == bytes(100_000, seed: 0))
+        #expect(mode(cache.path(of: id)) != 0)
+    }
+
+    @Test func filesAre0600AndDirectories0700WhateverTheUmask() throws {
+        let previous = umask(0)
+        defer { umask(previous) }
+        let cache = try makeCache()
+        let id = try stored(1)[0]
+        _ = try cache.read(id, count: 10)
+        let written = ObjectID.random()
+        try cache.put(written, bytes(10))
+        #expect(mode(cacheDirectory) == 0o700)
+        #expect(mode(cacheDirectory + "/tmp") == 0o700)
+        #expect(mode(cacheDirectory + "/" + id.description.suffix(2)) == 0o700)
+        #expect(mode(cache.path(of: id)) == 0o600)
+        #expect(mode(cache.path(of: written)) == 0o600)
+    }
+
+    @Test func theCacheSurvivesReopening() throws {
+        let ids = try stored(3)
+        do {
+            let cache = try makeCache()
+            for id in ids { _ = try cache.read(id, count: 10) }
+        }
+        let calls = backing.backendCalls
+        let reopened = try makeCache()
+        #expect(reopened.statistics.objectsCached == 3)
+        #expect(reopened.statistics.bytesCached == 300_000)
+        for (index, id) in ids.enumerated() {
+            #expect(try reopened.read(id, offset: 99_990, count: 10) == Array(bytes(100_000, seed: UInt8(index))[99_990...]))
+        }
+        #expect(backing.backendCalls == calls)
+    }
+
+    @Test func reopeningEvictsDownToASmallerCapacityOldestFirst() throws {
+        let ids = try stored(3)
+        do {
+            let cache = try makeCache()
+            for id in ids {
+                _ = try cache.read(id, count: 10)
+                // mtimes order the cache after a restart; make them distinct.
+                var times = [timespec(tv_sec: time(nil) - 100 + Int(ids.firstIndex(of: id) ?? 0), tv_nsec: 0),
+                             timespec(tv_sec: time(nil) - 100 + Int(ids.firstIndex(of: id) ?? 0), tv_nsec: 0)]
+                #expect(utimensat(AT_FDCWD, cache.path(of: id), &times, 0) == 0)
+            }
+        }
+        let smaller = try makeCache(capacity: 200_000)
+        #expect(smaller.statistics.bytesCached == 200_000)
+        #expect(!FileManager.default.fileExists(atPath: smaller.path(of: ids[0])))
+        #expect(FileManager.default.fileExists(atPath: smaller.path(of: ids[2])))
+    }
+
+    @Test func twoInstancesShareOneDirectory() throws {
+        let first = try makeCache()
+        let second = try makeCache()
+        let ids = try stored(8)
+        _ = try first.read(ids[0], count: 10)
+        let calls = backing.backendCalls
+        #expect(try second.read(ids[0], count: 100_000) == bytes(100_000, seed: 0))
+        #expect(backing.backendCalls == calls)  // found the file the first one fetched
+        second.discard(ids[0])
+        #expect(try first.read(ids[0], count: 100_000) == bytes(100_000, seed: 0))  // its descriptor still reads
+
+        let failures = Mutex<[String]>([])
+        DispatchQueue.concurrentPerform(iterations: 32) { index in
+            let cache = index % 2 == 0 ? first : second
+            let object = index % ids.count
+            do {
+                if try cache.read(ids[object], count: 100_000) != bytes(100_000, seed: UInt8(object)) {
+                    failures.withLock { $0.append("object \(object) read wrong") }
+                }
+            } catch {
+                failures.withLock { $0.append("object \(object): \(error)") }
+            }
+        }
+        #expect(failures.withLock { $0 } == [])
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: cacheDirectory + "/tmp")
+        #expect(leftovers == [])
+    }
+
+    @Test func concurrentReadsOfAMissingObjectFetchItOnce() throws {
+        let slow = CountingStore(backing.inner, sizeDelay: .milliseconds(300))
+        let cache = try makeCache(over: slow)
+        let id = try stored(1)[0]
+        let failures = Mutex<[String]>([])
+        DispatchQueue.concurrentPerform(iterations: 8) { _ in
+            if (try? cache.read(id, count: 100_000)) != bytes(100_000, seed: 0) {
+                failures.withLock { $0.append("a read failed") }
+            }
+        }
+        #expect(failures.withLock { $0 } == [])
+        #expect(slow.sizes.load(ordering: .relaxed) == 1)
+        #expect(slow.reads.load(ordering: .relaxed) == 1)
+    }
+
+    @Test func prefetchFetchesInTheBackground() throws {
+        let cache = try makeCache()
+        let ids = try stored(6)
+        for id in ids + ids { cache.prefetch(id) }  // duplicates are ignored
+        let deadline = Date().addingTimeInterval(10)
+        while cache.statistics.objectsCached < ids.count && Date() < deadline { usleep(10_000) }
+        #expect(cache.statistics.objectsCached == ids.count)
+        #expect(backing.reads.load(ordering: .relaxed) == ids.count)
+        let calls = backing.backendCalls
+        for (index, id) in ids.enumerated() { #expect(try cache.read(id, count: 100_000) == bytes(100_000, seed: UInt8(index))) }
+        #expect(backing.backendCalls == calls)
+        #expect(cache.statistics.hits == ids.count)
+    }
+
+    @Test func aFullFilesystemIsNotFilledFurther() throws {
+        // A bound of 0% stands for a filesystem already past its bound.
+        let cache = try CachedChunkStore(directory: cacheDirectory, capacityBytes: 64 << 20, backing: backing, maxFilesystemUse: 0)
+        let id = try stored(1)[0]
+        #expect(try cache.read(id, count: 100_000) == bytes(100_000, seed: 0))
+        #expect(cache.statistics.objectsCached == 0)
+        #expect(!FileManager.default.fileExists(atPath: cache.path(of: id)))
+    }
+
+    @Test func deleteRemovesTheObjectAndItsCachedCopy() throws {
+        let cache = try makeCache()
+        let id = ObjectID.random()
+        try cache.put(id, bytes(10))
+        try cache.delete(id)
+        #expect(!FileManager.default.fileExists(atPath: cache.path(of: id)))
+        #expect(throws: StoreError.notFound(id)) { try cache.read(id, count: 10) }
+    }
+}
