@@ -139,10 +139,11 @@ final class ConnectionPool: Sendable {
         if detail.contains("role \"\(user)\" does not exist") {
             return DatabaseFailure(message: "role \(user) does not exist on \(server)", final: true)
         }
-        if detail.contains("invalid") || detail.contains("unrecognized") {
+        if detail.contains("invalid") || detail.contains("unrecognized") || detail.contains("SSL") || detail.contains("certificate") {
             return DatabaseFailure(message: "cannot use \(location.redacted): \(detail)", final: true)
         }
-        let line = detail.split(separator: "\n").last.map(String.init) ?? detail
+        // libpq's first line says what failed ("... port 5432 failed: Connection refused").
+        let line = detail.split(separator: "\n").first.map { String($0).trimmingWhitespace } ?? detail
         return DatabaseFailure(message: "cannot reach the PostgreSQL server at \(server) (database \(database), user \(user)): \(line)",
                                connectionLost: true)
     }
