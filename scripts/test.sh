@@ -17,7 +17,7 @@ swift build --product netvol
 install_postgres
 postgres_dir=$(mktemp -d /tmp/netvol-pg.XXXXXX)
 trap 'stop_postgres; rm -rf "$postgres_dir"' EXIT
-start_postgres "$postgres_dir" 54329
+start_postgres "$postgres_dir" "$(free_port 54329)"
 export NETVOL_REQUIRE_SERVERS=1
 
 # Mounts that were there before (a volume mounted by scripts/run.sh, say) are not ours.

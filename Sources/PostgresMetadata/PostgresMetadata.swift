@@ -12,7 +12,10 @@
 //   - orders the change feed: sequence numbers come from a counter in that row, so they
 //     are handed out, and become visible, in commit order (a sequence would hand them out
 //     in call order and a reader could pass one that commits later);
-//   - numbers inodes and directory cookies in commit order without gaps that matter.
+//   - numbers inodes from a counter in that row: per volume (the root is 1 in every
+//     one), without a sequence object to create and drop with each volume, and at no
+//     cost, since the lock is held anyway; directory cookies come from one bigserial,
+//     which under the same lock also grows in commit order, as readdir needs.
 // One writer holds the lease at a time, so serializing its transactions costs nothing;
 // readers never take the lock.
 //
