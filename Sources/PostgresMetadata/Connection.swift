@@ -19,6 +19,8 @@ enum Value {
     case text(String?)
     case bytes([UInt8]?)
     case ints([Int64])
+    /// bytea[]: many byte strings in one parameter (one statement for many rows).
+    case byteArrays([[UInt8]?])
 
     var type: Oid {
         switch self {
@@ -26,6 +28,7 @@ enum Value {
         case .text: 25     // text
         case .bytes: 17    // bytea
         case .ints: 1016   // int8[]
+        case .byteArrays: 1001  // bytea[]
         }
     }
 
@@ -41,11 +44,35 @@ enum Value {
         case .text(let value): value.map { Array($0.utf8) + [0] }
         case .bytes(let value): value
         case .ints(let values): Array(("{" + values.map(String.init).joined(separator: ",") + "}").utf8) + [0]
+        case .byteArrays(let values): Self.arrayText(values)
         }
     }
 }
 
 extension Value {
+    /// The text form of a bytea[]: each element quoted, in hex (`"\\x0a1b"`), or NULL.
+    static func arrayText(_ values: [[UInt8]?]) -> [UInt8] {
+        let digits = Array("0123456789abcdef".utf8)
+        var text: [UInt8] = [UInt8(ascii: "{")]
+        text.reserveCapacity(2 + values.reduce(0) { $0 + 8 + 2 * ($1?.count ?? 0) })
+        for (position, value) in values.enumerated() {
+            if position > 0 { text.append(UInt8(ascii: ",")) }
+            guard let value else {
+                text.append(contentsOf: Array("NULL".utf8))
+                continue
+            }
+            // Inside a quoted element a backslash is written twice.
+            text.append(contentsOf: Array("\"\\\\x".utf8))
+            for byte in value {
+                text.append(digits[Int(byte >> 4)])
+                text.append(digits[Int(byte & 0x0f)])
+            }
+            text.append(UInt8(ascii: "\""))
+        }
+        text.append(contentsOf: [UInt8(ascii: "}"), 0])
+        return text
+    }
+
     static func ino(_ ino: InodeNumber?) -> Value { .int(ino.map { Int64(bitPattern: $0.rawValue) }) }
     static func name(_ name: FileName?) -> Value { .bytes(name?.bytes) }
     static func time(_ time: Timestamp) -> Value { .int(time.nanoseconds) }

@@ -32,11 +32,9 @@ func runConcurrently(_ bodies: [@Sendable () -> Void]) {
         struct Outcome { var committed: [String] = []; var fencedAfter: Int?; var other: [String] = [] }
         let outcome = Mutex(Outcome())
         let seenAtTakeover = Mutex<Set<FileName>?>(nil)
-        let started = Atomic<Bool>(false)
         runConcurrently([
             {
                 for i in 0..<5000 {
-                    started.store(true, ordering: .releasing)
                     // A few more tries once refused, then stop.
                     if let first = outcome.withLock({ $0.fencedAfter }), i > first + 20 { break }
                     do {
@@ -50,8 +48,11 @@ func runConcurrently(_ bodies: [@Sendable () -> Void]) {
                 }
             },
             {
-                while !started.load(ordering: .acquiring) { usleep(100) }
-                usleep(2000)
+                // Once a is well under way (bounded: a may fail outright, which is reported).
+                let limit = ContinuousClock.now + .seconds(10)
+                while outcome.withLock({ $0.committed.count < 5 && $0.other.isEmpty }) && ContinuousClock.now < limit {
+                    usleep(100)
+                }
                 do {
                     _ = try b.acquireLease(holder: "b", ttlSeconds: 10)
                     // What is committed when the takeover has committed: nothing of a's may follow.
