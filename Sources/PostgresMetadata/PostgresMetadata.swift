@@ -24,7 +24,13 @@
 // times are the database server's clock, the one clock every host shares.
 //
 // Durability: with PostgreSQL's default synchronous_commit = on a commit is on disk
-// (and on synchronous standbys) when COMMIT returns, so `sync()` has nothing to do.
+// (and on synchronous standbys, where there are any) when COMMIT returns, so `sync()`
+// has nothing to do.
+//
+// One concern per file, side by side with SQLiteMetadata: Connection (libpq, bound
+// parameters, bounded waits), Pool (connections, retries, the deadline, messages),
+// Schema (tables, migrations), Namespace, Data, Xattrs, Garbage, Lease (lease, sessions,
+// change feed), and this file (opening, creating, listing and destroying volumes).
 
 import ChunkStore
 import Foundation
