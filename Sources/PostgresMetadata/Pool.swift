@@ -197,13 +197,26 @@ final class ConnectionPool: Sendable {
     /// A transaction: BEGIN, `body`, COMMIT, retried as a whole after a transient failure
     /// before COMMIT was sent.
     func transaction<T>(_ body: (Transaction) throws -> T) throws(MetadataError) -> T {
+        try transaction(opening: nil) { tx, _ in try body(tx) }
+    }
+
+    /// A transaction whose first statement travels with BEGIN, in one round trip; `body`
+    /// gets that statement's rows.
+    func transaction<T>(opening first: (sql: String, parameters: [Value])?,
+                        _ body: (Transaction, Rows?) throws -> T) throws(MetadataError) -> T {
         try run { connection, deadline in
-            try connection.execute("BEGIN", deadline: deadline)
             let value: T
             do {
-                value = try body(Transaction(connection: connection, deadline: deadline))
+                var opened: Rows?
+                if let first {
+                    let answers = try connection.executePipelined([("BEGIN", []), first], deadline: deadline)
+                    opened = answers.last
+                } else {
+                    try connection.execute("BEGIN", deadline: deadline)
+                }
+                value = try body(Transaction(connection: connection, deadline: deadline), opened)
             } catch {
-                if PQstatus(connection.raw) == CONNECTION_OK {
+                if PQstatus(connection.raw) == CONNECTION_OK && PQtransactionStatus(connection.raw) != PQTRANS_IDLE {
                     _ = try? connection.execute("ROLLBACK", deadline: deadline)
                 }
                 throw error

@@ -186,9 +186,10 @@ public final class PostgresMetadata: Metadata {
     func write<T>(fenced: Bool = false, _ body: (Transaction) throws -> T) throws(MetadataError) -> T {
         let fence = fenced ? self.fence.withLock { $0 } : nil
         let id = self.id
-        return try pool.transaction { tx in
-            let rows = try tx.execute("SELECT holder, token FROM lease WHERE volume = $1 FOR UPDATE", [.int(id)])
-            guard rows.count == 1 else { throw MetadataError.notAVolume("volume \(volumeName) was destroyed") }
+        // The lock travels with BEGIN: a write costs no round trip for it.
+        let lock = (sql: "SELECT holder, token FROM lease WHERE volume = $1 FOR UPDATE", parameters: [Value.int(id)])
+        return try pool.transaction(opening: lock) { tx, locked in
+            guard let rows = locked, rows.count == 1 else { throw MetadataError.notAVolume("volume \(volumeName) was destroyed") }
             if let fence {
                 let holder = try rows.textOrNil(0, 0)
                 guard holder == fence.holder, try rows.int(0, 1) == fence.token.rawValue else {

@@ -48,6 +48,21 @@ struct PostgresMetadataTests {
         #expect(try meta.readdir(d.ino, after: 0, limit: 10).count == 3)
     }
 
+    @Test func writesReuseTheirConnectionEvenAfterAFailedStatement() throws {
+        let url = try PostgresServer.volumeURL()
+        let meta = try PostgresMetadata.create(url: url, chunkSize: 4096, sizeLimit: 1 << 20, store: [:], now: t0)
+        defer { try? meta.destroy() }
+        let pid = try backendPid(meta)
+        _ = try meta.mknode(.root, "a", mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0)
+        #expect(throws: MetadataError.exists) { try meta.mknode(.root, "a", mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0) }
+        // A statement that fails inside the first round trip of a transaction.
+        #expect(throws: MetadataError.database("division by zero")) {
+            try meta.pool.transaction(opening: ("SELECT 1 / $1", [.int(0)])) { _, _ in }
+        }
+        #expect(try backendPid(meta) == pid)
+        #expect(try meta.lookup(.root, "a").nlink == 1)
+    }
+
     @Test func anUnreachableServerFailsWithinTheDeadline() throws {
         let started = ContinuousClock.now
         let message = databaseMessage {
