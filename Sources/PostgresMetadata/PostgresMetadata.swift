@@ -146,8 +146,7 @@ public final class PostgresMetadata: Metadata {
     /// Deletes every row of the volume. Its objects must be deleted first: afterwards
     /// nothing knows them.
     public func destroy() throws(MetadataError) {
-        try pool.transaction { tx in
-            try tx.execute("SELECT 1 FROM lease WHERE volume = $1 FOR UPDATE", [.int(id)])
+        try write { tx in
             for table in ["changes", "sessions", "garbage", "xattrs", "chunks", "dentries", "inodes", "lease"] {
                 try tx.executeOnce("DELETE FROM \(table) WHERE volume = $1", [.int(id)])
             }
@@ -184,19 +183,24 @@ public final class PostgresMetadata: Metadata {
     /// opening comment) and, when `fenced` and a fence is set, checks the token under
     /// that lock.
     func write<T>(fenced: Bool = false, _ body: (Transaction) throws -> T) throws(MetadataError) -> T {
+        try writeLocked(fenced: fenced) { tx, _ in try body(tx) }
+    }
+
+    /// `write`, whose body also gets the lease as the lock found it, and now.
+    func writeLocked<T>(fenced: Bool = false, _ body: (Transaction, Lease) throws -> T) throws(MetadataError) -> T {
         let fence = fenced ? self.fence.withLock { $0 } : nil
-        let id = self.id
         // The lock travels with BEGIN: a write costs no round trip for it.
-        let lock = (sql: "SELECT holder, token FROM lease WHERE volume = $1 FOR UPDATE", parameters: [Value.int(id)])
+        let lock = (sql: """
+            SELECT holder, token, expires_at, renewed_at, coalesce($2, \(Self.databaseNow))
+            FROM lease WHERE volume = $1 FOR UPDATE
+            """, parameters: [Value.int(id), clockValue])
         return try pool.transaction(opening: lock) { tx, locked in
-            guard let rows = locked, rows.count == 1 else { throw MetadataError.notAVolume("volume \(volumeName) was destroyed") }
-            if let fence {
-                let holder = try rows.textOrNil(0, 0)
-                guard holder == fence.holder, try rows.int(0, 1) == fence.token.rawValue else {
-                    throw MetadataError.fenced(holder: holder)
-                }
+            guard let locked else { throw MetadataError.database("the lease row was not read") }
+            let lease = try lease(locked)
+            if let fence, lease.holder != fence.holder || lease.token != fence.token {
+                throw MetadataError.fenced(holder: lease.holder)
             }
-            return try body(tx)
+            return try body(tx, lease)
         }
     }
 
