@@ -1,4 +1,4 @@
-# Sourced by test scripts: a private PostgreSQL cluster for the metadata tests.
+# Sourced by test scripts, after deps.sh: a private PostgreSQL cluster for the metadata tests.
 #
 #   install_postgres                 installs the server if initdb/pg_ctl are missing
 #   start_postgres DIR PORT          a cluster in DIR on 127.0.0.1:PORT; exports
