@@ -23,7 +23,7 @@ postgres_dir=$(mktemp -d /tmp/netvol-pg.XXXXXX)
 seaweedfs_dir=$(mktemp -d /tmp/netvol-s3.XXXXXX)
 stop_servers() { stop_seaweedfs; stop_postgres; rm -rf "$postgres_dir" "$seaweedfs_dir"; }
 trap stop_servers EXIT
-start_postgres "$postgres_dir" 54329
+start_postgres "$postgres_dir" "$(free_port 54329)"
 start_seaweedfs "$seaweedfs_dir" 27333
 # The end-to-end scenarios that run on network volumes as well keep their chunks here.
 make_bucket netvol-e2e

@@ -19,6 +19,8 @@ enum Value {
     case text(String?)
     case bytes([UInt8]?)
     case ints([Int64])
+    /// bytea[]: many byte strings in one parameter (one statement for many rows).
+    case byteArrays([[UInt8]?])
 
     var type: Oid {
         switch self {
@@ -26,6 +28,7 @@ enum Value {
         case .text: 25     // text
         case .bytes: 17    // bytea
         case .ints: 1016   // int8[]
+        case .byteArrays: 1001  // bytea[]
         }
     }
 
@@ -41,11 +44,35 @@ enum Value {
         case .text(let value): value.map { Array($0.utf8) + [0] }
         case .bytes(let value): value
         case .ints(let values): Array(("{" + values.map(String.init).joined(separator: ",") + "}").utf8) + [0]
+        case .byteArrays(let values): Self.arrayText(values)
         }
     }
 }
 
 extension Value {
+    /// The text form of a bytea[]: each element quoted, in hex (`"\\x0a1b"`), or NULL.
+    static func arrayText(_ values: [[UInt8]?]) -> [UInt8] {
+        let digits = Array("0123456789abcdef".utf8)
+        var text: [UInt8] = [UInt8(ascii: "{")]
+        text.reserveCapacity(2 + values.reduce(0) { $0 + 8 + 2 * ($1?.count ?? 0) })
+        for (position, value) in values.enumerated() {
+            if position > 0 { text.append(UInt8(ascii: ",")) }
+            guard let value else {
+                text.append(contentsOf: Array("NULL".utf8))
+                continue
+            }
+            // Inside a quoted element a backslash is written twice.
+            text.append(contentsOf: Array("\"\\\\x".utf8))
+            for byte in value {
+                text.append(digits[Int(byte >> 4)])
+                text.append(digits[Int(byte & 0x0f)])
+            }
+            text.append(UInt8(ascii: "\""))
+        }
+        text.append(contentsOf: [UInt8(ascii: "}"), 0])
+        return text
+    }
+
     static func ino(_ ino: InodeNumber?) -> Value { .int(ino.map { Int64(bitPattern: $0.rawValue) }) }
     static func name(_ name: FileName?) -> Value { .bytes(name?.bytes) }
     static func time(_ time: Timestamp) -> Value { .int(time.nanoseconds) }
@@ -170,13 +197,45 @@ final class Connection: @unchecked Sendable {
     @discardableResult
     func execute(_ sql: String, _ parameters: [Value] = [], deadline: ContinuousClock.Instant,
                  prepare: Bool = true) throws -> Rows {
-        if prepare, prepared[sql] == nil {
-            let name = "netvol_\(prepared.count)"
-            let types = parameters.map(\.type)
-            guard PQsendPrepare(raw, name, sql, Int32(types.count), types) != 0 else { throw lost("cannot send") }
-            _ = try waitForAnswer(deadline)
-            prepared[sql] = name
+        if prepare { try self.prepare(sql, parameters, deadline: deadline) }
+        try send(sql, parameters)
+        return try waitForAnswer(deadline)
+    }
+
+    /// Runs statements in one round trip (libpq's pipeline mode) and answers each one's
+    /// rows; the first failure is thrown once every answer is read.
+    func executePipelined(_ statements: [(sql: String, parameters: [Value])], deadline: ContinuousClock.Instant) throws -> [Rows] {
+        for statement in statements { try prepare(statement.sql, statement.parameters, deadline: deadline) }
+        guard PQenterPipelineMode(raw) == 1 else { throw lost("cannot enter pipeline mode") }
+        for statement in statements { try send(statement.sql, statement.parameters) }
+        guard PQpipelineSync(raw) == 1 else { throw lost("cannot send") }
+        var answers: [Rows] = []
+        var failure: DatabaseFailure?
+        for _ in statements {
+            do {
+                answers.append(try waitForAnswer(deadline))
+            } catch let error as DatabaseFailure where !error.connectionLost {
+                // Statements after a failed one answer "aborted": the first failure says why.
+                if failure == nil { failure = error }
+            }
         }
+        try waitForSync(deadline)
+        guard PQexitPipelineMode(raw) == 1 else { throw lost("cannot leave pipeline mode") }
+        if let failure { throw failure }
+        return answers
+    }
+
+    private func prepare(_ sql: String, _ parameters: [Value], deadline: ContinuousClock.Instant) throws {
+        guard prepared[sql] == nil else { return }
+        let name = "netvol_\(prepared.count)"
+        let types = parameters.map(\.type)
+        guard PQsendPrepare(raw, name, sql, Int32(types.count), types) != 0 else { throw lost("cannot send") }
+        _ = try waitForAnswer(deadline)
+        prepared[sql] = name
+    }
+
+    /// Sends a statement, prepared if it was, with its parameters bound.
+    private func send(_ sql: String, _ parameters: [Value]) throws {
         let encoded = parameters.map(\.encoded)
         let lengths = encoded.map { Int32($0?.count ?? 0) }
         let formats = parameters.map { Int32($0.isBinary ? 1 : 0) }
@@ -199,7 +258,6 @@ final class Connection: @unchecked Sendable {
             return PQsendQueryParams(raw, sql, Int32(parameters.count), types, values.baseAddress, lengths, formats, 1)
         }
         guard sent != 0 else { throw lost("cannot send") }
-        return try waitForAnswer(deadline)
     }
 
     /// Several statements in one message, without parameters (schema changes).
@@ -208,7 +266,7 @@ final class Connection: @unchecked Sendable {
         _ = try waitForAnswer(deadline)
     }
 
-    private func lost(_ what: String) -> DatabaseFailure {
+    fileprivate func lost(_ what: String) -> DatabaseFailure {
         DatabaseFailure(sqlstate: nil, message: "\(what): \(lastError)", connectionLost: true)
     }
 
@@ -218,19 +276,7 @@ final class Connection: @unchecked Sendable {
         var answer: Rows?
         var failure: DatabaseFailure?
         while true {
-            while PQisBusy(raw) != 0 {
-                let left = deadline - .now
-                let millis = left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000
-                if millis <= 0 {
-                    // The server may still be working on it; the connection is in an
-                    // unknown state and is thrown away.
-                    throw DatabaseFailure(sqlstate: nil, message: "the server did not answer in time", connectionLost: true)
-                }
-                var descriptor = pollfd(fd: PQsocket(raw), events: Int16(POLLIN), revents: 0)
-                let ready = poll(&descriptor, 1, Int32(min(millis, 1000)))
-                if ready < 0 && errno != EINTR { throw lost("cannot wait for the server") }
-                if ready > 0 && PQconsumeInput(raw) == 0 { throw lost("the connection dropped") }
-            }
+            try waitUntilReadable(deadline)
             guard let result = PQgetResult(raw) else { break }
             switch PQresultStatus(result) {
             case PGRES_TUPLES_OK, PGRES_COMMAND_OK, PGRES_EMPTY_QUERY:
@@ -250,6 +296,33 @@ final class Connection: @unchecked Sendable {
         if PQstatus(raw) != CONNECTION_OK { throw lost("the connection dropped") }
         guard let answer else { throw lost("no answer") }
         return answer
+    }
+}
+
+extension Connection {
+    /// Waits until an answer can be read without blocking, at most until `deadline`.
+    private func waitUntilReadable(_ deadline: ContinuousClock.Instant) throws {
+        while PQisBusy(raw) != 0 {
+            let left = deadline - .now
+            let millis = left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000
+            if millis <= 0 {
+                // The server may still be working on it; the connection is in an
+                // unknown state and is thrown away.
+                throw DatabaseFailure(sqlstate: nil, message: "the server did not answer in time", connectionLost: true)
+            }
+            var descriptor = pollfd(fd: PQsocket(raw), events: Int16(POLLIN), revents: 0)
+            let ready = poll(&descriptor, 1, Int32(min(millis, 1000)))
+            if ready < 0 && errno != EINTR { throw lost("cannot wait for the server") }
+            if ready > 0 && PQconsumeInput(raw) == 0 { throw lost("the connection dropped") }
+        }
+    }
+
+    /// Reads the end of a pipeline.
+    fileprivate func waitForSync(_ deadline: ContinuousClock.Instant) throws {
+        try waitUntilReadable(deadline)
+        guard let result = PQgetResult(raw) else { throw lost("no end of pipeline") }
+        defer { PQclear(result) }
+        guard PQresultStatus(result) == PGRES_PIPELINE_SYNC else { throw lost("no end of pipeline") }
     }
 }
 

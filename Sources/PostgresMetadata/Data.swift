@@ -75,26 +75,30 @@ extension PostgresMetadata {
                     delta -= try rows.int(row, 1)
                 }
             }
+            // One statement for every chunk, however many; an index given twice keeps the
+            // last, as a replace would.
+            var latest: [Int: ChunkRef] = [:]
+            for chunk in chunks { latest[chunk.index] = chunk }
+            let rows = latest.values.sorted { $0.index < $1.index }
             var referenced: [Int64] = []
-            for chunk in chunks {
+            for chunk in rows {
                 delta += Int64(chunk.length)
-                let object: Int64
-                let data: [UInt8]?
-                switch chunk.location {
-                case .object(let id):
-                    object = Int64(bitPattern: id.rawValue)
-                    data = nil
-                    referenced.append(object)
-                case .inline(let bytes):
-                    object = Self.inlineObject
-                    data = bytes
-                }
+                if let object = chunk.object { referenced.append(Int64(bitPattern: object.rawValue)) }
+            }
+            if !rows.isEmpty {
                 try tx.execute("""
-                    INSERT INTO chunks(volume, ino, idx, object, length, checksums, data) VALUES ($1, $2, $3, $4, $5, $6, $7)
+                    INSERT INTO chunks(volume, ino, idx, object, length, checksums, data)
+                    SELECT $1, $2, c.idx, c.object, c.length, c.checksums, c.data
+                    FROM unnest($3::bigint[], $4::bigint[], $5::bigint[], $6::bytea[], $7::bytea[]) AS c(idx, object, length, checksums, data)
                     ON CONFLICT (volume, ino, idx) DO UPDATE SET object = excluded.object, length = excluded.length,
                         checksums = excluded.checksums, data = excluded.data
-                    """, [.int(id), .ino(ino), .int(Int64(chunk.index)), .int(object), .int(Int64(chunk.length)),
-                          .bytes(chunk.checksums.encoded), .bytes(data)])
+                    """, [.int(id), .ino(ino), .ints(rows.map { Int64($0.index) }),
+                          .ints(rows.map { $0.object.map { Int64(bitPattern: $0.rawValue) } ?? Self.inlineObject }),
+                          .ints(rows.map { Int64($0.length) }), .byteArrays(rows.map { $0.checksums.encoded }),
+                          .byteArrays(rows.map { chunk -> [UInt8]? in
+                              if case .inline(let bytes) = chunk.location { return bytes }
+                              return nil
+                          })])
             }
             if !referenced.isEmpty {
                 // An upload that gc adopted as a stray before this commit is no stray.

@@ -8,17 +8,8 @@ public import Metadata
 extension PostgresMetadata {
     static func nanoseconds(_ seconds: Double) -> Int64 { Int64(seconds * 1_000_000_000) }
 
-    /// The lease row, locked for the rest of the transaction, and now.
-    func lockedLease(_ tx: Transaction) throws -> Lease {
-        let rows = try tx.execute("""
-            SELECT holder, token, expires_at, renewed_at, coalesce($2, \(Self.databaseNow))
-            FROM lease WHERE volume = $1 FOR UPDATE
-            """, [.int(id), clockValue])
-        return try lease(rows)
-    }
-
     func lease(_ rows: Rows) throws -> Lease {
-        guard rows.count == 1 else { throw MetadataError.notAVolume("volume \(volumeName) has no lease row") }
+        guard rows.count == 1 else { throw MetadataError.notAVolume("volume \(volumeName) was destroyed") }
         return Lease(holder: try rows.textOrNil(0, 0), token: LeaseToken(rawValue: try rows.int(0, 1)),
                      expiresAt: Timestamp(nanoseconds: try rows.int(0, 2)), renewedAt: Timestamp(nanoseconds: try rows.int(0, 3)),
                      now: Timestamp(nanoseconds: try rows.int(0, 4)))
@@ -43,8 +34,7 @@ extension PostgresMetadata {
     }
 
     public func acquireLease(holder: String, ttlSeconds: Double) throws(MetadataError) -> Lease {
-        try write { tx in
-            let current = try lockedLease(tx)
+        try writeLocked { tx, current in
             if current.isHeld && current.holder != holder { throw MetadataError.leaseHeld(current) }
             return try updateLease(tx, holder: holder, bump: true, expires: current.now.nanoseconds + Self.nanoseconds(ttlSeconds),
                                    renewed: current.now.nanoseconds, now: current.now)
@@ -52,8 +42,7 @@ extension PostgresMetadata {
     }
 
     public func renewLease(holder: String, token: LeaseToken, ttlSeconds: Double) throws(MetadataError) -> Lease {
-        try write { tx in
-            let current = try lockedLease(tx)
+        try writeLocked { tx, current in
             guard current.holder == holder, current.token == token else { throw MetadataError.fenced(holder: current.holder) }
             let renewed = try updateLease(tx, holder: holder, bump: false, expires: current.now.nanoseconds + Self.nanoseconds(ttlSeconds),
                                           renewed: current.now.nanoseconds, now: current.now)
@@ -69,16 +58,14 @@ extension PostgresMetadata {
     static let feedLength: Int64 = 100_000
 
     public func releaseLease(holder: String, token: LeaseToken) throws(MetadataError) {
-        try write { tx in
-            let current = try lockedLease(tx)
+        try writeLocked { tx, current in
             guard current.holder == holder, current.token == token else { return }
             _ = try updateLease(tx, holder: nil, bump: false, expires: 0, renewed: current.renewedAt.nanoseconds, now: current.now)
         }
     }
 
     public func breakLease() throws(MetadataError) -> Lease {
-        try write { tx in
-            let current = try lockedLease(tx)
+        try writeLocked { tx, current in
             return try updateLease(tx, holder: nil, bump: true, expires: 0, renewed: current.renewedAt.nanoseconds, now: current.now)
         }
     }

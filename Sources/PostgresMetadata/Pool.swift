@@ -139,10 +139,11 @@ final class ConnectionPool: Sendable {
         if detail.contains("role \"\(user)\" does not exist") {
             return DatabaseFailure(message: "role \(user) does not exist on \(server)", final: true)
         }
-        if detail.contains("invalid") || detail.contains("unrecognized") {
+        if detail.contains("invalid") || detail.contains("unrecognized") || detail.contains("SSL") || detail.contains("certificate") {
             return DatabaseFailure(message: "cannot use \(location.redacted): \(detail)", final: true)
         }
-        let line = detail.split(separator: "\n").last.map(String.init) ?? detail
+        // libpq's first line says what failed ("... port 5432 failed: Connection refused").
+        let line = detail.split(separator: "\n").first.map { String($0).trimmingWhitespace } ?? detail
         return DatabaseFailure(message: "cannot reach the PostgreSQL server at \(server) (database \(database), user \(user)): \(line)",
                                connectionLost: true)
     }
@@ -196,13 +197,26 @@ final class ConnectionPool: Sendable {
     /// A transaction: BEGIN, `body`, COMMIT, retried as a whole after a transient failure
     /// before COMMIT was sent.
     func transaction<T>(_ body: (Transaction) throws -> T) throws(MetadataError) -> T {
+        try transaction(opening: nil) { tx, _ in try body(tx) }
+    }
+
+    /// A transaction whose first statement travels with BEGIN, in one round trip; `body`
+    /// gets that statement's rows.
+    func transaction<T>(opening first: (sql: String, parameters: [Value])?,
+                        _ body: (Transaction, Rows?) throws -> T) throws(MetadataError) -> T {
         try run { connection, deadline in
-            try connection.execute("BEGIN", deadline: deadline)
             let value: T
             do {
-                value = try body(Transaction(connection: connection, deadline: deadline))
+                var opened: Rows?
+                if let first {
+                    let answers = try connection.executePipelined([("BEGIN", []), first], deadline: deadline)
+                    opened = answers.last
+                } else {
+                    try connection.execute("BEGIN", deadline: deadline)
+                }
+                value = try body(Transaction(connection: connection, deadline: deadline), opened)
             } catch {
-                if PQstatus(connection.raw) == CONNECTION_OK {
+                if PQstatus(connection.raw) == CONNECTION_OK && PQtransactionStatus(connection.raw) != PQTRANS_IDLE {
                     _ = try? connection.execute("ROLLBACK", deadline: deadline)
                 }
                 throw error

@@ -12,7 +12,10 @@
 //   - orders the change feed: sequence numbers come from a counter in that row, so they
 //     are handed out, and become visible, in commit order (a sequence would hand them out
 //     in call order and a reader could pass one that commits later);
-//   - numbers inodes and directory cookies in commit order without gaps that matter.
+//   - numbers inodes from a counter in that row: per volume (the root is 1 in every
+//     one), without a sequence object to create and drop with each volume, and at no
+//     cost, since the lock is held anyway; directory cookies come from one bigserial,
+//     which under the same lock also grows in commit order, as readdir needs.
 // One writer holds the lease at a time, so serializing its transactions costs nothing;
 // readers never take the lock.
 //
@@ -21,7 +24,13 @@
 // times are the database server's clock, the one clock every host shares.
 //
 // Durability: with PostgreSQL's default synchronous_commit = on a commit is on disk
-// (and on synchronous standbys) when COMMIT returns, so `sync()` has nothing to do.
+// (and on synchronous standbys, where there are any) when COMMIT returns, so `sync()`
+// has nothing to do.
+//
+// One concern per file, side by side with SQLiteMetadata: Connection (libpq, bound
+// parameters, bounded waits), Pool (connections, retries, the deadline, messages),
+// Schema (tables, migrations), Namespace, Data, Xattrs, Garbage, Lease (lease, sessions,
+// change feed), and this file (opening, creating, listing and destroying volumes).
 
 import Foundation
 public import Metadata
@@ -136,8 +145,7 @@ public final class PostgresMetadata: Metadata {
     /// Deletes every row of the volume. Its objects must be deleted first: afterwards
     /// nothing knows them.
     public func destroy() throws(MetadataError) {
-        try pool.transaction { tx in
-            try tx.execute("SELECT 1 FROM lease WHERE volume = $1 FOR UPDATE", [.int(id)])
+        try write { tx in
             for table in ["changes", "sessions", "garbage", "xattrs", "chunks", "dentries", "inodes", "lease"] {
                 try tx.executeOnce("DELETE FROM \(table) WHERE volume = $1", [.int(id)])
             }
@@ -174,18 +182,24 @@ public final class PostgresMetadata: Metadata {
     /// opening comment) and, when `fenced` and a fence is set, checks the token under
     /// that lock.
     func write<T>(fenced: Bool = false, _ body: (Transaction) throws -> T) throws(MetadataError) -> T {
+        try writeLocked(fenced: fenced) { tx, _ in try body(tx) }
+    }
+
+    /// `write`, whose body also gets the lease as the lock found it, and now.
+    func writeLocked<T>(fenced: Bool = false, _ body: (Transaction, Lease) throws -> T) throws(MetadataError) -> T {
         let fence = fenced ? self.fence.withLock { $0 } : nil
-        let id = self.id
-        return try pool.transaction { tx in
-            let rows = try tx.execute("SELECT holder, token FROM lease WHERE volume = $1 FOR UPDATE", [.int(id)])
-            guard rows.count == 1 else { throw MetadataError.notAVolume("volume \(volumeName) was destroyed") }
-            if let fence {
-                let holder = try rows.textOrNil(0, 0)
-                guard holder == fence.holder, try rows.int(0, 1) == fence.token.rawValue else {
-                    throw MetadataError.fenced(holder: holder)
-                }
+        // The lock travels with BEGIN: a write costs no round trip for it.
+        let lock = (sql: """
+            SELECT holder, token, expires_at, renewed_at, coalesce($2, \(Self.databaseNow))
+            FROM lease WHERE volume = $1 FOR UPDATE
+            """, parameters: [Value.int(id), clockValue])
+        return try pool.transaction(opening: lock) { tx, locked in
+            guard let locked else { throw MetadataError.database("the lease row was not read") }
+            let lease = try lease(locked)
+            if let fence, lease.holder != fence.holder || lease.token != fence.token {
+                throw MetadataError.fenced(holder: lease.holder)
             }
-            return try body(tx)
+            return try body(tx, lease)
         }
     }
 

@@ -32,11 +32,11 @@ func runConcurrently(_ bodies: [@Sendable () -> Void]) {
         struct Outcome { var committed: [String] = []; var fencedAfter: Int?; var other: [String] = [] }
         let outcome = Mutex(Outcome())
         let seenAtTakeover = Mutex<Set<FileName>?>(nil)
-        let started = Atomic<Bool>(false)
         runConcurrently([
             {
-                for i in 0..<200 {
-                    started.store(true, ordering: .releasing)
+                for i in 0..<5000 {
+                    // A few more tries once refused, then stop.
+                    if let first = outcome.withLock({ $0.fencedAfter }), i > first + 20 { break }
                     do {
                         _ = try a.mknode(.root, FileName("a\(i)"), mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0)
                         outcome.withLock { $0.committed.append("a\(i)") }
@@ -48,12 +48,15 @@ func runConcurrently(_ bodies: [@Sendable () -> Void]) {
                 }
             },
             {
-                while !started.load(ordering: .acquiring) { usleep(100) }
-                usleep(2000)
+                // Once a is well under way (bounded: a may fail outright, which is reported).
+                let limit = ContinuousClock.now + .seconds(10)
+                while outcome.withLock({ $0.committed.count < 5 && $0.other.isEmpty }) && ContinuousClock.now < limit {
+                    usleep(100)
+                }
                 do {
                     _ = try b.acquireLease(holder: "b", ttlSeconds: 10)
                     // What is committed when the takeover has committed: nothing of a's may follow.
-                    let names = try b.readdir(.root, after: 0, limit: 1000).map(\.name)
+                    let names = try b.readdir(.root, after: 0, limit: 10000).map(\.name)
                     seenAtTakeover.withLock { $0 = Set(names) }
                 } catch {
                     outcome.withLock { $0.other.append("takeover: \(error)") }
@@ -63,13 +66,13 @@ func runConcurrently(_ bodies: [@Sendable () -> Void]) {
         let result = outcome.withLock { $0 }
         #expect(result.other.isEmpty)
         let atTakeover = try #require(seenAtTakeover.withLock { $0 })
-        let now = Set(try b.readdir(.root, after: 0, limit: 1000).map(\.name))
+        let now = Set(try b.readdir(.root, after: 0, limit: 10000).map(\.name))
         #expect(now == atTakeover, "a stale writer committed after the takeover")
         #expect(Set(result.committed.map { FileName($0) }) == now)
-        // Once refused, refused for good.
-        if let first = result.fencedAfter {
-            #expect(result.committed.allSatisfy { Int($0.dropFirst())! < first })
-        }
+        // The takeover landed while a was writing; once refused, a is refused for good.
+        let first = try #require(result.fencedAfter)
+        #expect(result.committed.allSatisfy { (Int($0.dropFirst()) ?? .max) < first })
+        #expect(!result.committed.isEmpty)
     }
 
     @Test(arguments: Backend.all) func theChangeFeedIsInCommitOrderUnderConcurrentWriters(_ backend: Backend) throws {

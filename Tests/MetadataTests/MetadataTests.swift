@@ -314,6 +314,23 @@ import Testing
         #expect(try meta.knownObjects() == [chunksOfA[0].object!, chunksOfB[0].object!])
     }
 
+    @Test(arguments: Backend.all) func oneCommitCanCarryManyChunks(_ backend: Backend) throws {
+        let volume = try backend.volume()
+        defer { volume.remove() }
+        let meta = volume.meta
+        let a = try volume.file("a")
+        let quoted: [UInt8] = Array("\"{},\\ NULL".utf8) + [0, 255]
+        let odd = ChunkRef(index: 100, inline: quoted, checksums: quoted.withUnsafeBytes { BlockChecksums(of: $0) })
+        let many = (0..<100).map { ref($0, 4096) } + [odd]
+        try meta.commitData(a.ino, chunks: many, dropFrom: nil, size: 100 * 4096 + UInt64(quoted.count), mtime: t1, now: t1)
+        #expect(try meta.chunks(a.ino) == many)
+        #expect(try meta.usage().usedBytes == 100 * 4096 + UInt64(quoted.count))
+        let rewritten = (0..<50).map { ref($0 * 2, 4096) }
+        let retired = try meta.commitData(a.ino, chunks: rewritten, dropFrom: 100, size: 100 * 4096, mtime: t1, now: t1).retired
+        #expect(Set(retired) == Set((0..<50).map { many[$0 * 2].object! }))
+        #expect(try meta.chunks(a.ino).count == 100)
+    }
+
     @Test(arguments: Backend.all) func extendedAttributes(_ backend: Backend) throws {
         let volume = try backend.volume()
         defer { volume.remove() }

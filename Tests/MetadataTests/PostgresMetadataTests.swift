@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Foundation
 import Testing
 @testable import Metadata
@@ -48,6 +51,21 @@ struct PostgresMetadataTests {
         #expect(try meta.readdir(d.ino, after: 0, limit: 10).count == 3)
     }
 
+    @Test func writesReuseTheirConnectionEvenAfterAFailedStatement() throws {
+        let url = try PostgresServer.volumeURL()
+        let meta = try PostgresMetadata.create(url: url, chunkSize: 4096, sizeLimit: 1 << 20, store: [:], now: t0)
+        defer { try? meta.destroy() }
+        let pid = try backendPid(meta)
+        _ = try meta.mknode(.root, "a", mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0)
+        #expect(throws: MetadataError.exists) { try meta.mknode(.root, "a", mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0) }
+        // A statement that fails inside the first round trip of a transaction.
+        #expect(throws: MetadataError.database("division by zero")) {
+            try meta.pool.transaction(opening: ("SELECT 1 / $1", [.int(0)])) { _, _ in }
+        }
+        #expect(try backendPid(meta) == pid)
+        #expect(try meta.lookup(.root, "a").nlink == 1)
+    }
+
     @Test func anUnreachableServerFailsWithinTheDeadline() throws {
         let started = ContinuousClock.now
         let message = databaseMessage {
@@ -55,6 +73,30 @@ struct PostgresMetadataTests {
         }
         #expect(message.contains("127.0.0.1:9"), "\(message)")
         #expect(ContinuousClock.now - started < .seconds(6))
+    }
+
+    @Test func aServerThatNeverAnswersFailsWithinTheDeadline() throws {
+        // A socket that listens but never accepts: the connection opens, nothing answers.
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        try #require(listener >= 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+                bind(listener, pointer, length) == 0 && getsockname(listener, pointer, &length) == 0
+            }
+        }
+        try #require(bound && listen(listener, 1) == 0)
+        let port = UInt16(bigEndian: address.sin_port)
+        let started = ContinuousClock.now
+        let message = databaseMessage {
+            try PostgresMetadata(url: "postgres://netvol@127.0.0.1:\(port)/netvol?volume=x", deadlineSeconds: 2)
+        }
+        #expect(message.contains("127.0.0.1:\(port)"), "\(message)")
+        #expect(ContinuousClock.now - started < .seconds(8))
     }
 
     @Test func aWrongPasswordSaysSoWithoutThePassword() throws {

@@ -1,9 +1,10 @@
-# Sourced by test scripts: a private PostgreSQL cluster for the metadata tests.
+# Sourced by test scripts, after deps.sh: a private PostgreSQL cluster for the metadata tests.
 #
 #   install_postgres                 installs the server if initdb/pg_ctl are missing
 #   start_postgres DIR PORT          a cluster in DIR on 127.0.0.1:PORT; exports
 #                                    NETVOL_TEST_PG_URL and PGPASSWORD
 #   stop_postgres                    stops the cluster start_postgres started
+#   free_port FROM                   the first port from FROM on where nothing listens
 
 # Finds pg_ctl's directory: on PATH, or Debian's versioned one.
 postgres_bindir() {
@@ -14,6 +15,12 @@ postgres_bindir() {
   local dir
   dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
   [ -n "$dir" ] && [ -x "$dir/pg_ctl" ] && [ -x "$dir/initdb" ] && echo "$dir"
+}
+
+free_port() {
+  local port=$1
+  while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
+  echo "$port"
 }
 
 install_postgres() {
