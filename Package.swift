@@ -72,7 +72,10 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
         .testTarget(name: "MetadataTests", dependencies: ["Metadata", "SQLiteMetadata", "PostgresMetadata"]),
-        .testTarget(name: "VolumeFSTests", dependencies: ["VolumeFS", "Metadata", "ChunkStore", "SQLiteMetadata", "LocalChunkStore"]),
+        .testTarget(name: "VolumeFSTests", dependencies: [
+            "VolumeFS", "Metadata", "ChunkStore", "SQLiteMetadata", "LocalChunkStore",
+            "PostgresMetadata", "S3ChunkStore", "CachedChunkStore",
+        ]),
         // Linux calls the tests make that Swift's Glibc module does not show.
         .target(name: "CSyscalls", path: "Tests/CSyscalls"),
         .testTarget(name: "FuseMountTests", dependencies: ["FuseMount", "VolumeFS", "Metadata", "ChunkStore", "SQLiteMetadata",

@@ -11,29 +11,32 @@ func temporaryDirectory() -> String {
     return path
 }
 
-/// A volume in a temporary directory, opened as a mount would open it.
+/// A volume in a temporary directory, opened as a mount would open it, except that no
+/// background thread renews the writer lease: the lease lasts an hour, so that a long
+/// randomized run on a slow machine never outlives it.
 final class Fixture {
     let directory = temporaryDirectory()
-    let metadata: SQLiteMetadata
-    let store: LocalChunkStore
+    let storage: TestStorage
+    var metadata: any Metadata { storage.metadata }
+    var store: any ChunkStore { storage.store }
     var volume: VolumeFS
     let options: VolumeOptions
 
-    init(chunkSize: Int = 16 * 1024, sizeLimit: UInt64 = 1 << 30, options: VolumeOptions = VolumeOptions()) throws {
-        metadata = try SQLiteMetadata.create(path: directory + "/volume.db", chunkSize: chunkSize, sizeLimit: sizeLimit, now: VolumeFS.now())
-        store = try LocalChunkStore(root: directory + "/chunks")
+    init(chunkSize: Int = 16 * 1024, sizeLimit: UInt64 = 1 << 30, options: VolumeOptions = VolumeOptions(),
+         backend: TestBackend = .embedded) throws {
+        storage = try TestStorage.make(backend, chunkSize: chunkSize, sizeLimit: sizeLimit, directory: directory)
+        var options = options
+        options.leaseTTLSeconds = 3600
         self.options = options
-        volume = try VolumeFS(metadata: metadata, store: store, options: options)
+        volume = try VolumeFS(metadata: storage.metadata, store: storage.store, options: options)
     }
 
-    deinit {
-        try? FileManager.default.removeItem(atPath: directory)
-    }
+    deinit { storage.remove() }
 
     /// A new VolumeFS over the same metadata and chunks, as after unmount and mount.
     func remount() throws {
         volume.shutdown()
-        volume = try VolumeFS(metadata: try SQLiteMetadata(path: directory + "/volume.db"), store: store, options: options)
+        volume = try VolumeFS(metadata: try storage.reopen(nil), store: store, options: options)
     }
 
     func create(_ name: String, in parent: InodeNumber = .root) throws -> (Attr, FileHandleID) {

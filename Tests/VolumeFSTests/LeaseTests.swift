@@ -18,14 +18,15 @@ final class TestClock: Sendable {
 final class SharedVolume {
     let directory = temporaryDirectory()
     let clock = TestClock()
+    let storage: TestStorage
     let store: CountingStore
 
-    init(chunkSize: Int = 16 * 1024) throws {
-        _ = try SQLiteMetadata.create(path: directory + "/volume.db", chunkSize: chunkSize, sizeLimit: 1 << 30, now: VolumeFS.now())
-        store = CountingStore(try LocalChunkStore(root: directory + "/chunks"))
+    init(_ backend: TestBackend, chunkSize: Int = 16 * 1024) throws {
+        storage = try TestStorage.make(backend, chunkSize: chunkSize, sizeLimit: 1 << 30, directory: directory)
+        store = CountingStore(storage.store)
     }
 
-    deinit { try? FileManager.default.removeItem(atPath: directory) }
+    deinit { storage.remove() }
 
     func mount(_ name: String, mode: AccessMode = .onDemand, idle: Double = 30) throws -> VolumeFS {
         var options = VolumeOptions()
@@ -33,7 +34,7 @@ final class SharedVolume {
         options.leaseTTLSeconds = 15
         options.leaseIdleSeconds = idle
         let clock = self.clock
-        let metadata = try SQLiteMetadata(path: directory + "/volume.db", clock: { clock.now })
+        let metadata = try storage.reopen { clock.now }
         return try VolumeFS(metadata: metadata, store: store, options: options, holder: name)
     }
 }
@@ -53,8 +54,9 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
 }
 
 @Suite struct LeaseTests {
-    @Test func theFirstToWriteGetsTheLeaseAndTheOtherIsReadOnly() throws {
-        let shared = try SharedVolume()
+    @Test(arguments: TestBackend.available)
+    func theFirstToWriteGetsTheLeaseAndTheOtherIsReadOnly(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend)
         let a = try shared.mount("a")
         let b = try shared.mount("b")
         _ = try writeFile(a, "f", [1, 2, 3])
@@ -67,8 +69,9 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         #expect(try b.currentLease().holder == "a")
     }
 
-    @Test func anIdleWriterGivesTheLeaseBack() throws {
-        let shared = try SharedVolume()
+    @Test(arguments: TestBackend.available)
+    func anIdleWriterGivesTheLeaseBack(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend)
         let a = try shared.mount("a", idle: 0)
         let b = try shared.mount("b")
         _ = try writeFile(a, "f", [1])
@@ -89,15 +92,17 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         #expect(!c.isWriter)
     }
 
-    @Test func aReadOnlyMountNeverWrites() throws {
-        let shared = try SharedVolume()
+    @Test(arguments: TestBackend.available)
+    func aReadOnlyMountNeverWrites(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend)
         let r = try shared.mount("r", mode: .readOnly)
         #expect(throws: FSError.readOnly(holder: nil)) { try writeFile(r, "f", [1]) }
         #expect(try r.currentLease().isHeld == false)
     }
 
-    @Test func aWriterModeMountFailsWhileAnotherHoldsTheLease() throws {
-        let shared = try SharedVolume()
+    @Test(arguments: TestBackend.available)
+    func aWriterModeMountFailsWhileAnotherHoldsTheLease(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend)
         let a = try shared.mount("a", mode: .writer)
         try a.acquireLease()
         let b = try shared.mount("b", mode: .writer)
@@ -107,8 +112,9 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         #expect(b.isWriter)
     }
 
-    @Test func aWriterPausedPastExpiryIsFencedAndItsBufferedWritesAreLost() throws {
-        let shared = try SharedVolume()
+    @Test(arguments: TestBackend.available)
+    func aWriterPausedPastExpiryIsFencedAndItsBufferedWritesAreLost(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend)
         let a = try shared.mount("a")
         let b = try shared.mount("b")
         let ino = try writeFile(a, "f", [1, 1, 1])
@@ -130,8 +136,9 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         #expect(try readFile(c, "f") == [2, 2, 2, 2])
     }
 
-    @Test func aCommitRacingATakeoverNeverLands() throws {
-        let shared = try SharedVolume(chunkSize: 1 << 20)
+    @Test(arguments: TestBackend.available)
+    func aCommitRacingATakeoverNeverLands(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend, chunkSize: 1 << 20)
         let a = try shared.mount("a")
         let ino = try writeFile(a, "f", [1])
         let fh = try a.open(ino, flags: O_RDWR)
@@ -156,11 +163,12 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         a.release(ino, fh)
     }
 
-    @Test func aBrokenLeaseFencesItsHolder() throws {
-        let shared = try SharedVolume()
+    @Test(arguments: TestBackend.available)
+    func aBrokenLeaseFencesItsHolder(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend)
         let a = try shared.mount("a")
         _ = try writeFile(a, "f", [1])
-        let metadata = try SQLiteMetadata(path: shared.directory + "/volume.db")
+        let metadata = try shared.storage.reopen(nil)
         let before = try metadata.lease().token
         #expect(try metadata.breakLease().token > before)
         // a notices at its next renewal.
@@ -176,8 +184,9 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         #expect(try readFile(a, "h") == [3])
     }
 
-    @Test func readersFollowTheWritersChanges() throws {
-        let shared = try SharedVolume()
+    @Test(arguments: TestBackend.available)
+    func readersFollowTheWritersChanges(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend)
         let w = try shared.mount("w")
         let r = try shared.mount("r", mode: .readOnly)
         let seen = Mutex<[Invalidation]>([])
@@ -207,8 +216,9 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         r.release(ino, fh)
     }
 
-    @Test func aMountThatGainsTheLeaseRevalidatesFirst() throws {
-        let shared = try SharedVolume()
+    @Test(arguments: TestBackend.available)
+    func aMountThatGainsTheLeaseRevalidatesFirst(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend)
         let a = try shared.mount("a", idle: 0)
         let b = try shared.mount("b", idle: 0)
         let ino = try writeFile(a, "f", [1, 1])
@@ -227,9 +237,9 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
 
 /// A chunk store that counts the objects stored through it.
 final class CountingStore: ChunkStore {
-    let inner: LocalChunkStore
+    let inner: any ChunkStore
     let stored = Mutex(0)
-    init(_ inner: LocalChunkStore) { self.inner = inner }
+    init(_ inner: any ChunkStore) { self.inner = inner }
     var puts: Int { stored.withLock { $0 } }
     func put(_ id: ObjectID, _ bytes: UnsafeRawBufferPointer) throws(StoreError) {
         try inner.put(id, bytes)
@@ -242,4 +252,5 @@ final class CountingStore: ChunkStore {
     func size(of id: ObjectID) throws(StoreError) -> Int { try inner.size(of: id) }
     func delete(_ id: ObjectID) throws(StoreError) { try inner.delete(id) }
     func list() throws(StoreError) -> [ObjectID] { try inner.list() }
+    func discard(_ id: ObjectID) { inner.discard(id) }
 }

@@ -70,11 +70,11 @@ final class ModelRun {
     var open: [Model.FileID: (ino: InodeNumber, fh: FileHandleID)] = [:]
     let seed: UInt64
 
-    init(seed: UInt64, chunkSize: Int) throws {
+    init(seed: UInt64, chunkSize: Int, backend: TestBackend) throws {
         self.seed = seed
         var options = VolumeOptions()
         options.maxDirtyChunksPerFile = 3
-        fx = try Fixture(chunkSize: chunkSize, options: options)
+        fx = try Fixture(chunkSize: chunkSize, options: options, backend: backend)
     }
 
     var liveFiles: [Model.FileID] { open.keys.sorted() }
@@ -209,12 +209,17 @@ final class ModelRun {
         ProcessInfo.processInfo.environment["NETVOL_TEST_STEPS"].flatMap(Int.init) ?? 3000
     }
 
-    @Test(arguments: [4096, 16 * 1024, 192 * 1024])
-    func randomOperationsMatchTheModel(chunkSize: Int) throws {
+    /// Every chunk size on the embedded volume; one on PostgreSQL + S3, whose round trips
+    /// make each step slower.
+    static let cases: [(TestBackend, Int)] = [(.embedded, 4096), (.embedded, 16 * 1024), (.embedded, 192 * 1024)]
+        + (TestBackend.available.contains(.network) ? [(.network, 16 * 1024)] : [])
+
+    @Test(arguments: cases)
+    func randomOperationsMatchTheModel(backend: TestBackend, chunkSize: Int) throws {
         let seed = Self.seed
-        print("model test: chunk size \(chunkSize), seed \(seed) (replay with NETVOL_TEST_SEED=\(seed))")
+        print("model test: \(backend), chunk size \(chunkSize), seed \(seed) (replay with NETVOL_TEST_SEED=\(seed))")
         var generator = SeededGenerator(seed: seed)
-        let run = try ModelRun(seed: seed, chunkSize: chunkSize)
+        let run = try ModelRun(seed: seed, chunkSize: chunkSize, backend: backend)
         for step in 0..<Self.steps {
             let op = Op.random(using: &generator, chunkSize: chunkSize)
             do {

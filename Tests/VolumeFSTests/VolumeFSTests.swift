@@ -1,4 +1,5 @@
 import ChunkStore
+import LocalChunkStore
 import Foundation
 import Metadata
 import SQLiteMetadata
@@ -73,7 +74,7 @@ import Testing
         try fx.volume.unlink(.root, "orphan")
         // No release and no forget: the daemon died. Its lease is revoked (or expires),
         // and the next writer purges the orphan when it takes the lease.
-        fx.volume = try VolumeFS(metadata: try SQLiteMetadata(path: fx.directory + "/volume.db"), store: fx.store)
+        fx.volume = try VolumeFS(metadata: try fx.storage.reopen(nil), store: fx.store)
         #expect(try fx.volume.getattr(attr.ino).nlink == 0)
         _ = try fx.metadata.breakLease()
         try fx.volume.acquireLease()
@@ -108,7 +109,7 @@ import Testing
         fx.volume.release(b.ino, fb)
         let chunksOfA = try fx.metadata.chunks(a.ino)
         // Flip one byte of a's middle chunk on disk (objects are read-only files).
-        let path = fx.store.path(of: chunksOfA[1].object!)
+        let path = try #require(fx.store as? LocalChunkStore).path(of: chunksOfA[1].object!)
         chmod(path, 0o644)
         var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
         bytes[100] ^= 0xff
