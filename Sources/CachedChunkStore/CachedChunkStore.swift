@@ -326,7 +326,11 @@ public final class CachedChunkStore: ChunkStore {
         guard result == 0 else { return false }
         index.withLock { $0.insertNewest(id, size: size, touchedAt: Int(time(nil))) }
         if insertionsSinceScan.add(1, ordering: .relaxed).newValue % Self.rescanInterval == 0 {
-            learn(scanning: false)
+            // A scan stats every file; the read that happened to trigger it need not wait.
+            DispatchQueue.global(qos: .utility).async {
+                self.learn(scanning: false)
+                self.evict(toFit: 0)
+            }
         }
         evict(toFit: 0)
         return true
@@ -376,6 +380,7 @@ public final class CachedChunkStore: ChunkStore {
     /// Reads the directory: at start, every object in mtime order; later, the objects
     /// other processes added (as least recently used) and the ones they removed.
     func learn(scanning: Bool) {
+        let started = Int(time(nil))
         var found: [(ObjectID, Int, Int)] = []
         let files = FileManager.default
         for sub in (try? files.contentsOfDirectory(atPath: directory)) ?? [] where sub.count == 2 {
@@ -389,7 +394,10 @@ public final class CachedChunkStore: ChunkStore {
         let present = Set(found.map(\.0))
         index.withLock { index in
             if !scanning {
-                for id in index.entries.keys where !present.contains(id) { index.remove(id) }
+                // Entries used since the scan began may be files it did not see yet.
+                for (id, entry) in index.entries where !present.contains(id) && entry.touchedAt < started {
+                    index.remove(id)
+                }
             }
             // Newest first into the old end leaves the oldest file at the very end.
             for (id, size, mtime) in found.sorted(by: { $0.2 > $1.2 }) {

@@ -255,6 +255,8 @@ public final class S3ChunkStore: ChunkStore {
             return .io(errno: EIO, "\(what): no such bucket '\(configuration.bucket)'")
         case (403, "SignatureDoesNotMatch"):
             return .io(errno: EIO, "\(what): access denied, the request signature does not match (wrong secret access key?)")
+        case (403, "RequestTimeTooSkewed"):
+            return .io(errno: EIO, "\(what): access denied, this machine's clock is too far from the server's (RequestTimeTooSkewed)")
         case (403, "InvalidAccessKeyId"):
             return .io(errno: EIO, "\(what): access denied, the access key id is not known to the server")
         case (403, _):
