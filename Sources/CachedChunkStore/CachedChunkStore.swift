@@ -167,10 +167,12 @@ public final class CachedChunkStore: ChunkStore {
         try backing.list()
     }
 
-    /// Deletes the cached file; the next read fetches the object again.
+    /// Deletes the cached file; the next read fetches the object again (and a backing
+    /// store with copies of its own is told too).
     public func discard(_ id: ObjectID) {
         index.withLock { _ = $0.remove(id) }
         Glibc.unlink(path(of: id))
+        backing.discard(id)
     }
 
     // MARK: Fetching
