@@ -73,6 +73,30 @@ import Testing
     }
 
     @Test(arguments: Backend.allCases)
+    func racingPutsOfOneIDLetExactlyOneWin(_ backend: Backend) throws {
+        guard let fixture = try backend.open() else { return }
+        let store = fixture.store
+        let id = ObjectID.random()
+        let outcomes = Mutex<[String]>([])
+        DispatchQueue.concurrentPerform(iterations: 8) { index in
+            do {
+                try store.put(id, bytes(100_000, seed: UInt8(index)))
+                outcomes.withLock { $0.append("won \(index)") }
+            } catch StoreError.exists {
+                outcomes.withLock { $0.append("exists") }
+            } catch {
+                outcomes.withLock { $0.append("\(error)") }
+            }
+        }
+        let all = outcomes.withLock { $0 }
+        let winners = all.filter { $0.hasPrefix("won") }
+        #expect(winners.count == 1 && all.filter { $0 == "exists" }.count == 7, "\(all)")
+        if let winner = winners.first, let seed = UInt8(winner.dropFirst(4)) {
+            #expect(try store.read(id, count: 100_000) == bytes(100_000, seed: seed))
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
     func concurrentPutsAndReadsFromManyThreads(_ backend: Backend) throws {
         guard let fixture = try backend.open() else { return }
         let store = fixture.store
