@@ -211,6 +211,17 @@ import Glibc
         #expect(cache.statistics.hits == ids.count)
     }
 
+    @Test func prefetchNeverBlocksAndItsQueueIsBounded() throws {
+        let slow = CountingStore(backing.inner, sizeDelay: .milliseconds(100))
+        let cache = try makeCache(over: slow)
+        let start = ContinuousClock.now
+        for _ in 0..<2000 { cache.prefetch(ObjectID.random()) }  // none of them exists
+        #expect(ContinuousClock.now - start < .seconds(2))
+        let queued = cache.prefetches.withLock { ($0.waiting.count, $0.workers) }
+        #expect(queued.0 <= CachedChunkStore.prefetchQueueLimit)
+        #expect(queued.1 <= CachedChunkStore.prefetchConcurrency)
+    }
+
     @Test func aFullFilesystemIsNotFilledFurther() throws {
         // A bound of 0% stands for a filesystem already past its bound.
         let cache = try CachedChunkStore(directory: cacheDirectory, capacityBytes: 64 << 20, backing: backing, maxFilesystemUse: 0)
