@@ -17,7 +17,9 @@
 // A truncated file shows as a short read: the object's size is then asked of the backing
 // store (once; it is remembered), and a cached file shorter than that is dropped and
 // fetched again. Fetches themselves check that they got as many bytes as the backing
-// store said the object has.
+// store said the object has. Cached files are not fsynced (the backing store is the
+// durable copy): after a machine crash one may be short or hold zeros, which the two
+// checks above catch.
 //
 // Size: least recently used objects are evicted to keep the total at most the capacity,
 // and the cache's filesystem at most 90% full. Use is ordered in memory and on disk by
@@ -206,6 +208,8 @@ public final class CachedChunkStore: ChunkStore {
                 fetches.withLock { $0[id] = nil }
                 fetch.running.leave()
             }
+            // A fetch that ended between our look and our claim has left the file.
+            if let file = openCached(id) { return file }
             do {
                 return try download(id)
             } catch {
