@@ -182,6 +182,23 @@ import Glibc
         #expect(leftovers == [])
     }
 
+    @Test func aRescanLearnsWhatAnotherInstanceAddedAndRemoved() throws {
+        let first = try makeCache()
+        let second = try makeCache()
+        let ids = try stored(3)
+        for id in ids {
+            _ = try second.read(id, count: 10)
+            var times = [timespec(tv_sec: time(nil) - 10, tv_nsec: 0), timespec(tv_sec: time(nil) - 10, tv_nsec: 0)]
+            #expect(utimensat(AT_FDCWD, second.path(of: id), &times, 0) == 0)
+        }
+        #expect(first.statistics.objectsCached == 0)
+        first.learn(scanning: false)
+        #expect(first.statistics.objectsCached == 3 && first.statistics.bytesCached == 300_000)
+        second.discard(ids[0])
+        first.learn(scanning: false)
+        #expect(first.statistics.objectsCached == 2)
+    }
+
     @Test func concurrentReadsOfAMissingObjectFetchItOnce() throws {
         let slow = CountingStore(backing.inner, sizeDelay: .milliseconds(300))
         let cache = try makeCache(over: slow)
