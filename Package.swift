@@ -70,6 +70,7 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .testTarget(name: "MetadataTests", dependencies: ["Metadata", "SQLiteMetadata", "PostgresMetadata"]),
         .testTarget(name: "VolumeFSTests", dependencies: [

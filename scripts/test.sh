@@ -24,7 +24,7 @@ seaweedfs_dir=$(mktemp -d /tmp/netvol-s3.XXXXXX)
 stop_servers() { stop_seaweedfs; stop_postgres; rm -rf "$postgres_dir" "$seaweedfs_dir"; }
 trap stop_servers EXIT
 start_postgres "$postgres_dir" "$(free_port 54329)"
-start_seaweedfs "$seaweedfs_dir" 27333
+start_seaweedfs "$seaweedfs_dir" "$(pick_seaweedfs_port)"
 # The end-to-end scenarios that run on network volumes as well keep their chunks here.
 make_bucket netvol-e2e
 export NETVOL_E2E_BUCKET=netvol-e2e

