@@ -20,6 +20,18 @@ public enum StoreError: Error, Equatable, Sendable {
     case io(errno: Int32, String)
 }
 
+extension StoreError: CustomStringConvertible {
+    /// One line for a log or a person: the store's own words for `.io`.
+    public var description: String {
+        switch self {
+        case .notFound(let id): "object \(id) does not exist"
+        case .exists(let id): "object \(id) exists already"
+        case .noSpace: "the chunk store is out of space"
+        case .io(_, let message): message
+        }
+    }
+}
+
 /// A place that keeps immutable objects.
 ///
 /// Every requirement is safe to call from many threads at once.

@@ -42,6 +42,8 @@ network_ready() { [[ -n ${NETVOL_TEST_PG_URL:-} && -n ${NETVOL_TEST_S3_ENDPOINT:
 runs=()
 shopt -s nullglob
 for script in "$dir"/[0-9][0-9]-*.sh; do
+    # A script for network volumes alone says "# e2e-backends: network".
+    grep -q '^# e2e-backends:' "$script" && ! grep -q '^# e2e-backends:.*embedded' "$script" && continue
     runs+=("$script embedded")
 done
 for script in "$dir"/[0-9][0-9]-*.sh; do
