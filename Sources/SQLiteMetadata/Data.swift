@@ -1,0 +1,129 @@
+import Foundation
+public import Metadata
+import GRDB
+
+// Chunk maps: what each file's chunks are, and committing new ones.
+extension SQLiteMetadata {
+    public func chunks(_ ino: InodeNumber) throws(MetadataError) -> [ChunkRef] {
+        try readNow { db in
+            let statement = try db.cachedStatement(sql: "SELECT idx, object, length, checksums, data FROM chunks WHERE ino = ? ORDER BY idx")
+            return try Row.fetchAll(statement, arguments: [Int64(ino.rawValue)]).map { row throws in
+                let encoded = [UInt8](row[3] as Data)
+                guard let checksums = BlockChecksums(encoded: encoded) else {
+                    throw MetadataError.database("chunk \(row[0] as Int64) of \(ino) has damaged checksums")
+                }
+                let index = Int(row[0] as Int64)
+                if let data = row[4] as Data? {
+                    // The recorded length is checked against the bytes when they are read.
+                    var ref = ChunkRef(index: index, inline: [UInt8](data), checksums: checksums)
+                    ref.length = Int(row[2] as Int64)
+                    return ref
+                }
+                return ChunkRef(index: index, object: ObjectID(rawValue: UInt64(bitPattern: row[1])),
+                                length: Int(row[2] as Int64), checksums: checksums)
+            }
+        }
+    }
+
+    @discardableResult
+    public func commitData(_ ino: InodeNumber, chunks: [ChunkRef], dropFrom: Int?, size: UInt64,
+                           mtime: Timestamp?, now: Timestamp) throws(MetadataError) -> Committed {
+        try mutate { db in
+            let attr = try Self.fetchAttr(db, ino)
+            guard attr.isRegular else { throw MetadataError.invalidArgument("not a regular file") }
+            var delta: Int64 = 0
+            var retired: [ObjectID] = []
+            let inoValue = Int64(ino.rawValue)
+            if let dropFrom {
+                for row in try Row.fetchAll(db.cachedStatement(sql: "SELECT object, length FROM chunks WHERE ino = ? AND idx >= ?"),
+                                            arguments: [inoValue, dropFrom]) {
+                    if let object = Self.storedObject(row[0]) { retired.append(object) }
+                    delta -= row[1] as Int64
+                }
+                try db.cachedStatement(sql: "DELETE FROM chunks WHERE ino = ? AND idx >= ?").execute(arguments: [inoValue, dropFrom])
+            }
+            let old = try db.cachedStatement(sql: "SELECT object, length FROM chunks WHERE ino = ? AND idx = ?")
+            let put = try db.cachedStatement(sql: "INSERT OR REPLACE INTO chunks(ino, idx, object, length, checksums, data) VALUES (?, ?, ?, ?, ?, ?)")
+            let keep = try db.cachedStatement(sql: "DELETE FROM garbage WHERE object = ?")
+            for chunk in chunks {
+                if let row = try Row.fetchOne(old, arguments: [inoValue, chunk.index]) {
+                    if let object = Self.storedObject(row[0]) { retired.append(object) }
+                    delta -= row[1] as Int64
+                }
+                delta += Int64(chunk.length)
+                let checksums = Data(chunk.checksums.encoded)
+                switch chunk.location {
+                case .object(let id):
+                    let object = Int64(bitPattern: id.rawValue)
+                    try put.execute(arguments: [inoValue, chunk.index, object, chunk.length, checksums, nil])
+                    // An upload that gc adopted as a stray before this commit is no stray.
+                    try keep.execute(arguments: [object])
+                case .inline(let bytes):
+                    try put.execute(arguments: [inoValue, chunk.index, Self.inlineObject, chunk.length, checksums, Data(bytes)])
+                }
+            }
+            try Self.addUsage(db, delta)
+            let newMtime = mtime ?? attr.mtime
+            try db.cachedStatement(sql: "UPDATE inodes SET size = ?, mtime = ?, ctime = ?, stored = max(0, stored + ?) WHERE ino = ?").execute(
+                           arguments: [Int64(bitPattern: size), newMtime.nanoseconds, now.nanoseconds, delta, inoValue])
+            retired = try Self.retire(db, retired, now: now)
+            try Self.note(db, ino: ino)
+            var after = attr
+            after.size = size
+            after.mtime = newMtime
+            after.ctime = now
+            after.storedBytes = UInt64(max(0, Int64(attr.storedBytes) + delta))
+            return Committed(attr: after, retired: retired)
+        }
+    }
+
+    public func sync() throws(MetadataError) {
+        do {
+            try pool.writeWithoutTransaction { db in
+                try db.execute(sql: "PRAGMA synchronous = FULL")
+                defer { try? db.execute(sql: "PRAGMA synchronous = NORMAL") }
+                // A commit under synchronous=FULL syncs the WAL, and with it every commit before it.
+                try db.execute(sql: "UPDATE settings SET value = value + 1 WHERE key = 'syncs'")
+            }
+        } catch {
+            throw .database(String(describing: error))
+        }
+    }
+
+    public func purge(_ inodes: [InodeNumber], now: Timestamp) throws(MetadataError) {
+        guard !inodes.isEmpty else { return }
+        try mutate { db in
+            for ino in inodes {
+                let value = Int64(ino.rawValue)
+                guard let nlink = try Int64.fetchOne(db.cachedStatement(sql: "SELECT nlink FROM inodes WHERE ino = ?"),
+                                                     arguments: [value]), nlink == 0 else { continue }
+                let rows = try Row.fetchAll(db.cachedStatement(sql: "SELECT object, length FROM chunks WHERE ino = ?"),
+                                            arguments: [value])
+                let freed = rows.reduce(Int64(0)) { $0 + ($1[1] as Int64) }
+                try Self.addUsage(db, -freed)
+                for table in ["chunks", "xattrs", "inodes"] {
+                    try db.cachedStatement(sql: "DELETE FROM \(table) WHERE ino = ?").execute(arguments: [value])
+                }
+                // After the chunks are gone: an object another file still names is no garbage.
+                _ = try Self.retire(db, rows.compactMap { Self.storedObject($0[0]) }, now: now)
+                try Self.note(db, ino: ino)
+            }
+        }
+    }
+
+    public func orphans() throws(MetadataError) -> [InodeNumber] {
+        try read { db in
+            try Int64.fetchAll(db, sql: "SELECT ino FROM inodes WHERE nlink = 0").map { InodeNumber(UInt64($0)) }
+        }
+    }
+
+    /// Every chunk of every file, by inode (for fsck).
+    public func allChunks() throws(MetadataError) -> [(InodeNumber, [ChunkRef])] {
+        let inodes = try read { db in
+            try Int64.fetchAll(db, sql: "SELECT DISTINCT ino FROM chunks ORDER BY ino").map { InodeNumber(UInt64($0)) }
+        }
+        var result: [(InodeNumber, [ChunkRef])] = []
+        for ino in inodes { result.append((ino, try chunks(ino))) }
+        return result
+    }
+}

@@ -1,0 +1,64 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ChunkStore
+import Dispatch
+public import Metadata
+import Synchronization
+
+// Deleting objects nothing refers to any more, after the grace period.
+extension VolumeFS {
+    /// When the chunk store is out of space (or nearly, under `fullStoreMargin`): deletes
+    /// garbage older than `fullStoreGraceSeconds` rather than the whole grace period, so
+    /// that deleting files frees space within seconds. A reader on another mount that
+    /// still holds the chunk map of a file deleted since then reads `EIO` from it. Only
+    /// the writer reclaims; returns how many objects went.
+    @discardableResult
+    public func reclaimSpace(ifBelow margin: UInt64? = nil) -> Int {
+        guard isWriter else { return 0 }
+        if let margin {
+            guard let room = store.availableBytes(), room < margin else { return 0 }
+        }
+        flushPurges()
+        do {
+            let deleted = try collectGarbage(graceSeconds: min(options.gcGraceSeconds, options.fullStoreGraceSeconds))
+            if deleted > 0 { logger.notice("the chunk store is short of space: deleted \(deleted) garbage objects early") }
+            return deleted
+        } catch {
+            logger.warning("cannot reclaim space: \(error)")
+            return 0
+        }
+    }
+
+    /// Deletes objects that left the metadata more than the grace period (or
+    /// `graceSeconds`) ago; returns how many.
+    @discardableResult
+    public func collectGarbage(now: Timestamp = VolumeFS.now(), graceSeconds: Int? = nil) throws(FSError) -> Int {
+        let grace = Int64(graceSeconds ?? options.gcGraceSeconds)
+        let cutoff = Timestamp(nanoseconds: now.nanoseconds - grace * 1_000_000_000)
+        var total = 0
+        while true {
+            let due = try Self.lift { () throws(MetadataError) in try metadata.garbage(before: cutoff, limit: 512) }
+            if due.isEmpty { return total }
+            var deleted: [ObjectID] = []
+            for object in due {
+                do {
+                    try store.delete(object)
+                    deleted.append(object)
+                } catch {
+                    logger.warning("gc cannot delete object \(object): \(error)")
+                }
+            }
+            try Self.lift { () throws(MetadataError) in try metadata.dropGarbage(deleted) }
+            total += deleted.count
+            if deleted.count < due.count { return total }
+        }
+    }
+}
+
+extension VolumeFS {
+    /// Makes every committed change durable (fsync of a directory).
+    public func syncMetadata() throws(FSError) {
+        try Self.lift { () throws(MetadataError) in try metadata.sync() }
+    }
+}

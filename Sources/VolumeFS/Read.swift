@@ -1,0 +1,160 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ChunkStore
+import Dispatch
+public import Metadata
+import Synchronization
+
+// The read path: one buffer per request, filled in place and verified block by block.
+extension VolumeFS {
+    /// Reads up to `count` bytes of `ino` from `offset`; fewer only at the end of the file.
+    ///
+    /// Chunks missing from the file's map read as zeros. Every stored block read is checked
+    /// against its recorded checksum before any byte is returned.
+    ///
+    /// - Throws: `.corrupt` or `.store` (EIO) when a chunk is damaged or missing.
+    public func read(_ ino: InodeNumber, _ fh: FileHandleID, offset: UInt64, count: Int) throws(FSError) -> [UInt8] {
+        var output = [UInt8](repeating: 0, count: max(0, count))
+        let got = try Self.typed { try output.withUnsafeMutableBytes { (buffer: UnsafeMutableRawBufferPointer) throws in
+            try read(ino, fh, offset: offset, into: buffer)
+        } }
+        output.removeLast(output.count - got)
+        return output
+    }
+
+    /// Reads into `buffer` from `offset`, as `read(_:_:offset:count:)` does; returns how
+    /// many bytes were read. The kernel's request is answered from this buffer with no
+    /// further copy or allocation.
+    public func read(_ ino: InodeNumber, _ fh: FileHandleID, offset: UInt64,
+                     into buffer: UnsafeMutableRawBufferPointer) throws(FSError) -> Int {
+        let file = try file(fh, ino)
+        file.lock.lock()
+        let size = file.size
+        guard offset < size, buffer.count > 0 else {
+            file.lock.unlock()
+            return 0
+        }
+        let end = min(offset + UInt64(buffer.count), size)
+        let cs = UInt64(chunkSize)
+        let first = Int(offset / cs)
+        let last = Int((end - 1) / cs)
+        // Snapshot under the lock, read outside it: objects are immutable and buffers are
+        // copied on write, so other readers and writers are not held up by our I/O.
+        let parts = (first...last).map { index in (index, file.dirty[index], file.chunkMap[index]) }
+        file.lock.unlock()
+        let ahead = handles.withLock { $0[fh]?.reads.ahead(of: first...last, by: options.prefetchChunks) } ?? 0..<0
+        if !ahead.isEmpty {
+            let objects = file.lock.withLock { ahead.compactMap { file.chunkMap[$0]?.object } }
+            for object in objects { store.prefetch(object) }
+        }
+
+        for (index, dirty, ref) in parts {
+            let chunkStart = UInt64(index) * cs
+            let low = Int(max(offset, chunkStart) - chunkStart)
+            let high = Int(min(end, chunkStart + cs) - chunkStart)
+            let destination = UnsafeMutableRawBufferPointer(rebasing: buffer[Int(chunkStart + UInt64(low) - offset)...])
+            var filled = 0
+            if let dirty {
+                let available = min(high, dirty.count) - low
+                if available > 0 {
+                    dirty.withUnsafeBytes { source in
+                        destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[low..<(low + available)]))
+                    }
+                    filled = available
+                }
+            } else if let ref {
+                filled = try readVerified(ino, ref, from: low, to: high, into: destination)
+            }
+            // Holes, and bytes past the end of what a chunk stores, read as zeros.
+            if filled < high - low {
+                UnsafeMutableRawBufferPointer(rebasing: destination[filled..<(high - low)]).initializeMemory(as: UInt8.self, repeating: 0)
+            }
+        }
+        return Int(end - offset)
+    }
+
+    /// Reads bytes `[low, high)` of a stored chunk into `destination`, checking every block
+    /// touched; returns how many it wrote, fewer than asked where the chunk's stored bytes end.
+    @discardableResult
+    func readVerified(_ ino: InodeNumber, _ ref: ChunkRef, from low: Int, to high: Int,
+                      into destination: UnsafeMutableRawBufferPointer) throws(FSError) -> Int {
+        let stop = min(high, ref.length)
+        guard low < stop else { return 0 }
+        let blockSize = BlockChecksums.blockSize
+        guard ref.checksums.values.count == (ref.length + blockSize - 1) / blockSize else {
+            throw corrupt(ino, ref, "has \(ref.checksums.values.count) checksums for \(ref.length) bytes")
+        }
+        let firstBlock = low / blockSize
+        let lastBlock = (stop - 1) / blockSize
+        let readStart = firstBlock * blockSize
+        let readEnd = min((lastBlock + 1) * blockSize, ref.length)
+        func verify(_ buffer: UnsafeRawBufferPointer) throws(FSError) {
+            for block in firstBlock...lastBlock {
+                let start = block * blockSize - readStart
+                let bytes = UnsafeRawBufferPointer(rebasing: buffer[start..<min(start + blockSize, buffer.count)])
+                if BlockChecksums.hash(bytes) != ref.checksums.values[block] {
+                    throw corrupt(ino, ref, "checksum mismatch in block \(block)")
+                }
+            }
+        }
+        switch ref.location {
+        case .inline(let bytes):
+            guard bytes.count == ref.length else {
+                throw corrupt(ino, ref, "inline data is \(bytes.count) bytes, expected \(ref.length)")
+            }
+            try Self.typed { try bytes.withUnsafeBytes { (all: UnsafeRawBufferPointer) throws in
+                try verify(UnsafeRawBufferPointer(rebasing: all[readStart..<readEnd]))
+                destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: all[low..<stop]))
+            } }
+        case .object(let object):
+            // Block-aligned reads (the kernel's readahead) land in place; others go through
+            // a scratch buffer so that only checked bytes reach the caller.
+            let inPlace = low == readStart && stop == readEnd
+            let buffer = inPlace ? UnsafeMutableRawBufferPointer(rebasing: destination[0..<(readEnd - readStart)])
+                                 : UnsafeMutableRawBufferPointer.allocate(byteCount: readEnd - readStart, alignment: 16)
+            defer { if !inPlace { buffer.deallocate() } }
+            // A store that keeps local copies (a cache) may hold a damaged one: it is
+            // dropped and the object read once more from where it really lives.
+            for attempt in 1...2 {
+                let got: Int
+                do {
+                    got = try store.read(object, offset: readStart, into: buffer)
+                } catch {
+                    logger.error("read of inode \(ino.rawValue) chunk \(ref.index) (object \(object)) failed: \(error)")
+                    throw .store(error, ino: ino, chunk: ref.index)
+                }
+                do throws(FSError) {
+                    guard got == buffer.count else {
+                        throw corrupt(ino, ref, "object is \(readStart + got) bytes, expected \(ref.length)")
+                    }
+                    try verify(UnsafeRawBufferPointer(buffer))
+                    break
+                } catch {
+                    store.discard(object)
+                    if attempt == 2 { throw error }
+                }
+            }
+            if !inPlace {
+                destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: buffer[(low - readStart)..<(stop - readStart)]))
+            }
+        }
+        return stop - low
+    }
+
+    func corrupt(_ ino: InodeNumber, _ ref: ChunkRef, _ why: String) -> FSError {
+        logger.error("inode \(ino.rawValue) chunk \(ref.index) (\(ref.location)) \(why): answering EIO")
+        return .corrupt(ino: ino, chunk: ref.index, why)
+    }
+
+    /// The whole stored content of chunk `index`, verified (empty if the chunk is a hole).
+    func load(_ file: OpenFile, _ index: Int) throws(FSError) -> [UInt8] {
+        guard let ref = file.chunkMap[index] else { return [] }
+        var bytes = [UInt8](repeating: 0, count: ref.length)
+        bytes.reserveCapacity(chunkSize)
+        try Self.typed { try bytes.withUnsafeMutableBytes { (buffer: UnsafeMutableRawBufferPointer) throws in
+            try readVerified(file.ino, ref, from: 0, to: ref.length, into: buffer)
+        } }
+        return bytes
+    }
+}

@@ -1,0 +1,208 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ChunkStore
+import Dispatch
+public import Metadata
+import Synchronization
+
+// The write path: buffered chunks, the size limit, and commits of new objects.
+extension VolumeFS {
+    /// Writes `data` at `offset`; returns the number of bytes written (all of them).
+    ///
+    /// - Throws: `.noSpace` (ENOSPC) when the volume's size limit would be exceeded, with
+    ///   nothing changed; `.fileTooBig` (EFBIG) past `maxFileSize`.
+    public func write(_ ino: InodeNumber, _ fh: FileHandleID, offset: UInt64, _ data: UnsafeRawBufferPointer) throws(FSError) -> Int {
+        let file = try file(fh, ino)
+        guard data.count > 0 else { return 0 }
+        let (end, overflow) = offset.addingReportingOverflow(UInt64(data.count))
+        guard !overflow, end <= Self.maxFileSize else { throw .fileTooBig }
+        try ensureWritable()
+        file.lock.lock()
+        defer { file.lock.unlock() }
+
+        let cs = UInt64(chunkSize)
+        let first = Int(offset / cs)
+        let last = Int((end - 1) / cs)
+        var growth: [Int: Int64] = [:]
+        for index in first...last {
+            let current = file.dirty[index]?.count ?? file.chunkMap[index]?.length ?? 0
+            let high = Int(min(end, UInt64(index + 1) * cs) - UInt64(index) * cs)
+            growth[index] = Int64(max(0, high - current))
+        }
+        try reserve(growth.values.reduce(0, +))
+
+        for index in first...last {
+            if file.dirty[index] == nil {
+                do {
+                    file.dirty[index] = try load(file, index)
+                } catch {
+                    let unused = (index...last).reduce(Int64(0)) { $0 + (growth[$1] ?? 0) }
+                    accounting.withLock { $0.reserved -= unused }
+                    throw error
+                }
+            }
+            let chunkStart = UInt64(index) * cs
+            let low = Int(max(offset, chunkStart) - chunkStart)
+            let high = Int(min(end, chunkStart + cs) - chunkStart)
+            if file.dirty[index]!.count < high {
+                file.dirty[index]!.append(contentsOf: repeatElement(0, count: high - file.dirty[index]!.count))
+            }
+            let sourceStart = Int(chunkStart + UInt64(low) - offset)
+            file.dirty[index]!.withUnsafeMutableBytes { buffer in
+                UnsafeMutableRawBufferPointer(rebasing: buffer[low..<high])
+                    .copyMemory(from: UnsafeRawBufferPointer(rebasing: data[sourceStart..<(sourceStart + high - low)]))
+            }
+            file.reserved[index, default: 0] += growth[index] ?? 0
+        }
+        file.size = max(file.size, end)
+        file.mtime = Self.now()
+
+        if file.dirty.count > options.maxDirtyChunksPerFile {
+            try commit(file)
+        } else {
+            // Full chunks are committed in groups, whose objects are stored in parallel:
+            // a sequential writer then waits for one round of syncs per group, not per chunk.
+            let full = file.dirty.compactMap { $0.value.count == chunkSize ? $0.key : nil }
+            if full.count >= options.fullChunksPerCommit { try commit(file, only: full) }
+        }
+        return data.count
+    }
+
+    func reserve(_ bytes: Int64) throws(FSError) {
+        guard bytes > 0 else { return }
+        func attempt() -> Bool {
+            accounting.withLock { state in
+                if Int64(state.used) + state.reserved + bytes > Int64(state.limit) { return false }
+                state.reserved += bytes
+                return true
+            }
+        }
+        if attempt() { return }
+        // Deleted files may be waiting for their purge, and `netvol resize` may have grown
+        // the volume since we last looked.
+        flushPurges()
+        refreshUsage()
+        if !attempt() { throw .noSpace }
+    }
+
+    /// Stores the dirty chunks of `file` (all, or `only` these) as new objects and swaps
+    /// them in with one metadata transaction. Caller holds `file.lock`.
+    func commit(_ file: OpenFile, only: [Int]? = nil) throws(FSError) {
+        if file.lostWrites { throw .lostWrites }
+        let indices = (only ?? Array(file.dirty.keys)).filter { file.dirty[$0] != nil }.sorted()
+        if indices.isEmpty && file.size == file.committedSize && file.mtime == nil { return }
+        let refs = try storeChunks(file.ino, indices.map { ($0, file.dirty[$0]!) }, fileSize: file.size)
+        var size = file.size
+        let committed: Committed
+        if only != nil {
+            // Commit no size that covers data still buffered: a crash would show it as zeros.
+            let reach = refs.map { UInt64($0.index * chunkSize + $0.length) }.max() ?? 0
+            size = min(file.size, max(file.committedSize, reach))
+        }
+        do {
+            committed = try metadata.commitData(file.ino, chunks: refs, dropFrom: nil, size: size, mtime: file.mtime, now: Self.now())
+        } catch {
+            deleteObjects(refs)
+            logger.error("commit of inode \(file.ino.rawValue) failed: \(error)")
+            if case .fenced(let holder) = error {
+                file.lock.unlock()
+                loseLease("a commit found the lease with \(holder ?? "nobody")")
+                file.lock.lock()
+                throw .lostWrites
+            }
+            throw .metadata(error)
+        }
+        var delta: Int64 = 0
+        var released: Int64 = 0
+        for ref in refs {
+            delta += Int64(ref.length) - Int64(file.chunkMap[ref.index]?.length ?? 0)
+            released += file.reserved.removeValue(forKey: ref.index) ?? 0
+            file.chunkMap[ref.index] = ref
+            file.dirty[ref.index] = nil
+        }
+        file.committedSize = size
+        if file.dirty.isEmpty && file.size == size { file.mtime = nil }
+        restamp(committed.attr)
+        accounting.withLock { state in
+            state.used = UInt64(max(0, Int64(state.used) + delta))
+            state.reserved -= released
+        }
+    }
+
+    /// Stores chunks as new objects, several at once; on any failure, stores none.
+    func storeObjects(_ ino: InodeNumber, _ chunks: [(Int, [UInt8])]) throws(FSError) -> [ChunkRef] {
+        if chunks.count == 1 {
+            return [try Self.typed { try chunks[0].1.withUnsafeBytes { bytes throws in try storeObject(ino, chunks[0].0, bytes) } }]
+        }
+        let results = Mutex<[Result<ChunkRef, FSError>?]>(Array(repeating: nil, count: chunks.count))
+        let workers = min(chunks.count, 4)
+        DispatchQueue.concurrentPerform(iterations: workers) { worker in
+            for slot in stride(from: worker, to: chunks.count, by: workers) {
+                let (index, bytes) = chunks[slot]
+                let result: Result<ChunkRef, FSError> = bytes.withUnsafeBytes { buffer in
+                    do throws(FSError) { return .success(try storeObject(ino, index, buffer)) } catch { return .failure(error) }
+                }
+                results.withLock { $0[slot] = result }
+            }
+        }
+        let outcomes = results.withLock { $0 }
+        var refs: [ChunkRef] = []
+        var failure: FSError?
+        for outcome in outcomes {
+            switch outcome {
+            case .success(let ref)?: refs.append(ref)
+            case .failure(let error)?: failure = failure ?? error
+            case nil: failure = failure ?? .invalidArgument("a chunk was not stored")
+            }
+        }
+        if let failure {
+            deleteObjects(refs)
+            throw failure
+        }
+        return refs
+    }
+
+    /// Makes refs for chunks about to be committed: a file that will be no larger than
+    /// `inlineLimit` keeps its bytes inline, others get objects stored in parallel.
+    func storeChunks(_ ino: InodeNumber, _ chunks: [(Int, [UInt8])], fileSize: UInt64) throws(FSError) -> [ChunkRef] {
+        guard fileSize <= UInt64(min(options.inlineLimit, chunkSize)) else { return try storeObjects(ino, chunks) }
+        return chunks.map { index, bytes in
+            ChunkRef(index: index, inline: bytes, checksums: bytes.withUnsafeBytes { BlockChecksums(of: $0) })
+        }
+    }
+
+    /// Deletes the objects of refs that were never committed.
+    func deleteObjects(_ refs: [ChunkRef]) {
+        for case let object? in refs.map(\.object) { try? store.delete(object) }
+    }
+
+    /// Stores `bytes` as a new object for chunk `index` of `ino`.
+    ///
+    /// A store that is out of space first gets back the room of garbage past the short
+    /// `fullStoreGraceSeconds` (deleted files' objects would otherwise hold it for the
+    /// whole grace period), and the object is tried once more.
+    func storeObject(_ ino: InodeNumber, _ index: Int, _ bytes: UnsafeRawBufferPointer) throws(FSError) -> ChunkRef {
+        let checksums = BlockChecksums(of: bytes)
+        var attempts = 0
+        var reclaimed = false
+        while true {
+            let id = ObjectID.random()
+            do {
+                try store.put(id, bytes)
+                return ChunkRef(index: index, object: id, length: bytes.count, checksums: checksums)
+            } catch .exists(_) where attempts < 3 {
+                attempts += 1
+            } catch .noSpace where !reclaimed {
+                reclaimed = true
+                if reclaimSpace() == 0 {
+                    logger.error("cannot store chunk \(index) of inode \(ino.rawValue): the chunk store is out of space")
+                    throw .store(.noSpace, ino: ino, chunk: index)
+                }
+            } catch {
+                logger.error("cannot store chunk \(index) of inode \(ino.rawValue): \(error)")
+                throw .store(error, ino: ino, chunk: index)
+            }
+        }
+    }
+}
