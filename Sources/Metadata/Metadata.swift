@@ -77,12 +77,13 @@ public protocol Metadata: Sendable {
     /// The stored chunks of `ino`, by index.
     func chunks(_ ino: InodeNumber) throws(MetadataError) -> [ChunkRef]
     /// Replaces chunks of `ino` with `chunks` (objects already stored whole), drops every
-    /// chunk at index `dropFrom` or above when given, and sets the size and times.
+    /// chunk whose index is in `drop` when given (a truncation drops `n...`, a punched
+    /// hole the chunks it covers whole), and sets the size and times.
     /// Fails with `.noSpace`, changing nothing, when the volume's size limit would be
     /// exceeded. Returns the file's attributes after the commit and the objects that are
     /// no longer referred to (now garbage).
     @discardableResult
-    func commitData(_ ino: InodeNumber, chunks: [ChunkRef], dropFrom: Int?, size: UInt64,
+    func commitData(_ ino: InodeNumber, chunks: [ChunkRef], drop: Range<Int>?, size: UInt64,
                     mtime: Timestamp?, now: Timestamp) throws(MetadataError) -> Committed
     /// Makes every committed transaction durable against a machine crash.
     func sync() throws(MetadataError)
@@ -139,4 +140,9 @@ public protocol Metadata: Sendable {
     func heartbeat(_ session: Session, staleSeconds: Double) throws(MetadataError)
     func removeSession(id: String) throws(MetadataError)
     func sessions() throws(MetadataError) -> [Session]
+}
+
+extension Range where Bound == Int {
+    /// Every chunk index from `first` on: what a truncation drops.
+    public static func from(_ first: Int) -> Range<Int> { first..<Int.max }
 }

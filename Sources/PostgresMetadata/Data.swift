@@ -50,16 +50,17 @@ extension PostgresMetadata {
     }
 
     @discardableResult
-    public func commitData(_ ino: InodeNumber, chunks: [ChunkRef], dropFrom: Int?, size: UInt64,
+    public func commitData(_ ino: InodeNumber, chunks: [ChunkRef], drop: Range<Int>?, size: UInt64,
                            mtime: Timestamp?, now: Timestamp) throws(MetadataError) -> Committed {
         try mutate { tx in
             let attr = try fetchAttr(tx, ino)
             guard attr.isRegular else { throw MetadataError.invalidArgument("not a regular file") }
             var delta: Int64 = 0
             var dropped: [ObjectID] = []
-            if let dropFrom {
-                let rows = try tx.execute("DELETE FROM chunks WHERE volume = $1 AND ino = $2 AND idx >= $3 RETURNING object, length",
-                                          [.int(id), .ino(ino), .int(Int64(dropFrom))])
+            if let drop, !drop.isEmpty {
+                let rows = try tx.execute("""
+                    DELETE FROM chunks WHERE volume = $1 AND ino = $2 AND idx >= $3 AND idx < $4 RETURNING object, length
+                    """, [.int(id), .ino(ino), .int(Int64(drop.lowerBound)), .int(Int64(drop.upperBound))])
                 for row in 0..<rows.count {
                     if let object = Self.storedObject(try rows.int(row, 0)) { dropped.append(object) }
                     delta -= try rows.int(row, 1)

@@ -26,7 +26,7 @@ extension SQLiteMetadata {
     }
 
     @discardableResult
-    public func commitData(_ ino: InodeNumber, chunks: [ChunkRef], dropFrom: Int?, size: UInt64,
+    public func commitData(_ ino: InodeNumber, chunks: [ChunkRef], drop: Range<Int>?, size: UInt64,
                            mtime: Timestamp?, now: Timestamp) throws(MetadataError) -> Committed {
         try mutate { db in
             let attr = try Self.fetchAttr(db, ino)
@@ -34,13 +34,14 @@ extension SQLiteMetadata {
             var delta: Int64 = 0
             var retired: [ObjectID] = []
             let inoValue = Int64(ino.rawValue)
-            if let dropFrom {
-                for row in try Row.fetchAll(db.cachedStatement(sql: "SELECT object, length FROM chunks WHERE ino = ? AND idx >= ?"),
-                                            arguments: [inoValue, dropFrom]) {
+            if let drop, !drop.isEmpty {
+                let bounds: StatementArguments = [inoValue, drop.lowerBound, drop.upperBound]
+                for row in try Row.fetchAll(db.cachedStatement(sql: "SELECT object, length FROM chunks WHERE ino = ? AND idx >= ? AND idx < ?"),
+                                            arguments: bounds) {
                     if let object = Self.storedObject(row[0]) { retired.append(object) }
                     delta -= row[1] as Int64
                 }
-                try db.cachedStatement(sql: "DELETE FROM chunks WHERE ino = ? AND idx >= ?").execute(arguments: [inoValue, dropFrom])
+                try db.cachedStatement(sql: "DELETE FROM chunks WHERE ino = ? AND idx >= ? AND idx < ?").execute(arguments: bounds)
             }
             let old = try db.cachedStatement(sql: "SELECT object, length FROM chunks WHERE ino = ? AND idx = ?")
             let put = try db.cachedStatement(sql: "INSERT OR REPLACE INTO chunks(ino, idx, object, length, checksums, data) VALUES (?, ?, ?, ?, ?, ?)")

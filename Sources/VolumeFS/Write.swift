@@ -101,7 +101,7 @@ extension VolumeFS {
             size = min(file.size, max(file.committedSize, reach))
         }
         do {
-            committed = try metadata.commitData(file.ino, chunks: refs, dropFrom: nil, size: size, mtime: file.mtime, now: Self.now())
+            committed = try metadata.commitData(file.ino, chunks: refs, drop: nil, size: size, mtime: file.mtime, now: Self.now())
         } catch {
             deleteObjects(refs)
             logger.error("commit of inode \(file.ino.rawValue) failed: \(error)")

@@ -65,7 +65,7 @@ final class ManualClock: Sendable {
         #expect(throws: MetadataError.fenced(holder: "b")) { try a.setattr(f.ino, AttrChanges(mode: 0o600), now: t1) }
         #expect(throws: MetadataError.fenced(holder: "b")) { try a.unlink(.root, "f", now: t1) }
         #expect(throws: MetadataError.fenced(holder: "b")) {
-            try a.commitData(f.ino, chunks: [], dropFrom: 0, size: 0, mtime: t1, now: t1)
+            try a.commitData(f.ino, chunks: [], drop: .from(0), size: 0, mtime: t1, now: t1)
         }
         #expect(try b.lookup(.root, "f").mode == fileMode)
         #expect(throws: MetadataError.notFound) { try b.lookup(.root, "g") }

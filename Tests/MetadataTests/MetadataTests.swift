@@ -170,14 +170,14 @@ import Testing
         let a = try volume.file("a")
         let first = ref(0, 4096)
         let second = ref(1, 100)
-        try meta.commitData(a.ino, chunks: [first, second], dropFrom: nil, size: 4196, mtime: t1, now: t1)
+        try meta.commitData(a.ino, chunks: [first, second], drop: nil, size: 4196, mtime: t1, now: t1)
         #expect(try meta.chunks(a.ino) == [first, second])
         #expect(try meta.getattr(a.ino).size == 4196)
         #expect(try meta.getattr(a.ino).storedBytes == 4196)
         #expect(try meta.usage().usedBytes == 4196)
 
         let replacement = ref(0, 4096)
-        let committed = try meta.commitData(a.ino, chunks: [replacement], dropFrom: 1, size: 4096, mtime: t1, now: t1)
+        let committed = try meta.commitData(a.ino, chunks: [replacement], drop: .from(1), size: 4096, mtime: t1, now: t1)
         #expect(committed.attr == (try meta.getattr(a.ino)))
         let retired = committed.retired
         #expect(Set(retired) == [first.object!, second.object!])
@@ -194,17 +194,17 @@ import Testing
         let a = try volume.file("a")
         let bytes: [UInt8] = Array(0..<200)
         let small = ChunkRef(index: 0, inline: bytes, checksums: bytes.withUnsafeBytes { BlockChecksums(of: $0) })
-        try meta.commitData(a.ino, chunks: [small], dropFrom: nil, size: 200, mtime: t1, now: t1)
+        try meta.commitData(a.ino, chunks: [small], drop: nil, size: 200, mtime: t1, now: t1)
         #expect(try meta.chunks(a.ino) == [small])
         #expect(try meta.getattr(a.ino).storedBytes == 200)
         #expect(try meta.usage().usedBytes == 200)
 
         // Growing into an object leaves nothing for gc: the inline bytes had no object.
         let big = ref(0, 5000)
-        #expect(try meta.commitData(a.ino, chunks: [big], dropFrom: nil, size: 5000, mtime: t1, now: t1).retired.allSatisfy { $0.rawValue == 0 })
+        #expect(try meta.commitData(a.ino, chunks: [big], drop: nil, size: 5000, mtime: t1, now: t1).retired.allSatisfy { $0.rawValue == 0 })
         #expect(try meta.garbage(before: Timestamp(nanoseconds: t1.nanoseconds + 1), limit: 10).isEmpty)
         #expect(try meta.chunks(a.ino) == [big])
-        try meta.commitData(a.ino, chunks: [small], dropFrom: nil, size: 200, mtime: t1, now: t1)
+        try meta.commitData(a.ino, chunks: [small], drop: nil, size: 200, mtime: t1, now: t1)
         #expect(try meta.garbage(before: Timestamp(nanoseconds: t1.nanoseconds + 1), limit: 10) == [big.object!])
         #expect(try meta.usage().usedBytes == 200)
     }
@@ -217,7 +217,7 @@ import Testing
         let old = try SQLiteMetadata.create(path: path, chunkSize: 4096, sizeLimit: 1 << 20, now: t0)
         let a = try old.mknode(.root, "a", mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0)
         let stored = ref(0, 100)
-        try old.commitData(a.ino, chunks: [stored], dropFrom: nil, size: 100, mtime: t1, now: t1)
+        try old.commitData(a.ino, chunks: [stored], drop: nil, size: 100, mtime: t1, now: t1)
         // The schema as it was before small files lived inline.
         try old.pool.write { db in try db.execute(sql: "ALTER TABLE chunks DROP COLUMN data") }
         try old.pool.close()
@@ -226,7 +226,7 @@ import Testing
         #expect(try reopened.chunks(a.ino) == [stored])
         let bytes: [UInt8] = [7, 8, 9]
         let small = ChunkRef(index: 0, inline: bytes, checksums: bytes.withUnsafeBytes { BlockChecksums(of: $0) })
-        try reopened.commitData(a.ino, chunks: [small], dropFrom: nil, size: 3, mtime: t1, now: t1)
+        try reopened.commitData(a.ino, chunks: [small], drop: nil, size: 3, mtime: t1, now: t1)
         #expect(try reopened.chunks(a.ino) == [small])
     }
 
@@ -236,16 +236,16 @@ import Testing
         let meta = volume.meta
         let a = try volume.file("a")
         let big = ref(0, 1 << 20)
-        try meta.commitData(a.ino, chunks: [big], dropFrom: nil, size: 1 << 20, mtime: t1, now: t1)
+        try meta.commitData(a.ino, chunks: [big], drop: nil, size: 1 << 20, mtime: t1, now: t1)
         #expect(throws: MetadataError.noSpace) {
-            try meta.commitData(a.ino, chunks: [ref(1, 1)], dropFrom: nil, size: (1 << 20) + 1, mtime: t1, now: t1)
+            try meta.commitData(a.ino, chunks: [ref(1, 1)], drop: nil, size: (1 << 20) + 1, mtime: t1, now: t1)
         }
         #expect(try meta.chunks(a.ino) == [big])
         #expect(try meta.getattr(a.ino).size == 1 << 20)
         // Shrinking always works, and so does growing the limit.
         #expect(throws: MetadataError.invalidArgument("a volume can grow but not shrink")) { try meta.resize(sizeLimit: 1000) }
         try meta.resize(sizeLimit: 2 << 20)
-        try meta.commitData(a.ino, chunks: [ref(1, 1)], dropFrom: nil, size: (1 << 20) + 1, mtime: t1, now: t1)
+        try meta.commitData(a.ino, chunks: [ref(1, 1)], drop: nil, size: (1 << 20) + 1, mtime: t1, now: t1)
         #expect(try meta.usage().usedBytes == (1 << 20) + 1)
     }
 
@@ -255,7 +255,7 @@ import Testing
         let meta = volume.meta
         let a = try volume.file("a")
         let chunk = ref(0, 10)
-        try meta.commitData(a.ino, chunks: [chunk], dropFrom: nil, size: 10, mtime: t1, now: t1)
+        try meta.commitData(a.ino, chunks: [chunk], drop: nil, size: 10, mtime: t1, now: t1)
         try meta.purge([a.ino], now: t1)
         #expect(try meta.getattr(a.ino).nlink == 1)
         _ = try meta.unlink(.root, "a", now: t1)
@@ -274,7 +274,7 @@ import Testing
         let meta = volume.meta
         let a = try volume.file("a")
         let chunk = ref(0, 10)
-        try meta.commitData(a.ino, chunks: [chunk], dropFrom: nil, size: 10, mtime: t1, now: t1)
+        try meta.commitData(a.ino, chunks: [chunk], drop: nil, size: 10, mtime: t1, now: t1)
         let stray = ObjectID.random()
         #expect(try meta.adoptStrays([stray, chunk.object!], now: t1) == 1)
         #expect(try meta.garbage(before: Timestamp(nanoseconds: t1.nanoseconds + 1), limit: 10) == [stray])
@@ -287,12 +287,12 @@ import Testing
         let shared = ref(0, 100)
         let a = try meta.mknode(.root, "a", mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0)
         let b = try meta.mknode(.root, "b", mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0)
-        try meta.commitData(a.ino, chunks: [shared], dropFrom: nil, size: 100, mtime: t1, now: t1)
-        try meta.commitData(b.ino, chunks: [shared], dropFrom: nil, size: 100, mtime: t1, now: t1)
-        #expect(try meta.commitData(a.ino, chunks: [], dropFrom: 0, size: 0, mtime: t1, now: t1).retired.isEmpty)
+        try meta.commitData(a.ino, chunks: [shared], drop: nil, size: 100, mtime: t1, now: t1)
+        try meta.commitData(b.ino, chunks: [shared], drop: nil, size: 100, mtime: t1, now: t1)
+        #expect(try meta.commitData(a.ino, chunks: [], drop: .from(0), size: 0, mtime: t1, now: t1).retired.isEmpty)
         #expect(try meta.garbage(before: Timestamp(nanoseconds: Int64.max), limit: 10).isEmpty)
         #expect(try meta.adoptStrays([shared.object!], now: t1) == 0)
-        #expect(try meta.commitData(b.ino, chunks: [], dropFrom: 0, size: 0, mtime: t1, now: t1).retired == [shared.object!])
+        #expect(try meta.commitData(b.ino, chunks: [], drop: .from(0), size: 0, mtime: t1, now: t1).retired == [shared.object!])
         #expect(try meta.garbage(before: Timestamp(nanoseconds: Int64.max), limit: 10) == [shared.object!])
     }
 
@@ -306,8 +306,8 @@ import Testing
         let inline = ChunkRef(index: 1, inline: bytes, checksums: bytes.withUnsafeBytes { BlockChecksums(of: $0) })
         let chunksOfA = [ref(0, 4096), inline]
         let chunksOfB = [ref(0, 10)]
-        try meta.commitData(a.ino, chunks: chunksOfA, dropFrom: nil, size: 4099, mtime: t1, now: t1)
-        try meta.commitData(b.ino, chunks: chunksOfB, dropFrom: nil, size: 10, mtime: t1, now: t1)
+        try meta.commitData(a.ino, chunks: chunksOfA, drop: nil, size: 4099, mtime: t1, now: t1)
+        try meta.commitData(b.ino, chunks: chunksOfB, drop: nil, size: 10, mtime: t1, now: t1)
         let all = try meta.allChunks()
         #expect(all.map(\.0) == [a.ino, b.ino])
         #expect(all.map(\.1) == [chunksOfA, chunksOfB])
@@ -322,11 +322,11 @@ import Testing
         let quoted: [UInt8] = Array("\"{},\\ NULL".utf8) + [0, 255]
         let odd = ChunkRef(index: 100, inline: quoted, checksums: quoted.withUnsafeBytes { BlockChecksums(of: $0) })
         let many = (0..<100).map { ref($0, 4096) } + [odd]
-        try meta.commitData(a.ino, chunks: many, dropFrom: nil, size: 100 * 4096 + UInt64(quoted.count), mtime: t1, now: t1)
+        try meta.commitData(a.ino, chunks: many, drop: nil, size: 100 * 4096 + UInt64(quoted.count), mtime: t1, now: t1)
         #expect(try meta.chunks(a.ino) == many)
         #expect(try meta.usage().usedBytes == 100 * 4096 + UInt64(quoted.count))
         let rewritten = (0..<50).map { ref($0 * 2, 4096) }
-        let retired = try meta.commitData(a.ino, chunks: rewritten, dropFrom: 100, size: 100 * 4096, mtime: t1, now: t1).retired
+        let retired = try meta.commitData(a.ino, chunks: rewritten, drop: .from(100), size: 100 * 4096, mtime: t1, now: t1).retired
         #expect(Set(retired) == Set((0..<50).map { many[$0 * 2].object! }))
         #expect(try meta.chunks(a.ino).count == 100)
     }

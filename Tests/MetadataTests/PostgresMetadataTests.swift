@@ -166,7 +166,7 @@ struct PostgresMetadataTests {
         let url = try PostgresServer.volumeURL()
         let meta = try PostgresMetadata.create(url: url, chunkSize: 4096, sizeLimit: 1 << 20, store: [:], now: t0)
         let f = try meta.mknode(.root, "f", mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0)
-        try meta.commitData(f.ino, chunks: [ref(0, 100)], dropFrom: nil, size: 100, mtime: t1, now: t1)
+        try meta.commitData(f.ino, chunks: [ref(0, 100)], drop: nil, size: 100, mtime: t1, now: t1)
         _ = try meta.acquireLease(holder: "lister", ttlSeconds: 30)
         let listed = try PostgresMetadata.list(url: try PostgresServer.url(), password: nil)
         let mine = try #require(listed.first { $0.name == meta.volumeName })

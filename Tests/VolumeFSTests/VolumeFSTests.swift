@@ -169,7 +169,7 @@ import Testing
         let damaged: [UInt8] = [1, 2, 3]
         let wrong: [UInt8] = [1, 2, 4]
         try fx.metadata.commitData(attr.ino, chunks: [ChunkRef(index: 0, inline: damaged, checksums: wrong.withUnsafeBytes { BlockChecksums(of: $0) })],
-                                   dropFrom: nil, size: 3, mtime: nil, now: VolumeFS.now())
+                                   drop: nil, size: 3, mtime: nil, now: VolumeFS.now())
         let third = try fx.volume.open(attr.ino, flags: O_RDONLY)
         #expect(throws: FSError.corrupt(ino: attr.ino, chunk: 0, "checksum mismatch in block 0")) {
             try fx.volume.read(attr.ino, third, offset: 0, count: 3)
@@ -323,5 +323,39 @@ import Testing
         #expect(try fx.volume.collectGarbage(now: later) == 1)
         #expect(throws: StoreError.notFound(old)) { try fx.store.size(of: old) }
         #expect(try fx.volume.read(attr.ino, fh, offset: 0, count: 1) == [2])
+    }
+
+    @Test func punchedHolesAndZeroedRangesReadAsZerosAndTakeNoSpace() throws {
+        let fx = try Fixture(chunkSize: 16 * 1024)
+        let (attr, fh) = try fx.create("f")
+        var expected = pattern(81_920, seed: 9)
+        _ = try fx.write(attr.ino, fh, 0, expected)
+        try fx.volume.flush(attr.ino, fh)
+        let keepSize: Int32 = 0x01, punchHole: Int32 = 0x02, zeroRange: Int32 = 0x10
+        // Chunks 1 and 2 are covered whole, 0 and 3 in part.
+        try fx.volume.fallocate(attr.ino, fh, mode: punchHole | keepSize, offset: 10_000, length: 50_000)
+        expected.replaceSubrange(10_000..<60_000, with: repeatElement(0, count: 50_000))
+        #expect(try fx.volume.read(attr.ino, fh, offset: 0, count: 200_000) == expected)
+        #expect(try fx.volume.getattr(attr.ino).size == 81_920)
+        #expect(try fx.metadata.chunks(attr.ino).map(\.index) == [0, 3, 4])
+        // Chunk 0 keeps only what comes before the hole; chunk 3 keeps its length.
+        #expect(try fx.metadata.usage().usedBytes == 10_000 + 16_384 + 16_384)
+        // Zeroing past the end grows the file; the chunk at the end keeps only its data.
+        try fx.volume.fallocate(attr.ino, fh, mode: zeroRange, offset: 80_000, length: 20_000)
+        expected.replaceSubrange(80_000..<81_920, with: repeatElement(0, count: 1_920))
+        expected += [UInt8](repeating: 0, count: 100_000 - 81_920)
+        #expect(try fx.volume.getattr(attr.ino).size == 100_000)
+        #expect(try fx.volume.read(attr.ino, fh, offset: 0, count: 200_000) == expected)
+        #expect(try fx.metadata.usage().usedBytes == 10_000 + 16_384 + (80_000 - 65_536))
+        // A hole over a whole file's data leaves nothing stored, and the size as it was.
+        try fx.volume.fallocate(attr.ino, fh, mode: punchHole | keepSize, offset: 0, length: 1 << 20)
+        #expect(try fx.metadata.chunks(attr.ino).isEmpty)
+        #expect(try fx.volume.getattr(attr.ino).size == 100_000)
+        #expect(try fx.volume.read(attr.ino, fh, offset: 0, count: 200_000) == [UInt8](repeating: 0, count: 100_000))
+        // KEEP_SIZE alone checks for room and changes nothing; collapse and insert are refused.
+        try fx.volume.fallocate(attr.ino, fh, mode: keepSize, offset: 0, length: 1 << 20)
+        #expect(try fx.volume.getattr(attr.ino).size == 100_000)
+        #expect(throws: FSError.notSupported("fallocate mode 8")) { try fx.volume.fallocate(attr.ino, fh, mode: 0x08, offset: 0, length: 16_384) }
+        fx.volume.release(attr.ino, fh)
     }
 }
