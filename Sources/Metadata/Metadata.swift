@@ -85,6 +85,9 @@ public protocol Metadata: Sendable {
     @discardableResult
     func commitData(_ ino: InodeNumber, chunks: [ChunkRef], drop: Range<Int>?, size: UInt64,
                     mtime: Timestamp?, now: Timestamp) throws(MetadataError) -> Committed
+    /// Sets the volume's usage, and each file's stored bytes, to what its chunks add up
+    /// to (fsck --repair); returns the usage as it was recorded and as it is now.
+    func recountUsage() throws(MetadataError) -> (recorded: UInt64, counted: UInt64)
     /// Makes every committed transaction durable against a machine crash.
     func sync() throws(MetadataError)
 

@@ -149,4 +149,23 @@ extension PostgresMetadata {
             return try (0..<rows.count).map { InodeNumber(UInt64(bitPattern: try rows.int($0, 0))) }
         }
     }
+
+    public func recountUsage() throws(MetadataError) -> (recorded: UInt64, counted: UInt64) {
+        try mutate { tx in
+            let rows = try tx.execute("""
+                SELECT used_bytes, (SELECT coalesce(sum(length), 0)::bigint FROM chunks WHERE volume = $1) FROM volumes WHERE id = $1
+                """, [.int(id)])
+            let recorded = try rows.int(0, 0)
+            let counted = try rows.int(0, 1)
+            try tx.execute("UPDATE volumes SET used_bytes = $2 WHERE id = $1", [.int(id), .int(counted)])
+            try tx.execute("""
+                UPDATE inodes i SET stored = s.total
+                FROM (SELECT n.ino, coalesce(sum(c.length), 0)::bigint AS total FROM inodes n
+                      LEFT JOIN chunks c ON c.volume = n.volume AND c.ino = n.ino
+                      WHERE n.volume = $1 GROUP BY n.ino) s
+                WHERE i.volume = $1 AND i.ino = s.ino AND i.stored <> s.total
+                """, [.int(id)])
+            return (UInt64(max(0, recorded)), UInt64(max(0, counted)))
+        }
+    }
 }

@@ -127,4 +127,17 @@ extension SQLiteMetadata {
         for ino in inodes { result.append((ino, try chunks(ino))) }
         return result
     }
+
+    public func recountUsage() throws(MetadataError) -> (recorded: UInt64, counted: UInt64) {
+        try mutate { db in
+            let recorded = try Self.setting(db, "used_bytes")
+            let counted = try Int64.fetchOne(db, sql: "SELECT coalesce(sum(length), 0) FROM chunks") ?? 0
+            try db.execute(sql: "UPDATE settings SET value = ? WHERE key = 'used_bytes'", arguments: [counted])
+            try db.execute(sql: """
+                UPDATE inodes SET stored = (SELECT coalesce(sum(length), 0) FROM chunks c WHERE c.ino = inodes.ino)
+                WHERE stored <> (SELECT coalesce(sum(length), 0) FROM chunks c WHERE c.ino = inodes.ino)
+                """)
+            return (UInt64(max(0, recorded)), UInt64(max(0, counted)))
+        }
+    }
 }

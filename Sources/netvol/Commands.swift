@@ -289,18 +289,66 @@ struct GC: ParsableCommand {
 }
 
 struct Fsck: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Check that every chunk the metadata refers to is present and intact.")
+    static let configuration = CommandConfiguration(
+        abstract: "Check that every chunk the metadata refers to is present and intact; with --repair, mend what is not.",
+        discussion: """
+            --repair drops damaged or missing chunks from their files (those ranges then read as zeros; every \
+            file keeps its size, and each one is listed), purges nameless inodes, deletes objects nothing \
+            refers to, and recounts the usage. It takes the writer lease while it works and is refused while \
+            a mount holds it.
+            """)
 
     @Argument(help: "The volume: its directory, or postgres://USER@HOST:PORT/DB?volume=NAME.")
     var volume: String
+
+    @Flag(help: "Repair what the check finds, and report every change.")
+    var repair = false
 
     @OptionGroup var credentials: CredentialOptions
 
     func run() throws {
         let opened = try openVolume(volume, credentials)
-        let report = try FsckReport.check(metadata: opened.metadata, store: opened.store)
-        for problem in report.problems { print(problem) }
-        print("checked \(report.inodes) inodes, \(report.chunks) chunks: \(report.problems.isEmpty ? "no problems" : "\(report.problems.count) problems")")
-        if !report.problems.isEmpty { throw ExitCode(1) }
+        guard repair else {
+            let report = try FsckReport.check(metadata: opened.metadata, store: opened.store)
+            for problem in report.problems { print(problem) }
+            var leftovers: [String] = []
+            if !report.orphans.isEmpty { leftovers.append("\(report.orphans.count) nameless inodes") }
+            if !report.strays.isEmpty { leftovers.append("\(report.strays.count) objects nothing refers to") }
+            if !leftovers.isEmpty {
+                print("left by a crash (normal; gc or fsck --repair reclaims them): \(leftovers.joined(separator: ", "))")
+            }
+            print("checked \(report.inodes) inodes, \(report.chunks) chunks: \(report.problems.isEmpty ? "no problems" : "\(report.problems.count) problems")")
+            if !report.problems.isEmpty { throw ExitCode(1) }
+            return
+        }
+        let (found, repaired) = try Self.repair(opened)
+        for (chunk, path) in repaired.dropped {
+            let name = path ?? "nameless inode \(chunk.ino.rawValue)"
+            print("\(name): bytes \(chunk.range.lowerBound)-\(chunk.range.upperBound) now read as zeros (chunk \(chunk.index), \(chunk.location) \(chunk.why))")
+        }
+        if repaired.purgedOrphans > 0 { print("purged \(repaired.purgedOrphans) nameless inodes") }
+        if repaired.deletedStrays > 0 { print("deleted \(repaired.deletedStrays) objects nothing referred to") }
+        if let usage = repaired.usage {
+            print("usage was recorded as \(usage.recorded) bytes; recounted to \(usage.counted)")
+        }
+        let changes = repaired.dropped.count + repaired.purgedOrphans + repaired.deletedStrays + (repaired.usage == nil ? 0 : 1)
+        print("checked \(found.inodes) inodes, \(found.chunks) chunks: \(changes == 0 ? "nothing to repair" : "\(changes) repairs, \(repaired.dropped.count) damaged chunks dropped from \(Set(repaired.dropped.map(\.chunk.ino)).count) files")")
+    }
+
+    // Out of line, and matching on the Result: a typed catch pattern in `run` trips an
+    // ownership verifier crash of the Swift 6.3 optimizer.
+    @inline(never)
+    static func repair(_ opened: OpenedVolume) throws -> (FsckReport, RepairReport) {
+        let outcome = Result { () throws(FSError) in
+            try FsckReport.repair(metadata: opened.metadata, store: opened.store, holder: "fsck-repair-" + defaultHolderName())
+        }
+        switch outcome {
+        case .success(let reports):
+            return reports
+        case .failure(.readOnly(let holder)):
+            throw CLIError("\(opened.address) is mounted for writing by \(holder ?? "another worker"); unmount it (or wait until its lease expires) before repairing")
+        case .failure(let error):
+            throw error
+        }
     }
 }

@@ -10,6 +10,9 @@ import VolumeFS
 do {
     var command = try Netvol.parseAsRoot()
     try command.run()
+} catch let error as ExitCode {
+    // The command has said what it had to say (fsck lists its problems, then fails).
+    exit(error.rawValue)
 } catch let error as CLIError {
     printError("netvol: \(error)")
     exit(1)
