@@ -16,13 +16,16 @@ final class TestVolume {
     /// Deletes the change feed up to and including a sequence number, as a long-running
     /// writer's renewals do.
     let pruneFeed: (Int64) throws -> Void
+    /// Adds to the recorded usage behind the backend's back, as damage would.
+    let skewUsage: (Int64) throws -> Void
     private let cleanup: () -> Void
 
     init(meta: any Metadata, reopen: @escaping ((@Sendable () -> Timestamp)?) throws -> any Metadata,
          createAgain: @escaping () throws -> Void, openMissing: @escaping () throws -> Void,
-         pruneFeed: @escaping (Int64) throws -> Void, cleanup: @escaping () -> Void) {
+         pruneFeed: @escaping (Int64) throws -> Void, skewUsage: @escaping (Int64) throws -> Void,
+         cleanup: @escaping () -> Void) {
         self.meta = meta; self.reopen = reopen; self.createAgain = createAgain; self.openMissing = openMissing
-        self.pruneFeed = pruneFeed; self.cleanup = cleanup
+        self.pruneFeed = pruneFeed; self.skewUsage = skewUsage; self.cleanup = cleanup
     }
 
     /// Deletes the volume; tests call it in a `defer`, which also keeps the volume alive.
@@ -59,6 +62,11 @@ struct Backend: Sendable, CustomStringConvertible {
             pruneFeed: { sequence in
                 try created.pool.write { db in try db.execute(sql: "DELETE FROM changes WHERE seq <= ?", arguments: [sequence]) }
             },
+            skewUsage: { delta in
+                try created.pool.write { db in
+                    try db.execute(sql: "UPDATE settings SET value = value + ? WHERE key = 'used_bytes'", arguments: [delta])
+                }
+            },
             cleanup: { try? FileManager.default.removeItem(atPath: directory) })
     }
 
@@ -74,6 +82,11 @@ struct Backend: Sendable, CustomStringConvertible {
             pruneFeed: { sequence in
                 try created.pool.transaction { tx in
                     _ = try tx.execute("DELETE FROM changes WHERE volume = $1 AND seq <= $2", [.int(created.id), .int(sequence)])
+                }
+            },
+            skewUsage: { delta in
+                try created.pool.transaction { tx in
+                    _ = try tx.execute("UPDATE volumes SET used_bytes = used_bytes + $2 WHERE id = $1", [.int(created.id), .int(delta)])
                 }
             },
             cleanup: {
