@@ -48,6 +48,8 @@ refused "http://|https://" create "$url" --store "s3://$NETVOL_E2E_BUCKET/$name"
 refused "network volumes" create "$WORK/embedded" "${store[@]}" --size 1G
 [[ ! -e $WORK/embedded ]] || fail "a refused create left a directory behind"
 refused "no volume named $name" status "$url"
+# libpq's own URL parameters reach libpq: this server speaks no TLS.
+refused "SSL" status "$url&sslmode=require"
 
 step "credential files must be private"
 printf '%s\n' "$PGPASSWORD" >"$WORK/pgpass"
