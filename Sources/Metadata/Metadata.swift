@@ -27,10 +27,11 @@
 ///    n, and never skips one that commits later. Every transaction that appends to the
 ///    feed is serialized on the lease lock of rule 1. A reader behind a pruned part of the
 ///    feed gets `truncated: true` and must forget what it cached.
-/// 3. **Whose clock.** Lease and session times are the database's clock, the one every
-///    host shares (tests inject one). File times (atime, mtime, ctime) and garbage times
-///    are the caller's `now:`, and `garbage(before:)` compares with the caller's cutoff
-///    on that same clock.
+/// 3. **Whose clock.** Lease, session and garbage times, and the gc cutoff of
+///    `garbage(olderThan:)`, are the database's clock, the one every host shares (tests
+///    inject one): a host whose clock runs ahead can neither expire a lease early nor
+///    delete an object a reader elsewhere may still need. File times (atime, mtime,
+///    ctime) are the caller's `now:`, as on any filesystem.
 /// 4. **Transient failures are retried, within a bound.** A failed connection,
 ///    serialization failure or deadlock runs the transaction again, with backoff, until a
 ///    deadline; then the call throws `.database` naming what failed. A transaction is
@@ -105,13 +106,15 @@ public protocol Metadata: Sendable {
     func listxattr(_ ino: InodeNumber) throws(MetadataError) -> [FileName]
     func removexattr(_ ino: InodeNumber, _ name: FileName, now: Timestamp) throws(MetadataError)
 
-    /// Garbage objects that left the metadata before `cutoff`, at most `limit`.
-    func garbage(before cutoff: Timestamp, limit: Int) throws(MetadataError) -> [ObjectID]
+    /// Garbage objects that left the metadata at least `seconds` ago by the database's
+    /// clock (the one clock every host shares: a host whose clock runs ahead must not
+    /// delete what a reader elsewhere may still read), at most `limit`.
+    func garbage(olderThan seconds: Double, limit: Int) throws(MetadataError) -> [ObjectID]
     /// Forgets garbage entries once their objects are deleted from the chunk store.
     func dropGarbage(_ objects: [ObjectID]) throws(MetadataError)
-    /// Records objects found in the chunk store that nothing refers to as garbage since `now`;
+    /// Records objects found in the chunk store that nothing refers to as garbage from now on;
     /// returns how many were new.
-    func adoptStrays(_ objects: [ObjectID], now: Timestamp) throws(MetadataError) -> Int
+    func adoptStrays(_ objects: [ObjectID]) throws(MetadataError) -> Int
     /// Every object the metadata refers to or holds as garbage.
     func knownObjects() throws(MetadataError) -> Set<ObjectID>
     /// Every chunk of every file, by inode in ascending order (for fsck, and to delete a

@@ -109,7 +109,7 @@ extension PostgresMetadata {
             let newMtime = mtime ?? attr.mtime
             try tx.execute("UPDATE inodes SET size = $3, mtime = $4, ctime = $5, stored = greatest(0, stored + $6) WHERE volume = $1 AND ino = $2",
                            [.int(id), .ino(ino), .int(Int64(bitPattern: size)), .time(newMtime), .time(now), .int(delta)])
-            let retired = try retire(tx, dropped, now: now)
+            let retired = try retire(tx, dropped)
             try note(tx, ino: ino)
             var after = attr
             after.size = size
@@ -135,7 +135,7 @@ extension PostgresMetadata {
                     if let object = Self.storedObject(try rows.int(row, 0)) { objects.append(object) }
                     freed += try rows.int(row, 1)
                 }
-                _ = try retire(tx, objects, now: now)
+                _ = try retire(tx, objects)
                 try addUsage(tx, -freed)
                 try tx.execute("DELETE FROM xattrs WHERE volume = $1 AND ino = $2", [.int(id), .ino(ino)])
                 try note(tx, ino: ino)

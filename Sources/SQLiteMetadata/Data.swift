@@ -67,7 +67,7 @@ extension SQLiteMetadata {
             let newMtime = mtime ?? attr.mtime
             try db.cachedStatement(sql: "UPDATE inodes SET size = ?, mtime = ?, ctime = ?, stored = max(0, stored + ?) WHERE ino = ?").execute(
                            arguments: [Int64(bitPattern: size), newMtime.nanoseconds, now.nanoseconds, delta, inoValue])
-            retired = try Self.retire(db, retired, now: now)
+            retired = try Self.retire(db, retired, now: self.now(db))
             try Self.note(db, ino: ino)
             var after = attr
             after.size = size
@@ -106,7 +106,7 @@ extension SQLiteMetadata {
                     try db.cachedStatement(sql: "DELETE FROM \(table) WHERE ino = ?").execute(arguments: [value])
                 }
                 // After the chunks are gone: an object another file still names is no garbage.
-                _ = try Self.retire(db, rows.compactMap { Self.storedObject($0[0]) }, now: now)
+                _ = try Self.retire(db, rows.compactMap { Self.storedObject($0[0]) }, now: self.now(db))
                 try Self.note(db, ino: ino)
             }
         }

@@ -4,9 +4,11 @@ import GRDB
 
 // Objects nothing refers to any more, kept for the grace period, then dropped.
 extension SQLiteMetadata {
-    public func garbage(before cutoff: Timestamp, limit: Int) throws(MetadataError) -> [ObjectID] {
+    public func garbage(olderThan seconds: Double, limit: Int) throws(MetadataError) -> [ObjectID] {
         try read { db in
-            try Int64.fetchAll(db.cachedStatement(sql: "SELECT object FROM garbage WHERE since < ? LIMIT ?"), arguments: [cutoff.nanoseconds, limit])
+            let cutoff = try now(db).nanoseconds - Self.nanoseconds(seconds)
+            return try Int64.fetchAll(db.cachedStatement(sql: "SELECT object FROM garbage WHERE since <= ? ORDER BY since LIMIT ?"),
+                                      arguments: [cutoff, limit])
                 .map { ObjectID(rawValue: UInt64(bitPattern: $0)) }
         }
     }
@@ -18,8 +20,8 @@ extension SQLiteMetadata {
         }
     }
 
-    public func adoptStrays(_ objects: [ObjectID], now: Timestamp) throws(MetadataError) -> Int {
-        try write { db in try Self.retire(db, objects, now: now).count }
+    public func adoptStrays(_ objects: [ObjectID]) throws(MetadataError) -> Int {
+        try write { db in try Self.retire(db, objects, now: now(db)).count }
     }
 
     public func knownObjects() throws(MetadataError) -> Set<ObjectID> {

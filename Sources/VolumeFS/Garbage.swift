@@ -31,14 +31,13 @@ extension VolumeFS {
     }
 
     /// Deletes objects that left the metadata more than the grace period (or
-    /// `graceSeconds`) ago; returns how many.
+    /// `graceSeconds`) ago, by the database's clock; returns how many.
     @discardableResult
-    public func collectGarbage(now: Timestamp = VolumeFS.now(), graceSeconds: Int? = nil) throws(FSError) -> Int {
-        let grace = Int64(graceSeconds ?? options.gcGraceSeconds)
-        let cutoff = Timestamp(nanoseconds: now.nanoseconds - grace * 1_000_000_000)
+    public func collectGarbage(graceSeconds: Int? = nil) throws(FSError) -> Int {
+        let grace = Double(graceSeconds ?? options.gcGraceSeconds)
         var total = 0
         while true {
-            let due = try Self.lift { () throws(MetadataError) in try metadata.garbage(before: cutoff, limit: 512) }
+            let due = try Self.lift { () throws(MetadataError) in try metadata.garbage(olderThan: grace, limit: 512) }
             if due.isEmpty { return total }
             var deleted: [ObjectID] = []
             for object in due {

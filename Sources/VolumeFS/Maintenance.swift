@@ -212,9 +212,9 @@ func unknownObjects(metadata: any Metadata, store: any ChunkStore) throws(FSErro
 }
 
 /// Makes objects of the store that no transaction ever referred to (an upload that a
-/// crash cut off before its commit) garbage as of `now`, so they go after the grace
+/// crash cut off before its commit) garbage from now on, so they go after the grace
 /// period like any other; returns how many were new.
-public func adoptStrays(metadata: any Metadata, store: any ChunkStore, now: Timestamp = VolumeFS.now()) throws(FSError) -> Int {
+public func adoptStrays(metadata: any Metadata, store: any ChunkStore) throws(FSError) -> Int {
     let strays = try unknownObjects(metadata: metadata, store: store)
-    return try VolumeFS.lift { () throws(MetadataError) in try metadata.adoptStrays(strays, now: now) }
+    return try VolumeFS.lift { () throws(MetadataError) in try metadata.adoptStrays(strays) }
 }
