@@ -13,6 +13,9 @@ install_packages attr python3 tar diffutils util-linux procps psmisc
 
 swift build --build-tests
 swift build --product netvol
+# The release build is what scripts/run.sh installs: it must build too (the optimizer
+# meets code the debug build never shows it).
+swift build -c release --product netvol
 
 # The PostgreSQL and S3 backends are tested against real servers: a private PostgreSQL
 # cluster and a SeaweedFS S3 server, both on loopback, gone when the run ends. A server

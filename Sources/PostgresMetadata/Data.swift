@@ -96,10 +96,7 @@ extension PostgresMetadata {
                     """, [.int(id), .ino(ino), .ints(rows.map { Int64($0.index) }),
                           .ints(rows.map { $0.object.map { Int64(bitPattern: $0.rawValue) } ?? Self.inlineObject }),
                           .ints(rows.map { Int64($0.length) }), .byteArrays(rows.map { $0.checksums.encoded }),
-                          .byteArrays(rows.map { chunk -> [UInt8]? in
-                              if case .inline(let bytes) = chunk.location { return bytes }
-                              return nil
-                          })])
+                          .byteArrays(rows.map(\.inlineBytes))])
             }
             if !referenced.isEmpty {
                 // An upload that gc adopted as a stray before this commit is no stray.

@@ -45,13 +45,22 @@ extension VolumeFS {
             let chunkStart = UInt64(index) * cs
             let low = Int(max(offset, chunkStart) - chunkStart)
             let high = Int(min(end, chunkStart + cs) - chunkStart)
-            if file.dirty[index]!.count < high {
-                file.dirty[index]!.append(contentsOf: repeatElement(0, count: high - file.dirty[index]!.count))
-            }
             let sourceStart = Int(chunkStart + UInt64(low) - offset)
-            file.dirty[index]!.withUnsafeMutableBytes { buffer in
-                UnsafeMutableRawBufferPointer(rebasing: buffer[low..<high])
-                    .copyMemory(from: UnsafeRawBufferPointer(rebasing: data[sourceStart..<(sourceStart + high - low)]))
+            let source = UnsafeRawBufferPointer(rebasing: data[sourceStart..<(sourceStart + high - low)])
+            // Bytes the chunk already has are overwritten in place; the rest is appended
+            // from the source directly, so nothing is zero-filled only to be overwritten.
+            if file.dirty[index]!.count < low {
+                file.dirty[index]!.append(contentsOf: [UInt8](repeating: 0, count: low - file.dirty[index]!.count))
+            }
+            let overlap = min(file.dirty[index]!.count, high) - low
+            if overlap > 0 {
+                file.dirty[index]!.withUnsafeMutableBytes { buffer in
+                    UnsafeMutableRawBufferPointer(rebasing: buffer[low..<(low + overlap)])
+                        .copyMemory(from: UnsafeRawBufferPointer(rebasing: source[0..<overlap]))
+                }
+            }
+            if overlap < source.count {
+                file.dirty[index]!.append(contentsOf: UnsafeRawBufferPointer(rebasing: source[overlap...]).assumingMemoryBound(to: UInt8.self))
             }
             file.reserved[index, default: 0] += growth[index] ?? 0
         }

@@ -124,8 +124,19 @@ public struct ChunkRef: Equatable, Sendable {
     }
 
     /// The chunk store object holding the bytes, or nil when they are inline.
+    // Out of line, as `inlineBytes`: matched inside a closure that the optimizer also
+    // works on, a switch over `location` trips an ownership verifier crash of the Swift
+    // 6.3 release build (in PostgresMetadata.commitData).
+    @inline(never)
     public var object: ObjectID? {
         if case .object(let id) = location { return id }
+        return nil
+    }
+
+    /// The bytes of an inline chunk, or nil when they are in an object.
+    @inline(never)
+    public var inlineBytes: [UInt8]? {
+        if case .inline(let bytes) = location { return bytes }
         return nil
     }
 }
