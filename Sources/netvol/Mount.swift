@@ -81,10 +81,11 @@ struct Mount: ParsableCommand {
         let target = absolutePath(mountpoint)
         var created: String?
         let address: VolumeAddress
+        let opened: OpenedVolume
         do {
             do {
                 address = try VolumeAddress(volume)
-                _ = try address.open(OpenOptions(credentials: credentials.load()))
+                opened = try address.open(OpenOptions(credentials: credentials.load()))
             } catch let error as VolumeError {
                 throw CLIError(error.description)
             }
@@ -98,7 +99,7 @@ struct Mount: ParsableCommand {
             if foreground {
                 try serve(address, at: target)
             } else {
-                try spawnDaemon(address, at: target)
+                try spawnDaemon(address, at: target, defaultLogPath: opened.defaultLogPath)
             }
         } catch {
             // A mount that failed leaves the disk as it found it.
@@ -166,11 +167,11 @@ struct Mount: ParsableCommand {
     /// Starts this program again as a detached `--foreground` daemon and waits until the
     /// mount answers or the daemon says why it cannot. A fresh process rather than fork():
     /// forking after threads exist can deadlock the child.
-    func spawnDaemon(_ address: VolumeAddress, at target: String) throws {
+    func spawnDaemon(_ address: VolumeAddress, at target: String, defaultLogPath: String) throws {
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else { throw CLIError("cannot create a pipe: \(String(cString: strerror(errno)))") }
         for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        let logPath = try logFile.map(absolutePath) ?? address.open(OpenOptions(credentials: credentials.load())).defaultLogPath
+        let logPath = logFile.map(absolutePath) ?? defaultLogPath
         // The default log of a network volume is under /var/log/netvol, made private.
         let logDirectory = (logPath as NSString).deletingLastPathComponent
         if !FileManager.default.fileExists(atPath: logDirectory) {

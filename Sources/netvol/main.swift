@@ -13,16 +13,8 @@ do {
 } catch let error as ExitCode {
     // The command has said what it had to say (fsck lists its problems, then fails).
     exit(error.rawValue)
-} catch let error as CLIError {
-    printError("netvol: \(error)")
-    exit(1)
-} catch let error as VolumeError {
-    printError("netvol: \(error)")
-    exit(1)
-} catch let error as MetadataError {
-    printError("netvol: \(error)")
-    exit(1)
-} catch let error as FSError {
+} catch let error where error is CLIError || error is VolumeError || error is MetadataError || error is FSError {
+    // Our own errors describe themselves in one line.
     printError("netvol: \(error)")
     exit(1)
 } catch {
