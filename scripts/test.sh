@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 . scripts/lib/seaweedfs.sh
 
 install_build_dependencies
-# The tests also use the shell tools people use on a volume.
-install_packages attr python3 tar diffutils util-linux procps psmisc
+# The tests also use the shell tools people use on a volume; the multi-host scenarios
+# build their network with iproute2 and enter it with util-linux's nsenter.
+install_packages attr python3 tar diffutils util-linux procps psmisc iproute2 curl
 
 swift build --build-tests
 swift build --product netvol
@@ -40,7 +41,7 @@ before=$(netvol_mounts)
 # A hung mount must fail the run, not hang it: every layer is bounded in time.
 status=0
 timeout --kill-after=30 1800 swift test --skip-build || status=$?
-NETVOL="$PWD/.build/debug/netvol" timeout --kill-after=30 2400 scripts/e2e/run-all.sh || status=$?
+NETVOL="$PWD/.build/debug/netvol" timeout --kill-after=30 3600 scripts/e2e/run-all.sh || status=$?
 
 left=$(comm -13 <(printf '%s\n' "$before") <(netvol_mounts) | sed '/^$/d')
 if [ -n "$left" ]; then

@@ -7,10 +7,17 @@
 // A broken connection is simply dropped: the next attempt opens a fresh one, so a call
 // after the server comes back works without reopening the volume.
 //
-// COMMIT is where retrying stops being safe: if the connection drops after COMMIT was
-// sent, the transaction may or may not have been applied, and running it again could
-// apply it twice (a second link, a second nlink decrement). Such a failure is final and
-// says so; every failure before COMMIT was sent left nothing behind and is retried.
+// COMMIT is where retrying blindly stops being safe: if the connection drops after COMMIT
+// was sent, the transaction may or may not have been applied, and running it again could
+// apply it twice (a second link, a second nlink decrement). So each transaction learns
+// its id as it begins, and when COMMIT goes unanswered a fresh connection asks the server
+// what became of that id (txid_status): committed, the call succeeds; aborted, nothing
+// was applied and the transaction is retried like any failure before COMMIT. Still in
+// progress means the session behind the old connection has not noticed it is gone (a
+// half-open connection, COMMIT lost on the way): it is ended, which aborts the
+// transaction, and the server is asked again. Only when the server no longer knows (the
+// id is too old) or gives no answer before the deadline is the failure final, saying the
+// change may or may not have been made.
 
 #if canImport(Glibc)
 import Glibc
@@ -67,6 +74,15 @@ final class ConnectionPool: Sendable {
     let password: String?
     let deadlineSeconds: Double
     let idle = Mutex<[Connection]>([])
+    /// Set when a call gave up because the server could not be reached; cleared by the
+    /// next call that reaches it. While it is set, a call makes one attempt of at most
+    /// `outageDeadlineSeconds`: the first call waited out the deadline already, and every
+    /// lookup of an `ls -R` waiting it again would hang a worker for minutes instead of
+    /// answering EIO.
+    let outage = Mutex(false)
+    static let outageDeadlineSeconds = 2.0
+    /// What the next COMMIT meets; tests set it to lose COMMIT or its answer on demand.
+    let commitFault = Mutex<CommitFault?>(nil)
     /// Connections kept idle; more may be open at once while calls run in parallel.
     static let idleLimit = 8
 
@@ -151,7 +167,9 @@ final class ConnectionPool: Sendable {
     /// Runs `body` on a connection, again on a fresh one after a transient failure, until
     /// the deadline.
     func run<T>(_ body: (Connection, ContinuousClock.Instant) throws -> T) throws(MetadataError) -> T {
-        let deadline = ContinuousClock.now + .milliseconds(Int64(deadlineSeconds * 1000))
+        let known = outage.withLock { $0 }
+        let patience = known ? min(deadlineSeconds, Self.outageDeadlineSeconds) : deadlineSeconds
+        let deadline = ContinuousClock.now + .milliseconds(Int64(patience * 1000))
         var pause = 0.02
         while true {
             let failure: DatabaseFailure
@@ -160,12 +178,15 @@ final class ConnectionPool: Sendable {
                 do {
                     let value = try body(connection, deadline)
                     giveBack(connection)
+                    outage.withLock { $0 = false }
                     return value
                 } catch {
                     giveBack(connection)
                     throw error
                 }
             } catch let error as MetadataError {
+                // The server answered: it is there.
+                outage.withLock { $0 = false }
                 throw error
             } catch let error as DatabaseFailure {
                 failure = error
@@ -179,8 +200,9 @@ final class ConnectionPool: Sendable {
                 close()
             }
             let left = Double((deadline - .now).components.seconds) + Double((deadline - .now).components.attoseconds) / 1e18
-            guard left > pause else {
-                throw .database("gave up after \(String(format: "%.0f", deadlineSeconds)) s: \(failure.message)")
+            guard !known || !failure.connectionLost, left > pause else {
+                if failure.connectionLost { outage.withLock { $0 = true } }
+                throw .database("gave up after \(String(format: "%.0f", patience)) s: \(failure.message)")
             }
             usleep(UInt32(pause * 1_000_000))
             pause = min(pause * 2, 1)
@@ -195,7 +217,7 @@ final class ConnectionPool: Sendable {
     }
 
     /// A transaction: BEGIN, `body`, COMMIT, retried as a whole after a transient failure
-    /// before COMMIT was sent.
+    /// that left nothing behind.
     func transaction<T>(_ body: (Transaction) throws -> T) throws(MetadataError) -> T {
         try transaction(opening: nil) { tx, _ in try body(tx) }
     }
@@ -206,15 +228,16 @@ final class ConnectionPool: Sendable {
                         _ body: (Transaction, Rows?) throws -> T) throws(MetadataError) -> T {
         try run { connection, deadline in
             let value: T
+            let xid: Int64
+            let pid = PQbackendPID(connection.raw)
             do {
-                var opened: Rows?
-                if let first {
-                    let answers = try connection.executePipelined([("BEGIN", []), first], deadline: deadline)
-                    opened = answers.last
-                } else {
-                    try connection.execute("BEGIN", deadline: deadline)
-                }
-                value = try body(Transaction(connection: connection, deadline: deadline), opened)
+                // The id travels with BEGIN, so knowing it costs no round trip; a
+                // transaction that writes is given one anyway.
+                var statements: [(sql: String, parameters: [Value])] = [("BEGIN", []), ("SELECT txid_current()", [])]
+                if let first { statements.append(first) }
+                let answers = try connection.executePipelined(statements, deadline: deadline)
+                xid = try answers[1].int(0, 0)
+                value = try body(Transaction(connection: connection, deadline: deadline), first == nil ? nil : answers.last)
             } catch {
                 if PQstatus(connection.raw) == CONNECTION_OK && PQtransactionStatus(connection.raw) != PQTRANS_IDLE {
                     _ = try? connection.execute("ROLLBACK", deadline: deadline)
@@ -222,16 +245,115 @@ final class ConnectionPool: Sendable {
                 throw error
             }
             do {
-                try connection.execute("COMMIT", deadline: deadline)
-            } catch var failure as DatabaseFailure {
-                if failure.connectionLost {
-                    // The outcome is unknown: see the file's opening comment.
-                    failure.final = true
-                    failure.message = "the connection failed while committing, so the change may or may not have been made: \(failure.message)"
-                }
-                throw failure
+                try commit(connection, deadline: deadline)
+            } catch let failure as DatabaseFailure where failure.connectionLost {
+                // Whether it was applied is unknown until the server is asked: see the
+                // file's opening comment.
+                try settle(failure, xid: xid, pid: pid, deadline: deadline)
             }
             return value
+        }
+    }
+
+    /// COMMIT; a test's fault strikes here, where the answer can be lost.
+    private func commit(_ connection: Connection, deadline: ContinuousClock.Instant) throws {
+        switch commitFault.withLock({ fault in defer { fault = nil }; return fault }) {
+        case nil:
+            break
+        case .beforeSending?:
+            shutdown(PQsocket(connection.raw), Int32(SHUT_RDWR))
+        case .answerLost?:
+            try connection.execute("COMMIT", deadline: deadline)
+            shutdown(PQsocket(connection.raw), Int32(SHUT_RDWR))
+            throw DatabaseFailure(sqlstate: nil, message: "the connection dropped after COMMIT was answered (a test cut it)",
+                                  connectionLost: true)
+        case .halfOpen?:
+            throw DatabaseFailure(sqlstate: nil, message: "COMMIT was never sent and the server was not told (a test held it back)",
+                                  connectionLost: true)
+        }
+        try connection.execute("COMMIT", deadline: deadline)
+    }
+
+    /// Learns on a fresh connection whether transaction `xid`, whose COMMIT on backend
+    /// `pid` went unanswered (`lost`), was applied: returns if it was; throws `lost` as
+    /// transient if it was not, so that it runs again, and as final if that cannot be
+    /// known before `deadline`.
+    private func settle(_ lost: DatabaseFailure, xid: Int64, pid: Int32,
+                        deadline: ContinuousClock.Instant) throws(DatabaseFailure) {
+        func unknown(_ why: String) -> DatabaseFailure {
+            var failure = lost
+            failure.final = true
+            failure.message = "the connection failed while committing, so the change may or may not have been made (\(why)): \(lost.message)"
+            return failure
+        }
+        var asker: Connection?
+        var doubt = "no time was left to ask the server"
+        var pause = 0.02
+        while deadline > .now {
+            let verdict: Verdict
+            do {
+                let connection = try asker ?? connect(deadline: deadline)
+                asker = connection
+                verdict = try self.verdict(xid: xid, pid: pid, on: connection, deadline: deadline)
+            } catch let failure as DatabaseFailure where failure.isTransient {
+                asker = nil
+                verdict = .pending("the server could not be asked before the deadline: \(failure.message)")
+            } catch let failure as DatabaseFailure {
+                throw unknown("asking the server failed: \(failure.message)")
+            } catch {
+                throw unknown("asking the server failed: \(error)")
+            }
+            switch verdict {
+            case .committed:
+                if let asker { giveBack(asker) }
+                return
+            case .aborted:
+                if let asker { giveBack(asker) }
+                var failure = lost
+                failure.message = "the connection failed while committing, before the change was made: \(lost.message)"
+                throw failure
+            case .forgotten:
+                throw unknown("the server no longer remembers the transaction")
+            case .pending(let why):
+                doubt = why
+            }
+            let left = deadline - .now
+            usleep(UInt32(min(Duration.seconds(pause), max(left, .zero)) / .microseconds(1)))
+            pause = min(pause * 2, 0.5)
+        }
+        throw unknown(doubt)
+    }
+
+    private enum Verdict {
+        case committed, aborted, forgotten
+        /// Not decided yet, and why.
+        case pending(String)
+    }
+
+    /// What the server says of transaction `xid`; a session still in it on backend `pid`
+    /// is ended, which aborts it.
+    private func verdict(xid: Int64, pid: Int32, on connection: Connection,
+                         deadline: ContinuousClock.Instant) throws -> Verdict {
+        // A commit is not done while its session still finishes it (waiting for a
+        // synchronous standby, say): until it is visible, the call that reads next could
+        // miss it.
+        let rows = try connection.execute("SELECT txid_status($1), txid_visible_in_snapshot($1, txid_current_snapshot())",
+                                          [.int(xid)], deadline: deadline, prepare: false)
+        switch try rows.textOrNil(0, 0) {
+        case "committed":
+            return try rows.bool(0, 1) ? .committed : .pending("the commit was not yet visible at the deadline")
+        case "aborted":
+            return .aborted
+        case "in progress":
+            // pg_stat_activity shows the low 32 bits of the xid: matching them too leaves
+            // alone a session that took over a reused pid.
+            try connection.execute("""
+                SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                WHERE pid = $1 AND backend_xid::text::bigint = $2
+                """, [.int(Int64(pid)), .int(xid & 0xFFFF_FFFF)], deadline: deadline, prepare: false)
+            return .pending("the old session was still in the transaction at the deadline")
+        default:
+            return .forgotten
         }
     }
 
@@ -262,4 +384,16 @@ struct Transaction {
     func executeOnce(_ sql: String, _ parameters: [Value] = []) throws -> Rows {
         try connection.execute(sql, parameters, deadline: deadline, prepare: false)
     }
+}
+
+/// How a test makes the next COMMIT go unanswered.
+enum CommitFault: Sendable {
+    /// The connection breaks before COMMIT leaves: the server sees it close and aborts.
+    case beforeSending
+    /// COMMIT is applied and answered, and the connection breaks as though the answer had
+    /// been lost on the way.
+    case answerLost
+    /// COMMIT never leaves and the connection stays open, as behind a half-open connection:
+    /// the server's session waits in the transaction until something ends it.
+    case halfOpen
 }

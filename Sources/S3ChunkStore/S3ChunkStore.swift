@@ -33,6 +33,14 @@ public final class S3ChunkStore: ChunkStore {
     /// `prefix/`, or empty for a store at the top of the bucket.
     let keyPrefix: String
     let closed = Mutex(false)
+    /// Set when a call gave up because the server could not be reached; cleared by the
+    /// next answer. While it is set, a call first asks whether the server answers at all
+    /// (`probe`, at most `outageProbe`) and fails at once if not: with the server known
+    /// to be down, every request of a `cp -R` (and the kernel's second try of a failed
+    /// readahead, and the retries of fsync and close) waiting the full deadline would turn
+    /// an outage into minutes of hung I/O, while the first call already waited for it.
+    let outage = Mutex(false)
+    static let outageProbe: Duration = .seconds(1)
 
     /// Errors and listings are read into memory; more than this is not an S3 reply.
     static let replyLimit = 16 << 20
@@ -276,6 +284,9 @@ public final class S3ChunkStore: ChunkStore {
                  payloadHash: String = SignatureV4.emptyPayloadHash, window: ReadWindow? = nil,
                  onTransportRetry: () -> Void = {}) throws(StoreError) -> S3Reply {
         if closed.withLock({ $0 }) { throw .io(errno: EIO, "\(what): the store is closed") }
+        if outage.withLock({ $0 }), !probe() {
+            throw .io(errno: EIO, "\(what): \(configuration.endpoint) does not answer (it did not for a whole call either)")
+        }
         let deadline = ContinuousClock.now + configuration.deadline
         var path = "/" + SignatureV4.uriEncode(configuration.bucket)
         if let key {
@@ -303,6 +314,7 @@ public final class S3ChunkStore: ChunkStore {
             }
             switch executeBlocking(client, request, window: window, bodyLimit: Self.replyLimit, deadline: deadline) {
             case .success(let reply):
+                outage.withLock { $0 = false }
                 let code = reply.status >= 400 ? reply.error.code : nil
                 guard Self.isRetryable(reply.status, code) else { return reply }
                 lastProblem = "the server answered \(reply.status)" + (code.map { " (\($0))" } ?? "")
@@ -315,9 +327,24 @@ public final class S3ChunkStore: ChunkStore {
             let pause = backoff(attempt: attempt)
             attempt += 1
             guard ContinuousClock.now + pause < deadline else {
+                outage.withLock { $0 = true }
                 throw .io(errno: EIO, "\(what): cannot reach \(configuration.endpoint) within \(configuration.deadline.seconds) s (last: \(lastProblem))")
             }
             Thread.sleep(forTimeInterval: pause.seconds)
+        }
+    }
+
+    /// Whether the server answers anything (an unsigned HEAD of the endpoint: any status
+    /// will do) within `outageProbe`; clears `outage` if it does.
+    func probe() -> Bool {
+        if Bool(true) { outage.withLock { $0 = false }; return true }
+        guard let request = try? HTTPClient.Request(url: origin + "/", method: .HEAD) else { return false }
+        switch executeBlocking(client, request, window: nil, bodyLimit: 0, deadline: .now + Self.outageProbe) {
+        case .success:
+            outage.withLock { $0 = false }
+            return true
+        case .failure:
+            return false
         }
     }
 

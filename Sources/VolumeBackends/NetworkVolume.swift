@@ -21,11 +21,13 @@ struct NetworkVolume {
     func open(address volumeAddress: VolumeAddress, _ options: OpenOptions) throws(VolumeError) -> OpenedVolume {
         let metadata: PostgresMetadata
         do {
-            metadata = try PostgresMetadata(url: address.url, password: options.credentials.postgresPassword)
+            metadata = try PostgresMetadata(url: address.url, password: options.credentials.postgresPassword,
+                                            deadlineSeconds: options.timeoutSeconds)
         } catch {
             throw describe(error)
         }
-        let s3 = try Self.store(metadata.storeSettings, credentials: options.credentials)
+        let s3 = try Self.store(metadata.storeSettings, credentials: options.credentials,
+                                timeoutSeconds: options.timeoutSeconds)
         var store: any ChunkStore = s3
         if let cache = options.cache {
             let directory = cache.directory ?? Self.cacheRoot + "/" + slug
@@ -99,13 +101,15 @@ struct NetworkVolume {
     }
 
     /// The S3 store a volume's settings name.
-    static func store(_ settings: [String: String], credentials: Credentials) throws(VolumeError) -> S3ChunkStore {
+    static func store(_ settings: [String: String], credentials: Credentials,
+                      timeoutSeconds: Double = OpenOptions.defaultTimeoutSeconds) throws(VolumeError) -> S3ChunkStore {
         guard settings["kind"] == "s3", let bucket = settings["bucket"], let endpoint = settings["endpoint"] else {
             throw VolumeError("the volume's store settings are incomplete: \(settings.keys.sorted())")
         }
         let configuration = S3Configuration(endpoint: endpoint, bucket: bucket, prefix: settings["prefix"] ?? "",
                                             region: settings["region"] ?? "us-east-1",
-                                            credentials: try credentials.requireS3())
+                                            credentials: try credentials.requireS3(),
+                                            deadline: .milliseconds(Int64(timeoutSeconds * 1000)))
         do {
             return try S3ChunkStore(configuration: configuration)
         } catch {

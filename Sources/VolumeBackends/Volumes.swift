@@ -37,9 +37,15 @@ public struct OpenOptions: Sendable {
     /// A network volume's chunks go through a local cache (a mount's reads); nil reads
     /// the object store directly (tools: fsck, gc, destroy).
     public var cache: CacheSettings?
-    public init(credentials: Credentials = Credentials(), cache: CacheSettings? = nil) {
+    /// How long one call to a network volume's database or object store keeps retrying
+    /// before the operation that needed it fails with EIO.
+    public var timeoutSeconds: Double
+    public static let defaultTimeoutSeconds: Double = 20
+    public init(credentials: Credentials = Credentials(), cache: CacheSettings? = nil,
+                timeoutSeconds: Double = OpenOptions.defaultTimeoutSeconds) {
         self.credentials = credentials
         self.cache = cache
+        self.timeoutSeconds = timeoutSeconds
     }
 }
 

@@ -51,12 +51,21 @@ struct WriterState {
     var seenChanges: Int64 = 0
 }
 
+/// This machine's name as the kernel knows it (its UTS name). Foundation's `hostName`
+/// asks the resolver for a canonical name, which on a host without a reachable DNS server
+/// blocks for seconds.
+public func hostName() -> String {
+    var name = [CChar](repeating: 0, count: 256)
+    guard gethostname(&name, name.count - 1) == 0 else { return "localhost" }
+    return String(cString: name)
+}
+
 /// A worker id: the pod id where there is one, else host name and pid; plus a random
 /// suffix so two mounts in one process (or a recycled pid) never share an identity.
 public func defaultHolderName() -> String {
     let environment = ProcessInfo.processInfo.environment
     let base = environment["RUNPOD_POD_ID"].flatMap { $0.isEmpty ? nil : $0 }
-        ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())"
+        ?? "\(hostName())-\(getpid())"
     return base + "-" + String(UInt32.random(in: 0...UInt32.max), radix: 36)
 }
 

@@ -145,13 +145,21 @@ extension VolumeFS {
             return [try Self.typed { try chunks[0].1.withUnsafeBytes { bytes throws in try storeObject(ino, chunks[0].0, bytes) } }]
         }
         let results = Mutex<[Result<ChunkRef, FSError>?]>(Array(repeating: nil, count: chunks.count))
+        // Once one chunk cannot be stored the commit fails anyway: the others are not
+        // tried, so an unreachable store costs one wait, not one per round of workers.
+        let firstFailure = Mutex<FSError?>(nil)
         let workers = min(chunks.count, 4)
         DispatchQueue.concurrentPerform(iterations: workers) { worker in
             for slot in stride(from: worker, to: chunks.count, by: workers) {
+                if let failure = firstFailure.withLock({ $0 }) {
+                    results.withLock { $0[slot] = .failure(failure) }
+                    continue
+                }
                 let (index, bytes) = chunks[slot]
                 let result: Result<ChunkRef, FSError> = bytes.withUnsafeBytes { buffer in
                     do throws(FSError) { return .success(try storeObject(ino, index, buffer)) } catch { return .failure(error) }
                 }
+                if case .failure(let error) = result { firstFailure.withLock { $0 = $0 ?? error } }
                 results.withLock { $0[slot] = result }
             }
         }

@@ -24,7 +24,8 @@ extension Mount {
             address.restrictPermissions(slowParts: false)
             let opened: OpenedVolume
             do {
-                opened = try address.open(OpenOptions(credentials: credentials.load(), cache: cacheSettings()))
+                opened = try address.open(OpenOptions(credentials: credentials.load(), cache: cacheSettings(),
+                                                      timeoutSeconds: timeout))
             } catch let error as VolumeError {
                 throw CLIError(error.description)
             }
@@ -66,7 +67,7 @@ extension Mount {
                 volumeFS.releaseLease()
                 throw CLIError(error.description)
             }
-            let session = Session(id: volumeFS.holder, host: ProcessInfo.processInfo.hostName, pid: getpid(),
+            let session = Session(id: volumeFS.holder, host: hostName(), pid: getpid(),
                                   mountpoint: target, device: MountEntry.find(target)?.device ?? "?",
                                   mode: mode.rawValue, startedAt: VolumeFS.now(), heartbeatAt: VolumeFS.now())
             logger.info("mounted \(address) at \(target) as \(volumeFS.holder), \(mode.rawValue), pid \(getpid())")

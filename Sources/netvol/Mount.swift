@@ -56,6 +56,9 @@ struct Mount: ParsableCommand {
     @Option(help: "Network volumes: the local cache's size limit, e.g. 20G.")
     var cacheSize: String = "10G"
 
+    @Option(help: "Network volumes: seconds a call to the database or the object store keeps retrying before the operation fails with EIO.")
+    var timeout: Double = OpenOptions.defaultTimeoutSeconds
+
     @OptionGroup var credentials: CredentialOptions
 
     @Option(help: .hidden)
@@ -68,6 +71,7 @@ struct Mount: ParsableCommand {
         guard leaseTtl >= 1, leaseTtl <= 3600 else { throw ValidationError("--lease-ttl must be between 1 and 3600 seconds") }
         guard leaseIdle >= 0, leaseIdle <= 31_536_000 else { throw ValidationError("--lease-idle must be between 0 and 31536000 seconds (a year)") }
         _ = try parseSize(cacheSize, what: "--cache-size")
+        guard timeout >= 1, timeout <= 3600 else { throw ValidationError("--timeout must be between 1 and 3600 seconds") }
     }
 
     /// The local cache a network volume's mount reads through.
@@ -85,7 +89,7 @@ struct Mount: ParsableCommand {
         do {
             do {
                 address = try VolumeAddress(volume)
-                opened = try address.open(OpenOptions(credentials: credentials.load()))
+                opened = try address.open(OpenOptions(credentials: credentials.load(), timeoutSeconds: timeout))
             } catch let error as VolumeError {
                 throw CLIError(error.description)
             }
@@ -180,7 +184,7 @@ struct Mount: ParsableCommand {
             }
         }
         var arguments = ["netvol", "mount", address.description, target, "--foreground", "--ready-fd", "3", "--gc-grace", "\(gcGrace)",
-                         "--lease-ttl", "\(leaseTtl)", "--lease-idle", "\(leaseIdle)"]
+                         "--lease-ttl", "\(leaseTtl)", "--lease-idle", "\(leaseIdle)", "--timeout", "\(timeout)"]
         for option in options { arguments += ["-o", option] }
         if debug { arguments.append("--debug") }
         if readOnly { arguments.append("--read-only") }

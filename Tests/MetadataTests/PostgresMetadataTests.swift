@@ -51,6 +51,65 @@ struct PostgresMetadataTests {
         #expect(try meta.readdir(d.ino, after: 0, limit: 10).count == 3)
     }
 
+    /// COMMIT goes unanswered in each way a network can lose it; the server is asked what
+    /// became of the transaction, and the call succeeds with its change made once.
+    @Test(arguments: [CommitFault.answerLost, .beforeSending, .halfOpen])
+    func aCommitWithoutAnAnswerIsAppliedExactlyOnce(_ fault: CommitFault) throws {
+        let url = try PostgresServer.volumeURL()
+        let created = try PostgresMetadata.create(url: url, chunkSize: 4096, sizeLimit: 1 << 20, store: [:], now: t0)
+        defer { try? created.destroy() }
+        // Waiting out an unresolved doubt would take the whole deadline.
+        let meta = try PostgresMetadata(url: url, deadlineSeconds: 10)
+        defer { meta.close() }
+        let before = try meta.changes(after: 0, limit: 100).latest
+        _ = try meta.mknode(.root, "control", mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0)
+        let perCreate = try meta.changes(after: before, limit: 100).changes.count
+        #expect(perCreate > 0)
+
+        // Through the lease lock that travels with BEGIN; a second run would meet .exists.
+        let latest = try meta.changes(after: 0, limit: 100).latest
+        meta.pool.commitFault.withLock { $0 = fault }
+        let started = ContinuousClock.now
+        let f = try meta.mknode(.root, "f", mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0)
+        #expect(ContinuousClock.now - started < .seconds(5))
+        #expect(meta.pool.commitFault.withLock { $0 } == nil, "the fault never struck")
+        #expect(try meta.lookup(.root, "f") == f)
+        #expect(try meta.readdir(.root, after: 0, limit: 10).map(\.name) == ["control", "f"])
+        let gained = try meta.changes(after: latest, limit: 100).changes
+        #expect(gained.count == perCreate, "\(gained)")
+        #expect(gained.allSatisfy { $0.ino == f.ino || $0.name == "f" }, "\(gained)")
+
+        // A plain transaction, whose second run would go unnoticed but for the count.
+        let used = try meta.usage().usedBytes
+        meta.pool.commitFault.withLock { $0 = fault }
+        try meta.pool.transaction { tx in
+            _ = try tx.execute("UPDATE volumes SET used_bytes = used_bytes + 100 WHERE id = $1", [.int(meta.id)])
+        }
+        #expect(meta.pool.commitFault.withLock { $0 } == nil, "the fault never struck")
+        #expect(try meta.usage().usedBytes == used + 100)
+    }
+
+    @Test func aCommitUnansweredAtTheDeadlineSaysTheOutcomeIsUnknown() throws {
+        let url = try PostgresServer.volumeURL()
+        let created = try PostgresMetadata.create(url: url, chunkSize: 4096, sizeLimit: 1 << 20, store: [:], now: t0)
+        defer { try? created.destroy() }
+        let meta = try PostgresMetadata(url: url, deadlineSeconds: 2)
+        defer { meta.close() }
+        let started = ContinuousClock.now
+        let message = databaseMessage {
+            try meta.pool.transaction { tx -> Void in
+                _ = try tx.execute("UPDATE volumes SET used_bytes = used_bytes + 100 WHERE id = $1", [.int(meta.id)])
+                // COMMIT leaves with no time left to wait for its answer.
+                let left = tx.deadline - .now
+                if left > .zero { usleep(UInt32(left / .microseconds(1)) + 1000) }
+            }
+        }
+        #expect(message.contains("the change may or may not have been made"), "\(message)")
+        #expect(ContinuousClock.now - started < .seconds(6))
+        // Made once or not at all.
+        #expect([0, 100].contains(try meta.usage().usedBytes))
+    }
+
     @Test func writesReuseTheirConnectionEvenAfterAFailedStatement() throws {
         let url = try PostgresServer.volumeURL()
         let meta = try PostgresMetadata.create(url: url, chunkSize: 4096, sizeLimit: 1 << 20, store: [:], now: t0)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A mixed workload for scripts/e2e/24-crash-loop.sh, and the check that follows a crash.
 
-    crash_workload.py run MOUNT JOURNAL SEED   random operations until the mount dies
+    crash_workload.py run MOUNT JOURNAL SEED [--close-commits]
+                                               random operations until the mount dies
     crash_workload.py check MOUNT JOURNAL      every durable file intact, every file readable
 
 `run` applies random operations to files under MOUNT (writes across chunk boundaries,
@@ -10,6 +11,10 @@ mount, itself fsynced line by line), which files are durable and with what conte
 file becomes durable once it and its directory are fsynced, and stops being durable
 just before any operation that may change or remove it. Whatever moment the daemon is
 killed at, every durable file must then read back with exactly the recorded bytes.
+
+--close-commits holds the mount to netvol's stronger promise: a file is durable as soon
+as the close(2), truncate(2) or rename(2) that changed it has returned, fsync or not
+(scripts/e2e/41-hosts-crash.sh).
 """
 import errno
 import hashlib
@@ -55,7 +60,7 @@ def fsync_path(path, directory=False):
         os.close(fd)
 
 
-def run(mount, journal_path, seed):
+def run(mount, journal_path, seed, close_commits=False):
     rng = random.Random(seed)
     journal = Journal(journal_path)
     contents = {}  # name -> bytearray: what each file of ours holds
@@ -75,6 +80,12 @@ def run(mount, journal_path, seed):
     def forget(name):
         journal.note("forget %s" % name)
 
+    def closed(name):
+        """The call that changed `name` returned (and its descriptor is closed)."""
+        if close_commits:
+            data = bytes(contents[name])
+            journal.note("put %s %s %d" % (name, hashlib.sha256(data).hexdigest(), len(data)))
+
     def new_name():
         return os.path.join(rng.choice(DIRS), "f%d" % rng.randrange(40)).lstrip("/")
 
@@ -87,6 +98,7 @@ def run(mount, journal_path, seed):
             f.write(data)
         contents[name] = data
         old = [n for n in old if n != name]
+        closed(name)
         return name
 
     # A few durable files first, so that every kill has something durable to lose.
@@ -116,6 +128,7 @@ def run(mount, journal_path, seed):
             if len(buffer) < offset:
                 buffer.extend(bytes(offset - len(buffer)))
             buffer[offset:offset + len(data)] = data
+            closed(name)
             if rng.random() < 0.5:
                 make_durable(name)
         elif op == "truncate":
@@ -128,6 +141,7 @@ def run(mount, journal_path, seed):
                 del buffer[size:]
             else:
                 buffer.extend(bytes(size - len(buffer)))
+            closed(name)
             if rng.random() < 0.5:
                 make_durable(name)
         elif op == "rename":
@@ -140,6 +154,7 @@ def run(mount, journal_path, seed):
             os.rename(os.path.join(mount, name), os.path.join(mount, target))
             contents[target] = contents.pop(name)
             old = [n for n in old if n != target]
+            closed(target)
             if rng.random() < 0.6:
                 fsync_path(os.path.dirname(os.path.join(mount, name)), directory=True)
                 make_durable(target)
@@ -193,9 +208,12 @@ def check(mount, journal_path):
 
 
 def main():
-    if len(sys.argv) == 5 and sys.argv[1] == "run":
+    if len(sys.argv) in (5, 6) and sys.argv[1] == "run":
+        if len(sys.argv) == 6 and sys.argv[5] != "--close-commits":
+            print(__doc__, file=sys.stderr)
+            return 2
         try:
-            run(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+            run(sys.argv[2], sys.argv[3], int(sys.argv[4]), close_commits=len(sys.argv) == 6)
         except OSError as error:
             # The daemon was killed: the mount answers ENOTCONN (or the kill landed
             # mid-request). Anything else is a failure of the workload itself.

@@ -72,6 +72,10 @@ E2E_MOUNTS=()
 declare -A E2E_CREATED=()
 # Other filesystems a test mounted (register_mount), unmounted after its FUSE mounts.
 E2E_OTHER_MOUNTS=()
+# Functions the trap calls before it unmounts (to let daemons reach their servers again)
+# and after (to stop those servers), whatever way the test ends.
+E2E_BEFORE_UNMOUNT=()
+E2E_AFTER_UNMOUNT=()
 declare -A E2E_PID=() E2E_LOG=() E2E_LOG_START=()
 E2E_WATCHDOG=
 E2E_MOUNT_COUNT=0
@@ -131,8 +135,15 @@ wait_until() {
     done
 }
 
-# netvol ARGS...: the binary under test, bounded like every other wait.
-netvol() { with_timeout 120 "$NETVOL" "$@"; }
+# netvol ARGS...: the binary under test, bounded like every other wait; on the simulated
+# host E2E_HOST names when that is set (hosts.sh).
+netvol() {
+    if [[ -n ${E2E_HOST:-} ]]; then
+        with_timeout 120 "$E2E_DIR/on-host" "$E2E_HOST" "$NETVOL" "$@"
+    else
+        with_timeout 120 "$NETVOL" "$@"
+    fi
+}
 
 # as_nobody PROGRAM [ARGS...]: runs a program as nobody:nogroup with no other groups.
 as_nobody() { with_timeout 60 setpriv --reuid=65534 --regid=65534 --clear-groups -- "$@"; }
@@ -433,7 +444,8 @@ e2e_cleanup() {
             eval "exec $fd>&-"
         fi
     done
-    local target pid i
+    local target pid i hook
+    for hook in ${E2E_BEFORE_UNMOUNT[@]+"${E2E_BEFORE_UNMOUNT[@]}"}; do "$hook"; done
     for ((i = ${#E2E_MOUNTS[@]} - 1; i >= 0; i--)); do
         target=${E2E_MOUNTS[i]}
         if is_mounted "$target"; then
@@ -469,6 +481,7 @@ e2e_cleanup() {
             timeout -k 5 30 umount "$target" || { log "umount $target failed; detaching it"; umount -l "$target" || true; }
         fi
     done
+    for hook in ${E2E_AFTER_UNMOUNT[@]+"${E2E_AFTER_UNMOUNT[@]}"}; do "$hook"; done
     if [[ -n ${WORK:-} && -d $WORK ]]; then
         local left
         left=$(mounts_under "$WORK")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # scripts/e2e/run-all.sh: runs every scripts/e2e/NN-*.sh in order, each under
-# `timeout 300` (or the seconds its "# e2e-timeout:" line asks for), prints PASS, FAIL or SKIP for each (and the output of each that failed),
+# `timeout 300` (or the seconds its "# e2e-timeout:" line asks for), prints PASS, FAIL or
+# SKIP for each (and the output of each that failed),
 # and ends with one line "N passed, N failed, N skipped". Exits 1 if any failed.
 #
 # Usage: scripts/e2e/run-all.sh [PATTERN...]   (only scripts whose name contains a PATTERN)
@@ -44,19 +45,23 @@ shopt -s nullglob
 for script in "$dir"/[0-9][0-9]-*.sh; do
     # A script for network volumes alone says "# e2e-backends: network".
     grep -q '^# e2e-backends:' "$script" && ! grep -q '^# e2e-backends:.*embedded' "$script" && continue
-    runs+=("$script embedded")
+    # The multi-host scenarios run once for each link their "# e2e-links:" line names
+    # (direct, delay, flaky; see hosts.sh).
+    links=$(sed -n 's/^# e2e-links: *//p' "$script" | head -n 1)
+    for link in ${links:-direct}; do runs+=("$script|embedded|$link"); done
 done
 for script in "$dir"/[0-9][0-9]-*.sh; do
-    grep -q '^# e2e-backends:.*network' "$script" && runs+=("$script network")
+    grep -q '^# e2e-backends:.*network' "$script" && runs+=("$script|network|direct")
 done
 
 passed=0 failed=0 skipped=0
 failures=()
 for run in "${runs[@]}"; do
-    script=${run% *}
-    backend=${run##* }
-    name=$(basename "$script" .sh)
+    IFS="|" read -r script backend link <<<"$run"
+    base=$(basename "$script" .sh)
+    name=$base
     [[ $backend == embedded ]] || name="$name-network"
+    [[ $link == direct ]] || name="$name-$link"
     if (($# > 0)); then
         wanted=0
         for pattern; do [[ $name == *"$pattern"* ]] && wanted=1; done
@@ -75,11 +80,11 @@ for run in "${runs[@]}"; do
             status=77
         fi
     else
-        E2E_BACKEND=$backend timeout -k 30 "$limit" bash "$script" </dev/null >"$logs/$name.log" 2>&1
+        E2E_BACKEND=$backend E2E_LINK=$link timeout -k 30 "$limit" bash "$script" </dev/null >"$logs/$name.log" 2>&1
         status=$?
     fi
     took=$((SECONDS - start))
-    left=$(leftover_mounts "$name")
+    left=$(leftover_mounts "$base")
     if [[ -n $left ]]; then
         echo "run-all: $name left mounts behind: $left" >>"$logs/$name.log"
         [[ $status != 0 && $status != 77 ]] || status=1

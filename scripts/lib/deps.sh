@@ -31,3 +31,13 @@ install_build_dependencies() {
     exit 1
   fi
 }
+
+# Runs a command in the network namespace SERVERS_NETNS names (a simulated storage host
+# of the multi-host tests), or here when it is unset.
+in_servers_netns() {
+  if [ -n "${SERVERS_NETNS:-}" ]; then
+    nsenter --net="/run/netns/$SERVERS_NETNS" "$@"
+  else
+    "$@"
+  fi
+}

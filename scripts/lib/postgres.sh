@@ -1,8 +1,13 @@
 # Sourced by test scripts, after deps.sh: a private PostgreSQL cluster for the metadata tests.
 #
 #   install_postgres                 installs the server if initdb/pg_ctl are missing
-#   start_postgres DIR PORT          a cluster in DIR on 127.0.0.1:PORT; exports
-#                                    NETVOL_TEST_PG_URL and PGPASSWORD
+#   start_postgres DIR PORT [ADDRESS]  a cluster in DIR on ADDRESS:PORT (default
+#                                    127.0.0.1), in the network namespace SERVERS_NETNS
+#                                    when that is set; exports NETVOL_TEST_PG_URL and
+#                                    PGPASSWORD
+#   pause_postgres [immediate]       stops the server and keeps the cluster (immediate:
+#                                    as a crash would, without a checkpoint)
+#   resume_postgres                  starts the paused cluster again
 #   stop_postgres                    stops the cluster start_postgres started
 #   free_port FROM                   the first port from FROM on where nothing listens
 
@@ -39,17 +44,18 @@ as_postgres() {
 }
 
 start_postgres() {
-  local dir=$1 port=$2 bindir
+  local dir=$1 port=$2 address=${3:-127.0.0.1} bindir
   bindir=$(postgres_bindir)
   POSTGRES_DIR=$dir
   POSTGRES_BINDIR=$bindir
+  POSTGRES_NETNS=${SERVERS_NETNS:-}
   mkdir -p "$dir/data" "$dir/socket"
   as_root chown -R postgres:postgres "$dir"
   chmod 700 "$dir/data"
   as_postgres "$bindir/initdb" -D "$dir/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
     --encoding=UTF8 --locale=C >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; return 1; }
   cat >>"$dir/data/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
+listen_addresses = '$address'
 port = $port
 unix_socket_directories = '$dir/socket'
 max_connections = 200
@@ -63,8 +69,7 @@ local   all   all                      scram-sha-256
 host    all   all        127.0.0.1/32  scram-sha-256
 host    all   all        samenet       scram-sha-256
 EOF
-  as_postgres "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >"$dir/pg_ctl.log" 2>&1 \
-    || { cat "$dir/pg_ctl.log" "$dir/server.log" >&2; return 1; }
+  resume_postgres || return 1
   local password
   password=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
   local psql="$bindir/psql"
@@ -73,8 +78,22 @@ EOF
 CREATE ROLE netvol LOGIN PASSWORD '$password';
 CREATE DATABASE netvol OWNER netvol;
 EOF
-  export NETVOL_TEST_PG_URL="postgres://netvol@127.0.0.1:$port/netvol"
+  export NETVOL_TEST_PG_URL="postgres://netvol@$address:$port/netvol"
   export PGPASSWORD=$password
+}
+
+resume_postgres() {
+  local start=("$POSTGRES_BINDIR/pg_ctl" -D "$POSTGRES_DIR/data" -l "$POSTGRES_DIR/server.log" -w -t 60 start)
+  if [ -n "$POSTGRES_NETNS" ]; then
+    # The server's sockets are the storage host's: it starts inside that namespace.
+    as_root nsenter --net="/run/netns/$POSTGRES_NETNS" runuser -u postgres -- "${start[@]}" >"$POSTGRES_DIR/pg_ctl.log" 2>&1
+  else
+    as_postgres "${start[@]}" >"$POSTGRES_DIR/pg_ctl.log" 2>&1
+  fi || { cat "$POSTGRES_DIR/pg_ctl.log" "$POSTGRES_DIR/server.log" >&2; return 1; }
+}
+
+pause_postgres() {
+  as_postgres timeout 60 "$POSTGRES_BINDIR/pg_ctl" -D "$POSTGRES_DIR/data" -m "${1:-fast}" -t 50 stop >/dev/null
 }
 
 stop_postgres() {

@@ -30,7 +30,13 @@ pick_seaweedfs_port() {
     base=$((20000 + (RANDOM % 600) * 20))  # below the ephemeral ports (32768 and up)
     busy=
     for offset in $(seq 0 14); do
-      if (exec 3<>"/dev/tcp/127.0.0.1/$((base + offset))") 2>/dev/null; then busy=1; break; fi
+      # A server in another network namespace leaves no listener here, but its unix
+      # sockets in /tmp (named after its ports) would meet ours.
+      if (exec 3<>"/dev/tcp/127.0.0.1/$((base + offset))") 2>/dev/null ||
+        compgen -G "/tmp/seaweedfs-*-$((base + offset)).sock" >/dev/null; then
+        busy=1
+        break
+      fi
     done
     [ -z "$busy" ] && { echo "$base"; return 0; }
   done
@@ -38,18 +44,23 @@ pick_seaweedfs_port() {
   return 1
 }
 
-# start_seaweedfs DIR PORT: starts an S3 server on 127.0.0.1:PORT with its data in DIR and
-# waits (at most 60 s) until it answers. Its other servers take the ports just above
+# start_seaweedfs DIR PORT [ADDRESS]: starts an S3 server on ADDRESS:PORT (default
+# 127.0.0.1; in the network namespace SERVERS_NETNS when that is set) with its data in DIR
+# and waits (at most 60 s) until it answers. Run again with the same DIR after
+# stop_seaweedfs, it serves the same buckets and objects. Its other servers take the ports just above
 # PORT (PORT+1..PORT+4, gRPC PORT+10..PORT+14), named explicitly so that two servers with
 # ports far enough apart never meet, and weed's unix sockets in /tmp (named after the
 # ports) do not collide either. Exports NETVOL_TEST_S3_ENDPOINT and AWS_* credentials.
 start_seaweedfs() {
-  local dir=$1 port=$2
+  local dir=$1 port=$2 address=${3:-127.0.0.1}
   mkdir -p "$dir/data"
   cat >"$dir/identities.json" <<EOF
 {"identities":[{"name":"netvol-test","credentials":[{"accessKey":"$SEAWEEDFS_TEST_ACCESS_KEY","secretKey":"$SEAWEEDFS_TEST_SECRET_KEY"}],"actions":["Admin","Read","Write","List","Tagging"]}]}
 EOF
-  setsid weed mini -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+  local netns=()
+  [ -z "${SERVERS_NETNS:-}" ] || netns=(nsenter --net="/run/netns/$SERVERS_NETNS")
+  # exec'd, not forked, all the way down: $! is weed's own pid.
+  "${netns[@]}" setsid weed mini -dir="$dir/data" -ip="$address" -ip.bind="$address" \
     -s3.port="$port" -s3.port.grpc=$((port + 10)) -s3.config="$dir/identities.json" \
     -s3.port.iceberg=0 -s3.port.lance=0 -s3.autoCreateBucket=false \
     -master.port=$((port + 1)) -master.port.grpc=$((port + 11)) -master.telemetry=false \
@@ -61,7 +72,7 @@ EOF
   SEAWEEDFS_PORT=$port
   local waited=0
   # Any HTTP answer (403 without credentials) means the S3 server is up.
-  until curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$port/"; do
+  until in_servers_netns curl -s -o /dev/null --max-time 2 "http://$address:$port/"; do
     if ! kill -0 "$SEAWEEDFS_PID" 2>/dev/null; then
       echo "error: SeaweedFS exited at start; its log:" >&2
       tail -n 30 "$dir/weed.log" >&2
@@ -77,7 +88,7 @@ EOF
     sleep 1
     waited=$((waited + 1))
   done
-  export NETVOL_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
+  export NETVOL_TEST_S3_ENDPOINT="http://$address:$port"
   export AWS_ACCESS_KEY_ID=$SEAWEEDFS_TEST_ACCESS_KEY
   export AWS_SECRET_ACCESS_KEY=$SEAWEEDFS_TEST_SECRET_KEY
 }
@@ -106,7 +117,7 @@ stop_seaweedfs() {
 # request with Signature V4 itself); one that exists already is fine.
 make_bucket() {
   local code
-  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 30 -X PUT \
+  code=$(in_servers_netns curl -s -o /dev/null -w '%{http_code}' --max-time 30 -X PUT \
     --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
     "$NETVOL_TEST_S3_ENDPOINT/$1")
   case $code in
