@@ -96,6 +96,21 @@ extension VolumeFS {
         try acquireLease()
     }
 
+    /// Refuses to open a file for writing where every write would fail: on a read-only
+    /// mount, or while another mount holds the lease. As on any read-only filesystem the
+    /// refusal comes at open, not at the first write, which may reach us only from the
+    /// kernel's writeback after write(2) returned, and whose EROFS would then surface as
+    /// EIO at close. The lease itself is left to the first change, so that opening for
+    /// writing does not keep other mounts from writing.
+    func checkMayWrite() throws(FSError) {
+        if options.mode == .readOnly { throw .readOnly(holder: nil) }
+        if isWriter { return }
+        let lease = try currentLease()
+        if let current = lease.holder, current != holder, lease.expiresAt > lease.now {
+            throw .readOnly(holder: current)
+        }
+    }
+
     /// Takes the lease (if free, expired or ours), then revalidates what this mount cached.
     public func acquireLease() throws(FSError) {
         try leaseChange.withLock { _ throws(FSError) in

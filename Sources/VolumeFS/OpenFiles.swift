@@ -23,10 +23,7 @@ extension VolumeFS {
         if attr.isDirectory { throw .metadata(.isDirectory) }
         guard attr.isRegular else { throw .notSupported("opening special files") }
         let access = flags & O_ACCMODE
-        // Refused at open, as on any read-only filesystem, rather than at the first
-        // write: that write may only reach us from the kernel's writeback, after write(2)
-        // returned, and its EROFS would then surface as EIO at close.
-        if access != O_RDONLY { try ensureWritable() }
+        if access != O_RDONLY { try checkMayWrite() }
         _ = try attach(attr)
         var handle = Handle(ino: ino, readable: access != O_WRONLY, writable: access != O_RDONLY)
         // Pages the kernel cached stay valid while the file is as it was when they were

@@ -70,6 +70,30 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
     }
 
     @Test(arguments: TestBackend.available)
+    func openingForWritingIsRefusedWhileAnotherHoldsTheLeaseAndTakesNoLease(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend)
+        let a = try shared.mount("a", idle: 0)
+        let b = try shared.mount("b", idle: 0)
+        let ino = try writeFile(a, "f", [1, 2, 3])
+        for flags in [O_WRONLY, O_RDWR, O_WRONLY | O_APPEND] {
+            #expect(throws: FSError.readOnly(holder: "a")) { try b.open(ino, flags: flags) }
+        }
+        let reading = try b.open(ino, flags: O_RDONLY)
+        b.release(ino, reading)
+        a.tick()  // idle: a gives the lease back
+        #expect(try a.currentLease().holder == nil)
+        // Free: b may open for writing, and the lease waits for b's first change.
+        let writing = try b.open(ino, flags: O_RDWR)
+        #expect(try b.currentLease().holder == nil && !b.isWriter)
+        _ = try [UInt8]([7]).withUnsafeBytes { try b.write(ino, writing, offset: 0, $0) }
+        #expect(b.isWriter)
+        b.release(ino, writing)
+        #expect(try readFile(a, "f") == [7, 2, 3])
+        let r = try shared.mount("r", mode: .readOnly)
+        #expect(throws: FSError.readOnly(holder: nil)) { try r.open(ino, flags: O_WRONLY) }
+    }
+
+    @Test(arguments: TestBackend.available)
     func anIdleWriterGivesTheLeaseBack(backend: TestBackend) throws {
         let shared = try SharedVolume(backend)
         let a = try shared.mount("a", idle: 0)
@@ -222,6 +246,7 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         let a = try shared.mount("a", idle: 0)
         let b = try shared.mount("b", idle: 0)
         let ino = try writeFile(a, "f", [1, 1])
+        a.tick()  // a gives the lease back, so that b may open for writing
         let bAttr = try b.lookup(.root, "f")
         let bh = try b.open(bAttr.ino, flags: O_RDWR)  // b's chunk map: [1, 1]
         let ah = try a.open(ino, flags: O_RDWR)
