@@ -70,6 +70,10 @@ public final class S3ChunkStore: ChunkStore {
         var http = HTTPClient.Configuration()
         http.timeout = .init(connect: configuration.connectTimeout.timeAmount, read: configuration.readTimeout.timeAmount)
         http.redirectConfiguration = .disallow
+        // A refused connection is a failed attempt for `perform` to count and back off
+        // from: left to the pool, it would wait out the whole request deadline retrying
+        // by itself, and keep refusing to connect for seconds after the server is back.
+        http.connectionPool.retryConnectionEstablishment = false
         http.decompression = .disabled
         client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: http)
     }

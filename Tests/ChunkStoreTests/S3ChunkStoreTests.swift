@@ -3,17 +3,20 @@ import Testing
 import ChunkStore
 import Crypto
 @testable import S3ChunkStore
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// A TCP port that accepts connections (the kernel completes them from the backlog) and
-/// never answers: a server that hangs.
-final class SilentServer {
-    let fd: Int32
+/// A loopback TCP port held by a socket of ours. Listening, it accepts connections (the
+/// kernel completes them from the backlog) and never answers: a server that hangs. Not
+/// listening, it refuses them, as a port where nothing runs does, and no other program
+/// can take it until it is released.
+final class HeldPort {
+    private let fd = Mutex<Int32>(-1)
     let port: UInt16
 
-    init() throws {
+    init(listening: Bool = true) throws {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
@@ -22,15 +25,23 @@ final class SilentServer {
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         let bound = withUnsafeMutablePointer(to: &address) { pointer in
             pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
-                bind(fd, raw, length) == 0 && listen(fd, 16) == 0 && getsockname(fd, raw, &length) == 0
+                bind(fd, raw, length) == 0 && (!listening || listen(fd, 16) == 0) && getsockname(fd, raw, &length) == 0
             }
         }
         guard fd >= 0, bound else { throw StoreError.io(errno: errno, "cannot listen") }
-        self.fd = fd
+        self.fd.withLock { $0 = fd }
         port = UInt16(bigEndian: address.sin_port)
     }
 
-    deinit { close(fd) }
+    /// Frees the port for a server to start on.
+    func release() {
+        fd.withLock { fd in
+            if fd >= 0 { close(fd) }
+            fd = -1
+        }
+    }
+
+    deinit { release() }
 }
 
 @Suite struct S3ChunkStoreTests {
@@ -64,11 +75,12 @@ final class SilentServer {
             _ = try buffer.withUnsafeMutableBytes { buffer in try store.read(ObjectID.random(), offset: 0, into: buffer) }
         }
         #expect(message?.contains("cannot reach http://127.0.0.1:1") == true)
-        #expect(ioFailure(within: 2 + 8) { try store.checkBucket() }?.contains("cannot reach") == true)
+        // The first call found the endpoint away: the next is told so without waiting.
+        #expect(ioFailure(within: 2 + 8) { try store.checkBucket() }?.contains("does not answer") == true)
     }
 
     @Test func aServerThatNeverAnswersFailsWithinTheDeadline() throws {
-        let server = try SilentServer()
+        let server = try HeldPort()
         let store = try S3ChunkStore(configuration: configuration(endpoint: "http://127.0.0.1:\(server.port)"))
         defer { store.close() }
         let message = ioFailure(within: 2 + 8) { _ = try store.size(of: ObjectID.random()) }
@@ -243,6 +255,88 @@ final class SilentServer {
             #expect(throws: StoreError.exists(id)) { try bytes(10).withUnsafeBytes { try store.put(id, $0) } }
         }
         #expect(server.requests.map(\.method) == [.PUT, .PUT, .HEAD])
+    }
+
+    /// How a server can be away.
+    enum Absence: String, CaseIterable, Sendable, CustomTestStringConvertible {
+        /// Nothing listens on its port.
+        case refused
+        /// Connections open, and each is closed without an answer.
+        case hangsUp
+        /// Connections open, and nothing ever answers.
+        case silent
+
+        var testDescription: String { rawValue }
+    }
+
+    /// The first call that finds the server away waits out its deadline. While the server
+    /// stays away, the calls after it fail with EIO without waiting it again: a `cp -R`
+    /// would otherwise hang for a deadline per request. The first call once a server
+    /// answers on the port reaches it, on the same store.
+    @Test(arguments: Absence.allCases)
+    func callsFailFastWhileTheServerIsKnownAwayAndReachItOnceItIsBack(_ absence: Absence) throws {
+        let away: (port: Int, leave: () -> Void)
+        switch absence {
+        case .refused:
+            let held = try HeldPort(listening: false)
+            away = (Int(held.port), held.release)
+        case .hangsUp:
+            let server = try ScriptedServer([.init(status: .ok, hangUp: true)])
+            away = (server.channel.localAddress?.port ?? 0, server.stop)
+        case .silent:
+            let held = try HeldPort()
+            away = (Int(held.port), held.release)
+        }
+        // Long enough that a call waiting it out, which stops short of it by at most one
+        // backoff pause (2 s), is told apart from a fast failure on a loaded machine.
+        let deadline = 5.0
+        let store = try S3ChunkStore(configuration: S3Configuration(
+            endpoint: "http://127.0.0.1:\(away.port)", bucket: "bucket", prefix: "volume",
+            credentials: S3Credentials(accessKeyID: "AKID", secretAccessKey: "the-secret"),
+            deadline: .seconds(deadline), connectTimeout: .seconds(1), readTimeout: .seconds(1)))
+        defer { store.close() }
+        let id = ObjectID(rawValue: 0xab)
+
+        func failure(_ body: () throws -> Void) -> (seconds: Double, message: String) {
+            let start = ContinuousClock.now
+            var message = ""
+            do {
+                try body()
+                Issue.record("expected EIO; the call succeeded")
+            } catch {
+                if case .io(EIO, let text)? = error as? StoreError { message = text } else { Issue.record("expected EIO, got \(error)") }
+            }
+            return ((ContinuousClock.now - start).seconds, message)
+        }
+
+        let first = failure { _ = try store.size(of: id) }
+        #expect(first.message.contains("cannot reach"), "\(first.message)")
+        #expect(first.seconds > deadline - 2.1 && first.seconds < deadline + 8, "\(first.seconds) s")
+
+        let calls: [(String, () throws -> Void)] = [
+            ("read", { _ = try store.read(id, count: 10) }),
+            ("put", { try store.put(ObjectID.random(), bytes(10)) }),
+            ("size", { _ = try store.size(of: id) }),
+            ("delete", { try store.delete(id) }),
+            ("list", { _ = try store.list() }),
+        ]
+        // Twice over: the longer an outage lasts, the longer HTTP clients tend to back off
+        // from connecting, and the server's return must be noticed all the same.
+        for (name, call) in calls + calls {
+            let later = failure(call)
+            #expect(later.message.contains("does not answer"), "\(name): \(later.message)")
+            // At most one probe of 1 s each.
+            #expect(later.seconds < 2.5, "\(name) took \(later.seconds) s")
+        }
+
+        away.leave()
+        let server = try ScriptedServer([.init(status: .ok, headers: [("content-length", "5")])], port: away.port)
+        defer { server.stop() }
+        #expect(try store.size(of: id) == 5)
+        #expect(try store.size(of: id) == 5)
+        // One probe, and then requests as before the outage: the answer to it ended it.
+        let key = "/bucket/volume/ab/00000000000000ab"
+        #expect(server.requests.map(\.uri) == ["/", key, key])
     }
 
     @Test func listingFollowsContinuationTokens() throws {

@@ -38,21 +38,30 @@ final class ScriptedServer: Sendable {
     var endpoint: String { "http://127.0.0.1:\(channel.localAddress?.port ?? 0)" }
     var requests: [HTTPRequestHead] { script.requests.withLock { $0 } }
 
-    init(_ answers: [Answer]) throws {
+    /// On `port`, or on any free port when it is 0.
+    init(_ answers: [Answer], port: Int = 0) throws {
         let script = Script(answers)
         self.script = script
         channel = try ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            // A server coming back on its port finds it in TIME_WAIT after the connections
+            // it closed.
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
                     try channel.pipeline.syncOperations.addHandler(Responder(script: script))
                 }
             }
-            .bind(host: "127.0.0.1", port: 0)
+            .bind(host: "127.0.0.1", port: port)
             .wait()
     }
 
     deinit { channel.close(promise: nil) }
+
+    /// Stops listening, so that another server can take the port.
+    func stop() {
+        try? channel.close().wait()
+    }
 
     final class Responder: ChannelInboundHandler {
         typealias InboundIn = HTTPServerRequestPart
