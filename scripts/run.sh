@@ -15,6 +15,11 @@ mountpoint=${1:-/runpod-volume}
 install_build_dependencies
 swift build -c release --product netvol
 as_root install -m 0755 .build/release/netvol /usr/local/bin/netvol
+# mount(8) runs /sbin/mount.<type> for `mount -t fuse.netvol` (and fstab lines of that
+# type) and for `-t netvol`: netvol answers to both names.
+for helper in mount.fuse.netvol mount.netvol; do
+  as_root ln -sf /usr/local/bin/netvol "/sbin/$helper"
+done
 
 if [ ! -e "$volume/volume.db" ]; then
   as_root netvol create "$volume" --size "$size"

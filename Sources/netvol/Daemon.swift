@@ -81,7 +81,9 @@ extension Mount {
                 _ = "ready\n".withCString { write(readyFd, $0, strlen($0)) }
                 close(readyFd)
             }
+            notifyServiceManager("READY=1\nSTATUS=serving \(address) at \(target)\nMAINPID=\(getpid())")
             mount.run()
+            notifyServiceManager("STOPPING=1\nSTATUS=unmounting \(target)")
             background.stop()
             logger.info("unmounted \(target)")
         } catch let error as CLIError {

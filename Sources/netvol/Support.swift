@@ -118,3 +118,26 @@ func findProgram(_ name: String) -> String? {
 func printError(_ line: String) {
     FileHandle.standardError.write(Data((line + "\n").utf8))
 }
+
+/// Tells the service manager that started us (systemd, with `Type=notify`) how the
+/// service is doing: the sd_notify protocol, one datagram to the socket $NOTIFY_SOCKET
+/// names. Without that variable (any other start) it does nothing.
+func notifyServiceManager(_ state: String) {
+    guard let path = ProcessInfo.processInfo.environment["NOTIFY_SOCKET"], !path.isEmpty else { return }
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    var bytes = Array(path.utf8)
+    // A leading @ names a socket in the abstract namespace.
+    if bytes.first == UInt8(ascii: "@") { bytes[0] = 0 }
+    guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return }
+    withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
+    let length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count)
+    let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { return }
+    defer { close(fd) }
+    _ = state.withCString { text in
+        withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, text, strlen(text), 0, $0, length) }
+        }
+    }
+}

@@ -8,7 +8,12 @@ import VolumeFS
 
 // Every mistake a person can make ends here as one line on stderr and a non-zero exit.
 do {
-    var command = try Netvol.parseAsRoot()
+    var arguments = Array(CommandLine.arguments.dropFirst())
+    if let helper = try mountHelperRun(CommandLine.arguments) {
+        if helper.fake { exit(0) }
+        arguments = helper.arguments
+    }
+    var command = try Netvol.parseAsRoot(arguments)
     try command.run()
 } catch let error as ExitCode {
     // The command has said what it had to say (fsck lists its problems, then fails).
