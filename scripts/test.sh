@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 
 install_build_dependencies
 # The tests also use the shell tools people use on a volume; the multi-host scenarios
-# build their network with iproute2 and enter it with util-linux's nsenter.
-install_packages attr python3 tar diffutils util-linux procps psmisc iproute2 curl
+# build their network with iproute2 and enter it with util-linux's nsenter; the unit
+# file is checked with systemd-analyze (nothing is started under systemd).
+install_packages attr python3 tar diffutils util-linux procps psmisc iproute2 curl systemd
 
 swift build --build-tests
 swift build --product netvol
