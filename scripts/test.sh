@@ -12,6 +12,8 @@ install_build_dependencies
 # build their network with iproute2 and enter it with util-linux's nsenter; the unit
 # file is checked with systemd-analyze (nothing is started under systemd).
 install_packages attr python3 tar diffutils util-linux procps psmisc iproute2 curl systemd
+# The metrics test parses /metrics with the Prometheus project's own parser.
+install_python_module prometheus_client prometheus-client
 
 swift build --build-tests
 swift build --product netvol

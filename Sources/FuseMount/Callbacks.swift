@@ -22,10 +22,13 @@ func context(_ req: fuse_req_t?) -> FuseContext {
 @inline(__always)
 func serve(_ req: fuse_req_t?, _ op: StaticString, _ ino: fuse_ino_t, _ body: (FuseContext) throws(FSError) -> Void) {
     let ctx = context(req)
+    let start = ContinuousClock.now
     do {
         try body(ctx)
+        ctx.metrics.record(op, since: start, errno: 0)
     } catch {
         ctx.fail(req, op, ino, error)
+        ctx.metrics.record(op, since: start, errno: error.errno)
     }
 }
 
@@ -87,9 +90,12 @@ func makeOperations() -> fuse_lowlevel_ops {
 
     ops.lookup = { req, parent, name in
         let ctx = context(req)
+        let start = ContinuousClock.now
         do throws(FSError) {
             ctx.replyEntry(req, try ctx.volume.lookup(inode(parent), fileName(name)))
+            ctx.metrics.record("lookup", since: start, errno: 0)
         } catch {
+            ctx.metrics.record("lookup", since: start, errno: error.errno)
             guard case .metadata(.notFound) = error else {
                 ctx.fail(req, "lookup", parent, error)
                 return
@@ -232,6 +238,7 @@ func makeOperations() -> fuse_lowlevel_ops {
             let got = try ctx.volume.read(inode(ino), fileInfo(fi), offset: UInt64(offset),
                                           into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<size]))
             _ = fuse_reply_buf(req, buffer.baseAddress?.assumingMemoryBound(to: CChar.self), got)
+            ctx.metrics.bytesRead.increment(by: Int64(got))
         }
     }
     ops.write = { req, ino, buffer, size, offset, fi in
@@ -240,6 +247,7 @@ func makeOperations() -> fuse_lowlevel_ops {
             let written = try ctx.volume.write(inode(ino), fileInfo(fi), offset: UInt64(offset),
                                                UnsafeRawBufferPointer(start: buffer, count: size))
             fuse_reply_write(req, written)
+            ctx.metrics.bytesWritten.increment(by: Int64(written))
         }
     }
     ops.flush = { req, ino, fi in

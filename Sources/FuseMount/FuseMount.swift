@@ -47,6 +47,7 @@ final class FuseContext: Sendable {
     /// The libfuse session (as an address: pointers are not Sendable) once it exists,
     /// for the kernel cache notifications.
     let session = Atomic<UInt>(0)
+    let metrics = RequestMetrics()
 
     init(volume: VolumeFS, logger: Logger, options: MountOptions) {
         self.volume = volume

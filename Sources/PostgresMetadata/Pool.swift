@@ -81,6 +81,10 @@ final class ConnectionPool: Sendable {
     /// answering EIO.
     let outage = Mutex(false)
     static let outageDeadlineSeconds = 2.0
+    /// Calls made, transactions among them, and attempts that repeated a failed one.
+    let calls = Atomic<Int>(0)
+    let transactions = Atomic<Int>(0)
+    let retries = Atomic<Int>(0)
     /// What the next COMMIT meets; tests set it to lose COMMIT or its answer on demand.
     let commitFault = Mutex<CommitFault?>(nil)
     /// Connections kept idle; more may be open at once while calls run in parallel.
@@ -171,7 +175,11 @@ final class ConnectionPool: Sendable {
         let patience = known ? min(deadlineSeconds, Self.outageDeadlineSeconds) : deadlineSeconds
         let deadline = ContinuousClock.now + .milliseconds(Int64(patience * 1000))
         var pause = 0.02
+        calls.add(1, ordering: .relaxed)
+        var attempt = 0
         while true {
+            if attempt > 0 { retries.add(1, ordering: .relaxed) }
+            attempt += 1
             let failure: DatabaseFailure
             do {
                 let connection = try idle.withLock { $0.popLast() } ?? connect(deadline: deadline)
@@ -226,7 +234,8 @@ final class ConnectionPool: Sendable {
     /// gets that statement's rows.
     func transaction<T>(opening first: (sql: String, parameters: [Value])?,
                         _ body: (Transaction, Rows?) throws -> T) throws(MetadataError) -> T {
-        try run { connection, deadline in
+        transactions.add(1, ordering: .relaxed)
+        return try run { connection, deadline in
             let value: T
             let xid: Int64
             let pid = PQbackendPID(connection.raw)

@@ -48,6 +48,12 @@ public struct VolumeSummary: Equatable, Sendable {
 
 public final class PostgresMetadata: Metadata {
     let pool: ConnectionPool
+
+    /// Calls to the server so far, the transactions among them, and the attempts that
+    /// repeated a failed one: for the metrics.
+    public var callCounts: (calls: Int, transactions: Int, retries: Int) {
+        (pool.calls.load(ordering: .relaxed), pool.transactions.load(ordering: .relaxed), pool.retries.load(ordering: .relaxed))
+    }
     /// The volume's id: the first column of every key.
     let id: Int64
     public let volumeName: String

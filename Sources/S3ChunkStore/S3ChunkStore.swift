@@ -41,6 +41,14 @@ public final class S3ChunkStore: ChunkStore {
     /// an outage into minutes of hung I/O, while the first call already waited for it.
     let outage = Mutex(false)
     static let outageProbe: Duration = .seconds(1)
+    /// Requests sent (every attempt), and attempts that were retries: for the metrics.
+    let requestsSent = Atomic<Int>(0)
+    let retriesSent = Atomic<Int>(0)
+
+    /// Requests sent to the server so far, and how many of them repeated a failed one.
+    public var requestCounts: (requests: Int, retries: Int) {
+        (requestsSent.load(ordering: .relaxed), retriesSent.load(ordering: .relaxed))
+    }
 
     /// Errors and listings are read into memory; more than this is not an S3 reply.
     static let replyLimit = 16 << 20
@@ -316,6 +324,8 @@ public final class S3ChunkStore: ChunkStore {
             } catch {
                 throw .io(errno: EINVAL, "\(what): invalid request URL (\(describe(error)))")
             }
+            requestsSent.add(1, ordering: .relaxed)
+            if attempt > 0 { retriesSent.add(1, ordering: .relaxed) }
             switch executeBlocking(client, request, window: window, bodyLimit: Self.replyLimit, deadline: deadline) {
             case .success(let reply):
                 outage.withLock { $0 = false }

@@ -49,6 +49,20 @@ struct WriterState {
     var lastRenewal: ContinuousClock.Instant = .now
     /// The change feed position this mount has caught up with.
     var seenChanges: Int64 = 0
+    /// When this mount last read the change feed to its end.
+    var followedAt: ContinuousClock.Instant = .now
+}
+
+/// A mount's state for the metrics and `netvol stats`.
+public struct VolumeStatistics: Sendable {
+    public var holdsLease: Bool
+    /// The token of the lease this mount holds (0 when it holds none).
+    public var leaseToken: Int64
+    /// Bytes written to open files and not committed yet.
+    public var bufferedBytes: Int
+    /// Seconds since this mount last caught up with the change feed; 0 for the writer,
+    /// whose own changes are the feed. Grows while the database cannot be reached.
+    public var changeFeedAgeSeconds: Double
 }
 
 /// This machine's name as the kernel knows it (its UTS name). Foundation's `hostName`
@@ -73,6 +87,21 @@ extension VolumeFS {
     /// True while this mount holds the lease and trusts that it does.
     public var isWriter: Bool {
         writer.withLock { $0.fence != nil && ContinuousClock.now < $0.validUntil }
+    }
+
+    public func statistics() -> VolumeStatistics {
+        let state = writer.withLock { $0 }
+        let holds = state.fence != nil && ContinuousClock.now < state.validUntil
+        var buffered = 0
+        for file in openFiles.withLock({ Array($0.values) }) {
+            file.lock.lock()
+            buffered += file.dirty.values.reduce(0) { $0 + $1.count }
+            file.lock.unlock()
+        }
+        let age = ContinuousClock.now - state.followedAt
+        return VolumeStatistics(holdsLease: holds, leaseToken: holds ? state.fence?.token.rawValue ?? 0 : 0,
+                                bufferedBytes: buffered,
+                                changeFeedAgeSeconds: holds ? 0 : Double(age.components.seconds) + Double(age.components.attoseconds) / 1e18)
     }
 
     /// The lease state of the volume as the database sees it.
@@ -297,7 +326,10 @@ extension VolumeFS {
             }
             if batch.changes.count < 2048 { break }
         }
-        writer.withLock { $0.seenChanges = max($0.seenChanges, position) }
+        writer.withLock {
+            $0.seenChanges = max($0.seenChanges, position)
+            $0.followedAt = .now
+        }
     }
 
     /// Reloads an open file's chunk map and attributes after another mount changed it.

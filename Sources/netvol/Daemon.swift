@@ -51,6 +51,19 @@ extension Mount {
                 }
             }
 
+            // Before the mount makes its first metric, so that every one is registered.
+            let metrics = MetricsEndpoint(volume: volumeFS, opened: opened)
+            do {
+                try metrics.listen(unixSocket: metricsSocketPath(pid: getpid()))
+                if let metricsAddress { try metrics.listen(tcp: metricsAddress) }
+            } catch {
+                metrics.stop()
+                volumeFS.releaseLease()
+                if let error = error as? CLIError { throw error }
+                throw CLIError("cannot serve metrics on \(metricsAddress ?? metricsSocketPath(pid: getpid())): \(error)")
+            }
+            defer { metrics.stop() }
+
             var mountOptions = MountOptions(mountpoint: target)
             mountOptions.fuseOptions = options.flatMap { $0.split(separator: ",").map(String.init) }
             // Handlers often run as another user than the one who mounts: let them in, and

@@ -59,6 +59,9 @@ struct Mount: ParsableCommand {
     @Option(help: "Network volumes: seconds a call to the database or the object store keeps retrying before the operation fails with EIO.")
     var timeout: Double = OpenOptions.defaultTimeoutSeconds
 
+    @Option(name: .customLong("metrics"), help: "Serve Prometheus metrics at http://HOST:PORT/metrics (PORT alone: 127.0.0.1).")
+    var metricsAddress: String?
+
     @OptionGroup var credentials: CredentialOptions
 
     @Option(help: .hidden)
@@ -72,6 +75,9 @@ struct Mount: ParsableCommand {
         guard leaseIdle >= 0, leaseIdle <= 31_536_000 else { throw ValidationError("--lease-idle must be between 0 and 31536000 seconds (a year)") }
         _ = try parseSize(cacheSize, what: "--cache-size")
         guard timeout >= 1, timeout <= 3600 else { throw ValidationError("--timeout must be between 1 and 3600 seconds") }
+        if let metricsAddress {
+            do { _ = try MetricsEndpoint.parse(metricsAddress) } catch let error as CLIError { throw ValidationError(error.description) }
+        }
     }
 
     /// The local cache a network volume's mount reads through.
@@ -191,6 +197,7 @@ struct Mount: ParsableCommand {
         if writer { arguments.append("--writer") }
         if wait { arguments.append("--wait") }
         if let cacheDir { arguments += ["--cache-dir", absolutePath(cacheDir)] }
+        if let metricsAddress { arguments += ["--metrics", metricsAddress] }
         arguments += ["--cache-size", cacheSize] + credentials.arguments
 
         var actions = posix_spawn_file_actions_t()

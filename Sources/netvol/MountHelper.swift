@@ -20,7 +20,7 @@ private let valueOptions: [String: String] = [
     "lease_ttl": "--lease-ttl", "lease_idle": "--lease-idle", "gc_grace": "--gc-grace",
     "cache_dir": "--cache-dir", "cache_size": "--cache-size", "timeout": "--timeout",
     "log_file": "--log-file", "password_file": "--password-file",
-    "s3_credentials_file": "--s3-credentials-file",
+    "s3_credentials_file": "--s3-credentials-file", "metrics": "--metrics",
 ]
 
 /// Options that are flags on their own.
@@ -104,7 +104,7 @@ func mountHelperRun(_ argv: [String]) throws -> MountHelperRun? {
         } else if isForOthers(option) {
             continue
         } else {
-            throw CLIError("unknown mount option \(option); netvol's are ro, writer, wait, lease_ttl=, lease_idle=, gc_grace=, cache_dir=, cache_size=, timeout=, log_file=, password_file=, s3_credentials_file=, debug")
+            throw CLIError("unknown mount option \(option); netvol's are ro, writer, wait, lease_ttl=, lease_idle=, gc_grace=, cache_dir=, cache_size=, timeout=, log_file=, password_file=, s3_credentials_file=, metrics=, debug")
         }
     }
     if !passed.isEmpty { arguments += ["-o", passed.joined(separator: ",")] }

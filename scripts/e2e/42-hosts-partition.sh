@@ -94,7 +94,7 @@ PY
     assert_fails_with EROFS sh -c "printf late > '$stale/kept-$how'"
     assert_fails_with EROFS mkdir "$stale/late-dir-$how"
     assert_fails_with EROFS rm "$stale/synced-$how"
-    mount_log "$stale" | grep -q "lost the writer lease" || fail "$how: the stale writer's log does not say it lost the lease"
+    grep -q "lost the writer lease" <<<"$(mount_log "$stale")" || fail "$how: the stale writer's log does not say it lost the lease"
 
     step "$how: the volume holds the new writer's data and what the stale one fsynced, seen from both"
     local mount

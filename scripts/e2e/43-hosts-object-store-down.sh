@@ -15,14 +15,6 @@ start_storage
 make_volume --size 2G --chunk-size 1M
 mount_workers --lease-idle 600
 
-# forget_pages FILE: drops what the kernel cached of FILE, so reads reach the daemon.
-forget_pages() {
-    python3 -c 'import os, sys
-fd = os.open(sys.argv[1], os.O_RDONLY)
-os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-os.close(fd)' "$1"
-}
-
 step "A writes files; B reads one of them (into its cache), not the other"
 head -c 12M /dev/urandom >"$WORK/cached"
 head -c 12M /dev/urandom >"$WORK/uncached"

@@ -311,6 +311,14 @@ is_mounted() { awk -v m="$1" '$5 == m { found = 1 } END { exit !found }' /proc/s
 # Any mount at or under PATH.
 mounts_under() { awk -v m="$1" 'index($5, m "/") == 1 || $5 == m { print $5 }' /proc/self/mountinfo; }
 
+# forget_pages FILE: drops what the kernel cached of FILE, so that reads reach the daemon.
+forget_pages() {
+    python3 -c 'import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+os.close(fd)' "$1"
+}
+
 # json_number KEY: the number after "KEY" : in JSON on stdin (netvol status --json).
 json_number() { sed -n "s/^ *\"$1\" *: *\([0-9][0-9]*\).*/\1/p" | head -n 1; }
 

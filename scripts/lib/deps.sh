@@ -41,3 +41,14 @@ in_servers_netns() {
     "$@"
   fi
 }
+
+# install_python_module MODULE PACKAGE: pip-installs PACKAGE from PyPI when python3
+# cannot import MODULE.
+install_python_module() {
+  python3 -c "import $1" 2>/dev/null && return 0
+  command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || install_packages python3-pip
+  local pip
+  pip=$(command -v pip3 || command -v pip)
+  # Debian's own Python refuses installs into it without this (PEP 668).
+  "$pip" install --quiet "$2" 2>/dev/null || "$pip" install --quiet --break-system-packages "$2"
+}

@@ -1,0 +1,188 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CoreMetrics
+import Foundation
+import Metrics
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Prometheus
+import Synchronization
+import VolumeBackends
+import VolumeFS
+
+// The daemon's metrics: swift-metrics objects, kept by a Prometheus registry, served as
+// `GET /metrics` in Prometheus' text format over HTTP: always on a unix socket only root
+// can reach (`/run/netvol/PID.metrics`, what `netvol stats` reads), and on a TCP address
+// with `--metrics`. Counters that live in the backends (requests to the object store and
+// the database, the cache's hits and misses) and the mount's state (the lease, what is
+// buffered, the change feed, memory) are read when a scrape comes.
+
+/// Where a daemon serves its metrics for `netvol stats`.
+func metricsSocketPath(pid: Int32) -> String { "/run/netvol/\(pid).metrics" }
+
+final class MetricsEndpoint: Sendable {
+    let registry: PrometheusCollectorRegistry
+    let state: DaemonMetrics
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let channels = Mutex<[any Channel]>([])
+    let socketPath = Mutex<String?>(nil)
+
+    /// Makes the registry the process's metrics backend: call before anything creates a
+    /// metric.
+    init(volume: VolumeFS, opened: OpenedVolume) {
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        self.registry = registry
+        state = DaemonMetrics(volume: volume, opened: opened)
+    }
+
+    /// Serves on `HOST:PORT` (`PORT` alone, or `:PORT`, is loopback).
+    func listen(tcp address: String) throws {
+        let (host, port) = try Self.parse(address)
+        let channel = try bootstrap().bind(host: host, port: port).wait()
+        channels.withLock { $0.append(channel) }
+    }
+
+    /// Serves on a unix socket that only this user can reach.
+    func listen(unixSocket path: String) throws {
+        let directory = (path as NSString).deletingLastPathComponent
+        if mkdir(directory, 0o700) != 0 && errno != EEXIST {
+            throw CLIError("cannot create \(directory): \(String(cString: strerror(errno)))")
+        }
+        unlink(path)
+        let channel = try bootstrap().bind(unixDomainSocketPath: path).wait()
+        chmod(path, 0o600)
+        socketPath.withLock { $0 = path }
+        channels.withLock { $0.append(channel) }
+    }
+
+    func stop() {
+        for channel in channels.withLock({ $0 }) { try? channel.close().wait() }
+        if let path = socketPath.withLock({ $0 }) { unlink(path) }
+        try? group.syncShutdownGracefully()
+    }
+
+    /// The exposition: the backends' counters and the mount's state brought up to date.
+    func scrape() -> [UInt8] {
+        state.refresh()
+        return registry.emitToBuffer()
+    }
+
+    static func parse(_ address: String) throws -> (String, Int) {
+        var host = "127.0.0.1"
+        var portText = address
+        if let colon = address.lastIndex(of: ":") {
+            let given = String(address[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+            if !given.isEmpty { host = given }
+            portText = String(address[address.index(after: colon)...])
+        }
+        guard let port = Int(portText), (1...65535).contains(port) else {
+            throw CLIError("--metrics '\(address)' is not HOST:PORT (a port from 1 to 65535)")
+        }
+        return (host, port)
+    }
+
+    private func bootstrap() -> ServerBootstrap {
+        ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { [self] channel in
+                channel.pipeline.configureHTTPServerPipeline().flatMap {
+                    channel.pipeline.addHandler(MetricsHandler(endpoint: self))
+                }
+            }
+    }
+}
+
+/// Answers `GET /metrics`; 404 for anything else. One request per connection.
+final class MetricsHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+    let endpoint: MetricsEndpoint
+    let path = Mutex<String?>(nil)
+
+    init(endpoint: MetricsEndpoint) { self.endpoint = endpoint }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            path.withLock { $0 = head.method == .GET ? head.uri : nil }
+        case .body:
+            break
+        case .end:
+            let found = path.withLock { $0 }?.split(separator: "?").first == "/metrics"
+            let body = found ? endpoint.scrape() : Array("only /metrics is here\n".utf8)
+            var headers = HTTPHeaders()
+            headers.add(name: "Content-Type", value: found ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain")
+            headers.add(name: "Content-Length", value: "\(body.count)")
+            headers.add(name: "Connection", value: "close")
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: found ? .ok : .notFound, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
+        }
+    }
+}
+
+/// The metrics read at each scrape rather than counted as things happen.
+final class DaemonMetrics: Sendable {
+    let volume: VolumeFS
+    let opened: OpenedVolume
+    let leaseHeld = CoreMetrics.Gauge(label: "netvol_lease_held")
+    let leaseToken = CoreMetrics.Gauge(label: "netvol_lease_token")
+    let buffered = CoreMetrics.Gauge(label: "netvol_buffered_bytes")
+    let feedAge = CoreMetrics.Gauge(label: "netvol_change_feed_age_seconds")
+    let residentBytes = CoreMetrics.Gauge(label: "netvol_resident_memory_bytes")
+    let cacheBytes = CoreMetrics.Gauge(label: "netvol_cache_bytes")
+    let cacheObjects = CoreMetrics.Gauge(label: "netvol_cache_objects")
+    let cacheCapacity = CoreMetrics.Gauge(label: "netvol_cache_capacity_bytes")
+    /// Counters the backends keep, and what was last passed on of each.
+    let counters: [(CoreMetrics.Counter, @Sendable (BackendCounters) -> Int?)] = [
+        (CoreMetrics.Counter(label: "netvol_cache_hits_total"), { $0.cache?.hits }),
+        (CoreMetrics.Counter(label: "netvol_cache_misses_total"), { $0.cache?.misses }),
+        (CoreMetrics.Counter(label: "netvol_cache_fetched_bytes_total"), { $0.cache?.bytesFetched }),
+        (CoreMetrics.Counter(label: "netvol_cache_evictions_total"), { $0.cache?.evictions }),
+        (CoreMetrics.Counter(label: "netvol_object_store_requests_total"), { $0.objectStoreRequests }),
+        (CoreMetrics.Counter(label: "netvol_object_store_retries_total"), { $0.objectStoreRetries }),
+        (CoreMetrics.Counter(label: "netvol_database_calls_total"), { $0.databaseCalls }),
+        (CoreMetrics.Counter(label: "netvol_database_transactions_total"), { $0.databaseTransactions }),
+        (CoreMetrics.Counter(label: "netvol_database_retries_total"), { $0.databaseRetries }),
+    ]
+    let passedOn = Mutex<[Int]>([])
+
+    init(volume: VolumeFS, opened: OpenedVolume) {
+        self.volume = volume
+        self.opened = opened
+        passedOn.withLock { $0 = Array(repeating: 0, count: counters.count) }
+    }
+
+    func refresh() {
+        let mount = volume.statistics()
+        leaseHeld.record(mount.holdsLease ? 1 : 0)
+        leaseToken.record(Double(mount.leaseToken))
+        buffered.record(Double(mount.bufferedBytes))
+        feedAge.record(mount.changeFeedAgeSeconds)
+        residentBytes.record(Double(Self.residentBytes()))
+        let backends = opened.backendCounters()
+        if let cache = backends.cache {
+            cacheBytes.record(Double(cache.bytesCached))
+            cacheObjects.record(Double(cache.objectsCached))
+        }
+        if let capacity = backends.cacheCapacity { cacheCapacity.record(Double(capacity)) }
+        passedOn.withLock { last in
+            for (index, (counter, read)) in counters.enumerated() {
+                guard let now = read(backends), now > last[index] else { continue }
+                counter.increment(by: Int64(now - last[index]))
+                last[index] = now
+            }
+        }
+    }
+
+    /// This process's resident set, from /proc/self/statm.
+    static func residentBytes() -> Int {
+        guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+        let fields = text.split(separator: " ")
+        guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+}

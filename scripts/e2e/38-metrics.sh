@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# scripts/e2e/38-metrics.sh: `netvol mount --metrics` serves /metrics in Prometheus' text
+# format (parsed here by the Prometheus project's own Python parser), and after a known
+# workload the counters moved by exactly what it did: requests by operation, bytes
+# written and read, failures by errno; the lease and memory gauges; for a network
+# volume, the object store requests and the cache's misses, then hits. The same metrics
+# are on the daemon's private unix socket; a busy port fails the mount in one line.
+# e2e-backends: embedded network
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+require_program python3 curl
+python3 -c 'import prometheus_client' 2>/dev/null || skip "the Python package prometheus-client is missing (scripts/test.sh installs it)"
+
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mount_volume "$VOLUME" --metrics "$port"
+
+# metric NAME [LABEL=VALUE]: one sample's value from a scrape, through prometheus_client's
+# parser (which fails on anything that is not the exposition format); 0 when absent.
+scrape() { with_timeout 30 curl -sf "http://127.0.0.1:$port/metrics" >"$WORK/scrape" || fail "no /metrics on port $port"; }
+metric() {
+    python3 - "$WORK/scrape" "$@" <<'PY'
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+path, name = sys.argv[1], sys.argv[2]
+labels = dict(item.split("=", 1) for item in sys.argv[3:])
+total = 0.0
+for family in text_string_to_metric_families(open(path).read()):
+    for sample in family.samples:
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+            total += sample.value
+print(int(total) if total == int(total) else total)
+PY
+}
+
+step "the exposition parses, and names the metrics it promises"
+# Requests are counted per operation from the first one of each.
+ls -la "$MNT" >/dev/null
+scrape
+for name in netvol_requests_total netvol_request_duration_seconds_count netvol_written_bytes_total \
+    netvol_read_bytes_total netvol_lease_held netvol_resident_memory_bytes netvol_buffered_bytes \
+    netvol_change_feed_age_seconds; do
+    grep -q "^$name" "$WORK/scrape" || fail "/metrics has no $name"
+done
+resident=$(metric netvol_resident_memory_bytes)
+((resident > 1000000)) || fail "resident memory $resident is not plausible"
+
+step "a known workload moves the counters by what it did"
+before_mkdir=$(metric netvol_requests_total op=mkdir)
+before_written=$(metric netvol_written_bytes_total)
+for i in 1 2 3; do mkdir "$MNT/d$i"; done
+head -c 3M /dev/urandom >"$WORK/data"
+dd if="$WORK/data" of="$MNT/data" bs=1M conv=fsync status=none
+# A rename onto a non-empty directory reaches the daemon and fails there.
+touch "$MNT/d2/x"
+mv -T "$MNT/d1" "$MNT/d2" 2>/dev/null && fail "rename onto a non-empty directory succeeded"
+scrape
+assert_equal $((before_mkdir + 3)) "$(metric netvol_requests_total op=mkdir)" "mkdir requests"
+assert_equal $((before_written + 3 * 1024 * 1024)) "$(metric netvol_written_bytes_total)" "bytes written"
+(($(metric netvol_errors_total errno=ENOTEMPTY) >= 1)) || fail "the failed rename is not counted by errno"
+(($(metric netvol_request_duration_seconds_count op=mkdir) == before_mkdir + 3)) || fail "mkdir latencies not recorded"
+assert_equal 1 "$(metric netvol_lease_held)" "lease held by the writing mount"
+
+step "reads are counted once they reach the daemon"
+before_read=$(metric netvol_read_bytes_total)
+forget_pages "$MNT/data"
+cmp "$WORK/data" "$MNT/data"
+scrape
+assert_equal $((before_read + 3 * 1024 * 1024)) "$(metric netvol_read_bytes_total)" "bytes read"
+
+if is_network_volume "$VOLUME"; then
+    step "network volume: a cold read fetches from the object store; the next is a cache hit"
+    unmount_volume
+    rm -rf "$WORK/cache1"
+    mount_volume "$VOLUME" --metrics "$port" --cache-dir "$WORK/cache1"
+    scrape
+    requests=$(metric netvol_object_store_requests_total)
+    misses=$(metric netvol_cache_misses_total)
+    cmp "$WORK/data" "$MNT/data"
+    scrape
+    (($(metric netvol_object_store_requests_total) > requests)) || fail "a cold read made no object store request"
+    (($(metric netvol_cache_misses_total) > misses)) || fail "a cold read missed nothing in the cache"
+    (($(metric netvol_database_calls_total) > 0)) || fail "no database call counted"
+    requests=$(metric netvol_object_store_requests_total)
+    hits=$(metric netvol_cache_hits_total)
+    forget_pages "$MNT/data"
+    cmp "$WORK/data" "$MNT/data"
+    scrape
+    assert_equal "$requests" "$(metric netvol_object_store_requests_total)" "object store requests of a read from the cache"
+    (($(metric netvol_cache_hits_total) > hits)) || fail "a read from the cache counted no hit"
+    (($(metric netvol_cache_bytes) >= 3 * 1024 * 1024)) || fail "the cache's size gauge is below what it holds"
+fi
+
+step "the same metrics on the daemon's unix socket, readable by root alone"
+socket=/run/netvol/$MNT_PID.metrics
+[[ -S $socket ]] || fail "no socket $socket"
+assert_equal 600 "$(stat -c %a "$socket")" "the socket's mode"
+with_timeout 30 curl -sf --unix-socket "$socket" http://netvol/metrics >"$WORK/socket-scrape" ||
+    fail "no metrics on $socket"
+grep -q '^netvol_requests_total' "$WORK/socket-scrape" || fail "the metrics on $socket lack netvol_requests_total"
+
+step "a port already taken fails the mount in one line"
+busy=("$WORK/busy" --metrics "$port")
+if is_network_volume "$VOLUME"; then busy+=(--cache-dir "$WORK/cache-busy" --log-file "$WORK/busy.log"); fi
+assert_cli_error "metrics" "$NETVOL" mount "$VOLUME" "${busy[@]}"
+is_mounted "$WORK/busy" && fail "a mount whose metrics port was taken mounted"
+unmount_volume
+[[ ! -e $socket ]] || fail "the unmounted daemon left $socket behind"
