@@ -72,6 +72,8 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
+            // `netvol stats` reads them from the daemon's unix socket.
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
         ]),
         .testTarget(name: "ChunkStoreTests", dependencies: [
             "ChunkStore", "LocalChunkStore", "S3ChunkStore", "CachedChunkStore",

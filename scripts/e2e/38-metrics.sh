@@ -4,7 +4,8 @@
 # workload the counters moved by exactly what it did: requests by operation, bytes
 # written and read, failures by errno; the lease and memory gauges; for a network
 # volume, the object store requests and the cache's misses, then hits. The same metrics
-# are on the daemon's private unix socket; a busy port fails the mount in one line.
+# are on the daemon's private unix socket, where `netvol stats` reads them; a busy port
+# fails the mount in one line.
 # e2e-backends: embedded network
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -89,6 +90,26 @@ if is_network_volume "$VOLUME"; then
     (($(metric netvol_cache_hits_total) > hits)) || fail "a read from the cache counted no hit"
     (($(metric netvol_cache_bytes) >= 3 * 1024 * 1024)) || fail "the cache's size gauge is below what it holds"
 fi
+
+step "netvol stats --once: one sample of the figures, while a write runs"
+dd if=/dev/zero of="$MNT/streamed" bs=1M count=20000 status=none 2>/dev/null &
+writer=$!
+wait_until 10 test -s "$MNT/streamed"
+stats=$(netvol stats "$MNT" --once)
+kill "$writer" 2>/dev/null || true
+wait "$writer" 2>/dev/null || true
+rm -f "$MNT/streamed"
+printf '%s\n' "$stats" >&2
+for figure in "requests/s: +total [0-9]" "read [0-9.]+ MiB/s +written [0-9.]+ MiB/s" "p50 [0-9.]+ (µs|ms|s) +p99" \
+    "lease: +held, token [0-9]+" "buffered" "cache: "; do
+    assert_contains "$stats" "$figure" "netvol stats --once"
+done
+written=$(sed -n 's/.*written \([0-9.]*\) MiB\/s.*/\1/p' <<<"$stats")
+[[ $written != 0.0 && -n $written ]] || fail "netvol stats shows nothing written while dd wrote"
+if is_network_volume "$VOLUME"; then
+    assert_contains "$stats" "cache: +hit ratio .* used .* of " "netvol stats --once"
+fi
+assert_cli_error "not mounted" "$NETVOL" stats "$WORK" --once
 
 step "the same metrics on the daemon's unix socket, readable by root alone"
 socket=/run/netvol/$MNT_PID.metrics
