@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import ArgumentParser
+import AsyncHTTPClient
 import Foundation
 import Metadata
 import VolumeBackends
@@ -181,6 +182,8 @@ struct Status: ParsableCommand {
         let free = usage.sizeLimit > usage.usedBytes ? usage.sizeLimit - usage.usedBytes : 0
         let lease = try metadata.lease()
         let sessions = try metadata.sessions()
+        let caches = Dictionary(sessions.compactMap { session in localCache(of: session).map { (session.id, $0) } },
+                                uniquingKeysWith: { first, _ in first })
         if json {
             var leaseObject: [String: Any] = ["token": lease.token.rawValue, "held": lease.isHeld]
             if lease.isHeld, let holder = lease.holder {
@@ -194,9 +197,15 @@ struct Status: ParsableCommand {
                 "free_bytes": free, "files": usage.inodes, "chunk_size_bytes": usage.chunkSize,
                 "lease": leaseObject,
                 "mounts": sessions.map { session -> [String: Any] in
-                    ["id": session.id, "host": session.host, "pid": session.pid, "mountpoint": session.mountpoint,
-                     "mode": session.mode, "started_at": iso8601(session.startedAt),
-                     "heartbeat_at": iso8601(session.heartbeatAt)]
+                    var mount: [String: Any] = [
+                        "id": session.id, "host": session.host, "pid": session.pid, "mountpoint": session.mountpoint,
+                        "mode": session.mode, "started_at": iso8601(session.startedAt),
+                        "heartbeat_at": iso8601(session.heartbeatAt)]
+                    if let cache = caches[session.id] {
+                        mount["cache"] = ["capacity_bytes": cache.capacity, "used_bytes": cache.used, "objects": cache.objects,
+                                          "hits": cache.hits, "misses": cache.misses, "hit_ratio": cache.hitRatio as Any]
+                    }
+                    return mount
                 },
             ]
             if let store = opened.storeDescription { object["store"] = store }
@@ -220,7 +229,33 @@ struct Status: ParsableCommand {
         print("mounts:     \(sessions.isEmpty ? "none" : "\(sessions.count)")")
         for session in sessions {
             print("  \(session.id)  \(session.mode)  pid \(session.pid) on \(session.host) at \(session.mountpoint), heartbeat \(iso8601(session.heartbeatAt))")
+            if let cache = caches[session.id] {
+                let ratio = cache.hitRatio.map { String(format: "%.0f%%", $0 * 100) } ?? "-"
+                print("    cache: \(formatBytes(UInt64(cache.used))) used of \(formatBytes(UInt64(cache.capacity))), \(cache.objects) objects, hit ratio \(ratio) (\(cache.hits) hits, \(cache.misses) misses)")
+            }
         }
+    }
+
+    struct CacheFigures {
+        var capacity: Int
+        var used: Int
+        var objects: Int
+        var hits: Int
+        var misses: Int
+        var hitRatio: Double? { hits + misses > 0 ? Double(hits) / Double(hits + misses) : nil }
+    }
+
+    /// The local cache of a mount of this host (its daemon's metrics, from its socket);
+    /// nil for mounts elsewhere, and for mounts without a cache (embedded volumes).
+    func localCache(of session: Session) -> CacheFigures? {
+        guard session.host == hostName(), Unmount.daemon(serving: session.mountpoint) == session.pid else { return nil }
+        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        defer { try? client.syncShutdown() }
+        guard let sample = try? Sample.fetch(metricsSocketPath(pid: session.pid), client: client),
+              sample.total("netvol_cache_capacity_bytes") > 0 else { return nil }
+        return CacheFigures(capacity: Int(sample.total("netvol_cache_capacity_bytes")), used: Int(sample.total("netvol_cache_bytes")),
+                            objects: Int(sample.total("netvol_cache_objects")), hits: Int(sample.total("netvol_cache_hits_total")),
+                            misses: Int(sample.total("netvol_cache_misses_total")))
     }
 }
 

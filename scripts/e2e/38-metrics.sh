@@ -89,6 +89,17 @@ if is_network_volume "$VOLUME"; then
     assert_equal "$requests" "$(metric netvol_object_store_requests_total)" "object store requests of a read from the cache"
     (($(metric netvol_cache_hits_total) > hits)) || fail "a read from the cache counted no hit"
     (($(metric netvol_cache_bytes) >= 3 * 1024 * 1024)) || fail "the cache's size gauge is below what it holds"
+
+    step "network volume: netvol status shows this host's mount's cache"
+    netvol status "$VOLUME" --json | python3 -c '
+import json, sys
+mounts = json.load(sys.stdin)["mounts"]
+assert len(mounts) == 1, mounts
+cache = mounts[0]["cache"]
+assert cache["used_bytes"] >= 3 << 20 and cache["capacity_bytes"] == 10 << 30, cache
+assert cache["hits"] >= 1 and cache["misses"] >= 1 and 0 < cache["hit_ratio"] < 1, cache
+assert cache["objects"] >= 1, cache' || fail "netvol status --json shows no right cache for the mount"
+    assert_contains "$(netvol status "$VOLUME")" "cache: .* used of 10.0 GiB, [0-9]+ objects, hit ratio [0-9]+%" "netvol status"
 fi
 
 step "netvol stats --once: one sample of the figures, while a write runs"
