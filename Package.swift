@@ -63,7 +63,7 @@ let package = Package(
             .product(name: "CoreMetrics", package: "swift-metrics"),
         ]),
         .executableTarget(name: "netvol", dependencies: [
-            "FuseMount", "VolumeFS", "Metadata", "VolumeBackends",
+            "FuseMount", "VolumeFS", "Metadata", "VolumeBackends", "CachedChunkStore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             // /metrics: the daemon's counters in Prometheus' text format, over HTTP.

@@ -171,6 +171,18 @@ public final class CachedChunkStore: ChunkStore {
 
     /// Deletes the cached file; the next read fetches the object again (and a backing
     /// store with copies of its own is told too).
+    /// Whether a whole copy of `id` is in the cache (put there by this process or by
+    /// another mount of this host sharing the directory).
+    public func isCached(_ id: ObjectID) -> Bool {
+        index.withLock({ $0[id] != nil }) || access(path(of: id), F_OK) == 0
+    }
+
+    /// Drops `id` from the cache only; the backing store keeps it.
+    public func evict(_ id: ObjectID) {
+        index.withLock { _ = $0.remove(id) }
+        Glibc.unlink(path(of: id))
+    }
+
     public func discard(_ id: ObjectID) {
         index.withLock { _ = $0.remove(id) }
         Glibc.unlink(path(of: id))

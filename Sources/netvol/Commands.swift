@@ -12,7 +12,7 @@ struct Netvol: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "netvol",
         abstract: "A persistent network volume, mounted with FUSE.",
-        subcommands: [Create.self, Mount.self, Unmount.self, Status.self, Stats.self, LeaseCommand.self, Resize.self, GC.self, Fsck.self,
+        subcommands: [Create.self, Mount.self, Unmount.self, Status.self, Stats.self, Warmup.self, LeaseCommand.self, Resize.self, GC.self, Fsck.self,
                       List.self, Destroy.self])
 }
 

@@ -2,7 +2,9 @@
 import Glibc
 #endif
 import CoreMetrics
+import CachedChunkStore
 import Foundation
+import Metadata
 import Metrics
 import NIOCore
 import NIOHTTP1
@@ -116,14 +118,34 @@ final class MetricsHandler: ChannelInboundHandler, Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
-            path.withLock { $0 = head.method == .GET ? head.uri : nil }
+            // Reading is a GET; only dropping from the cache (/evict) is a POST.
+            path.withLock { $0 = head.method == .GET || head.method == .POST ? "\(head.method.rawValue) \(head.uri)" : nil }
         case .body:
             break
         case .end:
-            let found = path.withLock { $0 }?.split(separator: "?").first == "/metrics"
-            let body = found ? endpoint.scrape() : Array("only /metrics is here\n".utf8)
+            let line = path.withLock { $0 } ?? ""
+            let method = line.split(separator: " ").first.map(String.init) ?? ""
+            let requested = line.split(separator: " ", maxSplits: 1).dropFirst().first.map(String.init) ?? ""
+            var route = requested.split(separator: "?").first.map(String.init) ?? ""
+            if method != (route == "/evict" ? "POST" : "GET") { route = "" }
+            let query = requested.split(separator: "?", maxSplits: 1).dropFirst().first.map(String.init) ?? ""
+            var found = true
+            var type = "text/plain; version=0.0.4; charset=utf-8"
+            let body: [UInt8]
+            switch route {
+            case "/metrics":
+                body = endpoint.scrape()
+            case "/cache", "/evict":
+                // `netvol warmup --check` and `--evict`, on the private socket alone.
+                type = "application/json"
+                body = endpoint.state.cacheReport(query: query, evicting: route == "/evict", privateSocket: isUnix(context))
+            default:
+                found = false
+                type = "text/plain"
+                body = Array("only /metrics is here\n".utf8)
+            }
             var headers = HTTPHeaders()
-            headers.add(name: "Content-Type", value: found ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain")
+            headers.add(name: "Content-Type", value: type)
             headers.add(name: "Content-Length", value: "\(body.count)")
             headers.add(name: "Connection", value: "close")
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: found ? .ok : .notFound, headers: headers))), promise: nil)
@@ -132,6 +154,12 @@ final class MetricsHandler: ChannelInboundHandler, Sendable {
             context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
         }
     }
+}
+
+/// Whether a request came over the unix socket (root alone) rather than TCP.
+func isUnix(_ context: ChannelHandlerContext) -> Bool {
+    if case .unixDomainSocket = context.channel.localAddress { return true }
+    return false
 }
 
 /// The metrics read at each scrape rather than counted as things happen.
@@ -186,6 +214,43 @@ final class DaemonMetrics: Sendable {
                 last[index] = now
             }
         }
+    }
+
+    /// How much of inode `ino=N` (the query) is in this host's cache, as JSON; with
+    /// `evicting`, its objects are dropped from the cache first. Only on the private
+    /// socket: the TCP address may be reachable by others.
+    func cacheReport(query: String, evicting: Bool, privateSocket: Bool) -> [UInt8] {
+        func answer(_ object: [String: Any]) -> [UInt8] {
+            Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8))
+        }
+        guard privateSocket else { return answer(["error": "only on the daemon's unix socket"]) }
+        guard let text = query.split(separator: "&").first(where: { $0.hasPrefix("ino=") })?.dropFirst(4),
+              let number = UInt64(text) else { return answer(["error": "no ino=N"]) }
+        let ino = InodeNumber(number)
+        guard let cache = opened.store as? CachedChunkStore else {
+            return answer(["ino": number, "cache": false])
+        }
+        let attr: Attr
+        let chunks: [ChunkRef]
+        do {
+            attr = try volume.metadata.getattr(ino)
+            chunks = try volume.metadata.chunks(ino)
+        } catch {
+            return answer(["ino": number, "error": "\(error)"])
+        }
+        var objects = 0, cachedObjects = 0, bytes = 0, cachedBytes = 0
+        for chunk in chunks {
+            guard let object = chunk.object else { continue }
+            if evicting { cache.evict(object) }
+            objects += 1
+            bytes += chunk.length
+            if cache.isCached(object) {
+                cachedObjects += 1
+                cachedBytes += chunk.length
+            }
+        }
+        return answer(["ino": number, "cache": true, "size": attr.size, "objects": objects, "cached_objects": cachedObjects,
+                       "bytes": bytes, "cached_bytes": cachedBytes])
     }
 
     /// This process's resident set, from /proc/self/statm.
