@@ -33,7 +33,9 @@ extension VolumeFS {
     /// Deletes objects that left the metadata more than the grace period (or
     /// `graceSeconds`) ago, by the database's clock; returns how many.
     @discardableResult
-    public func collectGarbage(graceSeconds: Int? = nil) throws(FSError) -> Int {
+    ///
+    /// - Parameter progress: told the number deleted so far after each batch.
+    public func collectGarbage(graceSeconds: Int? = nil, progress: ((_ deleted: Int) -> Void)? = nil) throws(FSError) -> Int {
         let grace = Double(graceSeconds ?? options.gcGraceSeconds)
         var total = 0
         while true {
@@ -50,6 +52,7 @@ extension VolumeFS {
             }
             try Self.lift { () throws(MetadataError) in try metadata.dropGarbage(deleted) }
             total += deleted.count
+            progress?(total)
             if deleted.count < due.count { return total }
         }
     }

@@ -43,14 +43,21 @@ public struct FsckReport: Sendable {
     /// Reads every chunk the metadata refers to and checks its length and checksums, that
     /// the recorded usage is the sum of the chunks, and what the store holds that nothing
     /// knows.
-    public static func check(metadata: any Metadata, store: any ChunkStore) throws(FSError) -> FsckReport {
+    ///
+    /// - Parameter progress: told, after each chunk, how many of how many are checked and
+    ///   how many bytes they held.
+    public static func check(metadata: any Metadata, store: any ChunkStore,
+                             progress: ((_ checked: Int, _ total: Int, _ bytes: UInt64) -> Void)? = nil) throws(FSError) -> FsckReport {
         var report = FsckReport()
         let usage = try VolumeFS.lift { () throws(MetadataError) in try metadata.usage() }
         report.inodes = Int(usage.inodes)
         let chunkSize = UInt64(usage.chunkSize)
         var used: UInt64 = 0
-        for (ino, refs) in try VolumeFS.lift({ () throws(MetadataError) in try metadata.allChunks() }) {
+        let all = try VolumeFS.lift({ () throws(MetadataError) in try metadata.allChunks() })
+        let total = all.reduce(0) { $0 + $1.1.count }
+        for (ino, refs) in all {
             for ref in refs {
+                defer { progress?(report.chunks, total, used) }
                 report.chunks += 1
                 used += UInt64(ref.length)
                 let start = UInt64(ref.index) * chunkSize
@@ -118,7 +125,8 @@ extension FsckReport {
     /// refuses when a mount holds it.
     ///
     /// - Throws: `.readOnly(holder:)` (EROFS) when another worker holds the writer lease.
-    public static func repair(metadata: any Metadata, store: any ChunkStore, holder: String) throws(FSError) -> (FsckReport, RepairReport) {
+    public static func repair(metadata: any Metadata, store: any ChunkStore, holder: String,
+                              progress: ((_ checked: Int, _ total: Int, _ bytes: UInt64) -> Void)? = nil) throws(FSError) -> (FsckReport, RepairReport) {
         let ttl = 120.0
         let lease: Lease
         do {
@@ -137,7 +145,16 @@ extension FsckReport {
         func renew() throws(FSError) {
             _ = try VolumeFS.lift { () throws(MetadataError) in try metadata.renewLease(holder: holder, token: fence.token, ttlSeconds: ttl) }
         }
-        let found = try check(metadata: metadata, store: store)
+        // Checking a large volume takes longer than the lease lasts: it is renewed as the
+        // check goes.
+        var renewedAt = ContinuousClock.now
+        let found = try check(metadata: metadata, store: store) { checked, total, bytes in
+            if ContinuousClock.now - renewedAt > .seconds(ttl / 4) {
+                renewedAt = .now
+                try? renew()
+            }
+            progress?(checked, total, bytes)
+        }
         var repaired = RepairReport()
         let paths = try VolumeFS.lift { () throws(MetadataError) in try pathsOf(Set(found.damaged.map(\.ino)), in: metadata) }
         for (done, chunk) in found.damaged.enumerated() {

@@ -318,7 +318,9 @@ struct GC: ParsableCommand {
         var options = VolumeOptions()
         options.gcGraceSeconds = grace
         let volumeFS = try VolumeFS(metadata: metadata, store: store, options: options)
-        let deleted = try volumeFS.collectGarbage()
+        let line = ProgressLine()
+        let deleted = try volumeFS.collectGarbage { deleted in line.show("gc: \(deleted) objects deleted") }
+        line.finish()
         print("deleted \(deleted) objects; \(adopted) unreferenced objects will go after the grace period")
     }
 }
@@ -344,7 +346,9 @@ struct Fsck: ParsableCommand {
     func run() throws {
         let opened = try openVolume(volume, credentials)
         guard repair else {
-            let report = try FsckReport.check(metadata: opened.metadata, store: opened.store)
+            let line = ProgressLine()
+            let report = try FsckReport.check(metadata: opened.metadata, store: opened.store, progress: line.fsck)
+            line.finish()
             for problem in report.problems { print(problem) }
             var leftovers: [String] = []
             if !report.orphans.isEmpty { leftovers.append("\(report.orphans.count) nameless inodes") }
@@ -374,8 +378,11 @@ struct Fsck: ParsableCommand {
     // ownership verifier crash of the Swift 6.3 optimizer.
     @inline(never)
     static func repair(_ opened: OpenedVolume) throws -> (FsckReport, RepairReport) {
+        let line = ProgressLine()
+        defer { line.finish() }
         let outcome = Result { () throws(FSError) in
-            try FsckReport.repair(metadata: opened.metadata, store: opened.store, holder: "fsck-repair-" + defaultHolderName())
+            try FsckReport.repair(metadata: opened.metadata, store: opened.store, holder: "fsck-repair-" + defaultHolderName(),
+                                  progress: line.fsck)
         }
         switch outcome {
         case .success(let reports):

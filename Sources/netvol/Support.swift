@@ -141,3 +141,37 @@ func notifyServiceManager(_ state: String) {
         }
     }
 }
+
+/// A line of progress on standard error, redrawn in place at most five times a second,
+/// when standard error is a terminal; nothing otherwise (logs and pipes get the result).
+final class ProgressLine {
+    let terminal = isatty(STDERR_FILENO) == 1
+    let started = ContinuousClock.now
+    var drawnAt: ContinuousClock.Instant?
+
+    func show(_ text: String, force: Bool = false) {
+        guard terminal else { return }
+        let now = ContinuousClock.now
+        if !force, let drawnAt, now - drawnAt < .milliseconds(200) { return }
+        drawnAt = now
+        let line = "\r\(text)\u{1B}[K"
+        _ = line.withCString { write(STDERR_FILENO, $0, strlen($0)) }
+    }
+
+    /// fsck's progress: chunks checked of all, bytes, rate and time left.
+    func fsck(_ checked: Int, _ total: Int, _ bytes: UInt64) {
+        let elapsed = ContinuousClock.now - started
+        let seconds = max(0.001, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+        let left = checked > 0 ? seconds / Double(checked) * Double(total - checked) : 0
+        let percent = total > 0 ? Double(checked) * 100 / Double(total) : 100
+        show("fsck: \(checked) of \(total) chunks (\(String(format: "%.0f", percent))%), \(formatBytes(bytes)) checked, "
+             + "\(String(format: "%.0f", Double(bytes) / 1_048_576 / seconds)) MiB/s, \(String(format: "%.0f", left)) s left",
+             force: checked == total)
+    }
+
+    /// Ends the line, so that what is printed next starts on a fresh one.
+    func finish() {
+        guard terminal, drawnAt != nil else { return }
+        _ = "\r\u{1B}[K".withCString { write(STDERR_FILENO, $0, strlen($0)) }
+    }
+}

@@ -60,3 +60,18 @@ netvol gc "$VOLUME" >/dev/null
 for i in 1 2 3; do assert_equal_files "$WORK/f$i" "$MNT/f$i"; done
 unmount_volume
 netvol fsck "$VOLUME" >/dev/null || fail "fsck at the end"
+
+step "on a terminal, fsck and gc show their progress; in a pipe, only the result"
+require_program script
+on_terminal() { with_timeout 120 script -qec "$*" /dev/null | tr '\r' '\n'; }
+out=$(on_terminal "$NETVOL" fsck "$VOLUME")
+assert_contains "$out" "fsck: 8 of 8 chunks \(100%\), .* checked, [0-9]+ MiB/s, 0 s left" "fsck's progress on a terminal"
+assert_contains "$out" "checked .* inodes, 8 chunks: no problems" "fsck's result on a terminal"
+mount_volume
+rm "$MNT/f1"
+unmount_volume
+out=$(on_terminal "$NETVOL" gc "$VOLUME" --grace 0)
+assert_contains "$out" "gc: [0-9]+ objects deleted" "gc's progress on a terminal"
+assert_contains "$out" "deleted [0-9]+ objects;" "gc's result on a terminal"
+out=$(netvol fsck "$VOLUME" 2>&1)
+[[ $out != *"fsck: "* ]] || fail "fsck drew progress into a pipe: $out"
