@@ -202,7 +202,8 @@ struct Status: ParsableCommand {
                         "mode": session.mode, "started_at": iso8601(session.startedAt),
                         "heartbeat_at": iso8601(session.heartbeatAt)]
                     if let cache = caches[session.id] {
-                        mount["cache"] = ["capacity_bytes": cache.capacity, "used_bytes": cache.used, "objects": cache.objects,
+                        // Names of their own: the volume's "used_bytes" stays the only one.
+                        mount["cache"] = ["capacity_bytes": cache.capacity, "cached_bytes": cache.used, "cached_objects": cache.objects,
                                           "hits": cache.hits, "misses": cache.misses, "hit_ratio": cache.hitRatio as Any]
                     }
                     return mount

@@ -96,9 +96,9 @@ import json, sys
 mounts = json.load(sys.stdin)["mounts"]
 assert len(mounts) == 1, mounts
 cache = mounts[0]["cache"]
-assert cache["used_bytes"] >= 3 << 20 and cache["capacity_bytes"] == 10 << 30, cache
+assert cache["cached_bytes"] >= 3 << 20 and cache["capacity_bytes"] == 10 << 30, cache
 assert cache["hits"] >= 1 and cache["misses"] >= 1 and 0 < cache["hit_ratio"] < 1, cache
-assert cache["objects"] >= 1, cache' || fail "netvol status --json shows no right cache for the mount"
+assert cache["cached_objects"] >= 1, cache' || fail "netvol status --json shows no right cache for the mount"
     assert_contains "$(netvol status "$VOLUME")" "cache: .* used of 10.0 GiB, [0-9]+ objects, hit ratio [0-9]+%" "netvol status"
 fi
 
