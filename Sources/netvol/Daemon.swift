@@ -54,7 +54,13 @@ extension Mount {
             // Before the mount makes its first metric, so that every one is registered.
             let metrics = MetricsEndpoint(volume: volumeFS, opened: opened)
             do {
-                try metrics.listen(unixSocket: metricsSocketPath(pid: getpid()))
+                // `netvol stats`, `status` and `warmup` reach the daemon here; a mount
+                // without it (no /run/netvol for this user) still serves files.
+                do {
+                    try metrics.listen(unixSocket: metricsSocketPath(pid: getpid()))
+                } catch {
+                    logger.warning("no metrics socket at \(metricsSocketPath(pid: getpid())) (netvol stats and warmup cannot reach this mount): \(error)")
+                }
                 if let metricsAddress { try metrics.listen(tcp: metricsAddress) }
             } catch {
                 metrics.stop()

@@ -62,11 +62,20 @@ final class MetricsEndpoint: Sendable {
         if mkdir(directory, 0o700) != 0 && errno != EEXIST {
             throw CLIError("cannot create \(directory): \(String(cString: strerror(errno)))")
         }
+        Self.removeStaleSockets(in: directory)
         unlink(path)
         let channel = try bootstrap().bind(unixDomainSocketPath: path).wait()
         chmod(path, 0o600)
         socketPath.withLock { $0 = path }
         channels.withLock { $0.append(channel) }
+    }
+
+    /// Sockets of daemons that are gone (killed, so they could not remove their own).
+    static func removeStaleSockets(in directory: String) {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
+            guard name.hasSuffix(".metrics"), let pid = Int32(name.dropLast(".metrics".count)) else { continue }
+            if kill(pid, 0) != 0 && errno == ESRCH { unlink(directory + "/" + name) }
+        }
     }
 
     func stop() {
