@@ -65,7 +65,7 @@
 #
 #   BENCH_MODE=network scripts/bench.sh                        # the full run
 #   BENCH_MODE=network BENCH_FILE_MB=128 BENCH_ROUNDS=1 BENCH_SMALL_FILES=200 BENCH_RSS_MB=256 \
-#       BENCH_TREE=/usr/lib/python3/dist-packages/pip BENCH_RTT=2 BENCH_ONLY="netvol juicefs limit" scripts/bench.sh
+#       BENCH_TREE=/usr/lib/python3.11/json BENCH_RTT=2 BENCH_ONLY="netvol juicefs limit" scripts/bench.sh
 #
 # Network mode's settings (besides the ones above):
 #   BENCH_MODE=embedded       embedded (the table above) or network

@@ -110,6 +110,7 @@ net_cleanup() {
         stop_postgres >/dev/null 2>&1
         NET_SERVERS_UP=0
     fi
+    rm -rf "$BENCH_DIR/bin"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -569,7 +570,7 @@ net_write_report() {
         echo "machine: $(nproc) cores ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) memory, kernel $(uname -r)"
         echo "disk:    $(df -hT "$DATA" | awk 'NR == 2 { print $1 " " $2 ", " $3 " total, " $5 " free" }') (BENCH_DIR $BENCH_DIR)"
         echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) at the end (other work on the machine makes numbers noisy)"
-        echo "servers: PostgreSQL $("$POSTGRES_BINDIR/postgres" --version 2>/dev/null | awk '{ print $NF }') (fsync off, as the tests run it) and SeaweedFS $(weed version 2>/dev/null | awk '{ print $3; exit }') (weed mini), on loopback"
+        echo "servers: PostgreSQL $("$POSTGRES_BINDIR/postgres" --version 2>/dev/null | awk '{ print $3 }') (fsync off, as the tests run it) and SeaweedFS $(weed version 2>/dev/null | awk '{ print $3; exit }') (weed mini), on loopback"
         echo "network: ${RTTS[*]} ms of added round trip (relay.py, RTT/2 ms each way, between every client and both servers)"
         echo "workload: ${BENCH_FILE_MB} MiB file (random data) written with dd bs=1M conv=fsync; first byte of a cold open;"
         echo "          read with dd and mmap, cold (cache emptied, page cache dropped, remounted) and warm (remounted);"
