@@ -19,16 +19,25 @@ func context(_ req: fuse_req_t?) -> FuseContext {
 }
 
 /// Runs one operation; a thrown error becomes the reply's errno, logged once here.
+///
+/// An inode that no longer exists answers ESTALE, not ENOENT, unless the operation is
+/// about a name (`unlink`, `rmdir`, `rename`), where ENOENT says the name is missing. The
+/// kernel may still hold a name pointing at an inode another mount has since deleted (a
+/// file replaced by a rename, until the change feed invalidates the name). On ESTALE the
+/// kernel's path walk looks every name up again and retries once, as it does over NFS, so
+/// an `open` or `stat` of a file just replaced finds the new file instead of failing.
 @inline(__always)
-func serve(_ req: fuse_req_t?, _ op: StaticString, _ ino: fuse_ino_t, _ body: (FuseContext) throws(FSError) -> Void) {
+func serve(_ req: fuse_req_t?, _ op: StaticString, _ ino: fuse_ino_t, aboutName: Bool = false,
+           _ body: (FuseContext) throws(FSError) -> Void) {
     let ctx = context(req)
     let start = ContinuousClock.now
     do {
         try body(ctx)
         ctx.metrics.record(op, since: start, errno: 0)
     } catch {
-        ctx.fail(req, op, ino, error)
-        ctx.metrics.record(op, since: start, errno: error.errno)
+        let code = error.errno == ENOENT && !aboutName ? ESTALE : error.errno
+        ctx.fail(req, op, ino, error, errno: code)
+        ctx.metrics.record(op, since: start, errno: code)
     }
 }
 
@@ -169,13 +178,13 @@ func makeOperations() -> fuse_lowlevel_ops {
         }
     }
     ops.unlink = { req, parent, name in
-        serve(req, "unlink", parent) { ctx throws(FSError) in
+        serve(req, "unlink", parent, aboutName: true) { ctx throws(FSError) in
             try ctx.volume.unlink(inode(parent), fileName(name))
             fuse_reply_err(req, 0)
         }
     }
     ops.rmdir = { req, parent, name in
-        serve(req, "rmdir", parent) { ctx throws(FSError) in
+        serve(req, "rmdir", parent, aboutName: true) { ctx throws(FSError) in
             try ctx.volume.rmdir(inode(parent), fileName(name))
             fuse_reply_err(req, 0)
         }
@@ -188,7 +197,7 @@ func makeOperations() -> fuse_lowlevel_ops {
         }
     }
     ops.rename = { req, parent, name, newParent, newName, flags in
-        serve(req, "rename", parent) { ctx throws(FSError) in
+        serve(req, "rename", parent, aboutName: true) { ctx throws(FSError) in
             let known = CFuse_RENAME_NOREPLACE | CFuse_RENAME_EXCHANGE
             guard flags & ~known == 0 else { throw .invalidArgument("rename flags \(flags)") }
             try ctx.volume.rename(inode(parent), fileName(name), inode(newParent), fileName(newName),

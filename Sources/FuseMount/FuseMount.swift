@@ -117,10 +117,10 @@ final class FuseContext: Sendable {
         }
     }
 
-    func fail(_ req: fuse_req_t?, _ op: StaticString, _ ino: fuse_ino_t, _ error: FSError) {
-        let code = error.errno
+    func fail(_ req: fuse_req_t?, _ op: StaticString, _ ino: fuse_ino_t, _ error: FSError, errno code: Int32? = nil) {
+        let code = code ?? error.errno
         switch code {
-        case ENOENT, EEXIST, ENOTEMPTY, ENODATA, ERANGE, ENOTDIR, EISDIR, ENAMETOOLONG:
+        case ENOENT, ESTALE, EEXIST, ENOTEMPTY, ENODATA, ERANGE, ENOTDIR, EISDIR, ENAMETOOLONG:
             logger.debug("\(op) on inode \(ino) failed with errno \(code): \(error)")
         case EIO:
             logger.error("\(op) on inode \(ino) failed with errno \(code): \(error)")

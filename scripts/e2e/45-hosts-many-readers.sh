@@ -74,7 +74,8 @@ for mount in "$B" "$C"; do
     for i in 1 2 3 4; do
         # Each reader reads the model once, then the replaced files for as long as the
         # others take, then the model again through mmap, as a model loader does.
-        python3 - "$mount" "$WORK" "$digest" "$i" >"$WORK/reader-${mount##*/}-$i.out" 2>&1 <<'PY' &
+        # -X faulthandler: a reader killed by SIGBUS (a failed page of the mmap) says where.
+        python3 -X faulthandler - "$mount" "$WORK" "$digest" "$i" >"$WORK/reader-${mount##*/}-$i.out" 2>&1 <<'PY' &
 import hashlib, mmap, os, subprocess, sys
 mount, work, expected, number = sys.argv[1:5]
 def model_digest(use_mmap):
@@ -106,7 +107,17 @@ PY
     done
 done
 failed=0
-for reader in "${readers[@]}"; do wait "$reader" || failed=1; done
+names=()
+for mount in "$B" "$C"; do for i in 1 2 3 4; do names+=("reader-${mount##*/}-$i"); done; done
+for index in "${!readers[@]}"; do
+    status=0
+    wait "${readers[$index]}" || status=$?
+    if ((status != 0)); then
+        failed=1
+        ((status > 128)) && log "${names[$index]}: killed by signal $((status - 128))" || log "${names[$index]}: exit status $status"
+        sed 's/^/    /' "$WORK/${names[$index]}.out" >&2
+    fi
+done
 touch "$WORK/readers-done"
 wait "$rewriter" || fail "the writer's rewrites failed"
 for out in "$WORK"/reader-*.out; do log "${out##*/}: $(tail -n 1 "$out")"; done
