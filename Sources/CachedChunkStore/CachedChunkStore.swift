@@ -239,8 +239,19 @@ public final class CachedChunkStore: ChunkStore {
     /// Reads the whole object into a temporary file, checks its length, and renames it
     /// into place. Errors of the backing store are thrown; a cache that cannot take the
     /// object (no room, a local I/O error) gives nil.
+    ///
+    /// The first piece is read before the object's size is known: its reply says the
+    /// size (an S3 `Content-Range`), which saves a HEAD per object, half the requests of
+    /// a cold read of chunk-sized objects.
     func download(_ id: ObjectID) throws(StoreError) -> OpenObject? {
-        let size = try backing.size(of: id)
+        let piece = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.fetchPiece, alignment: 64)
+        defer { piece.deallocate() }
+        let (firstCount, reported) = try backing.readReportingSize(id, offset: 0, into: piece)
+        let size: Int
+        if let reported { size = reported } else { size = try backing.size(of: id) }
+        guard firstCount == min(size, piece.count) else {
+            throw .io(errno: EIO, "object \(id) gave \(firstCount) bytes at its start while its store says it has \(size)")
+        }
         guard size <= capacityBytes, evict(toFit: size), let created = try? createTemporary(for: id) else { return nil }
         let (fd, temporary) = created
         var installed = false
@@ -250,18 +261,18 @@ public final class CachedChunkStore: ChunkStore {
                 Glibc.unlink(temporary)
             }
         }
-        let piece = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, min(size, Self.fetchPiece)), alignment: 64)
-        defer { piece.deallocate() }
         var offset = 0
-        while offset < size {
+        var got = firstCount
+        while true {
+            guard writeAll(fd, UnsafeRawBufferPointer(rebasing: piece[0..<got]), at: offset) else { return nil }
+            offset += got
+            bytesFetched.add(got, ordering: .relaxed)
+            guard offset < size else { break }
             let want = UnsafeMutableRawBufferPointer(rebasing: piece[0..<min(piece.count, size - offset)])
-            let got = try backing.read(id, offset: offset, into: want)
+            got = try backing.read(id, offset: offset, into: want)
             if got == 0 {
                 throw .io(errno: EIO, "object \(id) ended at \(offset) bytes while its store says it has \(size)")
             }
-            guard writeAll(fd, UnsafeRawBufferPointer(rebasing: want[0..<got]), at: offset) else { return nil }
-            offset += got
-            bytesFetched.add(got, ordering: .relaxed)
         }
         guard install(temporary, as: id, size: size) else { return nil }
         installed = true

@@ -44,6 +44,12 @@ public protocol ChunkStore: Sendable {
     /// bytes were read: fewer than `buffer.count` only at the end of the object.
     func read(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int
 
+    /// `read`, also giving the object's whole length when the store learns it in passing
+    /// (an S3 ranged GET's `Content-Range`), so that a caller fetching a whole object
+    /// needs no `size` call, which over a network is a round trip of its own. nil when
+    /// the store did not learn it.
+    func readReportingSize(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> (count: Int, objectSize: Int?)
+
     /// Hints that object `id` will be read soon, so that fetching it overlaps the reads
     /// before it; returns without waiting. A missing object is not an error here.
     func prefetch(_ id: ObjectID)
@@ -69,6 +75,10 @@ public protocol ChunkStore: Sendable {
 }
 
 extension ChunkStore {
+    public func readReportingSize(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> (count: Int, objectSize: Int?) {
+        (try read(id, offset: offset, into: buffer), nil)
+    }
+
     public func discard(_ id: ObjectID) {}
     public func availableBytes() -> UInt64? { nil }
 }

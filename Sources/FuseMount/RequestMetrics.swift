@@ -12,24 +12,42 @@ final class RequestMetrics: Sendable {
     private struct PerOperation: Sendable {
         let requests: Counter
         let latency: Timer
+
+        init(_ name: String) {
+            requests = Counter(label: "netvol_requests_total", dimensions: [("op", name)])
+            latency = Timer(label: "netvol_request_duration_seconds", dimensions: [("op", name)])
+        }
     }
-    private let operations = Mutex<[String: PerOperation]>([:])
+    /// Made up front and never changed, so that recording a request takes no lock: every
+    /// FUSE request passes through here.
+    private let known: [String: PerOperation]
+    /// Operations missing from `knownOperations`, made at their first request.
+    private let others = Mutex<[String: PerOperation]>([:])
     private let failures = Mutex<[Int32: Counter]>([:])
     let bytesRead = Counter(label: "netvol_read_bytes_total")
     let bytesWritten = Counter(label: "netvol_written_bytes_total")
 
+    static let knownOperations = [
+        "lookup", "getattr", "setattr", "readlink", "mknod", "mkdir", "unlink", "rmdir", "symlink", "rename",
+        "link", "open", "create", "read", "write", "flush", "fsync", "opendir", "fsyncdir", "statfs",
+        "setxattr", "getxattr", "listxattr", "removexattr", "fallocate",
+    ]
+
+    init() {
+        known = Dictionary(uniqueKeysWithValues: Self.knownOperations.map { ($0, PerOperation($0)) })
+    }
+
     func record(_ op: StaticString, since start: ContinuousClock.Instant, errno code: Int32) {
         let elapsed = ContinuousClock.now - start
         let name = op.description
-        let metrics = operations.withLock { table in
-            if let known = table[name] { return known }
-            let made = PerOperation(requests: Counter(label: "netvol_requests_total", dimensions: [("op", name)]),
-                                    latency: Timer(label: "netvol_request_duration_seconds", dimensions: [("op", name)]))
+        let metrics = known[name] ?? others.withLock { table in
+            if let made = table[name] { return made }
+            let made = PerOperation(name)
             table[name] = made
             return made
         }
         metrics.requests.increment()
-        metrics.latency.recordNanoseconds(elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000)
+        metrics.latency.recordNanoseconds(elapsed.inNanoseconds)
         guard code != 0 else { return }
         failures.withLock { table in
             if table[code] == nil {
@@ -47,6 +65,6 @@ final class RequestMetrics: Sendable {
         EXDEV: "EXDEV", ENOTDIR: "ENOTDIR", EISDIR: "EISDIR", EINVAL: "EINVAL", EFBIG: "EFBIG",
         ENOSPC: "ENOSPC", EROFS: "EROFS", EMLINK: "EMLINK", ERANGE: "ERANGE", ENAMETOOLONG: "ENAMETOOLONG",
         ENOTEMPTY: "ENOTEMPTY", ENODATA: "ENODATA", EOPNOTSUPP: "EOPNOTSUPP", ENOSYS: "ENOSYS",
-        E2BIG: "E2BIG", EAGAIN: "EAGAIN", EINTR: "EINTR",
+        E2BIG: "E2BIG", EAGAIN: "EAGAIN", EINTR: "EINTR", ESTALE: "ESTALE",
     ]
 }

@@ -53,29 +53,29 @@ extension PostgresMetadata {
     public func commitData(_ ino: InodeNumber, chunks: [ChunkRef], drop: Range<Int>?, size: UInt64,
                            mtime: Timestamp?, now: Timestamp) throws(MetadataError) -> Committed {
         try mutate { tx in
-            let attr = try fetchAttr(tx, ino)
-            guard attr.isRegular else { throw MetadataError.invalidArgument("not a regular file") }
             var delta: Int64 = 0
             var dropped: [ObjectID] = []
-            if let drop, !drop.isEmpty {
-                let rows = try tx.execute("""
-                    DELETE FROM chunks WHERE volume = $1 AND ino = $2 AND idx >= $3 AND idx < $4 RETURNING object, length
-                    """, [.int(id), .ino(ino), .int(Int64(drop.lowerBound)), .int(Int64(drop.upperBound))])
+            func removed(_ rows: Rows) throws {
                 for row in 0..<rows.count {
                     if let object = Self.storedObject(try rows.int(row, 0)) { dropped.append(object) }
                     delta -= try rows.int(row, 1)
                 }
+            }
+            // The removals travel with the attributes' read (and BEGIN): one round trip.
+            // If the inode turns out not to be a file, the whole transaction rolls back.
+            if let drop, !drop.isEmpty {
+                tx.later("""
+                    DELETE FROM chunks WHERE volume = $1 AND ino = $2 AND idx >= $3 AND idx < $4 RETURNING object, length
+                    """, [.int(id), .ino(ino), .int(Int64(drop.lowerBound)), .int(Int64(drop.upperBound))], answer: removed)
             }
             if !chunks.isEmpty {
                 // Replaced chunks first: what they named may become garbage.
-                let rows = try tx.execute("""
+                tx.later("""
                     DELETE FROM chunks WHERE volume = $1 AND ino = $2 AND idx = ANY($3) RETURNING object, length
-                    """, [.int(id), .ino(ino), .ints(chunks.map { Int64($0.index) })])
-                for row in 0..<rows.count {
-                    if let object = Self.storedObject(try rows.int(row, 0)) { dropped.append(object) }
-                    delta -= try rows.int(row, 1)
-                }
+                    """, [.int(id), .ino(ino), .ints(chunks.map { Int64($0.index) })], answer: removed)
             }
+            let attr = try fetchAttr(tx, ino)
+            guard attr.isRegular else { throw MetadataError.invalidArgument("not a regular file") }
             // One statement for every chunk, however many; an index given twice keeps the
             // last, as a replace would.
             var latest: [Int: ChunkRef] = [:]
@@ -87,7 +87,7 @@ extension PostgresMetadata {
                 if let object = chunk.object { referenced.append(Int64(bitPattern: object.rawValue)) }
             }
             if !rows.isEmpty {
-                try tx.execute("""
+                tx.later("""
                     INSERT INTO chunks(volume, ino, idx, object, length, checksums, data)
                     SELECT $1, $2, c.idx, c.object, c.length, c.checksums, c.data
                     FROM unnest($3::bigint[], $4::bigint[], $5::bigint[], $6::bytea[], $7::bytea[]) AS c(idx, object, length, checksums, data)
@@ -100,11 +100,11 @@ extension PostgresMetadata {
             }
             if !referenced.isEmpty {
                 // An upload that gc adopted as a stray before this commit is no stray.
-                try tx.execute("DELETE FROM garbage WHERE volume = $1 AND object = ANY($2)", [.int(id), .ints(referenced)])
+                tx.later("DELETE FROM garbage WHERE volume = $1 AND object = ANY($2)", [.int(id), .ints(referenced)])
             }
             try addUsage(tx, delta)
             let newMtime = mtime ?? attr.mtime
-            try tx.execute("UPDATE inodes SET size = $3, mtime = $4, ctime = $5, stored = greatest(0, stored + $6) WHERE volume = $1 AND ino = $2",
+            tx.later("UPDATE inodes SET size = $3, mtime = $4, ctime = $5, stored = greatest(0, stored + $6) WHERE volume = $1 AND ino = $2",
                            [.int(id), .ino(ino), .int(Int64(bitPattern: size)), .time(newMtime), .time(now), .int(delta)])
             let retired = try retire(tx, dropped)
             try note(tx, ino: ino)

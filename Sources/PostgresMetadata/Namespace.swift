@@ -11,15 +11,21 @@ extension PostgresMetadata {
         return attr
     }
 
-    /// The attributes of what `name` in `parent` names; the directory is looked at only
-    /// when there is no entry, for the error to say why.
+    /// The attributes of what `name` in `parent` names. The directory is read in the same
+    /// statement, for a missing entry's error to say why without another round trip.
     func entryAttr(_ tx: Transaction, _ parent: InodeNumber, _ name: FileName) throws -> Attr {
         let rows = try tx.execute("""
-            SELECT \(Self.joinedAttrColumns) FROM dentries d JOIN inodes i ON i.volume = d.volume AND i.ino = d.ino
-            WHERE d.volume = $1 AND d.parent = $2 AND d.name = $3
+            SELECT \(Self.joinedAttrColumns), dir.mode, dir.nlink
+            FROM inodes dir
+            LEFT JOIN dentries d ON d.volume = dir.volume AND d.parent = dir.ino AND d.name = $3
+            LEFT JOIN inodes i ON i.volume = d.volume AND i.ino = d.ino
+            WHERE dir.volume = $1 AND dir.ino = $2
             """, [.int(id), .ino(parent), .name(name)])
-        if rows.count == 1 { return try Self.attr(rows) }
-        _ = try fetchDirectory(tx, parent)
+        guard rows.count == 1 else { throw MetadataError.notFound }
+        if !rows.isNull(0, 0) { return try Self.attr(rows) }
+        guard UInt32(truncatingIfNeeded: try rows.int(0, 11)) & FileType.mask == FileType.directory.rawValue else {
+            throw MetadataError.notDirectory
+        }
         throw MetadataError.notFound
     }
 
@@ -31,27 +37,27 @@ extension PostgresMetadata {
     }
 
     func insertEntry(_ tx: Transaction, _ parent: InodeNumber, _ name: FileName, _ ino: InodeNumber) throws {
-        try tx.execute("INSERT INTO dentries(volume, parent, name, ino) VALUES ($1, $2, $3, $4)",
+        tx.later("INSERT INTO dentries(volume, parent, name, ino) VALUES ($1, $2, $3, $4)",
                        [.int(id), .ino(parent), .name(name), .ino(ino)])
     }
 
     func deleteEntry(_ tx: Transaction, _ parent: InodeNumber, _ name: FileName) throws {
-        try tx.execute("DELETE FROM dentries WHERE volume = $1 AND parent = $2 AND name = $3", [.int(id), .ino(parent), .name(name)])
+        tx.later("DELETE FROM dentries WHERE volume = $1 AND parent = $2 AND name = $3", [.int(id), .ino(parent), .name(name)])
     }
 
     /// Sets mtime and ctime of a directory whose entries changed, and adjusts its link count.
     func touchDirectory(_ tx: Transaction, _ dir: InodeNumber, nlinkDelta: Int = 0, now: Timestamp) throws {
-        try tx.execute("UPDATE inodes SET mtime = $3, ctime = $3, nlink = nlink + $4 WHERE volume = $1 AND ino = $2",
+        tx.later("UPDATE inodes SET mtime = $3, ctime = $3, nlink = nlink + $4 WHERE volume = $1 AND ino = $2",
                        [.int(id), .ino(dir), .time(now), .int(Int64(nlinkDelta))])
     }
 
     func setCtime(_ tx: Transaction, _ inodes: [InodeNumber], _ now: Timestamp) throws {
-        try tx.execute("UPDATE inodes SET ctime = $3 WHERE volume = $1 AND ino = ANY($2)",
+        tx.later("UPDATE inodes SET ctime = $3 WHERE volume = $1 AND ino = ANY($2)",
                        [.int(id), .ints(inodes.map { Int64(bitPattern: $0.rawValue) }), .time(now)])
     }
 
     func setParent(_ tx: Transaction, _ dir: InodeNumber, _ parent: InodeNumber) throws {
-        try tx.execute("UPDATE inodes SET parent = $3 WHERE volume = $1 AND ino = $2", [.int(id), .ino(dir), .ino(parent)])
+        tx.later("UPDATE inodes SET parent = $3 WHERE volume = $1 AND ino = $2", [.int(id), .ino(dir), .ino(parent)])
     }
 
     func hasEntries(_ tx: Transaction, _ dir: InodeNumber) throws -> Bool {
@@ -111,26 +117,36 @@ extension PostgresMetadata {
     public func mknode(_ parent: InodeNumber, _ name: FileName, mode: UInt32, uid: UInt32, gid: UInt32,
                        rdev: UInt64, target: [UInt8]?, now: Timestamp) throws(MetadataError) -> Attr {
         try mutate { tx in
-            let dir = try fetchDirectory(tx, parent)
-            if try entry(tx, parent, name) != nil { throw MetadataError.exists }
+            // One round trip for every question (the directory, the name, the next inode
+            // number, which comes from the lease row this transaction holds locked); the
+            // writes then travel with COMMIT.
+            let rows = try tx.execute("""
+                SELECT dir.mode, dir.nlink, dir.gid,
+                       EXISTS(SELECT 1 FROM dentries WHERE volume = $1 AND parent = $2 AND name = $3),
+                       (SELECT next_ino FROM lease WHERE volume = $1)
+                FROM inodes dir WHERE dir.volume = $1 AND dir.ino = $2
+                """, [.int(id), .ino(parent), .name(name)])
+            guard rows.count == 1 else { throw MetadataError.notFound }
+            let dirMode = UInt32(truncatingIfNeeded: try rows.int(0, 0))
+            guard dirMode & FileType.mask == FileType.directory.rawValue else { throw MetadataError.notDirectory }
+            guard try rows.int(0, 1) > 0 else { throw MetadataError.notFound }
+            if try rows.bool(0, 3) { throw MetadataError.exists }
+            guard let next = try rows.intOrNil(0, 4) else { throw MetadataError.notAVolume("volume \(volumeName) has no lease row") }
             var mode = mode
             var gid = gid
             let isDirectory = mode & FileType.mask == FileType.directory.rawValue
-            if dir.mode & 0o2000 != 0 {
-                gid = dir.gid
+            if dirMode & 0o2000 != 0 {
+                gid = UInt32(truncatingIfNeeded: try rows.int(0, 2))
                 if isDirectory { mode |= 0o2000 }
             }
-            // The number comes from the lease row, which this transaction holds locked.
-            let rows = try tx.execute("""
-                WITH next AS (UPDATE lease SET next_ino = next_ino + 1 WHERE volume = $1 RETURNING next_ino - 1 AS ino)
+            let ino = InodeNumber(UInt64(bitPattern: next))
+            tx.later("UPDATE lease SET next_ino = $2 WHERE volume = $1", [.int(id), .int(next + 1)])
+            tx.later("""
                 INSERT INTO inodes(volume, ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, parent, target)
-                SELECT $1, next.ino, $2, $3, $4, $5, $6, $7, $8, $8, $8, $9, $10 FROM next
-                RETURNING ino
-                """, [.int(id), .int(Int64(mode)), .int(isDirectory ? 2 : 1), .int(Int64(uid)), .int(Int64(gid)),
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9, $10, $11)
+                """, [.int(id), .ino(ino), .int(Int64(mode)), .int(isDirectory ? 2 : 1), .int(Int64(uid)), .int(Int64(gid)),
                       .int(Int64(bitPattern: rdev)), .int(Int64(target?.count ?? 0)), .time(now),
                       .ino(isDirectory ? parent : nil), .bytes(target)])
-            guard rows.count == 1 else { throw MetadataError.notAVolume("volume \(volumeName) has no lease row") }
-            let ino = InodeNumber(UInt64(bitPattern: try rows.int(0, 0)))
             try insertEntry(tx, parent, name, ino)
             try touchDirectory(tx, parent, nlinkDelta: isDirectory ? 1 : 0, now: now)
             try note(tx, ino: parent, parent: parent, name: name)
@@ -147,7 +163,7 @@ extension PostgresMetadata {
             if try entry(tx, newParent, newName) != nil { throw MetadataError.exists }
             if attr.nlink >= 65_000 { throw MetadataError.tooManyLinks }
             try insertEntry(tx, newParent, newName, ino)
-            try tx.execute("UPDATE inodes SET nlink = nlink + 1, ctime = $3 WHERE volume = $1 AND ino = $2", [.int(id), .ino(ino), .time(now)])
+            tx.later("UPDATE inodes SET nlink = nlink + 1, ctime = $3 WHERE volume = $1 AND ino = $2", [.int(id), .ino(ino), .time(now)])
             try touchDirectory(tx, newParent, now: now)
             try note(tx, ino: ino)
             try note(tx, ino: newParent, parent: newParent, name: newName)
@@ -160,7 +176,7 @@ extension PostgresMetadata {
             var attr = try entryAttr(tx, parent, name)
             if attr.isDirectory { throw MetadataError.isDirectory }
             try deleteEntry(tx, parent, name)
-            try tx.execute("UPDATE inodes SET nlink = greatest(0, nlink - 1), ctime = $3 WHERE volume = $1 AND ino = $2",
+            tx.later("UPDATE inodes SET nlink = greatest(0, nlink - 1), ctime = $3 WHERE volume = $1 AND ino = $2",
                            [.int(id), .ino(attr.ino), .time(now)])
             try touchDirectory(tx, parent, now: now)
             try note(tx, ino: attr.ino)
@@ -179,7 +195,7 @@ extension PostgresMetadata {
             guard attr.isDirectory else { throw MetadataError.notDirectory }
             if try hasEntries(tx, ino) { throw MetadataError.notEmpty }
             try deleteEntry(tx, parent, name)
-            try tx.execute("UPDATE inodes SET nlink = 0, ctime = $3 WHERE volume = $1 AND ino = $2", [.int(id), .ino(ino), .time(now)])
+            tx.later("UPDATE inodes SET nlink = 0, ctime = $3 WHERE volume = $1 AND ino = $2", [.int(id), .ino(ino), .time(now)])
             try touchDirectory(tx, parent, nlinkDelta: -1, now: now)
             try note(tx, ino: ino)
             try note(tx, ino: parent, parent: parent, name: name)
@@ -215,8 +231,8 @@ extension PostgresMetadata {
                     throw MetadataError.invalidArgument("cannot move a directory into itself")
                 }
                 let swap = "UPDATE dentries SET ino = $4 WHERE volume = $1 AND parent = $2 AND name = $3"
-                try tx.execute(swap, [.int(id), .ino(parent), .name(name), .ino(target)])
-                try tx.execute(swap, [.int(id), .ino(newParent), .name(newName), .ino(source)])
+                tx.later(swap, [.int(id), .ino(parent), .name(name), .ino(target)])
+                tx.later(swap, [.int(id), .ino(newParent), .name(newName), .ino(source)])
                 if parent != newParent {
                     let sourceDir = sourceAttr.isDirectory ? 1 : 0
                     let targetDir = targetAttr.isDirectory ? 1 : 0
@@ -241,12 +257,12 @@ extension PostgresMetadata {
                 if sourceAttr.isDirectory {
                     guard targetAttr.isDirectory else { throw MetadataError.notDirectory }
                     if try hasEntries(tx, target) { throw MetadataError.notEmpty }
-                    try tx.execute("UPDATE inodes SET nlink = 0, ctime = $3 WHERE volume = $1 AND ino = $2",
+                    tx.later("UPDATE inodes SET nlink = 0, ctime = $3 WHERE volume = $1 AND ino = $2",
                                    [.int(id), .ino(target), .time(now)])
                     newParentLinks -= 1
                 } else {
                     if targetAttr.isDirectory { throw MetadataError.isDirectory }
-                    try tx.execute("UPDATE inodes SET nlink = greatest(0, nlink - 1), ctime = $3 WHERE volume = $1 AND ino = $2",
+                    tx.later("UPDATE inodes SET nlink = greatest(0, nlink - 1), ctime = $3 WHERE volume = $1 AND ino = $2",
                                    [.int(id), .ino(target), .time(now)])
                 }
                 try deleteEntry(tx, newParent, newName)

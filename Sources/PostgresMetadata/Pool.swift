@@ -201,13 +201,18 @@ final class ConnectionPool: Sendable {
             } catch {
                 throw .database(String(describing: error))
             }
-            guard failure.isTransient else { throw .database(failure.message) }
+            guard failure.isTransient else {
+                // disk_full: the volume's size limit (`netvol_volume_full`), or the
+                // database server's own disk.
+                if failure.sqlstate == "53100" { throw .noSpace }
+                throw .database(failure.message)
+            }
             if failure.connectionLost {
                 // A server restart or a network cut leaves every idle connection just as
                 // dead: trying them one by one would spend the deadline on backoff.
                 close()
             }
-            let left = Double((deadline - .now).components.seconds) + Double((deadline - .now).components.attoseconds) / 1e18
+            let left = (deadline - .now).inSeconds
             guard !known || !failure.connectionLost, left > pause else {
                 if failure.connectionLost { outage.withLock { $0 = true } }
                 throw .database("gave up after \(String(format: "%.0f", patience)) s: \(failure.message)")
@@ -226,53 +231,73 @@ final class ConnectionPool: Sendable {
 
     /// A transaction: BEGIN, `body`, COMMIT, retried as a whole after a transient failure
     /// that left nothing behind.
-    func transaction<T>(_ body: (Transaction) throws -> T) throws(MetadataError) -> T {
-        try transaction(opening: nil) { tx, _ in try body(tx) }
-    }
-
-    /// A transaction whose first statement travels with BEGIN, in one round trip; `body`
-    /// gets that statement's rows.
-    func transaction<T>(opening first: (sql: String, parameters: [Value])?,
-                        _ body: (Transaction, Rows?) throws -> T) throws(MetadataError) -> T {
+    ///
+    /// Round trips are what a transaction costs over a network, so statements travel
+    /// together: BEGIN (with `txid_current()` and `opening`, whose rows `opened` checks)
+    /// goes with the body's first statement that needs an answer, and the statements the
+    /// body queued with `later` go with the next such statement or with COMMIT. COMMIT
+    /// never travels with a statement whose answer is still to be checked, nor before the
+    /// transaction's id is known (see `settle`).
+    func transaction<T>(opening: (sql: String, parameters: [Value])? = nil, opened: ((Rows) throws -> Void)? = nil,
+                        _ body: (Transaction) throws -> T) throws(MetadataError) -> T {
         transactions.add(1, ordering: .relaxed)
         return try run { connection, deadline in
+            let tx = Transaction(connection: connection, deadline: deadline)
             let value: T
-            let xid: Int64
             let pid = PQbackendPID(connection.raw)
+            let last: [(sql: String, parameters: [Value])]
+            let xid: Int64
             do {
-                // The id travels with BEGIN, so knowing it costs no round trip; a
-                // transaction that writes is given one anyway.
-                var statements: [(sql: String, parameters: [Value])] = [("BEGIN", []), ("SELECT txid_current()", [])]
-                if let first { statements.append(first) }
-                let answers = try connection.executePipelined(statements, deadline: deadline)
-                xid = try answers[1].int(0, 0)
-                value = try body(Transaction(connection: connection, deadline: deadline), first == nil ? nil : answers.last)
+                tx.later("BEGIN")
+                tx.later("SELECT txid_current()") { [unowned tx] rows in tx.xid = try rows.int(0, 0) }
+                if let opening { tx.later(opening.sql, opening.parameters, answer: opened) }
+                value = try body(tx)
+                last = try tx.takeForCommit()
+                guard let known = tx.xid else { throw DatabaseFailure(message: "the transaction's id was not read") }
+                xid = known
             } catch {
-                if PQstatus(connection.raw) == CONNECTION_OK && PQtransactionStatus(connection.raw) != PQTRANS_IDLE {
-                    _ = try? connection.execute("ROLLBACK", deadline: deadline)
-                }
+                Self.rollBack(connection, deadline: deadline)
                 throw error
             }
             do {
-                try commit(connection, deadline: deadline)
+                try commit(connection, carrying: last, deadline: deadline)
             } catch let failure as DatabaseFailure where failure.connectionLost {
                 // Whether it was applied is unknown until the server is asked: see the
                 // file's opening comment.
                 try settle(failure, xid: xid, pid: pid, deadline: deadline)
+            } catch {
+                // A statement that travelled with COMMIT failed: COMMIT was not run.
+                Self.rollBack(connection, deadline: deadline)
+                throw error
             }
             return value
         }
     }
 
-    /// COMMIT; a test's fault strikes here, where the answer can be lost.
-    private func commit(_ connection: Connection, deadline: ContinuousClock.Instant) throws {
+    private static func rollBack(_ connection: Connection, deadline: ContinuousClock.Instant) {
+        if PQstatus(connection.raw) == CONNECTION_OK && PQtransactionStatus(connection.raw) != PQTRANS_IDLE {
+            _ = try? connection.execute("ROLLBACK", deadline: deadline)
+        }
+    }
+
+    /// COMMIT, after the statements that travel with it; a test's fault strikes here,
+    /// where the answer can be lost.
+    private func commit(_ connection: Connection, carrying statements: [(sql: String, parameters: [Value])],
+                        deadline: ContinuousClock.Instant) throws {
+        func send() throws {
+            if statements.isEmpty {
+                try connection.execute("COMMIT", deadline: deadline)
+            } else {
+                _ = try connection.executePipelined(statements + [("COMMIT", [])], deadline: deadline)
+            }
+        }
         switch commitFault.withLock({ fault in defer { fault = nil }; return fault }) {
         case nil:
             break
         case .beforeSending?:
             shutdown(PQsocket(connection.raw), Int32(SHUT_RDWR))
         case .answerLost?:
-            try connection.execute("COMMIT", deadline: deadline)
+            try send()
             shutdown(PQsocket(connection.raw), Int32(SHUT_RDWR))
             throw DatabaseFailure(sqlstate: nil, message: "the connection dropped after COMMIT was answered (a test cut it)",
                                   connectionLost: true)
@@ -280,7 +305,7 @@ final class ConnectionPool: Sendable {
             throw DatabaseFailure(sqlstate: nil, message: "COMMIT was never sent and the server was not told (a test held it back)",
                                   connectionLost: true)
         }
-        try connection.execute("COMMIT", deadline: deadline)
+        try send()
     }
 
     /// Learns on a fresh connection whether transaction `xid`, whose COMMIT on backend
@@ -373,25 +398,68 @@ final class ConnectionPool: Sendable {
     }
 }
 
-/// A connection in use by one call, with that call's deadline.
-struct Transaction {
+/// A connection in use by one call, with that call's deadline, and the statements queued
+/// to travel with its next round trip.
+final class Transaction {
     let connection: Connection
     let deadline: ContinuousClock.Instant
+    /// The transaction's id (`txid_current()`), once its answer came.
+    var xid: Int64?
+    private var queued: [(sql: String, parameters: [Value], answer: ((Rows) throws -> Void)?)] = []
 
+    init(connection: Connection, deadline: ContinuousClock.Instant) {
+        self.connection = connection
+        self.deadline = deadline
+    }
+
+    /// Runs a statement whose answer is needed now, in one round trip with everything
+    /// queued before it.
     @discardableResult
     func execute(_ sql: String, _ parameters: [Value] = []) throws -> Rows {
-        try connection.execute(sql, parameters, deadline: deadline)
+        guard !queued.isEmpty else { return try connection.execute(sql, parameters, deadline: deadline) }
+        queued.append((sql, parameters, nil))
+        return try sendQueued().last!
+    }
+
+    /// Queues a statement whose rows the caller does not need (most writes): it travels
+    /// with the next statement that needs an answer, or with COMMIT. Its failure fails
+    /// that round trip, and with it the transaction. `answer` gets its rows when they
+    /// come; a statement with one is never sent together with COMMIT, so that what
+    /// `answer` checks can still stop the commit.
+    func later(_ sql: String, _ parameters: [Value] = [], answer: ((Rows) throws -> Void)? = nil) {
+        queued.append((sql, parameters, answer))
+    }
+
+    /// Sends what is queued and hands each answer to its statement's `answer`.
+    @discardableResult
+    func sendQueued() throws -> [Rows] {
+        guard !queued.isEmpty else { return [] }
+        let sending = queued
+        queued = []
+        let answers = try connection.executePipelined(sending.map { ($0.sql, $0.parameters) }, deadline: deadline)
+        for (statement, rows) in zip(sending, answers) { try statement.answer?(rows) }
+        return answers
+    }
+
+    /// What may travel with COMMIT: everything queued, once every answer still to be
+    /// checked (and the transaction's id) is in.
+    func takeForCommit() throws -> [(sql: String, parameters: [Value])] {
+        if xid == nil || queued.contains(where: { $0.answer != nil }) { try sendQueued() }
+        defer { queued = [] }
+        return queued.map { ($0.sql, $0.parameters) }
     }
 
     /// Several statements without parameters (a migration).
     func script(_ sql: String) throws {
+        try sendQueued()
         try connection.script(sql, deadline: deadline)
     }
 
     /// For statements run rarely (schema changes, admin): not worth a prepared statement.
     @discardableResult
     func executeOnce(_ sql: String, _ parameters: [Value] = []) throws -> Rows {
-        try connection.execute(sql, parameters, deadline: deadline, prepare: false)
+        try sendQueued()
+        return try connection.execute(sql, parameters, deadline: deadline, prepare: false)
     }
 }
 

@@ -186,27 +186,39 @@ public final class PostgresMetadata: Metadata {
 
     /// A transaction that writes the volume: it first locks the lease row (see the file
     /// opening comment) and, when `fenced` and a fence is set, checks the token under
-    /// that lock.
+    /// that lock. The lock travels with the body's first statement that needs an answer
+    /// (and is checked before that answer is used), so it costs no round trip of its own.
     func write<T>(fenced: Bool = false, _ body: (Transaction) throws -> T) throws(MetadataError) -> T {
-        try writeLocked(fenced: fenced) { tx, _ in try body(tx) }
+        try write(fenced: fenced, found: nil, body)
     }
 
     /// `write`, whose body also gets the lease as the lock found it, and now.
     func writeLocked<T>(fenced: Bool = false, _ body: (Transaction, Lease) throws -> T) throws(MetadataError) -> T {
+        let found = LockedLease()
+        return try write(fenced: fenced, found: found) { tx in
+            try tx.sendQueued()
+            guard let lease = found.lease else { throw MetadataError.database("the lease row was not read") }
+            return try body(tx, lease)
+        }
+    }
+
+    private final class LockedLease {
+        var lease: Lease?
+    }
+
+    private func write<T>(fenced: Bool, found: LockedLease?, _ body: (Transaction) throws -> T) throws(MetadataError) -> T {
         let fence = fenced ? self.fence.withLock { $0 } : nil
-        // The lock travels with BEGIN: a write costs no round trip for it.
         let lock = (sql: """
             SELECT holder, token, expires_at, renewed_at, coalesce($2, \(Self.databaseNow))
             FROM lease WHERE volume = $1 FOR UPDATE
             """, parameters: [Value.int(id), clockValue])
-        return try pool.transaction(opening: lock) { tx, locked in
-            guard let locked else { throw MetadataError.database("the lease row was not read") }
-            let lease = try lease(locked)
+        return try pool.transaction(opening: lock, opened: { [self] rows in
+            let lease = try lease(rows)
             if let fence, lease.holder != fence.holder || lease.token != fence.token {
                 throw MetadataError.fenced(holder: lease.holder)
             }
-            return try body(tx, lease)
-        }
+            found?.lease = lease
+        }, body)
     }
 
     /// A namespace or data transaction: fenced when a fence is set.
@@ -217,7 +229,7 @@ public final class PostgresMetadata: Metadata {
     /// Records a change for readers. The sequence number comes from the lease row that
     /// the transaction holds locked, so numbers are given out in commit order.
     func note(_ tx: Transaction, ino: InodeNumber? = nil, parent: InodeNumber? = nil, name: FileName? = nil) throws {
-        try tx.execute("""
+        tx.later("""
             WITH next AS (UPDATE lease SET last_change = last_change + 1 WHERE volume = $1 RETURNING last_change)
             INSERT INTO changes(volume, seq, ino, parent, name) SELECT $1, last_change, $2, $3, $4 FROM next
             """, [.int(id), .ino(ino), .ino(parent), .name(name)])
@@ -280,11 +292,13 @@ public final class PostgresMetadata: Metadata {
     /// counts together; throws `.noSpace` when they do not fit.
     func addUsage(_ tx: Transaction, _ delta: Int64) throws {
         guard delta != 0 else { return }
-        let rows = try tx.execute("""
-            UPDATE volumes SET used_bytes = greatest(0, used_bytes + $2)
-            WHERE id = $1 AND CASE WHEN $2 <= 0 OR size_limit < 0 THEN true ELSE used_bytes <= size_limit - $2 END
+        // Growth past the limit fails the statement itself (disk_full: ENOSPC), so it
+        // needs no answer and can travel with COMMIT.
+        tx.later("""
+            UPDATE volumes SET used_bytes = CASE WHEN $2 > 0 AND size_limit >= 0 AND used_bytes > size_limit - $2
+                THEN netvol_volume_full() ELSE greatest(0, used_bytes + $2) END
+            WHERE id = $1
             """, [.int(id), .int(delta)])
-        if rows.affected == 0 { throw MetadataError.noSpace }
     }
 
     public func sync() throws(MetadataError) {

@@ -79,6 +79,16 @@ enum Schema {
             PRIMARY KEY(volume, seq)
         );
         """,
+        // Lets a statement that travels with COMMIT refuse growth past the size limit by
+        // itself (an error stops the COMMIT), instead of answering first and costing
+        // another round trip. `disk_full` is what netvol reads as ENOSPC.
+        """
+        CREATE FUNCTION netvol_volume_full() RETURNS bigint LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE EXCEPTION 'the volume is full' USING ERRCODE = 'disk_full';
+        END
+        $$;
+        """,
     ]
 
     static var currentVersion: Int64 { Int64(migrations.count) }

@@ -157,21 +157,29 @@ public final class S3ChunkStore: ChunkStore {
     }
 
     public func read(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int {
+        try readReportingSize(id, offset: offset, into: buffer).count
+    }
+
+    public func readReportingSize(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> (count: Int, objectSize: Int?) {
         guard offset >= 0 else { throw .io(errno: EINVAL, "cannot read object \(id) at negative offset \(offset)") }
         if buffer.count == 0 {
-            _ = try size(of: id)  // still says whether the object exists
-            return 0
+            return (0, try size(of: id))  // still says whether the object exists
         }
         let what = "cannot read object \(id) from \(location)"
         let reply = try perform(what, method: .GET, key: key(of: id),
                                 headers: [("range", "bytes=\(offset)-\(offset + buffer.count - 1)")],
                                 window: ReadWindow(buffer: buffer, offset: offset))
         switch reply.status {
-        case 200, 206:
+        case 200:
             if let problem = reply.problem { throw .io(errno: EIO, "\(what): \(problem)") }
-            return reply.copied
+            // The whole object, from a server that ignored the range.
+            return (reply.copied, reply.headers.first(name: "content-length").flatMap { Int($0) })
+        case 206:
+            if let problem = reply.problem { throw .io(errno: EIO, "\(what): \(problem)") }
+            return (reply.copied, ReplyCollector.rangeTotal(reply.headers.first(name: "content-range")))
         case 416:
-            return 0  // the range starts at or past the end
+            // The range starts at or past the end; `bytes */TOTAL` says where that is.
+            return (0, ReplyCollector.rangeTotal(reply.headers.first(name: "content-range")))
         case 404 where reply.error.code != "NoSuchBucket":
             throw .notFound(id)
         default:
@@ -342,9 +350,9 @@ public final class S3ChunkStore: ChunkStore {
             attempt += 1
             guard ContinuousClock.now + pause < deadline else {
                 outage.withLock { $0 = true }
-                throw .io(errno: EIO, "\(what): cannot reach \(configuration.endpoint) within \(configuration.deadline.seconds) s (last: \(lastProblem))")
+                throw .io(errno: EIO, "\(what): cannot reach \(configuration.endpoint) within \(configuration.deadline.inSeconds) s (last: \(lastProblem))")
             }
-            Thread.sleep(forTimeInterval: pause.seconds)
+            Thread.sleep(forTimeInterval: pause.inSeconds)
         }
     }
 

@@ -106,6 +106,12 @@ final class ReplyCollector: HTTPClientResponseDelegate {
 
     func didFinishRequest(task: HTTPClient.Task<Void>) throws {}
 
+    /// TOTAL in `bytes FIRST-LAST/TOTAL` or `bytes */TOTAL`; nil when it is `*` or missing.
+    static func rangeTotal(_ header: String?) -> Int? {
+        guard let header, header.hasPrefix("bytes "), let slash = header.lastIndex(of: "/") else { return nil }
+        return Int(header[header.index(after: slash)...]).flatMap { $0 >= 0 ? $0 : nil }
+    }
+
     /// The first byte's offset in `bytes FIRST-LAST/TOTAL`.
     static func rangeStart(_ header: String?) -> Int? {
         guard let header, header.hasPrefix("bytes ") else { return nil }
@@ -125,19 +131,12 @@ extension ContinuousClock.Instant {
     /// The same instant for NIO, whose clock is also monotonic but counted differently.
     var nioDeadline: NIODeadline {
         let remaining = ContinuousClock.now.duration(to: self)
-        let nanoseconds = remaining.components.seconds * 1_000_000_000 + remaining.components.attoseconds / 1_000_000_000
-        return NIODeadline.now() + .nanoseconds(max(0, nanoseconds))
+        return NIODeadline.now() + .nanoseconds(max(0, remaining.inNanoseconds))
     }
 }
 
 extension Duration {
-    var timeAmount: TimeAmount {
-        .nanoseconds(components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000)
-    }
-
-    var seconds: Double {
-        Double(components.seconds) + Double(components.attoseconds) / 1e18
-    }
+    var timeAmount: TimeAmount { .nanoseconds(inNanoseconds) }
 }
 
 /// Runs one request and blocks the calling thread (a libfuse worker, never an event
@@ -154,7 +153,7 @@ func executeBlocking(_ client: HTTPClient, _ request: HTTPClient.Request, window
         done.signal()
     }
     let grace = ContinuousClock.now.duration(to: deadline) + .seconds(2)
-    if done.wait(timeout: .now() + max(0, grace.seconds)) == .timedOut {
+    if done.wait(timeout: .now() + max(0, grace.inSeconds)) == .timedOut {
         collector.abandon()
         task.cancel()
         return .failure(.transport("no answer before the deadline"))

@@ -101,7 +101,7 @@ extension VolumeFS {
         let age = ContinuousClock.now - state.followedAt
         return VolumeStatistics(holdsLease: holds, leaseToken: holds ? state.fence?.token.rawValue ?? 0 : 0,
                                 bufferedBytes: buffered,
-                                changeFeedAgeSeconds: holds ? 0 : Double(age.components.seconds) + Double(age.components.attoseconds) / 1e18)
+                                changeFeedAgeSeconds: holds ? 0 : age.inSeconds)
     }
 
     /// The lease state of the volume as the database sees it.

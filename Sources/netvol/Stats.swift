@@ -108,7 +108,7 @@ struct Sample {
     /// What happened between two samples, as `netvol stats` shows it.
     static func report(from old: Sample, to new: Sample, mountpoint: String, pid: Int32) -> String {
         let elapsed = new.time - old.time
-        let seconds = max(0.001, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+        let seconds = max(0.001, elapsed.inSeconds)
         func rate(_ name: String, _ labels: [String: String] = [:]) -> Double {
             max(0, new.total(name, labels) - old.total(name, labels)) / seconds
         }
@@ -170,13 +170,11 @@ struct Sample {
     /// histogram_quantile does); nil when nothing was asked.
     static func quantiles(_ old: Sample, _ new: Sample) -> (p50: Double, p99: Double)? {
         var counts: [Double: Double] = [:]
-        for series in new.series["netvol_request_duration_seconds_bucket"] ?? [] {
-            guard let bound = series.labels["le"].flatMap({ $0 == "+Inf" ? Double.infinity : Double($0) }) else { continue }
-            counts[bound, default: 0] += series.value
-        }
-        for series in old.series["netvol_request_duration_seconds_bucket"] ?? [] {
-            guard let bound = series.labels["le"].flatMap({ $0 == "+Inf" ? Double.infinity : Double($0) }) else { continue }
-            counts[bound, default: 0] -= series.value
+        for (sample, sign) in [(new, 1.0), (old, -1.0)] {
+            for series in sample.series["netvol_request_duration_seconds_bucket"] ?? [] {
+                guard let bound = series.labels["le"].flatMap({ $0 == "+Inf" ? Double.infinity : Double($0) }) else { continue }
+                counts[bound, default: 0] += sign * series.value
+            }
         }
         let buckets = counts.sorted { $0.key < $1.key }
         guard let total = buckets.last?.value, total > 0 else { return nil }

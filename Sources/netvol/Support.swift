@@ -161,7 +161,7 @@ final class ProgressLine {
     /// fsck's progress: chunks checked of all, bytes, rate and time left.
     func fsck(_ checked: Int, _ total: Int, _ bytes: UInt64) {
         let elapsed = ContinuousClock.now - started
-        let seconds = max(0.001, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+        let seconds = max(0.001, elapsed.inSeconds)
         let left = checked > 0 ? seconds / Double(checked) * Double(total - checked) : 0
         let percent = total > 0 ? Double(checked) * 100 / Double(total) : 100
         show("fsck: \(checked) of \(total) chunks (\(String(format: "%.0f", percent))%), \(formatBytes(bytes)) checked, "

@@ -254,7 +254,7 @@ final class Progress: Sendable {
 
     var elapsedSeconds: Double {
         let elapsed = ContinuousClock.now - started
-        return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        return elapsed.inSeconds
     }
 
     func run() {

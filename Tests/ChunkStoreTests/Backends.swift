@@ -151,7 +151,7 @@ final class CountingStore: ChunkStore {
 
     func size(of id: ObjectID) throws(StoreError) -> Int {
         sizes.add(1, ordering: .relaxed)
-        if sizeDelay > .zero { Thread.sleep(forTimeInterval: Double(sizeDelay.components.seconds) + Double(sizeDelay.components.attoseconds) / 1e18) }
+        if sizeDelay > .zero { Thread.sleep(forTimeInterval: sizeDelay.inSeconds) }
         return try inner.size(of: id)
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+@testable import CachedChunkStore
 import ChunkStore
 import Crypto
 @testable import S3ChunkStore
@@ -221,6 +222,42 @@ final class HeldPort {
         #expect(server.requests.first?.headers["range"] == ["bytes=3-6"])
     }
 
+    @Test func aRangedReadReportsTheObjectsSize() throws {
+        let server = try ScriptedServer([
+            .init(status: .partialContent, headers: [("content-range", "bytes 0-3/10")], body: "0123"),
+            .init(status: .ok, body: "0123456789"),
+            .init(status: .rangeNotSatisfiable, headers: [("content-range", "bytes */10")]),
+        ])
+        let store = try store(server)
+        defer { store.close() }
+        var buffer = [UInt8](repeating: 0, count: 4)
+        let ranged = try buffer.withUnsafeMutableBytes { try store.readReportingSize(ObjectID.random(), offset: 0, into: $0) }
+        #expect(ranged.count == 4 && ranged.objectSize == 10)
+        let whole = try buffer.withUnsafeMutableBytes { try store.readReportingSize(ObjectID.random(), offset: 0, into: $0) }
+        #expect(whole.count == 4 && whole.objectSize == 10)
+        let past = try buffer.withUnsafeMutableBytes { try store.readReportingSize(ObjectID.random(), offset: 20, into: $0) }
+        #expect(past.count == 0 && past.objectSize == 10)
+        #expect(server.requests.allSatisfy { $0.method == .GET })
+    }
+
+    @Test func aCacheFetchesAnObjectWithOneGetAndNoHead() throws {
+        let body = String(repeating: "x", count: 1000)
+        let server = try ScriptedServer([.init(status: .partialContent, headers: [("content-range", "bytes 0-999/1000")], body: body)])
+        let store = try store(server)
+        defer { store.close() }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("netvol-cache-\(UUID())").path
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let cache = try CachedChunkStore(directory: directory, capacityBytes: 1 << 20, backing: store)
+        let id = ObjectID.random()
+        for _ in 0..<3 {
+            var buffer = [UInt8](repeating: 0, count: 1000)
+            #expect(try buffer.withUnsafeMutableBytes { try cache.read(id, offset: 0, into: $0) } == 1000)
+            #expect(String(decoding: buffer, as: UTF8.self) == body)
+        }
+        #expect(server.requests.map(\.method) == [.GET])
+        #expect(server.requests.first?.headers["range"] == ["bytes=0-\(CachedChunkStore.fetchPiece - 1)"])
+    }
+
     @Test func putsAreConditionalSignedAndCarryTheSessionToken() throws {
         let server = try ScriptedServer([.init(status: .ok), .init(status: .preconditionFailed)])
         let store = try store(server)
@@ -306,7 +343,7 @@ final class HeldPort {
             } catch {
                 if case .io(EIO, let text)? = error as? StoreError { message = text } else { Issue.record("expected EIO, got \(error)") }
             }
-            return ((ContinuousClock.now - start).seconds, message)
+            return ((ContinuousClock.now - start).inSeconds, message)
         }
 
         let first = failure { _ = try store.size(of: id) }

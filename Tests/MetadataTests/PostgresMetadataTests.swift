@@ -119,10 +119,42 @@ struct PostgresMetadataTests {
         #expect(throws: MetadataError.exists) { try meta.mknode(.root, "a", mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0) }
         // A statement that fails inside the first round trip of a transaction.
         #expect(throws: MetadataError.database("division by zero")) {
-            try meta.pool.transaction(opening: ("SELECT 1 / $1", [.int(0)])) { _, _ in }
+            try meta.pool.transaction(opening: ("SELECT 1 / $1", [.int(0)])) { _ in }
         }
         #expect(try backendPid(meta) == pid)
         #expect(try meta.lookup(.root, "a").nlink == 1)
+    }
+
+    @Test func aQueuedStatementThatFailsWithCommitLeavesNothingBehind() throws {
+        let url = try PostgresServer.volumeURL()
+        let meta = try PostgresMetadata.create(url: url, chunkSize: 4096, sizeLimit: 1 << 20, store: [:], now: t0)
+        defer { try? meta.destroy() }
+        let pid = try backendPid(meta)
+        let before = try meta.getattr(.root)
+        // Both queued: they travel with COMMIT, and the second one's failure stops it.
+        #expect(throws: MetadataError.database("division by zero")) {
+            try meta.pool.transaction { tx in
+                tx.later("UPDATE inodes SET mtime = 12345 WHERE volume = $1 AND ino = 1", [.int(meta.id)])
+                tx.later("SELECT 1 / $1", [.int(0)])
+            }
+        }
+        #expect(try meta.getattr(.root).mtime == before.mtime)
+        #expect(try backendPid(meta) == pid)
+        // A queued statement's check can still stop the commit: it is answered first.
+        #expect(throws: MetadataError.noSpace) {
+            try meta.pool.transaction { tx in
+                tx.later("UPDATE inodes SET mtime = 12345 WHERE volume = $1 AND ino = 1", [.int(meta.id)])
+                tx.later("SELECT 1") { _ in throw MetadataError.noSpace }
+            }
+        }
+        #expect(try meta.getattr(.root).mtime == before.mtime)
+        // And one that needs an answer carries those queued before it.
+        let answer = try meta.pool.transaction { tx -> Int64 in
+            tx.later("UPDATE inodes SET mtime = 12345 WHERE volume = $1 AND ino = 1", [.int(meta.id)])
+            return try tx.execute("SELECT mtime FROM inodes WHERE volume = $1 AND ino = 1", [.int(meta.id)]).int(0, 0)
+        }
+        #expect(answer == 12345)
+        #expect(try meta.getattr(.root).mtime.nanoseconds == 12345)
     }
 
     @Test func anUnreachableServerFailsWithinTheDeadline() throws {

@@ -13,10 +13,7 @@ E2E_DEADLINE=${E2E_DEADLINE:-390}
 . "$E2E_DIR/hosts.sh"
 
 TTL=5
-hosts_up worker-a worker-b
-start_storage
-make_volume --size 2G --chunk-size 1M
-mount_workers --lease-ttl "$TTL" --lease-idle 600
+two_workers --lease-ttl "$TTL" --lease-idle 600
 
 # stale_writer HOW STALE_MNT STALE_PID STALE_HOST NEW_MNT: HOW is cut or freeze.
 stale_writer() {

@@ -10,10 +10,7 @@ E2E_DEADLINE=${E2E_DEADLINE:-330}
 . "$(dirname "$0")/lib.sh"
 . "$E2E_DIR/hosts.sh"
 
-hosts_up worker-a worker-b
-start_storage
-make_volume --size 2G --chunk-size 1M
-mount_workers --lease-idle 600
+two_workers --lease-idle 600
 
 step "A writes files; B reads one of them (into its cache), not the other"
 head -c 12M /dev/urandom >"$WORK/cached"

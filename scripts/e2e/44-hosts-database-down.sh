@@ -10,10 +10,7 @@ E2E_DEADLINE=${E2E_DEADLINE:-330}
 . "$E2E_DIR/hosts.sh"
 
 TTL=5
-hosts_up worker-a worker-b
-start_storage
-make_volume --size 2G --chunk-size 1M
-mount_workers --lease-ttl "$TTL" --lease-idle 600
+two_workers --lease-ttl "$TTL" --lease-idle 600
 
 step "A writes and commits; B reads"
 head -c 5M /dev/urandom >"$WORK/data"

@@ -174,6 +174,15 @@ mount_workers() {
     done
 }
 
+# two_workers [MOUNT_ARGS...]: the usual stage of a failure scenario: workers A and B,
+# the storage host, a 2 GiB volume of 1 MiB chunks, mounted on both.
+two_workers() {
+    hosts_up worker-a worker-b
+    start_storage
+    make_volume --size 2G --chunk-size 1M
+    mount_workers "$@"
+}
+
 # status_on HOST: `netvol status --json` as HOST sees it.
 status_on() { E2E_HOST=$1 netvol status "$VOLUME" --json; }
 
