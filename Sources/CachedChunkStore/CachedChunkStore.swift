@@ -67,7 +67,10 @@ public final class CachedChunkStore: ChunkStore {
     let bytesFetched = Atomic<Int>(0)
     let evictions = Atomic<Int>(0)
 
-    static let prefetchConcurrency = 4
+    /// Fetches under way at once for prefetches: a download from an object store needs
+    /// about this many requests in flight to reach its speed (and the reading thread's
+    /// own fetch comes on top).
+    static let prefetchConcurrency = 8
     static let prefetchQueueLimit = 256
     static let rescanInterval = 256
     /// How long a read waits for another thread's fetch of the same object: several

@@ -34,6 +34,21 @@ extension PostgresMetadata {
         }
     }
 
+    /// One statement, so one snapshot: the size and the chunk map agree.
+    public func attrAndChunks(_ ino: InodeNumber) throws(MetadataError) -> (Attr, [ChunkRef]) {
+        try read { tx in
+            let rows = try tx.execute("""
+                SELECT c.idx, c.object, c.length, c.checksums, c.data, \(Self.joinedAttrColumns)
+                FROM inodes i LEFT JOIN chunks c ON c.volume = i.volume AND c.ino = i.ino
+                WHERE i.volume = $1 AND i.ino = $2 ORDER BY c.idx
+                """, [.int(id), .ino(ino)])
+            guard rows.count > 0 else { throw MetadataError.notFound }
+            let attr = try Self.attr(rows, 0, from: 5)
+            if rows.isNull(0, 0) { return (attr, []) }
+            return (attr, try (0..<rows.count).map { row in try Self.chunkRef(rows, row, ino: ino) })
+        }
+    }
+
     /// Every chunk of every file, by inode (for fsck).
     public func allChunks() throws(MetadataError) -> [(InodeNumber, [ChunkRef])] {
         try read { tx in

@@ -5,7 +5,14 @@ import GRDB
 // Chunk maps: what each file's chunks are, and committing new ones.
 extension SQLiteMetadata {
     public func chunks(_ ino: InodeNumber) throws(MetadataError) -> [ChunkRef] {
-        try readNow { db in
+        try readNow { db in try Self.fetchChunks(db, ino) }
+    }
+
+    public func attrAndChunks(_ ino: InodeNumber) throws(MetadataError) -> (Attr, [ChunkRef]) {
+        try readNow { db in (try Self.fetchAttr(db, ino), try Self.fetchChunks(db, ino)) }
+    }
+
+    static func fetchChunks(_ db: Database, _ ino: InodeNumber) throws -> [ChunkRef] {
             let statement = try db.cachedStatement(sql: "SELECT idx, object, length, checksums, data FROM chunks WHERE ino = ? ORDER BY idx")
             return try Row.fetchAll(statement, arguments: [Int64(ino.rawValue)]).map { row throws in
                 let encoded = [UInt8](row[3] as Data)
@@ -22,7 +29,6 @@ extension SQLiteMetadata {
                 return ChunkRef(index: index, object: ObjectID(rawValue: UInt64(bitPattern: row[1])),
                                 length: Int(row[2] as Int64), checksums: checksums)
             }
-        }
     }
 
     @discardableResult

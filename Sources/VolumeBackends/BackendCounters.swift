@@ -14,6 +14,10 @@ public struct BackendCounters: Sendable {
     public var cache: CacheStatistics?
     /// The cache's size limit in bytes.
     public var cacheCapacity: Int?
+    /// Lookups and attribute reads the mount's metadata cache answered, and those it
+    /// passed on (filled in by the mount, which owns that cache).
+    public var metadataCacheHits: Int?
+    public var metadataCacheMisses: Int?
 }
 
 extension OpenedVolume {

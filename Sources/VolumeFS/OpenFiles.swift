@@ -14,17 +14,29 @@ extension VolumeFS {
     }
 
     func open(_ ino: InodeNumber, flags: Int32, touchingAtime: Bool) throws(FSError) -> FileHandleID {
-        try open(Self.lift { () throws(MetadataError) in try metadata.getattr(ino) }, flags: flags, touchingAtime: touchingAtime)
+        // Close-to-open: a mount that does not hold the lease asks the metadata itself, so
+        // that an open sees what another mount committed before it, even if the change
+        // feed has not said so yet. The writer's cache is exact.
+        if isWriter {
+            return try open(Self.lift { () throws(MetadataError) in try cache.getattr(ino) }, flags: flags, touchingAtime: touchingAtime)
+        }
+        if openFiles.withLock({ $0[ino] != nil }) {
+            return try open(Self.lift { () throws(MetadataError) in try cache.freshAttr(ino) }, flags: flags, touchingAtime: touchingAtime)
+        }
+        // A first open asks for the attributes and the chunk map together: one round trip.
+        let (attr, chunks) = try Self.lift { () throws(MetadataError) in try cache.attrAndChunks(ino) }
+        return try open(attr, flags: flags, touchingAtime: touchingAtime, chunks: chunks)
     }
 
-    /// Opens the file whose attributes were just read (or made).
-    func open(_ attr: Attr, flags: Int32, touchingAtime: Bool) throws(FSError) -> FileHandleID {
+    /// Opens the file whose attributes were just read (or made); `chunks`, when given, is
+    /// its chunk map read with them.
+    func open(_ attr: Attr, flags: Int32, touchingAtime: Bool, chunks: [ChunkRef]? = nil) throws(FSError) -> FileHandleID {
         let ino = attr.ino
         if attr.isDirectory { throw .metadata(.isDirectory) }
         guard attr.isRegular else { throw .notSupported("opening special files") }
         let access = flags & O_ACCMODE
         if access != O_RDONLY { try checkMayWrite() }
-        _ = try attach(attr)
+        _ = try attach(attr, chunks: chunks)
         var handle = Handle(ino: ino, readable: access != O_WRONLY, writable: access != O_RDONLY)
         // Pages the kernel cached stay valid while the file is as it was when they were
         // read: a second open (or a second process) then reads from memory.
@@ -70,7 +82,7 @@ extension VolumeFS {
     }
 
     /// The open state of `attr`'s inode, made on first open; counts one more open.
-    func attach(_ attr: Attr) throws(FSError) -> OpenFile {
+    func attach(_ attr: Attr, chunks known: [ChunkRef]? = nil) throws(FSError) -> OpenFile {
         // Counting under the table lock keeps a racing last release from dropping the
         // state this open is about to use (lock order: openFiles, then the file's lock).
         let file = try openFiles.withLock { files throws(FSError) -> OpenFile in
@@ -79,8 +91,14 @@ extension VolumeFS {
                 file = existing
             } else {
                 // Close-to-open: a first open reads the chunk map afresh (an empty file has none).
-                let chunks = attr.size == 0 && attr.storedBytes == 0 ? []
-                    : try Self.lift { () throws(MetadataError) in try metadata.chunks(attr.ino) }
+                let chunks: [ChunkRef]
+                if let known {
+                    chunks = known
+                } else if attr.size == 0 && attr.storedBytes == 0 {
+                    chunks = []
+                } else {
+                    chunks = try Self.lift { () throws(MetadataError) in try metadata.chunks(attr.ino) }
+                }
                 file = OpenFile(attr: attr, chunkMap: Dictionary(uniqueKeysWithValues: chunks.map { ($0.index, $0) }))
                 files[attr.ino] = file
             }

@@ -43,7 +43,8 @@ extension VolumeFS {
         // copied on write, so other readers and writers are not held up by our I/O.
         let parts = (first...last).map { index in (index, file.dirty[index], file.chunkMap[index]) }
         file.lock.unlock()
-        let ahead = handles.withLock { $0[fh]?.reads.ahead(of: first...last, by: options.prefetchChunks) } ?? 0..<0
+        let ahead = handles.withLock { $0[fh]?.reads.ahead(of: first...last, by: options.prefetchChunks,
+                                                                     growingTo: options.prefetchWindowBytes / chunkSize) } ?? 0..<0
         if !ahead.isEmpty {
             let objects = file.lock.withLock { ahead.compactMap { file.chunkMap[$0]?.object } }
             for object in objects { store.prefetch(object) }

@@ -40,8 +40,10 @@ public struct VolumeOptions: Sendable {
     public var maxDirtyChunksPerFile: Int = 16
     /// Full chunks an open file gathers before committing them together.
     public var fullChunksPerCommit: Int = 4
-    /// Chunks past the one being read that a sequential reader has fetched ahead.
+    /// Chunks past the one being read that a sequential reader has fetched ahead at first.
     public var prefetchChunks: Int = 2
+    /// How far ahead (in bytes) that grows while the reader keeps reading in order.
+    public var prefetchWindowBytes: Int = 64 << 20
     /// Files no larger than this keep their bytes in the metadata row rather than in a
     /// chunk object of their own: creating or reading one costs no file of the store.
     public var inlineLimit: Int = 64 << 10
@@ -122,19 +124,33 @@ struct ReadPattern {
     var prefetchedUpTo = 0
     /// The chunk the last read ended in.
     var lastChunkRead = -2
+    /// Chunks ahead the reader has earned (0: none yet).
+    var window = 0
 
-    /// The chunks to fetch ahead of a read of chunks `range`: the next `count` while the
-    /// reader goes through the file in order, each once; none for a read out of order.
-    mutating func ahead(of range: ClosedRange<Int>, by count: Int) -> Range<Int> {
+    /// The chunks to fetch ahead of a read of chunks `range`, each once; none for a read
+    /// out of order. The window starts at `count` chunks and doubles with every new chunk
+    /// read in order, up to `maximum`, as mountpoint-s3's prefetcher grows its own: a
+    /// reader of a file's first bytes costs little, and one that streams it keeps many
+    /// fetches under way, which is what a download over a network needs to reach speed.
+    mutating func ahead(of range: ClosedRange<Int>, by count: Int, growingTo maximum: Int = 0) -> Range<Int> {
         guard count > 0 else { return 0..<0 }
         // Starting over from the top (not the kernel's several requests within chunk 0).
-        if range.lowerBound == 0 && lastChunkRead > 0 { prefetchedUpTo = 0 }
+        if range.lowerBound == 0 && lastChunkRead > 0 {
+            prefetchedUpTo = 0
+            window = 0
+        }
         // A read in the chunk of the last one, or the next, continues a sequential pass.
         let sequential = range.lowerBound == 0 || (lastChunkRead...(lastChunkRead + 1)).contains(range.lowerBound)
+        let advanced = range.upperBound > lastChunkRead
         lastChunkRead = range.upperBound
+        guard sequential else {
+            window = 0
+            return 0..<0
+        }
+        window = window == 0 ? count : advanced ? min(max(count, maximum), window * 2) : window
         let start = max(prefetchedUpTo, range.upperBound + 1)
-        let end = range.upperBound + 1 + count
-        guard sequential, start < end else { return 0..<0 }
+        let end = range.upperBound + 1 + window
+        guard start < end else { return 0..<0 }
         prefetchedUpTo = end
         return start..<end
     }
@@ -154,7 +170,10 @@ struct KernelRefs {
 }
 
 public final class VolumeFS: Sendable {
+    /// The volume's metadata, through `cache`.
     public let metadata: any Metadata
+    /// Names and attributes in memory (see MetadataCache).
+    public let cache: MetadataCache
     public let store: any ChunkStore
     public let options: VolumeOptions
     public let chunkSize: Int
@@ -193,7 +212,9 @@ public final class VolumeFS: Sendable {
     /// names are purged then.
     public init(metadata: any Metadata, store: any ChunkStore, options: VolumeOptions = VolumeOptions(),
                 holder: String = defaultHolderName(), logger: Logger = Logger(label: "netvol")) throws(FSError) {
-        self.metadata = metadata
+        let cache = MetadataCache(metadata)
+        self.cache = cache
+        self.metadata = cache
         self.store = store
         self.options = options
         self.logger = logger
@@ -352,7 +373,8 @@ public final class VolumeFS: Sendable {
     /// The inode named `name` in `parent`, counting a kernel reference to it.
     public func lookup(_ parent: InodeNumber, _ name: FileName) throws(FSError) -> Attr {
         try Self.check(name)
-        let attr = try pending(Self.lift { () throws(MetadataError) in try metadata.lookup(parent, name) })
+        let writer = isWriter
+        let attr = try pending(Self.lift { () throws(MetadataError) in try cache.lookup(parent, name, trustingMisses: writer) })
         remember(attr.ino)
         return attr
     }

@@ -183,7 +183,7 @@ final class DaemonMetrics: Sendable {
     let cacheBytes = CoreMetrics.Gauge(label: "netvol_cache_bytes")
     let cacheObjects = CoreMetrics.Gauge(label: "netvol_cache_objects")
     let cacheCapacity = CoreMetrics.Gauge(label: "netvol_cache_capacity_bytes")
-    /// Counters the backends keep, and what was last passed on of each.
+    /// Counters the backends and the metadata cache keep, and what was last passed on of each.
     let counters: [(CoreMetrics.Counter, @Sendable (BackendCounters) -> Int?)] = [
         (CoreMetrics.Counter(label: "netvol_cache_hits_total"), { $0.cache?.hits }),
         (CoreMetrics.Counter(label: "netvol_cache_misses_total"), { $0.cache?.misses }),
@@ -194,6 +194,8 @@ final class DaemonMetrics: Sendable {
         (CoreMetrics.Counter(label: "netvol_database_calls_total"), { $0.databaseCalls }),
         (CoreMetrics.Counter(label: "netvol_database_transactions_total"), { $0.databaseTransactions }),
         (CoreMetrics.Counter(label: "netvol_database_retries_total"), { $0.databaseRetries }),
+        (CoreMetrics.Counter(label: "netvol_metadata_cache_hits_total"), { $0.metadataCacheHits }),
+        (CoreMetrics.Counter(label: "netvol_metadata_cache_misses_total"), { $0.metadataCacheMisses }),
     ]
     let passedOn = Mutex<[Int]>([])
 
@@ -210,7 +212,8 @@ final class DaemonMetrics: Sendable {
         buffered.record(Double(mount.bufferedBytes))
         feedAge.record(mount.changeFeedAgeSeconds)
         residentBytes.record(Double(Self.residentBytes()))
-        let backends = opened.backendCounters()
+        var backends = opened.backendCounters()
+        (backends.metadataCacheHits, backends.metadataCacheMisses) = volume.cache.counts
         if let cache = backends.cache {
             cacheBytes.record(Double(cache.bytesCached))
             cacheObjects.record(Double(cache.objectsCached))

@@ -247,6 +247,23 @@ import Testing
         #expect(try reopened.chunks(a.ino) == [small])
     }
 
+    @Test(arguments: Backend.all) func attributesAndChunksComeTogether(_ backend: Backend) throws {
+        let volume = try backend.volume()
+        defer { volume.remove() }
+        let meta = volume.meta
+        let a = try volume.file("a")
+        let empty = try meta.attrAndChunks(a.ino)
+        #expect(empty.0 == a && empty.1.isEmpty)
+        let bytes: [UInt8] = [7, 8, 9]
+        let inline = ChunkRef(index: 2, inline: bytes, checksums: bytes.withUnsafeBytes { BlockChecksums(of: $0) })
+        try meta.commitData(a.ino, chunks: [ref(0, 4096), inline], drop: nil, size: 3 * 4096, mtime: t1, now: t1)
+        let both = try meta.attrAndChunks(a.ino)
+        #expect(both.0 == (try meta.getattr(a.ino)))
+        #expect(both.1 == (try meta.chunks(a.ino)))
+        #expect(both.1.map(\.index) == [0, 2])
+        #expect(throws: MetadataError.notFound) { try meta.attrAndChunks(InodeNumber(999_999)) }
+    }
+
     @Test(arguments: Backend.all) func commitPastTheSizeLimitChangesNothing(_ backend: Backend) throws {
         let volume = try backend.volume()
         defer { volume.remove() }

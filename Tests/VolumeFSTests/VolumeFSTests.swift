@@ -192,6 +192,19 @@ import Testing
         #expect(reads.ahead(of: 0...0, by: 2) == 1..<3)
         #expect(reads.ahead(of: 1...1, by: 0).isEmpty)
 
+        // A reader that keeps going earns a window that doubles up to the maximum, and
+        // loses it when it jumps.
+        var streaming = ReadPattern()
+        #expect(streaming.ahead(of: 0...0, by: 2, growingTo: 16) == 1..<3)
+        #expect(streaming.ahead(of: 1...1, by: 2, growingTo: 16) == 3..<6)
+        #expect(streaming.ahead(of: 2...2, by: 2, growingTo: 16) == 6..<11)
+        #expect(streaming.ahead(of: 2...2, by: 2, growingTo: 16).isEmpty)
+        #expect(streaming.ahead(of: 3...3, by: 2, growingTo: 16) == 11..<20)
+        #expect(streaming.ahead(of: 4...4, by: 2, growingTo: 16) == 20..<21)
+        #expect(streaming.window == 16)
+        #expect(streaming.ahead(of: 40...40, by: 2, growingTo: 16).isEmpty)
+        #expect(streaming.ahead(of: 41...41, by: 2, growingTo: 16) == 42..<44)
+
         // Each handle keeps its own pattern: two readers of one file, interleaved, both
         // stay sequential, and the bytes they get are right.
         let fx = try Fixture(chunkSize: 16 * 1024)
@@ -211,7 +224,8 @@ import Testing
             #expect(fromB == Array(data[other..<(other + 100)]))
         }
         let progress = fx.volume.handles.withLock { [$0[a]!.reads.prefetchedUpTo, $0[b]!.reads.prefetchedUpTo] }
-        #expect(progress == [6, 11])
+        // A read four chunks in order (windows 2, 4, 8, 16); B three after its jump (2, 4, 8).
+        #expect(progress == [3 + 1 + 16, 8 + 1 + 8])
         fx.volume.release(attr.ino, a)
         fx.volume.release(attr.ino, b)
     }

@@ -60,6 +60,12 @@ assert_equal $((before_written + 3 * 1024 * 1024)) "$(metric netvol_written_byte
 (($(metric netvol_errors_total errno=ENOTEMPTY) >= 1)) || fail "the failed rename is not counted by errno"
 (($(metric netvol_request_duration_seconds_count op=mkdir) == before_mkdir + 3)) || fail "mkdir latencies not recorded"
 assert_equal 1 "$(metric netvol_lease_held)" "lease held by the writing mount"
+# The three new directories' names were kept in memory when they were made: the misses
+# of names in them (the kernel asks, having no negative entries yet) are answered there.
+hits=$(metric netvol_metadata_cache_hits_total)
+for i in 1 2 3; do ! stat "$MNT/d$i/missing-$i" 2>/dev/null || fail "a missing name was found"; done
+scrape
+(($(metric netvol_metadata_cache_hits_total) >= hits + 3)) || fail "the metadata cache answered none of three lookups in new directories"
 
 step "reads are counted once they reach the daemon"
 before_read=$(metric netvol_read_bytes_total)

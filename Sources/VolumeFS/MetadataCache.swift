@@ -1,0 +1,411 @@
+// MetadataCache: names and attributes kept in memory in front of the volume's metadata,
+// so that `ls`, `stat`, `cat` and file creation do not pay a database round trip for
+// every lookup and every attribute.
+//
+// Owns: the attributes of inodes it was told or asked about, and for directories whose
+// first lookup loaded them, their whole list of names.
+// Assumes: every change this mount makes goes through it (it is the mount's metadata),
+// and changes other mounts make reach it through the change feed, which the mount reads
+// through it (`changes`) at least every tick while it does not hold the writer lease.
+//
+// Freshness: the writer holds the lease, so nothing changes under it but what it does
+// itself; its cache is exact. A mount that reads sees another mount's change once it
+// has followed the change feed (within half a second): what the kernel's own name and
+// attribute caches already allow, and close-to-open holds because `open` asks for fresh
+// attributes when the mount is not the writer.
+//
+// Races: a load (a directory's names, an inode's attributes) read before a change must
+// not be kept after it. Every change, own or followed, bumps `epoch` when it starts and
+// when it ends, and counts itself in `changing` meanwhile; a load is kept only if no
+// change was under way when it began and `epoch` did not move until it is kept.
+
+public import Metadata
+import Synchronization
+
+public final class MetadataCache: Metadata {
+    public let backing: any Metadata
+
+    /// Directories with at most this many entries are kept whole.
+    let directoryLimit: Int
+    /// Past these the cache starts over, to bound its memory (about 200 bytes an entry).
+    static let directoriesKept = 4096
+    static let attributesKept = 200_000
+
+    struct State {
+        var epoch: UInt64 = 0
+        var changing = 0
+        var attrs: [InodeNumber: Attr] = [:]
+        /// Complete listings: a name missing here is missing in the volume.
+        var directories: [InodeNumber: [FileName: InodeNumber]] = [:]
+        /// Directories found too big to keep: their lookups go to the metadata, without
+        /// listing them again each time.
+        var tooBig: Set<InodeNumber> = []
+
+        mutating func forgetAll() {
+            attrs.removeAll(keepingCapacity: true)
+            directories.removeAll(keepingCapacity: true)
+            tooBig.removeAll(keepingCapacity: true)
+        }
+
+        /// A directory whose entries changed at `now`, as the metadata records it.
+        mutating func touchDirectory(_ dir: InodeNumber, links: Int = 0, at now: Timestamp) {
+            guard var attr = attrs[dir] else { return }
+            attr.mtime = now
+            attr.ctime = now
+            attr.nlink = UInt32(max(0, Int(attr.nlink) + links))
+            attrs[dir] = attr
+        }
+
+        mutating func keep(_ attr: Attr) {
+            if attrs.count >= MetadataCache.attributesKept { attrs.removeAll(keepingCapacity: true) }
+            attrs[attr.ino] = attr
+        }
+    }
+
+    let state = Mutex(State())
+    /// Lookups and attribute reads answered from memory, and those that were not.
+    let hits = Atomic<Int>(0)
+    let misses = Atomic<Int>(0)
+
+    public init(_ backing: any Metadata, directoryLimit: Int = 4096) {
+        self.backing = backing
+        self.directoryLimit = directoryLimit
+    }
+
+    public var counts: (hits: Int, misses: Int) { (hits.load(ordering: .relaxed), misses.load(ordering: .relaxed)) }
+
+    // MARK: Loads
+
+    /// Where a load stands: the epoch it began in, or nil when a change was under way.
+    func beginLoad() -> UInt64? {
+        state.withLock { $0.changing == 0 ? $0.epoch : nil }
+    }
+
+    /// Keeps what a load read, if nothing changed since it began.
+    func finishLoad(_ began: UInt64?, _ update: (inout State) -> Void) {
+        guard let began else { return }
+        state.withLock { state in
+            guard state.changing == 0, state.epoch == began else { return }
+            update(&state)
+        }
+    }
+
+    /// Loads the names (and attributes) of directory `parent` when it is small enough.
+    func loadDirectory(_ parent: InodeNumber) {
+        let began = beginLoad()
+        guard began != nil, !state.withLock({ $0.tooBig.contains(parent) }),
+              let entries = try? backing.readdir(parent, after: 0, limit: directoryLimit + 1) else { return }
+        guard entries.count <= directoryLimit else {
+            state.withLock { state in
+                if state.tooBig.count >= Self.directoriesKept { state.tooBig.removeAll(keepingCapacity: true) }
+                state.tooBig.insert(parent)
+            }
+            return
+        }
+        finishLoad(began) { state in
+            if state.directories.count >= Self.directoriesKept { state.directories.removeAll(keepingCapacity: true) }
+            var names: [FileName: InodeNumber] = [:]
+            names.reserveCapacity(entries.count)
+            for entry in entries {
+                names[entry.name] = entry.attr.ino
+                state.keep(entry.attr)
+            }
+            state.directories[parent] = names
+        }
+    }
+
+    // MARK: Reads answered from memory
+
+    enum Known {
+        case found(Attr)
+        case missing
+        case unknown(directoryKept: Bool)
+    }
+
+    func known(_ parent: InodeNumber, _ name: FileName) -> Known {
+        state.withLock { state in
+            guard let directory = state.directories[parent] else { return .unknown(directoryKept: false) }
+            guard let ino = directory[name] else { return .missing }
+            if let attr = state.attrs[ino] { return .found(attr) }
+            return .unknown(directoryKept: true)
+        }
+    }
+
+    public func lookup(_ parent: InodeNumber, _ name: FileName) throws(MetadataError) -> Attr {
+        try lookup(parent, name, trustingMisses: false)
+    }
+
+    /// `lookup`; a name missing from a kept directory is answered as missing only when
+    /// `trustingMisses` (the writer, under which nothing appears unseen). Elsewhere a miss
+    /// asks the metadata: another mount may have just made the name, and a worker told
+    /// that a file is ready must find it, even before the change feed says so.
+    public func lookup(_ parent: InodeNumber, _ name: FileName, trustingMisses: Bool) throws(MetadataError) -> Attr {
+        var answer = known(parent, name)
+        if case .unknown(directoryKept: false) = answer {
+            loadDirectory(parent)
+            answer = known(parent, name)
+        }
+        switch answer {
+        case .found(let attr):
+            hits.add(1, ordering: .relaxed)
+            return attr
+        case .missing where trustingMisses:
+            hits.add(1, ordering: .relaxed)
+            throw .notFound
+        case .missing, .unknown:
+            misses.add(1, ordering: .relaxed)
+            let began = beginLoad()
+            let attr = try backing.lookup(parent, name)
+            finishLoad(began) { $0.keep(attr) }
+            return attr
+        }
+    }
+
+    public func getattr(_ ino: InodeNumber) throws(MetadataError) -> Attr {
+        if let attr = state.withLock({ $0.attrs[ino] }) {
+            hits.add(1, ordering: .relaxed)
+            return attr
+        }
+        return try freshAttr(ino)
+    }
+
+    /// The attributes as the metadata has them now (for `open` on a mount that does not
+    /// hold the lease: close-to-open).
+    public func freshAttr(_ ino: InodeNumber) throws(MetadataError) -> Attr {
+        misses.add(1, ordering: .relaxed)
+        let began = beginLoad()
+        do {
+            let attr = try backing.getattr(ino)
+            finishLoad(began) { $0.keep(attr) }
+            return attr
+        } catch .notFound {
+            // A name that led here is stale (the inode was deleted elsewhere): forget
+            // the names, so that the kernel's second walk finds the current ones.
+            change { $0.forgetAll() }
+            throw .notFound
+        }
+    }
+
+    /// `freshAttr`, with the chunk map of the same moment.
+    public func attrAndChunks(_ ino: InodeNumber) throws(MetadataError) -> (Attr, [ChunkRef]) {
+        misses.add(1, ordering: .relaxed)
+        let began = beginLoad()
+        do {
+            let (attr, chunks) = try backing.attrAndChunks(ino)
+            finishLoad(began) { $0.keep(attr) }
+            return (attr, chunks)
+        } catch .notFound {
+            change { $0.forgetAll() }
+            throw .notFound
+        }
+    }
+
+    // MARK: Changes
+
+    /// Runs a change of the metadata; `update` then brings the cache in line with what it
+    /// did (by default: every attribute is dropped, names are kept). A change that
+    /// failed may have been applied or not: everything is dropped.
+    func changing<T>(_ body: () throws(MetadataError) -> T,
+                     _ update: (inout State, T) -> Void = { state, _ in state.attrs.removeAll(keepingCapacity: true) })
+        throws(MetadataError) -> T {
+        state.withLock { state in
+            state.changing += 1
+            state.epoch &+= 1
+        }
+        do {
+            let result = try body()
+            state.withLock { state in
+                update(&state, result)
+                state.changing -= 1
+                state.epoch &+= 1
+            }
+            return result
+        } catch {
+            state.withLock { state in
+                state.forgetAll()
+                state.changing -= 1
+                state.epoch &+= 1
+            }
+            throw error
+        }
+    }
+
+    /// Updates the cache for a change learned elsewhere.
+    func change(_ update: (inout State) -> Void) {
+        state.withLock { state in
+            update(&state)
+            state.epoch &+= 1
+        }
+    }
+
+    /// Forgets everything (a mount that lost track of the change feed).
+    public func forgetAll() {
+        change { $0.forgetAll() }
+    }
+
+    public func touch(_ atimes: [InodeNumber: Timestamp]) throws(MetadataError) {
+        try changing({ () throws(MetadataError) in try backing.touch(atimes) }) { state, _ in
+            for ino in atimes.keys { state.attrs[ino] = nil }
+        }
+    }
+
+    public func setattr(_ ino: InodeNumber, _ changes: AttrChanges, now: Timestamp) throws(MetadataError) -> Attr {
+        try changing({ () throws(MetadataError) in try backing.setattr(ino, changes, now: now) }) { state, attr in state.keep(attr) }
+    }
+
+    public func mknode(_ parent: InodeNumber, _ name: FileName, mode: UInt32, uid: UInt32, gid: UInt32,
+                       rdev: UInt64, target: [UInt8]?, now: Timestamp) throws(MetadataError) -> Attr {
+        try changing({ () throws(MetadataError) in
+            try backing.mknode(parent, name, mode: mode, uid: uid, gid: gid, rdev: rdev, target: target, now: now)
+        }) { state, attr in
+            state.directories[parent]?[name] = attr.ino
+            state.touchDirectory(parent, links: attr.isDirectory ? 1 : 0, at: now)
+            state.keep(attr)
+            // A new directory is empty: its misses need no load.
+            if attr.isDirectory { state.directories[attr.ino] = [:] }
+        }
+    }
+
+    public func link(_ ino: InodeNumber, _ newParent: InodeNumber, _ newName: FileName, now: Timestamp) throws(MetadataError) -> Attr {
+        try changing({ () throws(MetadataError) in try backing.link(ino, newParent, newName, now: now) }) { state, attr in
+            state.directories[newParent]?[newName] = ino
+            state.touchDirectory(newParent, at: now)
+            state.keep(attr)
+        }
+    }
+
+    public func unlink(_ parent: InodeNumber, _ name: FileName, now: Timestamp) throws(MetadataError) -> Attr {
+        try changing({ () throws(MetadataError) in try backing.unlink(parent, name, now: now) }) { state, attr in
+            state.directories[parent]?[name] = nil
+            state.touchDirectory(parent, at: now)
+            state.keep(attr)
+        }
+    }
+
+    public func rmdir(_ parent: InodeNumber, _ name: FileName, now: Timestamp) throws(MetadataError) -> Attr {
+        try changing({ () throws(MetadataError) in try backing.rmdir(parent, name, now: now) }) { state, attr in
+            state.directories[parent]?[name] = nil
+            state.directories[attr.ino] = nil
+            state.attrs[attr.ino] = nil
+            state.touchDirectory(parent, links: -1, at: now)
+        }
+    }
+
+    public func rename(_ parent: InodeNumber, _ name: FileName, _ newParent: InodeNumber, _ newName: FileName,
+                       flags: RenameFlags, now: Timestamp) throws(MetadataError) -> Attr? {
+        let source = state.withLock { $0.directories[parent]?[name] }
+        let target = state.withLock { $0.directories[newParent]?[newName] }
+        return try changing({ () throws(MetadataError) in
+            try backing.rename(parent, name, newParent, newName, flags: flags, now: now)
+        }) { state, _ in
+            // Times and link counts of both directories and both inodes changed.
+            state.attrs.removeAll(keepingCapacity: true)
+            // What the names pointed to is known only when both directories are kept;
+            // otherwise both listings are dropped and loaded again when next asked.
+            guard let source, state.directories[newParent] != nil,
+                  !flags.contains(.exchange) || target != nil else {
+                state.directories[parent] = nil
+                state.directories[newParent] = nil
+                return
+            }
+            if flags.contains(.exchange) {
+                state.directories[parent]?[name] = target
+            } else if source != target {
+                state.directories[parent]?[name] = nil
+            }
+            state.directories[newParent]?[newName] = source
+        }
+    }
+
+    public func commitData(_ ino: InodeNumber, chunks: [ChunkRef], drop: Range<Int>?, size: UInt64,
+                           mtime: Timestamp?, now: Timestamp) throws(MetadataError) -> Committed {
+        try changing({ () throws(MetadataError) in
+            try backing.commitData(ino, chunks: chunks, drop: drop, size: size, mtime: mtime, now: now)
+        }) { state, committed in state.keep(committed.attr) }
+    }
+
+    public func recountUsage() throws(MetadataError) -> (recorded: UInt64, counted: UInt64) {
+        try changing { () throws(MetadataError) in try backing.recountUsage() }
+    }
+
+    public func purge(_ inodes: [InodeNumber], now: Timestamp) throws(MetadataError) {
+        try changing({ () throws(MetadataError) in try backing.purge(inodes, now: now) }) { state, _ in
+            for ino in inodes { state.attrs[ino] = nil }
+        }
+    }
+
+    public func setxattr(_ ino: InodeNumber, _ name: FileName, _ value: [UInt8], mode: XattrMode, now: Timestamp) throws(MetadataError) {
+        try changing({ () throws(MetadataError) in try backing.setxattr(ino, name, value, mode: mode, now: now) }) { state, _ in
+            state.attrs[ino] = nil
+        }
+    }
+
+    public func removexattr(_ ino: InodeNumber, _ name: FileName, now: Timestamp) throws(MetadataError) {
+        try changing({ () throws(MetadataError) in try backing.removexattr(ino, name, now: now) }) { state, _ in
+            state.attrs[ino] = nil
+        }
+    }
+
+    /// Reads the change feed, and forgets what the changes in it touched.
+    public func changes(after sequence: Int64, limit: Int) throws(MetadataError) -> ChangeBatch {
+        let batch = try backing.changes(after: sequence, limit: limit)
+        guard batch.truncated || !batch.changes.isEmpty else { return batch }
+        change { state in
+            if batch.truncated {
+                state.forgetAll()
+                return
+            }
+            for change in batch.changes {
+                if let ino = change.ino {
+                    state.attrs[ino] = nil
+                    state.directories[ino] = nil
+                }
+                if let parent = change.parent {
+                    state.attrs[parent] = nil
+                    state.directories[parent] = nil
+                }
+            }
+        }
+        return batch
+    }
+
+    // MARK: Passed through
+
+    public func settings() throws(MetadataError) -> VolumeSettings { try backing.settings() }
+    public func usage() throws(MetadataError) -> VolumeUsage { try backing.usage() }
+    public func resize(sizeLimit: UInt64) throws(MetadataError) { try backing.resize(sizeLimit: sizeLimit) }
+    public func readdir(_ ino: InodeNumber, after cookie: Int64, limit: Int) throws(MetadataError) -> [DirEntry] {
+        try backing.readdir(ino, after: cookie, limit: limit)
+    }
+    public func readlink(_ ino: InodeNumber) throws(MetadataError) -> [UInt8] { try backing.readlink(ino) }
+    public func chunks(_ ino: InodeNumber) throws(MetadataError) -> [ChunkRef] { try backing.chunks(ino) }
+    public func sync() throws(MetadataError) { try backing.sync() }
+    public func orphans() throws(MetadataError) -> [InodeNumber] { try backing.orphans() }
+    public func inodesWithXattrs() throws(MetadataError) -> Set<InodeNumber> { try backing.inodesWithXattrs() }
+    public func getxattr(_ ino: InodeNumber, _ name: FileName) throws(MetadataError) -> [UInt8] { try backing.getxattr(ino, name) }
+    public func listxattr(_ ino: InodeNumber) throws(MetadataError) -> [FileName] { try backing.listxattr(ino) }
+    public func garbage(olderThan seconds: Double, limit: Int) throws(MetadataError) -> [ObjectID] {
+        try backing.garbage(olderThan: seconds, limit: limit)
+    }
+    public func dropGarbage(_ objects: [ObjectID]) throws(MetadataError) { try backing.dropGarbage(objects) }
+    public func adoptStrays(_ objects: [ObjectID]) throws(MetadataError) -> Int { try backing.adoptStrays(objects) }
+    public func knownObjects() throws(MetadataError) -> Set<ObjectID> { try backing.knownObjects() }
+    public func allChunks() throws(MetadataError) -> [(InodeNumber, [ChunkRef])] { try backing.allChunks() }
+    public func lease() throws(MetadataError) -> Lease { try backing.lease() }
+    public func acquireLease(holder: String, ttlSeconds: Double) throws(MetadataError) -> Lease {
+        try backing.acquireLease(holder: holder, ttlSeconds: ttlSeconds)
+    }
+    public func renewLease(holder: String, token: LeaseToken, ttlSeconds: Double) throws(MetadataError) -> Lease {
+        try backing.renewLease(holder: holder, token: token, ttlSeconds: ttlSeconds)
+    }
+    public func releaseLease(holder: String, token: LeaseToken) throws(MetadataError) {
+        try backing.releaseLease(holder: holder, token: token)
+    }
+    public func breakLease() throws(MetadataError) -> Lease { try backing.breakLease() }
+    public func setFence(_ fence: Fence?) { backing.setFence(fence) }
+    public func heartbeat(_ session: Session, staleSeconds: Double) throws(MetadataError) {
+        try backing.heartbeat(session, staleSeconds: staleSeconds)
+    }
+    public func removeSession(id: String) throws(MetadataError) { try backing.removeSession(id: id) }
+    public func sessions() throws(MetadataError) -> [Session] { try backing.sessions() }
+}

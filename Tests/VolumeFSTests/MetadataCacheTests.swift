@@ -1,0 +1,141 @@
+import Foundation
+import Metadata
+import Testing
+@testable import VolumeFS
+
+/// The cache answers exactly what the metadata behind it answers: after every change it
+/// makes itself, and after changes another mount made once it has read them from the
+/// change feed.
+@Suite struct MetadataCacheTests {
+    /// Every name and inode the run may have made, and whether the cache and the metadata
+    /// agree on each.
+    struct World {
+        var directories: [InodeNumber] = [.root]
+        var inodes: Set<InodeNumber> = [.root]
+        static let names = (0..<6).map { FileName("n\($0)") }
+    }
+
+    func agree(_ cache: MetadataCache, _ world: World, _ context: String) {
+        for directory in world.directories {
+            for name in World.names {
+                let cached = Result { () throws(MetadataError) in try cache.lookup(directory, name, trustingMisses: true) }
+                let actual = Result { () throws(MetadataError) in try cache.backing.lookup(directory, name) }
+                #expect(cached == actual, "lookup \(directory.rawValue)/\(name) after \(context)")
+            }
+        }
+        for ino in world.inodes {
+            let cached = Result { () throws(MetadataError) in try cache.getattr(ino) }
+            let actual = Result { () throws(MetadataError) in try cache.backing.getattr(ino) }
+            #expect(cached == actual, "getattr \(ino.rawValue) after \(context)")
+            let opened = Result { () throws(MetadataError) in try cache.attrAndChunks(ino).0 }
+            #expect(opened == actual, "attrAndChunks \(ino.rawValue) after \(context)")
+        }
+    }
+
+    @Test(arguments: [1, 2, 3, 4] as [UInt64])
+    func randomChangesKeepTheCacheExact(seed: UInt64) throws {
+        let directory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let storage = try TestStorage.make(.embedded, chunkSize: 4096, sizeLimit: 1 << 30, directory: directory)
+        let cache = MetadataCache(storage.metadata)
+        // Another mount, changing the same volume behind the cache's back.
+        let other = try storage.reopen(nil)
+        var seen = try cache.changes(after: Int64.max - 1, limit: 1).latest
+        var world = World()
+        var random = SeededGenerator(seed: seed)
+        var clock: Int64 = 1_000_000_000
+
+        for step in 0..<400 {
+            clock += 1_000
+            let now = Timestamp(nanoseconds: clock)
+            let fromElsewhere = Int.random(in: 0..<10, using: &random) == 0
+            let meta: any Metadata = fromElsewhere ? other : cache
+            let parent = world.directories.randomElement(using: &random)!
+            let name = World.names.randomElement(using: &random)!
+            let ino = world.inodes.randomElement(using: &random)!
+            var what = ""
+            do throws(MetadataError) {
+                switch Int.random(in: 0..<11, using: &random) {
+                case 0, 1:
+                    what = "create \(parent.rawValue)/\(name)"
+                    let attr = try meta.mknode(parent, name, mode: FileType.regular.rawValue | 0o644, uid: 0, gid: 0, rdev: 0, target: nil, now: now)
+                    world.inodes.insert(attr.ino)
+                case 2:
+                    what = "mkdir \(parent.rawValue)/\(name)"
+                    let attr = try meta.mknode(parent, name, mode: FileType.directory.rawValue | 0o755, uid: 0, gid: 0, rdev: 0, target: nil, now: now)
+                    world.inodes.insert(attr.ino)
+                    world.directories.append(attr.ino)
+                case 3:
+                    what = "unlink \(parent.rawValue)/\(name)"
+                    _ = try meta.unlink(parent, name, now: now)
+                case 4:
+                    what = "rmdir \(parent.rawValue)/\(name)"
+                    _ = try meta.rmdir(parent, name, now: now)
+                case 5, 6:
+                    let newParent = world.directories.randomElement(using: &random)!
+                    let newName = World.names.randomElement(using: &random)!
+                    let flags: RenameFlags = [[], [], [.noReplace], [.exchange]].randomElement(using: &random)!
+                    what = "rename \(parent.rawValue)/\(name) \(newParent.rawValue)/\(newName) \(flags.rawValue)"
+                    _ = try meta.rename(parent, name, newParent, newName, flags: flags, now: now)
+                case 7:
+                    what = "link \(ino.rawValue) \(parent.rawValue)/\(name)"
+                    _ = try meta.link(ino, parent, name, now: now)
+                case 8:
+                    what = "chmod \(ino.rawValue)"
+                    _ = try meta.setattr(ino, AttrChanges(mode: UInt32.random(in: 0..<0o777, using: &random)), now: now)
+                case 9:
+                    what = "write \(ino.rawValue)"
+                    let bytes = [UInt8](repeating: UInt8(step % 251), count: Int.random(in: 1..<100, using: &random))
+                    let chunk = ChunkRef(index: 0, inline: bytes, checksums: bytes.withUnsafeBytes { BlockChecksums(of: $0) })
+                    _ = try meta.commitData(ino, chunks: [chunk], drop: nil, size: UInt64(bytes.count), mtime: now, now: now)
+                default:
+                    what = "xattr and atime \(ino.rawValue)"
+                    try meta.setxattr(ino, "user.x", [1, 2], mode: .any, now: now)
+                    try meta.touch([ino: now])
+                }
+            } catch {
+                what += " (failed: \(error))"
+            }
+            if fromElsewhere {
+                // Before the mount has read the change feed, a name another mount made is
+                // found all the same (a lookup that does not trust its misses asks).
+                for directory in world.directories {
+                    for name in World.names where (try? cache.backing.lookup(directory, name)) != nil {
+                        #expect((try? cache.lookup(directory, name, trustingMisses: false)) != nil,
+                                "\(directory.rawValue)/\(name) after step \(step): \(what), before the change feed")
+                    }
+                }
+                // The mount catches up as its tick would; until then it may lag, after it not.
+                let batch = try cache.changes(after: seen, limit: 10_000)
+                seen = batch.latest
+                what += " by another mount"
+            }
+            agree(cache, world, "step \(step): \(what)")
+        }
+        let counts = cache.counts
+        #expect(counts.hits > counts.misses, "the cache answered \(counts.hits) of \(counts.hits + counts.misses)")
+    }
+
+    @Test func aDirectoryTooBigToKeepIsAskedAboutEachTimeAndListedOnce() throws {
+        let directory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let storage = try TestStorage.make(.embedded, chunkSize: 4096, sizeLimit: 1 << 30, directory: directory)
+        let cache = MetadataCache(storage.metadata, directoryLimit: 8)
+        let now = Timestamp(nanoseconds: 1_000_000_000)
+        for i in 0..<9 {
+            _ = try storage.metadata.mknode(.root, FileName("f\(i)"), mode: FileType.regular.rawValue | 0o644, uid: 0, gid: 0,
+                                            rdev: 0, target: nil, now: now)
+        }
+        for i in 0..<12 {
+            let name = FileName("f\(i)")
+            let cached = Result { () throws(MetadataError) in try cache.lookup(.root, name) }
+            #expect(cached == Result { () throws(MetadataError) in try storage.metadata.lookup(.root, name) })
+        }
+        #expect(cache.state.withLock { $0.directories[.root] == nil && $0.tooBig.contains(.root) })
+        #expect(cache.counts.hits == 0)
+        // A small directory is kept: after the first lookup, the rest come from memory.
+        let small = try cache.mknode(.root, "small", mode: FileType.directory.rawValue | 0o755, uid: 0, gid: 0, rdev: 0, target: nil, now: now)
+        for i in 0..<3 { #expect(throws: MetadataError.notFound) { try cache.lookup(small.ino, FileName("g\(i)"), trustingMisses: true) } }
+        #expect(cache.counts.hits == 3)
+    }
+}
