@@ -132,26 +132,34 @@ extension PostgresMetadata {
         }
     }
 
+    /// Set-based, so that a batch costs a few round trips however many inodes it holds:
+    /// purges run under the lease row's lock, and every unlink of an `rm -rf` waits for
+    /// them.
     public func purge(_ inodes: [InodeNumber], now: Timestamp) throws(MetadataError) {
         guard !inodes.isEmpty else { return }
         try mutate { tx in
-            for ino in inodes {
-                let gone = try tx.execute("DELETE FROM inodes WHERE volume = $1 AND ino = $2 AND nlink = 0 RETURNING ino",
-                                          [.int(id), .ino(ino)])
-                guard gone.count == 1 else { continue }
-                let rows = try tx.execute("DELETE FROM chunks WHERE volume = $1 AND ino = $2 RETURNING object, length",
-                                          [.int(id), .ino(ino)])
-                var objects: [ObjectID] = []
-                var freed: Int64 = 0
-                for row in 0..<rows.count {
-                    if let object = Self.storedObject(try rows.int(row, 0)) { objects.append(object) }
-                    freed += try rows.int(row, 1)
-                }
-                _ = try retire(tx, objects)
-                try addUsage(tx, -freed)
-                try tx.execute("DELETE FROM xattrs WHERE volume = $1 AND ino = $2", [.int(id), .ino(ino)])
-                try note(tx, ino: ino)
+            let rows = try tx.execute("DELETE FROM inodes WHERE volume = $1 AND ino = ANY($2) AND nlink = 0 RETURNING ino",
+                                      [.int(id), .ints(inodes.map { Int64(bitPattern: $0.rawValue) })])
+            let gone = try (0..<rows.count).map { try rows.int($0, 0) }
+            guard !gone.isEmpty else { return }
+            let chunks = try tx.execute("DELETE FROM chunks WHERE volume = $1 AND ino = ANY($2) RETURNING object, length",
+                                        [.int(id), .ints(gone)])
+            var objects: [ObjectID] = []
+            var freed: Int64 = 0
+            for row in 0..<chunks.count {
+                if let object = Self.storedObject(try chunks.int(row, 0)) { objects.append(object) }
+                freed += try chunks.int(row, 1)
             }
+            _ = try retire(tx, objects)
+            try addUsage(tx, -freed)
+            tx.later("DELETE FROM xattrs WHERE volume = $1 AND ino = ANY($2)", [.int(id), .ints(gone)])
+            // One change per inode, numbered in order from the lease row's counter.
+            tx.later("""
+                WITH next AS (UPDATE lease SET last_change = last_change + cardinality($2::bigint[]) WHERE volume = $1
+                              RETURNING last_change - cardinality($2::bigint[]) AS base)
+                INSERT INTO changes(volume, seq, ino)
+                SELECT $1, next.base + t.n, t.ino FROM next, unnest($2::bigint[]) WITH ORDINALITY AS t(ino, n)
+                """, [.int(id), .ints(gone)])
         }
     }
 

@@ -40,8 +40,13 @@ public final class MetadataCache: Metadata {
         /// Directories found too big to keep: their lookups go to the metadata, without
         /// listing them again each time.
         var tooBig: Set<InodeNumber> = []
+        /// The last stretch of each directory read by `readdir`, as of `epoch`: the kernel
+        /// asks for a listing a page (a few dozen entries) at a time, and each page would
+        /// otherwise be a query of its own.
+        var listings: [InodeNumber: Listing] = [:]
 
         mutating func forgetAll() {
+            listings.removeAll(keepingCapacity: true)
             attrs.removeAll(keepingCapacity: true)
             directories.removeAll(keepingCapacity: true)
             tooBig.removeAll(keepingCapacity: true)
@@ -61,6 +66,19 @@ public final class MetadataCache: Metadata {
             attrs[attr.ino] = attr
         }
     }
+
+    /// Entries of a directory after `after`, in order; `reachesEnd` when they are all
+    /// there are.
+    struct Listing {
+        var after: Int64
+        var entries: [DirEntry]
+        var reachesEnd: Bool
+        var epoch: UInt64
+    }
+
+    /// Entries read from the metadata per `readdir`, at least.
+    static let listingBatch = 1024
+    static let listingsKept = 64
 
     let state = Mutex(State())
     /// Lookups and attribute reads answered from memory, and those that were not.
@@ -374,8 +392,29 @@ public final class MetadataCache: Metadata {
     public func settings() throws(MetadataError) -> VolumeSettings { try backing.settings() }
     public func usage() throws(MetadataError) -> VolumeUsage { try backing.usage() }
     public func resize(sizeLimit: UInt64) throws(MetadataError) { try backing.resize(sizeLimit: sizeLimit) }
+    /// Pages of a listing come from one query of `listingBatch` entries while nothing
+    /// changes in between (any change, own or followed, moves the epoch).
     public func readdir(_ ino: InodeNumber, after cookie: Int64, limit: Int) throws(MetadataError) -> [DirEntry] {
-        try backing.readdir(ino, after: cookie, limit: limit)
+        let kept = state.withLock { state -> [DirEntry]? in
+            guard state.changing == 0, let listing = state.listings[ino], listing.epoch == state.epoch,
+                  cookie == listing.after || listing.entries.contains(where: { $0.cookie == cookie }) else { return nil }
+            let rest = listing.entries.drop { $0.cookie <= cookie }
+            guard rest.count >= limit || listing.reachesEnd else { return nil }
+            return Array(rest.prefix(limit))
+        }
+        if let kept {
+            hits.add(1, ordering: .relaxed)
+            return kept
+        }
+        misses.add(1, ordering: .relaxed)
+        let began = beginLoad()
+        let batch = max(limit, Self.listingBatch)
+        let entries = try backing.readdir(ino, after: cookie, limit: batch)
+        finishLoad(began) { state in
+            if state.listings.count >= Self.listingsKept { state.listings.removeAll(keepingCapacity: true) }
+            state.listings[ino] = Listing(after: cookie, entries: entries, reachesEnd: entries.count < batch, epoch: state.epoch)
+        }
+        return Array(entries.prefix(limit))
     }
     public func readlink(_ ino: InodeNumber) throws(MetadataError) -> [UInt8] { try backing.readlink(ino) }
     public func chunks(_ ino: InodeNumber) throws(MetadataError) -> [ChunkRef] { try backing.chunks(ino) }

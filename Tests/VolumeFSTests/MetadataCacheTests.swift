@@ -23,6 +23,19 @@ import Testing
                 #expect(cached == actual, "lookup \(directory.rawValue)/\(name) after \(context)")
             }
         }
+        for directory in world.directories {
+            // Page by page, as the kernel lists, against one listing of the whole.
+            let paged = Result { () throws(MetadataError) -> [DirEntry] in
+                var entries: [DirEntry] = []
+                while true {
+                    let page = try cache.readdir(directory, after: entries.last?.cookie ?? 0, limit: 2)
+                    entries += page
+                    if page.count < 2 { return entries }
+                }
+            }
+            let actual = Result { () throws(MetadataError) in try cache.backing.readdir(directory, after: 0, limit: 10_000) }
+            #expect(paged == actual, "readdir \(directory.rawValue) after \(context)")
+        }
         for ino in world.inodes {
             let cached = Result { () throws(MetadataError) in try cache.getattr(ino) }
             let actual = Result { () throws(MetadataError) in try cache.backing.getattr(ino) }
