@@ -441,19 +441,25 @@ mount_fs() { # NAME
     ROOTDIR[$fs]=$mp
 }
 
+# unmount_at MOUNTPOINT IS_NETVOL LOG: `netvol unmount` (IS_NETVOL=1) or fusermount3,
+# forced if that fails; what they say goes to LOG.
+unmount_at() {
+    local mp=$1 netvol=$2 log=$3
+    mounted "$mp" || return 0
+    if ((netvol)); then
+        timeout 120 "$NETVOL" unmount "$mp" >>"$log" 2>&1 || {
+            say "bench: netvol unmount $mp failed (see $log); forcing it"
+            force_unmount "$mp"
+        }
+    else
+        fusermount3 -u "$mp" 2>>"$log" || force_unmount "$mp"
+    fi
+}
+
 umount_fs() { # NAME
     local fs=$1 mp=${MOUNTPOINT[$1]-} pid=${DAEMON[$1]-}
     [[ -n $mp ]] || return 0
-    if mounted "$mp"; then
-        if [[ $fs == netvol ]]; then
-            timeout 120 "$NETVOL" unmount "$mp" >>"$LOGS/netvol.log" 2>&1 || {
-                say "bench: netvol unmount $mp failed (see $LOGS/netvol.log); forcing it"
-                force_unmount "$mp"
-            }
-        else
-            fusermount3 -u "$mp" 2>>"$LOGS/$fs.log" || force_unmount "$mp"
-        fi
-    fi
+    unmount_at "$mp" "$([[ $fs == netvol ]] && echo 1 || echo 0)" "$LOGS/$fs.log"
     stop_pid "$pid"
     unset "MOUNTPOINT[$fs]" "DAEMON[$fs]" "ROOTDIR[$fs]"
 }

@@ -182,8 +182,6 @@ public final class CachedChunkStore: ChunkStore {
         try backing.list()
     }
 
-    /// Deletes the cached file; the next read fetches the object again (and a backing
-    /// store with copies of its own is told too).
     /// Whether a whole copy of `id` is in the cache (put there by this process or by
     /// another mount of this host sharing the directory).
     public func isCached(_ id: ObjectID) -> Bool {
@@ -196,6 +194,8 @@ public final class CachedChunkStore: ChunkStore {
         Glibc.unlink(path(of: id))
     }
 
+    /// Deletes the cached file; the next read fetches the object again (and a backing
+    /// store with copies of its own is told too).
     public func discard(_ id: ObjectID) {
         index.withLock { _ = $0.remove(id) }
         Glibc.unlink(path(of: id))

@@ -170,13 +170,12 @@ public final class S3ChunkStore: ChunkStore {
                                 headers: [("range", "bytes=\(offset)-\(offset + buffer.count - 1)")],
                                 window: ReadWindow(buffer: buffer, offset: offset))
         switch reply.status {
-        case 200:
+        case 200, 206:
             if let problem = reply.problem { throw .io(errno: EIO, "\(what): \(problem)") }
-            // The whole object, from a server that ignored the range.
-            return (reply.copied, reply.headers.first(name: "content-length").flatMap { Int($0) })
-        case 206:
-            if let problem = reply.problem { throw .io(errno: EIO, "\(what): \(problem)") }
-            return (reply.copied, ReplyCollector.rangeTotal(reply.headers.first(name: "content-range")))
+            // 200 is the whole object, from a server that ignored the range.
+            let size = reply.status == 200 ? reply.headers.first(name: "content-length").flatMap { Int($0) }
+                : ReplyCollector.rangeTotal(reply.headers.first(name: "content-range"))
+            return (reply.copied, size)
         case 416:
             // The range starts at or past the end; `bytes */TOTAL` says where that is.
             return (0, ReplyCollector.rangeTotal(reply.headers.first(name: "content-range")))

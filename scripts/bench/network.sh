@@ -266,16 +266,7 @@ net_umount() { # KIND RTT
     pid=${DAEMON[$id]-}
     [[ -n $mp ]] || return 0
     local start=$EPOCHREALTIME
-    if mounted "$mp"; then
-        if [[ $kind == netvol || $kind == embedded ]]; then
-            timeout 120 "$NETVOL" unmount "$mp" >>"$LOGS/$id.log" 2>&1 || {
-                say "bench: netvol unmount $mp failed (see $LOGS/$id.log); forcing it"
-                force_unmount "$mp"
-            }
-        else
-            fusermount3 -u "$mp" 2>>"$LOGS/$id.log" || force_unmount "$mp"
-        fi
-    fi
+    unmount_at "$mp" "$([[ $kind == netvol || $kind == embedded ]] && echo 1 || echo 0)" "$LOGS/$id.log"
     stop_pid "$pid"
     echo "--- unmounted in $(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }') s" >>"$LOGS/$id.log"
     unset "MOUNTPOINT[$id]" "DAEMON[$id]" "ROOTDIR[$id]"
