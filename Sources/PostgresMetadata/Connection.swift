@@ -151,6 +151,34 @@ final class Rows {
 
     func bool(_ row: Int, _ column: Int) throws -> Bool { try int(row, column) != 0 }
 
+    /// An int8[] of one dimension without NULLs, in the binary array format: dimensions,
+    /// a NULL flag and the element type, each dimension's length and lower bound, then
+    /// every element as its length and its bytes.
+    func ints(_ row: Int, _ column: Int) throws -> [Int64] {
+        guard let bytes = raw(row, column) else { throw unexpected(row, column, "NULL") }
+        func word(_ at: Int, _ width: Int) throws -> Int64 {
+            guard at + width <= bytes.count else { throw unexpected(row, column, "a short array") }
+            var value: Int64 = bytes[at] & 0x80 != 0 ? -1 : 0
+            for byte in bytes[at..<(at + width)] { value = (value << 8) | Int64(byte) }
+            return value
+        }
+        let dimensions = try word(0, 4)
+        guard dimensions != 0 else { return [] }
+        guard dimensions == 1, try word(4, 4) == 0, try word(8, 4) == 20 else {
+            throw unexpected(row, column, "an array that is not of int8 in one dimension without NULLs")
+        }
+        let count = Int(try word(12, 4))
+        var values: [Int64] = []
+        values.reserveCapacity(count)
+        var at = 20
+        for _ in 0..<count {
+            guard try word(at, 4) == 8 else { throw unexpected(row, column, "an element that is not 8 bytes") }
+            values.append(try word(at + 4, 8))
+            at += 12
+        }
+        return values
+    }
+
     func bytesOrNil(_ row: Int, _ column: Int) throws -> [UInt8]? {
         if isNull(row, column) { return nil }
         guard let bytes = raw(row, column) else { throw unexpected(row, column, "no value") }
@@ -175,6 +203,8 @@ final class Rows {
 /// One session with the server. Used by one thread at a time: the pool hands it out.
 final class Connection: @unchecked Sendable {
     let raw: OpaquePointer
+    /// When the session began: its server process started no later than this.
+    let opened = ContinuousClock.now
     /// Statement text to the name it was prepared under on this connection.
     private var prepared: [String: String] = [:]
 

@@ -64,71 +64,38 @@ extension PostgresMetadata {
         }
     }
 
+    /// One statement (`netvol_commit_data`) does the work and refuses what it must, so
+    /// the commit is one round trip. When its answer is lost with COMMIT's, the
+    /// attributes are read again and the retired objects are not known: they are in the
+    /// garbage table all the same, for gc.
     @discardableResult
     public func commitData(_ ino: InodeNumber, chunks: [ChunkRef], drop: Range<Int>?, size: UInt64,
                            mtime: Timestamp?, now: Timestamp) throws(MetadataError) -> Committed {
-        try mutate { tx in
-            var delta: Int64 = 0
-            var dropped: [ObjectID] = []
-            func removed(_ rows: Rows) throws {
-                for row in 0..<rows.count {
-                    if let object = Self.storedObject(try rows.int(row, 0)) { dropped.append(object) }
-                    delta -= try rows.int(row, 1)
-                }
+        // An index given twice keeps the last, as a replace would.
+        var latest: [Int: ChunkRef] = [:]
+        for chunk in chunks { latest[chunk.index] = chunk }
+        let rows = latest.values.sorted { $0.index < $1.index }
+        let drop = drop.flatMap { $0.isEmpty ? nil : $0 }
+        return try mutateInOneTrip(recover: { () throws(MetadataError) in
+            Committed(attr: try self.getattr(ino), retired: [])
+        }) { tx in
+            let retired = Answered<[ObjectID]>()
+            tx.withCommit("""
+                SELECT netvol_commit_data($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, coalesce($13, \(Self.databaseNow)))
+                """, [.int(id), .ino(ino), .int(drop.map { Int64($0.lowerBound) }), .int(drop.map { Int64($0.upperBound) }),
+                      .ints(rows.map { Int64($0.index) }),
+                      .ints(rows.map { $0.object.map { Int64(bitPattern: $0.rawValue) } ?? Self.inlineObject }),
+                      .ints(rows.map { Int64($0.length) }), .byteArrays(rows.map { $0.checksums.encoded }),
+                      .byteArrays(rows.map(\.inlineBytes)), .int(Int64(bitPattern: size)), .int(mtime?.nanoseconds),
+                      .time(now), clockValue]) { answer in
+                retired.value = try answer.ints(0, 0).map { ObjectID(rawValue: UInt64(bitPattern: $0)) }
             }
-            // The removals travel with the attributes' read (and BEGIN): one round trip.
-            // If the inode turns out not to be a file, the whole transaction rolls back.
-            if let drop, !drop.isEmpty {
-                tx.later("""
-                    DELETE FROM chunks WHERE volume = $1 AND ino = $2 AND idx >= $3 AND idx < $4 RETURNING object, length
-                    """, [.int(id), .ino(ino), .int(Int64(drop.lowerBound)), .int(Int64(drop.upperBound))], answer: removed)
+            // Read after the function, so it sees what the function changed.
+            let committed = Answered<Committed>()
+            tx.withCommit("SELECT \(Self.attrColumns) FROM inodes WHERE volume = $1 AND ino = $2", [.int(id), .ino(ino)]) { answer in
+                committed.value = Committed(attr: try Self.attr(answer), retired: try retired.get())
             }
-            if !chunks.isEmpty {
-                // Replaced chunks first: what they named may become garbage.
-                tx.later("""
-                    DELETE FROM chunks WHERE volume = $1 AND ino = $2 AND idx = ANY($3) RETURNING object, length
-                    """, [.int(id), .ino(ino), .ints(chunks.map { Int64($0.index) })], answer: removed)
-            }
-            let attr = try fetchAttr(tx, ino)
-            guard attr.isRegular else { throw MetadataError.invalidArgument("not a regular file") }
-            // One statement for every chunk, however many; an index given twice keeps the
-            // last, as a replace would.
-            var latest: [Int: ChunkRef] = [:]
-            for chunk in chunks { latest[chunk.index] = chunk }
-            let rows = latest.values.sorted { $0.index < $1.index }
-            var referenced: [Int64] = []
-            for chunk in rows {
-                delta += Int64(chunk.length)
-                if let object = chunk.object { referenced.append(Int64(bitPattern: object.rawValue)) }
-            }
-            if !rows.isEmpty {
-                tx.later("""
-                    INSERT INTO chunks(volume, ino, idx, object, length, checksums, data)
-                    SELECT $1, $2, c.idx, c.object, c.length, c.checksums, c.data
-                    FROM unnest($3::bigint[], $4::bigint[], $5::bigint[], $6::bytea[], $7::bytea[]) AS c(idx, object, length, checksums, data)
-                    ON CONFLICT (volume, ino, idx) DO UPDATE SET object = excluded.object, length = excluded.length,
-                        checksums = excluded.checksums, data = excluded.data
-                    """, [.int(id), .ino(ino), .ints(rows.map { Int64($0.index) }),
-                          .ints(rows.map { $0.object.map { Int64(bitPattern: $0.rawValue) } ?? Self.inlineObject }),
-                          .ints(rows.map { Int64($0.length) }), .byteArrays(rows.map { $0.checksums.encoded }),
-                          .byteArrays(rows.map(\.inlineBytes))])
-            }
-            if !referenced.isEmpty {
-                // An upload that gc adopted as a stray before this commit is no stray.
-                tx.later("DELETE FROM garbage WHERE volume = $1 AND object = ANY($2)", [.int(id), .ints(referenced)])
-            }
-            try addUsage(tx, delta)
-            let newMtime = mtime ?? attr.mtime
-            tx.later("UPDATE inodes SET size = $3, mtime = $4, ctime = $5, stored = greatest(0, stored + $6) WHERE volume = $1 AND ino = $2",
-                           [.int(id), .ino(ino), .int(Int64(bitPattern: size)), .time(newMtime), .time(now), .int(delta)])
-            let retired = try retire(tx, dropped)
-            try note(tx, ino: ino)
-            var after = attr
-            after.size = size
-            after.mtime = newMtime
-            after.ctime = now
-            after.storedBytes = UInt64(max(0, Int64(attr.storedBytes) + delta))
-            return Committed(attr: after, retired: retired)
+            return committed
         }
     }
 

@@ -50,6 +50,7 @@ extension PostgresMetadata {
             try tx.execute("""
                 DELETE FROM changes WHERE volume = $1 AND seq <= (SELECT last_change FROM lease WHERE volume = $1) - $2
                 """, [.int(id), .int(Self.feedLength)])
+            tx.later(ConnectionPool.pruneMarkers)
             return renewed
         }
     }

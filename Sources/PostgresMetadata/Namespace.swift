@@ -98,60 +98,27 @@ extension PostgresMetadata {
     }
 
     public func setattr(_ ino: InodeNumber, _ changes: AttrChanges, now: Timestamp) throws(MetadataError) -> Attr {
-        try mutate { tx in
-            var attr = try fetchAttr(tx, ino)
-            if let mode = changes.mode { attr.mode = (attr.mode & FileType.mask) | (mode & 0o7777) }
-            if let uid = changes.uid { attr.uid = uid }
-            if let gid = changes.gid { attr.gid = gid }
-            if let atime = changes.atime { attr.atime = atime }
-            if let mtime = changes.mtime { attr.mtime = mtime }
-            attr.ctime = now
-            try tx.execute("UPDATE inodes SET mode = $3, uid = $4, gid = $5, atime = $6, mtime = $7, ctime = $8 WHERE volume = $1 AND ino = $2",
-                           [.int(id), .ino(ino), .int(Int64(attr.mode)), .int(Int64(attr.uid)), .int(Int64(attr.gid)),
-                            .time(attr.atime), .time(attr.mtime), .time(attr.ctime)])
-            try note(tx, ino: ino)
+        try mutateInOneTrip(recover: { () throws(MetadataError) in try self.getattr(ino) }) { tx in
+            let attr = Answered<Attr>()
+            tx.withCommit("SELECT \(Self.attrColumns) FROM netvol_setattr($1, $2, $3, $4, $5, $6, $7, $8)",
+                          [.int(id), .ino(ino), .int(changes.mode.map(Int64.init)), .int(changes.uid.map(Int64.init)),
+                           .int(changes.gid.map(Int64.init)), .int(changes.atime?.nanoseconds),
+                           .int(changes.mtime?.nanoseconds), .time(now)]) { rows in attr.value = try Self.attr(rows) }
             return attr
         }
     }
 
+    /// Creates the inode and its entry in one statement (`netvol_mknode`), which refuses
+    /// a missing or removed directory and a name that exists.
     public func mknode(_ parent: InodeNumber, _ name: FileName, mode: UInt32, uid: UInt32, gid: UInt32,
                        rdev: UInt64, target: [UInt8]?, now: Timestamp) throws(MetadataError) -> Attr {
-        try mutate { tx in
-            // One round trip for every question (the directory, the name, the next inode
-            // number, which comes from the lease row this transaction holds locked); the
-            // writes then travel with COMMIT.
-            let rows = try tx.execute("""
-                SELECT dir.mode, dir.nlink, dir.gid,
-                       EXISTS(SELECT 1 FROM dentries WHERE volume = $1 AND parent = $2 AND name = $3),
-                       (SELECT next_ino FROM lease WHERE volume = $1)
-                FROM inodes dir WHERE dir.volume = $1 AND dir.ino = $2
-                """, [.int(id), .ino(parent), .name(name)])
-            guard rows.count == 1 else { throw MetadataError.notFound }
-            let dirMode = UInt32(truncatingIfNeeded: try rows.int(0, 0))
-            guard dirMode & FileType.mask == FileType.directory.rawValue else { throw MetadataError.notDirectory }
-            guard try rows.int(0, 1) > 0 else { throw MetadataError.notFound }
-            if try rows.bool(0, 3) { throw MetadataError.exists }
-            guard let next = try rows.intOrNil(0, 4) else { throw MetadataError.notAVolume("volume \(volumeName) has no lease row") }
-            var mode = mode
-            var gid = gid
-            let isDirectory = mode & FileType.mask == FileType.directory.rawValue
-            if dirMode & 0o2000 != 0 {
-                gid = UInt32(truncatingIfNeeded: try rows.int(0, 2))
-                if isDirectory { mode |= 0o2000 }
-            }
-            let ino = InodeNumber(UInt64(bitPattern: next))
-            tx.later("UPDATE lease SET next_ino = $2 WHERE volume = $1", [.int(id), .int(next + 1)])
-            tx.later("""
-                INSERT INTO inodes(volume, ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, parent, target)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9, $10, $11)
-                """, [.int(id), .ino(ino), .int(Int64(mode)), .int(isDirectory ? 2 : 1), .int(Int64(uid)), .int(Int64(gid)),
-                      .int(Int64(bitPattern: rdev)), .int(Int64(target?.count ?? 0)), .time(now),
-                      .ino(isDirectory ? parent : nil), .bytes(target)])
-            try insertEntry(tx, parent, name, ino)
-            try touchDirectory(tx, parent, nlinkDelta: isDirectory ? 1 : 0, now: now)
-            try note(tx, ino: parent, parent: parent, name: name)
-            return Attr(ino: ino, mode: mode, nlink: isDirectory ? 2 : 1, uid: uid, gid: gid, rdev: rdev,
-                        size: UInt64(target?.count ?? 0), atime: now, mtime: now, ctime: now)
+        // Made once, under the kernel's lock of the directory: the name is what was made.
+        try mutateInOneTrip(recover: { () throws(MetadataError) in try self.lookup(parent, name) }) { tx in
+            let attr = Answered<Attr>()
+            tx.withCommit("SELECT \(Self.attrColumns) FROM netvol_mknode($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                          [.int(id), .ino(parent), .name(name), .int(Int64(mode)), .int(Int64(uid)), .int(Int64(gid)),
+                           .int(Int64(bitPattern: rdev)), .bytes(target), .time(now)]) { rows in attr.value = try Self.attr(rows) }
+            return attr
         }
     }
 
@@ -172,18 +139,25 @@ extension PostgresMetadata {
     }
 
     public func unlink(_ parent: InodeNumber, _ name: FileName, now: Timestamp) throws(MetadataError) -> Attr {
-        try mutate { tx in
-            var attr = try entryAttr(tx, parent, name)
-            if attr.isDirectory { throw MetadataError.isDirectory }
-            try deleteEntry(tx, parent, name)
-            tx.later("UPDATE inodes SET nlink = greatest(0, nlink - 1), ctime = $3 WHERE volume = $1 AND ino = $2",
-                           [.int(id), .ino(attr.ino), .time(now)])
-            try touchDirectory(tx, parent, now: now)
-            try note(tx, ino: attr.ino)
-            try note(tx, ino: parent, parent: parent, name: name)
-            attr.nlink = attr.nlink > 0 ? attr.nlink - 1 : 0
-            attr.ctime = now
+        try mutateInOneTrip(recover: { () throws(MetadataError) in try self.unlinked(parent, name) }) { tx in
+            let attr = Answered<Attr>()
+            tx.withCommit("SELECT \(Self.attrColumns) FROM netvol_unlink($1, $2, $3, $4)",
+                          [.int(id), .ino(parent), .name(name), .time(now)]) { rows in attr.value = try Self.attr(rows) }
             return attr
+        }
+    }
+
+    /// The inode the latest unlink of `name` in `parent` took the name from, for an unlink
+    /// whose answer was lost: `netvol_unlink` notes that inode's change just before the
+    /// entry's, both under the lease lock, so their numbers are consecutive.
+    func unlinked(_ parent: InodeNumber, _ name: FileName) throws(MetadataError) -> Attr {
+        try read { tx in
+            let rows = try tx.execute("""
+                SELECT \(Self.joinedAttrColumns) FROM changes c JOIN inodes i ON i.volume = c.volume AND i.ino = c.ino
+                WHERE c.volume = $1 AND c.seq = (SELECT max(seq) FROM changes WHERE volume = $1 AND parent = $2 AND name = $3) - 1
+                """, [.int(id), .ino(parent), .name(name)])
+            guard rows.count == 1 else { throw MetadataError.database("an unlink's answer was lost, and its inode is gone") }
+            return try Self.attr(rows)
         }
     }
 

@@ -205,6 +205,7 @@ final class ConnectionPool: Sendable {
                 // disk_full: the volume's size limit (`netvol_volume_full`), or the
                 // database server's own disk.
                 if failure.sqlstate == "53100" { throw .noSpace }
+                if let refusal = Schema.refusal(failure) { throw refusal }
                 throw .database(failure.message)
             }
             if failure.connectionLost {
@@ -238,33 +239,59 @@ final class ConnectionPool: Sendable {
     /// body queued with `later` go with the next such statement or with COMMIT. COMMIT
     /// never travels with a statement whose answer is still to be checked, nor before the
     /// transaction's id is known (see `settle`).
+    ///
+    /// With `recover`, a transaction whose statements decide everything in SQL (they
+    /// raise an error rather than answer something to check) is one round trip: BEGIN,
+    /// the statements and COMMIT all travel together, with a marker row of the
+    /// transaction's own. If COMMIT's answer is lost, the marker says what became of it
+    /// (see `settle(marker:)`); answers lost with it are rebuilt by `recover`, which reads
+    /// the committed state afresh.
     func transaction<T>(opening: (sql: String, parameters: [Value])? = nil, opened: ((Rows) throws -> Void)? = nil,
+                        recover: (() throws(MetadataError) -> T)? = nil,
                         _ body: (Transaction) throws -> T) throws(MetadataError) -> T {
         transactions.add(1, ordering: .relaxed)
         return try run { connection, deadline in
             let tx = Transaction(connection: connection, deadline: deadline)
             let value: T
             let pid = PQbackendPID(connection.raw)
-            let last: [(sql: String, parameters: [Value])]
-            let xid: Int64
+            let marker = recover == nil ? nil : Self.newMarker()
+            var last: [Transaction.Queued]
+            var xid: Int64?
             do {
                 tx.later("BEGIN")
-                tx.later("SELECT txid_current()") { [unowned tx] rows in tx.xid = try rows.int(0, 0) }
+                if marker == nil {
+                    tx.later("SELECT txid_current()") { [unowned tx] rows in tx.xid = try rows.int(0, 0) }
+                } else {
+                    tx.needsID = false
+                }
                 if let opening { tx.later(opening.sql, opening.parameters, answer: opened) }
                 value = try body(tx)
                 last = try tx.takeForCommit()
-                guard let known = tx.xid else { throw DatabaseFailure(message: "the transaction's id was not read") }
-                xid = known
+                if let marker {
+                    last.append(.init(sql: "INSERT INTO netvol_commits(marker) VALUES ($1) ON CONFLICT DO NOTHING",
+                                      parameters: [.int(marker)], answer: .none))
+                } else {
+                    guard let known = tx.xid else { throw DatabaseFailure(message: "the transaction's id was not read") }
+                    xid = known
+                }
             } catch {
                 Self.rollBack(connection, deadline: deadline)
                 throw error
             }
             do {
-                try commit(connection, carrying: last, deadline: deadline)
+                let answers = try commit(connection, carrying: last.map { ($0.sql, $0.parameters) }, deadline: deadline)
+                for (statement, rows) in zip(last, answers) {
+                    if case .afterCommit(let answer) = statement.answer { try answer(rows) }
+                }
             } catch let failure as DatabaseFailure where failure.connectionLost {
                 // Whether it was applied is unknown until the server is asked: see the
                 // file's opening comment.
-                try settle(failure, xid: xid, pid: pid, deadline: deadline)
+                if let xid {
+                    try settle(failure, xid: xid, pid: pid, deadline: deadline)
+                } else if let marker, let recover {
+                    try settle(failure, marker: marker, pid: pid, age: ContinuousClock.now - connection.opened, deadline: deadline)
+                    return try recover()
+                }
             } catch {
                 // A statement that travelled with COMMIT failed: COMMIT was not run.
                 Self.rollBack(connection, deadline: deadline)
@@ -274,6 +301,20 @@ final class ConnectionPool: Sendable {
         }
     }
 
+    /// A marker no other transaction has: milliseconds since 2020 above 22 random bits,
+    /// so that markers grow with time and old ones are pruned by key (`pruneMarkers`).
+    static func newMarker() -> Int64 {
+        let since2020 = Int64((Date().timeIntervalSince1970 - 1_577_836_800) * 1000)
+        return (max(0, since2020) << 22) | Int64.random(in: 0..<(1 << 22))
+    }
+
+    /// Markers older than an hour, by the server's clock: a settle needs one only within
+    /// its call's deadline.
+    static let pruneMarkers = """
+        DELETE FROM netvol_commits
+        WHERE marker < ((extract(epoch from clock_timestamp()) - 1577836800 - 3600) * 1000)::bigint << 22
+        """
+
     private static func rollBack(_ connection: Connection, deadline: ContinuousClock.Instant) {
         if PQstatus(connection.raw) == CONNECTION_OK && PQtransactionStatus(connection.raw) != PQTRANS_IDLE {
             _ = try? connection.execute("ROLLBACK", deadline: deadline)
@@ -282,14 +323,15 @@ final class ConnectionPool: Sendable {
 
     /// COMMIT, after the statements that travel with it; a test's fault strikes here,
     /// where the answer can be lost.
+    @discardableResult
     private func commit(_ connection: Connection, carrying statements: [(sql: String, parameters: [Value])],
-                        deadline: ContinuousClock.Instant) throws {
-        func send() throws {
+                        deadline: ContinuousClock.Instant) throws -> [Rows] {
+        func send() throws -> [Rows] {
             if statements.isEmpty {
                 try connection.execute("COMMIT", deadline: deadline)
-            } else {
-                _ = try connection.executePipelined(statements + [("COMMIT", [])], deadline: deadline)
+                return []
             }
+            return try connection.executePipelined(statements + [("COMMIT", [])], deadline: deadline)
         }
         switch commitFault.withLock({ fault in defer { fault = nil }; return fault }) {
         case nil:
@@ -297,7 +339,7 @@ final class ConnectionPool: Sendable {
         case .beforeSending?:
             shutdown(PQsocket(connection.raw), Int32(SHUT_RDWR))
         case .answerLost?:
-            try send()
+            _ = try send()
             shutdown(PQsocket(connection.raw), Int32(SHUT_RDWR))
             throw DatabaseFailure(sqlstate: nil, message: "the connection dropped after COMMIT was answered (a test cut it)",
                                   connectionLost: true)
@@ -305,7 +347,7 @@ final class ConnectionPool: Sendable {
             throw DatabaseFailure(sqlstate: nil, message: "COMMIT was never sent and the server was not told (a test held it back)",
                                   connectionLost: true)
         }
-        try send()
+        return try send()
     }
 
     /// Learns on a fresh connection whether transaction `xid`, whose COMMIT on backend
@@ -314,6 +356,32 @@ final class ConnectionPool: Sendable {
     /// known before `deadline`.
     private func settle(_ lost: DatabaseFailure, xid: Int64, pid: Int32,
                         deadline: ContinuousClock.Instant) throws(DatabaseFailure) {
+        try settle(lost, deadline: deadline) { connection in try verdict(xid: xid, pid: pid, on: connection, deadline: deadline) }
+    }
+
+    /// `settle` for a transaction known by its `marker` row instead of its id, which
+    /// travelled with COMMIT and so may be lost with it. The session on backend `pid`
+    /// (opened `age` ago) is ended first if it is still there: once it is gone, its
+    /// transaction committed or never will, and the marker row says which.
+    private func settle(_ lost: DatabaseFailure, marker: Int64, pid: Int32, age: Duration,
+                        deadline: ContinuousClock.Instant) throws(DatabaseFailure) {
+        // A session that took over a reused pid started after ours ended, so later than
+        // ours began: the second of slack covers the clocks' different views of "began".
+        let startedBefore = max(0, Int64(age.inSeconds * 1000) - 1000)
+        try settle(lost, deadline: deadline) { connection in
+            let alive = try connection.execute("""
+                SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                WHERE pid = $1 AND backend_start <= clock_timestamp() - $2 * interval '1 millisecond'
+                """, [.int(Int64(pid)), .int(startedBefore)], deadline: deadline, prepare: false)
+            if alive.count > 0 { return .pending("the old session was still there at the deadline") }
+            let found = try connection.execute("SELECT EXISTS(SELECT 1 FROM netvol_commits WHERE marker = $1)",
+                                               [.int(marker)], deadline: deadline, prepare: false)
+            return try found.bool(0, 0) ? .committed : .aborted
+        }
+    }
+
+    private func settle(_ lost: DatabaseFailure, deadline: ContinuousClock.Instant,
+                        asking verdict: (Connection) throws -> Verdict) throws(DatabaseFailure) {
         func unknown(_ why: String) -> DatabaseFailure {
             var failure = lost
             failure.final = true
@@ -324,20 +392,20 @@ final class ConnectionPool: Sendable {
         var doubt = "no time was left to ask the server"
         var pause = 0.02
         while deadline > .now {
-            let verdict: Verdict
+            let answer: Verdict
             do {
                 let connection = try asker ?? connect(deadline: deadline)
                 asker = connection
-                verdict = try self.verdict(xid: xid, pid: pid, on: connection, deadline: deadline)
+                answer = try verdict(connection)
             } catch let failure as DatabaseFailure where failure.isTransient {
                 asker = nil
-                verdict = .pending("the server could not be asked before the deadline: \(failure.message)")
+                answer = .pending("the server could not be asked before the deadline: \(failure.message)")
             } catch let failure as DatabaseFailure {
                 throw unknown("asking the server failed: \(failure.message)")
             } catch {
                 throw unknown("asking the server failed: \(error)")
             }
-            switch verdict {
+            switch answer {
             case .committed:
                 if let asker { giveBack(asker) }
                 return
@@ -405,7 +473,27 @@ final class Transaction {
     let deadline: ContinuousClock.Instant
     /// The transaction's id (`txid_current()`), once its answer came.
     var xid: Int64?
-    private var queued: [(sql: String, parameters: [Value], answer: ((Rows) throws -> Void)?)] = []
+    /// False when a marker row, not the id, settles a COMMIT whose answer was lost: then
+    /// COMMIT need not wait for the id.
+    var needsID = true
+
+    /// What becomes of a queued statement's rows.
+    enum Answer {
+        case none
+        /// Checked before COMMIT is sent: what it finds can still stop the commit.
+        case beforeCommit((Rows) throws -> Void)
+        /// Handed over once COMMIT succeeded (or as soon as the rows come, if they come
+        /// earlier); it cannot stop the commit, so it travels with COMMIT.
+        case afterCommit((Rows) throws -> Void)
+    }
+
+    struct Queued {
+        var sql: String
+        var parameters: [Value]
+        var answer: Answer
+    }
+
+    private var queued: [Queued] = []
 
     init(connection: Connection, deadline: ContinuousClock.Instant) {
         self.connection = connection
@@ -417,7 +505,7 @@ final class Transaction {
     @discardableResult
     func execute(_ sql: String, _ parameters: [Value] = []) throws -> Rows {
         guard !queued.isEmpty else { return try connection.execute(sql, parameters, deadline: deadline) }
-        queued.append((sql, parameters, nil))
+        queued.append(Queued(sql: sql, parameters: parameters, answer: .none))
         return try sendQueued().last!
     }
 
@@ -427,7 +515,13 @@ final class Transaction {
     /// come; a statement with one is never sent together with COMMIT, so that what
     /// `answer` checks can still stop the commit.
     func later(_ sql: String, _ parameters: [Value] = [], answer: ((Rows) throws -> Void)? = nil) {
-        queued.append((sql, parameters, answer))
+        queued.append(Queued(sql: sql, parameters: parameters, answer: answer.map { .beforeCommit($0) } ?? .none))
+    }
+
+    /// Queues a statement that decides in SQL (an error stops the transaction), whose rows
+    /// `answer` reads only to report them: it may travel with COMMIT.
+    func withCommit(_ sql: String, _ parameters: [Value] = [], answer: @escaping (Rows) throws -> Void) {
+        queued.append(Queued(sql: sql, parameters: parameters, answer: .afterCommit(answer)))
     }
 
     /// Sends what is queued and hands each answer to its statement's `answer`.
@@ -437,16 +531,22 @@ final class Transaction {
         let sending = queued
         queued = []
         let answers = try connection.executePipelined(sending.map { ($0.sql, $0.parameters) }, deadline: deadline)
-        for (statement, rows) in zip(sending, answers) { try statement.answer?(rows) }
+        for (statement, rows) in zip(sending, answers) {
+            switch statement.answer {
+            case .none: break
+            case .beforeCommit(let answer), .afterCommit(let answer): try answer(rows)
+            }
+        }
         return answers
     }
 
     /// What may travel with COMMIT: everything queued, once every answer still to be
-    /// checked (and the transaction's id) is in.
-    func takeForCommit() throws -> [(sql: String, parameters: [Value])] {
-        if xid == nil || queued.contains(where: { $0.answer != nil }) { try sendQueued() }
+    /// checked (and the transaction's id, where it settles a lost COMMIT) is in.
+    func takeForCommit() throws -> [Queued] {
+        let checked = queued.contains { if case .beforeCommit = $0.answer { true } else { false } }
+        if (needsID && xid == nil) || checked { try sendQueued() }
         defer { queued = [] }
-        return queued.map { ($0.sql, $0.parameters) }
+        return queued
     }
 
     /// Several statements without parameters (a migration).

@@ -226,6 +226,31 @@ public final class PostgresMetadata: Metadata {
         try write(fenced: true, body)
     }
 
+    /// `mutate` in one round trip: the fence is checked by `netvol_lock` in SQL, the
+    /// body's statements decide in SQL too, and all of it travels with COMMIT. The body
+    /// returns where the answer will be (`Answered`, filled by a `withCommit` statement's
+    /// rows); `recover` answers from the committed state when COMMIT's answer was lost but
+    /// the change was made.
+    func mutateInOneTrip<T>(recover: @escaping () throws(MetadataError) -> T,
+                            _ body: (Transaction) throws -> Answered<T>) throws(MetadataError) -> T {
+        let fence = self.fence.withLock { $0 }
+        let lock = (sql: "SELECT netvol_lock($1, $2, $3)", parameters: [Value.int(id), .text(fence?.holder), .int(fence?.token.rawValue)])
+        let answered = try pool.transaction(opening: lock, recover: { () throws(MetadataError) -> Answered<T> in
+            Answered(try recover())
+        }, body)
+        return try answered.get()
+    }
+
+    /// What a statement travelling with COMMIT answered, once it came.
+    final class Answered<T> {
+        var value: T?
+        init(_ value: T? = nil) { self.value = value }
+        func get() throws(MetadataError) -> T {
+            guard let value else { throw .database("the database did not answer") }
+            return value
+        }
+    }
+
     /// Records a change for readers. The sequence number comes from the lease row that
     /// the transaction holds locked, so numbers are given out in commit order.
     func note(_ tx: Transaction, ino: InodeNumber? = nil, parent: InodeNumber? = nil, name: FileName? = nil) throws {

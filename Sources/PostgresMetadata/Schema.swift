@@ -89,7 +89,180 @@ enum Schema {
         END
         $$;
         """,
+        // One round trip per operation: each common change is one function that checks
+        // what it needs and refuses with an error (the codes of `refusal`), so nothing
+        // it answers has to be looked at before COMMIT, which then travels with it. The
+        // marker table settles a COMMIT whose answer was lost (Pool.swift).
+        """
+        CREATE TABLE netvol_commits(marker bigint PRIMARY KEY);
+
+        CREATE FUNCTION netvol_note(p_volume bigint, p_ino bigint, p_parent bigint, p_name bytea)
+        RETURNS void LANGUAGE sql AS $$
+            WITH next AS (UPDATE lease SET last_change = last_change + 1 WHERE volume = p_volume RETURNING last_change)
+            INSERT INTO changes(volume, seq, ino, parent, name) SELECT p_volume, last_change, p_ino, p_parent, p_name FROM next
+        $$;
+
+        -- Locks the lease row (see PostgresMetadata.swift); with a fence, refuses a writer
+        -- whose holder and token are no longer the lease's, naming the holder.
+        CREATE FUNCTION netvol_lock(p_volume bigint, p_holder text, p_token bigint)
+        RETURNS void LANGUAGE plpgsql AS $$
+        DECLARE l_holder text; l_token bigint;
+        BEGIN
+            SELECT holder, token INTO l_holder, l_token FROM lease WHERE volume = p_volume FOR UPDATE;
+            IF NOT FOUND THEN RAISE EXCEPTION 'the volume was destroyed' USING ERRCODE = 'NV009'; END IF;
+            IF p_holder IS NOT NULL AND (l_holder IS DISTINCT FROM p_holder OR l_token <> p_token) THEN
+                RAISE EXCEPTION '%', coalesce(l_holder, '') USING ERRCODE = 'NV001';
+            END IF;
+        END
+        $$;
+
+        CREATE FUNCTION netvol_mknode(p_volume bigint, p_dir bigint, p_name bytea, p_mode bigint, p_uid bigint,
+                                      p_gid bigint, p_rdev bigint, p_target bytea, p_now bigint)
+        RETURNS SETOF inodes LANGUAGE plpgsql AS $$
+        DECLARE
+            l_dir inodes%ROWTYPE;
+            l_ino bigint;
+            l_mode bigint := p_mode;
+            l_gid bigint := p_gid;
+            l_is_dir boolean := (p_mode & 61440) = 16384;
+        BEGIN
+            SELECT * INTO l_dir FROM inodes WHERE volume = p_volume AND ino = p_dir;
+            IF NOT FOUND THEN RAISE EXCEPTION 'no such directory' USING ERRCODE = 'NV003'; END IF;
+            IF (l_dir.mode & 61440) <> 16384 THEN RAISE EXCEPTION 'not a directory' USING ERRCODE = 'NV004'; END IF;
+            IF l_dir.nlink = 0 THEN RAISE EXCEPTION 'the directory was removed' USING ERRCODE = 'NV003'; END IF;
+            IF EXISTS (SELECT 1 FROM dentries WHERE volume = p_volume AND parent = p_dir AND name = p_name) THEN
+                RAISE EXCEPTION 'the name exists' USING ERRCODE = 'NV002';
+            END IF;
+            -- A set-group-id directory passes its group on, and the bit to directories.
+            IF (l_dir.mode & 1024) <> 0 THEN
+                l_gid := l_dir.gid;
+                IF l_is_dir THEN l_mode := l_mode | 1024; END IF;
+            END IF;
+            UPDATE lease SET next_ino = next_ino + 1 WHERE volume = p_volume RETURNING next_ino - 1 INTO l_ino;
+            IF l_ino IS NULL THEN RAISE EXCEPTION 'the volume was destroyed' USING ERRCODE = 'NV009'; END IF;
+            INSERT INTO inodes(volume, ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, parent, target)
+            VALUES (p_volume, l_ino, l_mode, CASE WHEN l_is_dir THEN 2 ELSE 1 END, p_uid, l_gid, p_rdev,
+                    coalesce(length(p_target), 0), p_now, p_now, p_now, CASE WHEN l_is_dir THEN p_dir END, p_target);
+            INSERT INTO dentries(volume, parent, name, ino) VALUES (p_volume, p_dir, p_name, l_ino);
+            UPDATE inodes SET mtime = p_now, ctime = p_now, nlink = nlink + CASE WHEN l_is_dir THEN 1 ELSE 0 END
+            WHERE volume = p_volume AND ino = p_dir;
+            PERFORM netvol_note(p_volume, p_dir, p_dir, p_name);
+            RETURN QUERY SELECT * FROM inodes WHERE volume = p_volume AND ino = l_ino;
+        END
+        $$;
+
+        CREATE FUNCTION netvol_unlink(p_volume bigint, p_dir bigint, p_name bytea, p_now bigint)
+        RETURNS SETOF inodes LANGUAGE plpgsql AS $$
+        DECLARE l_dir_mode bigint; l_ino bigint; l_mode bigint;
+        BEGIN
+            SELECT mode INTO l_dir_mode FROM inodes WHERE volume = p_volume AND ino = p_dir;
+            IF NOT FOUND THEN RAISE EXCEPTION 'no such directory' USING ERRCODE = 'NV003'; END IF;
+            IF (l_dir_mode & 61440) <> 16384 THEN RAISE EXCEPTION 'not a directory' USING ERRCODE = 'NV004'; END IF;
+            SELECT d.ino, i.mode INTO l_ino, l_mode
+            FROM dentries d JOIN inodes i ON i.volume = d.volume AND i.ino = d.ino
+            WHERE d.volume = p_volume AND d.parent = p_dir AND d.name = p_name;
+            IF NOT FOUND THEN RAISE EXCEPTION 'no such entry' USING ERRCODE = 'NV003'; END IF;
+            IF (l_mode & 61440) = 16384 THEN RAISE EXCEPTION 'a directory' USING ERRCODE = 'NV005'; END IF;
+            DELETE FROM dentries WHERE volume = p_volume AND parent = p_dir AND name = p_name;
+            UPDATE inodes SET nlink = greatest(0, nlink - 1), ctime = p_now WHERE volume = p_volume AND ino = l_ino;
+            UPDATE inodes SET mtime = p_now, ctime = p_now WHERE volume = p_volume AND ino = p_dir;
+            PERFORM netvol_note(p_volume, l_ino, NULL, NULL);
+            PERFORM netvol_note(p_volume, p_dir, p_dir, p_name);
+            RETURN QUERY SELECT * FROM inodes WHERE volume = p_volume AND ino = l_ino;
+        END
+        $$;
+
+        CREATE FUNCTION netvol_setattr(p_volume bigint, p_ino bigint, p_mode bigint, p_uid bigint, p_gid bigint,
+                                       p_atime bigint, p_mtime bigint, p_now bigint)
+        RETURNS SETOF inodes LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE inodes SET mode = CASE WHEN p_mode IS NULL THEN mode ELSE (mode & 61440) | (p_mode & 4095) END,
+                uid = coalesce(p_uid, uid), gid = coalesce(p_gid, gid), atime = coalesce(p_atime, atime),
+                mtime = coalesce(p_mtime, mtime), ctime = p_now
+            WHERE volume = p_volume AND ino = p_ino;
+            IF NOT FOUND THEN RAISE EXCEPTION 'no such inode' USING ERRCODE = 'NV003'; END IF;
+            PERFORM netvol_note(p_volume, p_ino, NULL, NULL);
+            RETURN QUERY SELECT * FROM inodes WHERE volume = p_volume AND ino = p_ino;
+        END
+        $$;
+
+        -- A file's new chunks (indexes given once each), the range it drops, its size and
+        -- times, the bytes it counts against the size limit; answers the objects that
+        -- became garbage (no chunk names them any more).
+        CREATE FUNCTION netvol_commit_data(p_volume bigint, p_ino bigint, p_drop_from bigint, p_drop_to bigint,
+                                           p_idx bigint[], p_object bigint[], p_length bigint[], p_checksums bytea[],
+                                           p_data bytea[], p_size bigint, p_mtime bigint, p_now bigint,
+                                           p_garbage_since bigint)
+        RETURNS bigint[] LANGUAGE plpgsql AS $$
+        DECLARE
+            l_mode bigint;
+            l_dropped bigint[] := '{}';
+            l_some bigint[];
+            l_length bigint;
+            l_delta bigint := coalesce((SELECT sum(x) FROM unnest(p_length) AS x), 0);
+            l_retired bigint[];
+        BEGIN
+            SELECT mode INTO l_mode FROM inodes WHERE volume = p_volume AND ino = p_ino;
+            IF NOT FOUND THEN RAISE EXCEPTION 'no such inode' USING ERRCODE = 'NV003'; END IF;
+            IF (l_mode & 61440) <> 32768 THEN RAISE EXCEPTION 'not a regular file' USING ERRCODE = 'NV006'; END IF;
+            IF p_drop_from IS NOT NULL THEN
+                WITH gone AS (DELETE FROM chunks WHERE volume = p_volume AND ino = p_ino
+                              AND idx >= p_drop_from AND idx < p_drop_to RETURNING object, length)
+                SELECT coalesce(array_agg(object) FILTER (WHERE object <> 0), '{}'), coalesce(sum(length), 0)
+                INTO l_some, l_length FROM gone;
+                l_dropped := l_dropped || l_some;
+                l_delta := l_delta - l_length;
+            END IF;
+            IF cardinality(p_idx) > 0 THEN
+                -- Replaced chunks first: what they named may become garbage.
+                WITH gone AS (DELETE FROM chunks WHERE volume = p_volume AND ino = p_ino AND idx = ANY(p_idx)
+                              RETURNING object, length)
+                SELECT coalesce(array_agg(object) FILTER (WHERE object <> 0), '{}'), coalesce(sum(length), 0)
+                INTO l_some, l_length FROM gone;
+                l_dropped := l_dropped || l_some;
+                l_delta := l_delta - l_length;
+                INSERT INTO chunks(volume, ino, idx, object, length, checksums, data)
+                SELECT p_volume, p_ino, c.idx, c.object, c.length, c.checksums, c.data
+                FROM unnest(p_idx, p_object, p_length, p_checksums, p_data) AS c(idx, object, length, checksums, data);
+                -- An upload that gc adopted as a stray before this commit is no stray.
+                DELETE FROM garbage WHERE volume = p_volume AND object = ANY(p_object) AND object <> 0;
+            END IF;
+            IF l_delta <> 0 THEN
+                UPDATE volumes SET used_bytes = CASE
+                    WHEN l_delta > 0 AND size_limit >= 0 AND used_bytes > size_limit - l_delta THEN netvol_volume_full()
+                    ELSE greatest(0, used_bytes + l_delta) END
+                WHERE id = p_volume;
+            END IF;
+            UPDATE inodes SET size = p_size, mtime = coalesce(p_mtime, mtime), ctime = p_now,
+                stored = greatest(0, stored + l_delta)
+            WHERE volume = p_volume AND ino = p_ino;
+            WITH retired AS (
+                INSERT INTO garbage(volume, object, since)
+                SELECT DISTINCT p_volume, o, p_garbage_since FROM unnest(l_dropped) AS o
+                WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.volume = p_volume AND c.object = o)
+                ON CONFLICT DO NOTHING RETURNING object)
+            SELECT coalesce(array_agg(object), '{}') INTO l_retired FROM retired;
+            PERFORM netvol_note(p_volume, p_ino, NULL, NULL);
+            RETURN l_retired;
+        END
+        $$;
+        """,
     ]
+
+    /// What a refusal raised by one of the functions above means: their SQLSTATEs are of
+    /// a class of netvol's own, "NV".
+    static func refusal(_ failure: DatabaseFailure) -> MetadataError? {
+        switch failure.sqlstate {
+        case "NV001": .fenced(holder: failure.message.isEmpty ? nil : failure.message)
+        case "NV002": .exists
+        case "NV003": .notFound
+        case "NV004": .notDirectory
+        case "NV005": .isDirectory
+        case "NV006": .invalidArgument(failure.message)
+        case "NV009": .notAVolume(failure.message)
+        default: nil
+        }
+    }
 
     static var currentVersion: Int64 { Int64(migrations.count) }
 

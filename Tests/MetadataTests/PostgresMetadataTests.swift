@@ -79,6 +79,31 @@ struct PostgresMetadataTests {
         #expect(gained.count == perCreate, "\(gained)")
         #expect(gained.allSatisfy { $0.ino == f.ino || $0.name == "f" }, "\(gained)")
 
+        // The other operations that travel in one round trip: each made once, and each
+        // answering what it made even when the answer was lost.
+        let bytes = [UInt8](repeating: 7, count: 100)
+        let small = ChunkRef(index: 0, inline: bytes, checksums: bytes.withUnsafeBytes { BlockChecksums(of: $0) })
+        let usedBefore = try meta.usage().usedBytes
+        meta.pool.commitFault.withLock { $0 = fault }
+        let committed = try meta.commitData(f.ino, chunks: [small], drop: nil, size: 100, mtime: t1, now: t1)
+        #expect(meta.pool.commitFault.withLock { $0 } == nil, "the fault never struck")
+        #expect(committed.attr.size == 100 && committed.attr.mtime == t1 && committed.attr.storedBytes == 100)
+        #expect(try meta.usage().usedBytes == usedBefore + 100)
+        #expect(try meta.getattr(f.ino) == committed.attr)
+
+        meta.pool.commitFault.withLock { $0 = fault }
+        let changed = try meta.setattr(f.ino, AttrChanges(mode: 0o600), now: t1)
+        #expect(meta.pool.commitFault.withLock { $0 } == nil, "the fault never struck")
+        #expect(changed.mode & 0o7777 == 0o600 && changed.isRegular)
+        #expect(try meta.getattr(f.ino) == changed)
+
+        let control = try meta.lookup(.root, "control")
+        meta.pool.commitFault.withLock { $0 = fault }
+        let unlinked = try meta.unlink(.root, "control", now: t1)
+        #expect(meta.pool.commitFault.withLock { $0 } == nil, "the fault never struck")
+        #expect(unlinked.ino == control.ino && unlinked.nlink == 0)
+        #expect(try meta.readdir(.root, after: 0, limit: 10).map(\.name) == ["f"])
+
         // A plain transaction, whose second run would go unnoticed but for the count.
         let used = try meta.usage().usedBytes
         meta.pool.commitFault.withLock { $0 = fault }
