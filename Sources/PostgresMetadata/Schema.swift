@@ -116,6 +116,18 @@ enum Schema {
         END
         $$;
 
+        -- A directory that still has a name, or a refusal.
+        CREATE FUNCTION netvol_directory(p_volume bigint, p_dir bigint)
+        RETURNS void LANGUAGE plpgsql AS $$
+        DECLARE l_mode bigint; l_nlink bigint;
+        BEGIN
+            SELECT mode, nlink INTO l_mode, l_nlink FROM inodes WHERE volume = p_volume AND ino = p_dir;
+            IF NOT FOUND THEN RAISE EXCEPTION 'no such directory' USING ERRCODE = 'NV003'; END IF;
+            IF (l_mode & 61440) <> 16384 THEN RAISE EXCEPTION 'not a directory' USING ERRCODE = 'NV004'; END IF;
+            IF l_nlink = 0 THEN RAISE EXCEPTION 'the directory was removed' USING ERRCODE = 'NV003'; END IF;
+        END
+        $$;
+
         CREATE FUNCTION netvol_mknode(p_volume bigint, p_dir bigint, p_name bytea, p_mode bigint, p_uid bigint,
                                       p_gid bigint, p_rdev bigint, p_target bytea, p_now bigint)
         RETURNS SETOF inodes LANGUAGE plpgsql AS $$
@@ -126,10 +138,8 @@ enum Schema {
             l_gid bigint := p_gid;
             l_is_dir boolean := (p_mode & 61440) = 16384;
         BEGIN
+            PERFORM netvol_directory(p_volume, p_dir);
             SELECT * INTO l_dir FROM inodes WHERE volume = p_volume AND ino = p_dir;
-            IF NOT FOUND THEN RAISE EXCEPTION 'no such directory' USING ERRCODE = 'NV003'; END IF;
-            IF (l_dir.mode & 61440) <> 16384 THEN RAISE EXCEPTION 'not a directory' USING ERRCODE = 'NV004'; END IF;
-            IF l_dir.nlink = 0 THEN RAISE EXCEPTION 'the directory was removed' USING ERRCODE = 'NV003'; END IF;
             IF EXISTS (SELECT 1 FROM dentries WHERE volume = p_volume AND parent = p_dir AND name = p_name) THEN
                 RAISE EXCEPTION 'the name exists' USING ERRCODE = 'NV002';
             END IF;
@@ -151,21 +161,29 @@ enum Schema {
         END
         $$;
 
-        CREATE FUNCTION netvol_unlink(p_volume bigint, p_dir bigint, p_name bytea, p_now bigint)
+        -- unlink(2), and rmdir(2) with p_directory: answers the inode that lost the name.
+        CREATE FUNCTION netvol_remove(p_volume bigint, p_dir bigint, p_name bytea, p_now bigint, p_directory boolean)
         RETURNS SETOF inodes LANGUAGE plpgsql AS $$
-        DECLARE l_dir_mode bigint; l_ino bigint; l_mode bigint;
+        DECLARE l_ino bigint; l_is_dir boolean;
         BEGIN
-            SELECT mode INTO l_dir_mode FROM inodes WHERE volume = p_volume AND ino = p_dir;
-            IF NOT FOUND THEN RAISE EXCEPTION 'no such directory' USING ERRCODE = 'NV003'; END IF;
-            IF (l_dir_mode & 61440) <> 16384 THEN RAISE EXCEPTION 'not a directory' USING ERRCODE = 'NV004'; END IF;
-            SELECT d.ino, i.mode INTO l_ino, l_mode
+            PERFORM netvol_directory(p_volume, p_dir);
+            SELECT d.ino, (i.mode & 61440) = 16384 INTO l_ino, l_is_dir
             FROM dentries d JOIN inodes i ON i.volume = d.volume AND i.ino = d.ino
             WHERE d.volume = p_volume AND d.parent = p_dir AND d.name = p_name;
             IF NOT FOUND THEN RAISE EXCEPTION 'no such entry' USING ERRCODE = 'NV003'; END IF;
-            IF (l_mode & 61440) = 16384 THEN RAISE EXCEPTION 'a directory' USING ERRCODE = 'NV005'; END IF;
+            IF p_directory THEN
+                IF NOT l_is_dir THEN RAISE EXCEPTION 'not a directory' USING ERRCODE = 'NV004'; END IF;
+                IF EXISTS (SELECT 1 FROM dentries WHERE volume = p_volume AND parent = l_ino) THEN
+                    RAISE EXCEPTION 'the directory is not empty' USING ERRCODE = 'NV007';
+                END IF;
+            ELSIF l_is_dir THEN
+                RAISE EXCEPTION 'a directory' USING ERRCODE = 'NV005';
+            END IF;
             DELETE FROM dentries WHERE volume = p_volume AND parent = p_dir AND name = p_name;
-            UPDATE inodes SET nlink = greatest(0, nlink - 1), ctime = p_now WHERE volume = p_volume AND ino = l_ino;
-            UPDATE inodes SET mtime = p_now, ctime = p_now WHERE volume = p_volume AND ino = p_dir;
+            UPDATE inodes SET nlink = CASE WHEN p_directory THEN 0 ELSE greatest(0, nlink - 1) END, ctime = p_now
+            WHERE volume = p_volume AND ino = l_ino;
+            UPDATE inodes SET mtime = p_now, ctime = p_now, nlink = nlink - p_directory::int
+            WHERE volume = p_volume AND ino = p_dir;
             PERFORM netvol_note(p_volume, l_ino, NULL, NULL);
             PERFORM netvol_note(p_volume, p_dir, p_dir, p_name);
             RETURN QUERY SELECT * FROM inodes WHERE volume = p_volume AND ino = l_ino;
@@ -183,6 +201,123 @@ enum Schema {
             IF NOT FOUND THEN RAISE EXCEPTION 'no such inode' USING ERRCODE = 'NV003'; END IF;
             PERFORM netvol_note(p_volume, p_ino, NULL, NULL);
             RETURN QUERY SELECT * FROM inodes WHERE volume = p_volume AND ino = p_ino;
+        END
+        $$;
+
+        -- True when p_dir is p_ancestor or lies somewhere below it: one walk up the parents.
+        CREATE FUNCTION netvol_within(p_volume bigint, p_dir bigint, p_ancestor bigint)
+        RETURNS boolean LANGUAGE sql AS $$
+            WITH RECURSIVE up(ino, depth) AS (
+                SELECT p_dir, 0
+                UNION ALL
+                SELECT i.parent, up.depth + 1 FROM up JOIN inodes i ON i.volume = p_volume AND i.ino = up.ino
+                WHERE up.ino <> 1 AND up.ino <> p_ancestor AND up.depth < 1000000
+            )
+            SELECT EXISTS(SELECT 1 FROM up WHERE ino = p_ancestor)
+        $$;
+
+        CREATE FUNCTION netvol_link(p_volume bigint, p_ino bigint, p_new_dir bigint, p_new_name bytea, p_now bigint)
+        RETURNS SETOF inodes LANGUAGE plpgsql AS $$
+        DECLARE l_mode bigint; l_nlink bigint;
+        BEGIN
+            SELECT mode, nlink INTO l_mode, l_nlink FROM inodes WHERE volume = p_volume AND ino = p_ino;
+            IF NOT FOUND THEN RAISE EXCEPTION 'no such inode' USING ERRCODE = 'NV003'; END IF;
+            IF (l_mode & 61440) = 16384 THEN RAISE EXCEPTION 'a hard link to a directory' USING ERRCODE = 'NV008'; END IF;
+            PERFORM netvol_directory(p_volume, p_new_dir);
+            IF EXISTS (SELECT 1 FROM dentries WHERE volume = p_volume AND parent = p_new_dir AND name = p_new_name) THEN
+                RAISE EXCEPTION 'the name exists' USING ERRCODE = 'NV002';
+            END IF;
+            IF l_nlink >= 65000 THEN RAISE EXCEPTION 'too many links' USING ERRCODE = 'NV010'; END IF;
+            INSERT INTO dentries(volume, parent, name, ino) VALUES (p_volume, p_new_dir, p_new_name, p_ino);
+            UPDATE inodes SET nlink = nlink + 1, ctime = p_now WHERE volume = p_volume AND ino = p_ino;
+            UPDATE inodes SET mtime = p_now, ctime = p_now WHERE volume = p_volume AND ino = p_new_dir;
+            PERFORM netvol_note(p_volume, p_ino, NULL, NULL);
+            PERFORM netvol_note(p_volume, p_new_dir, p_new_dir, p_new_name);
+            RETURN QUERY SELECT * FROM inodes WHERE volume = p_volume AND ino = p_ino;
+        END
+        $$;
+
+        -- rename(2), with RENAME_NOREPLACE and RENAME_EXCHANGE; answers the inode a
+        -- replacing rename took the name from, if any. Changes are noted first, in an
+        -- order `unlinked`-style recovery relies on: source, then target.
+        CREATE FUNCTION netvol_rename(p_volume bigint, p_dir bigint, p_name bytea, p_new_dir bigint, p_new_name bytea,
+                                      p_no_replace boolean, p_exchange boolean, p_now bigint)
+        RETURNS SETOF inodes LANGUAGE plpgsql AS $$
+        DECLARE
+            l_source bigint; l_source_dir boolean;
+            l_target bigint; l_target_dir boolean;
+            l_dir_links bigint := 0; l_new_dir_links bigint := 0;
+        BEGIN
+            PERFORM netvol_directory(p_volume, p_dir);
+            PERFORM netvol_directory(p_volume, p_new_dir);
+            SELECT d.ino, (i.mode & 61440) = 16384 INTO l_source, l_source_dir
+            FROM dentries d JOIN inodes i ON i.volume = d.volume AND i.ino = d.ino
+            WHERE d.volume = p_volume AND d.parent = p_dir AND d.name = p_name;
+            IF NOT FOUND THEN RAISE EXCEPTION 'no such entry' USING ERRCODE = 'NV003'; END IF;
+            SELECT d.ino, (i.mode & 61440) = 16384 INTO l_target, l_target_dir
+            FROM dentries d JOIN inodes i ON i.volume = d.volume AND i.ino = d.ino
+            WHERE d.volume = p_volume AND d.parent = p_new_dir AND d.name = p_new_name;
+            PERFORM netvol_note(p_volume, l_source, p_dir, p_name);
+            PERFORM netvol_note(p_volume, l_target, p_new_dir, p_new_name);
+            PERFORM netvol_note(p_volume, p_dir, NULL, NULL);
+            PERFORM netvol_note(p_volume, p_new_dir, NULL, NULL);
+            IF p_no_replace AND l_target IS NOT NULL THEN RAISE EXCEPTION 'the name exists' USING ERRCODE = 'NV002'; END IF;
+            IF l_source_dir AND p_dir <> p_new_dir AND netvol_within(p_volume, p_new_dir, l_source) THEN
+                RAISE EXCEPTION 'cannot move a directory into itself' USING ERRCODE = 'NV006';
+            END IF;
+
+            IF p_exchange THEN
+                IF l_target IS NULL THEN RAISE EXCEPTION 'no such entry' USING ERRCODE = 'NV003'; END IF;
+                IF l_target = l_source THEN RETURN; END IF;
+                IF l_target_dir AND p_dir <> p_new_dir AND netvol_within(p_volume, p_dir, l_target) THEN
+                    RAISE EXCEPTION 'cannot move a directory into itself' USING ERRCODE = 'NV006';
+                END IF;
+                UPDATE dentries SET ino = l_target WHERE volume = p_volume AND parent = p_dir AND name = p_name;
+                UPDATE dentries SET ino = l_source WHERE volume = p_volume AND parent = p_new_dir AND name = p_new_name;
+                IF p_dir <> p_new_dir THEN
+                    IF l_source_dir THEN UPDATE inodes SET parent = p_new_dir WHERE volume = p_volume AND ino = l_source; END IF;
+                    IF l_target_dir THEN UPDATE inodes SET parent = p_dir WHERE volume = p_volume AND ino = l_target; END IF;
+                    l_dir_links := l_target_dir::int - l_source_dir::int;
+                    l_new_dir_links := l_source_dir::int - l_target_dir::int;
+                END IF;
+                UPDATE inodes SET ctime = p_now WHERE volume = p_volume AND ino IN (l_source, l_target);
+            ELSE
+                IF l_target IS NOT NULL THEN
+                    -- Two names of one inode: POSIX says rename does nothing.
+                    IF l_target = l_source THEN RETURN; END IF;
+                    IF l_source_dir THEN
+                        IF NOT l_target_dir THEN RAISE EXCEPTION 'not a directory' USING ERRCODE = 'NV004'; END IF;
+                        IF EXISTS (SELECT 1 FROM dentries WHERE volume = p_volume AND parent = l_target) THEN
+                            RAISE EXCEPTION 'the directory is not empty' USING ERRCODE = 'NV007';
+                        END IF;
+                        UPDATE inodes SET nlink = 0, ctime = p_now WHERE volume = p_volume AND ino = l_target;
+                        l_new_dir_links := l_new_dir_links - 1;
+                    ELSE
+                        IF l_target_dir THEN RAISE EXCEPTION 'a directory' USING ERRCODE = 'NV005'; END IF;
+                        UPDATE inodes SET nlink = greatest(0, nlink - 1), ctime = p_now WHERE volume = p_volume AND ino = l_target;
+                    END IF;
+                    DELETE FROM dentries WHERE volume = p_volume AND parent = p_new_dir AND name = p_new_name;
+                END IF;
+                DELETE FROM dentries WHERE volume = p_volume AND parent = p_dir AND name = p_name;
+                INSERT INTO dentries(volume, parent, name, ino) VALUES (p_volume, p_new_dir, p_new_name, l_source);
+                IF l_source_dir AND p_dir <> p_new_dir THEN
+                    UPDATE inodes SET parent = p_new_dir WHERE volume = p_volume AND ino = l_source;
+                    l_dir_links := l_dir_links - 1;
+                    l_new_dir_links := l_new_dir_links + 1;
+                END IF;
+                UPDATE inodes SET ctime = p_now WHERE volume = p_volume AND ino = l_source;
+            END IF;
+            IF p_dir = p_new_dir THEN
+                UPDATE inodes SET mtime = p_now, ctime = p_now, nlink = nlink + l_dir_links + l_new_dir_links
+                WHERE volume = p_volume AND ino = p_dir;
+            ELSE
+                UPDATE inodes SET mtime = p_now, ctime = p_now, nlink = nlink + l_dir_links WHERE volume = p_volume AND ino = p_dir;
+                UPDATE inodes SET mtime = p_now, ctime = p_now, nlink = nlink + l_new_dir_links
+                WHERE volume = p_volume AND ino = p_new_dir;
+            END IF;
+            IF NOT p_exchange AND l_target IS NOT NULL THEN
+                RETURN QUERY SELECT * FROM inodes WHERE volume = p_volume AND ino = l_target;
+            END IF;
         END
         $$;
 
@@ -259,6 +394,9 @@ enum Schema {
         case "NV004": .notDirectory
         case "NV005": .isDirectory
         case "NV006": .invalidArgument(failure.message)
+        case "NV007": .notEmpty
+        case "NV008": .notPermitted
+        case "NV010": .tooManyLinks
         case "NV009": .notAVolume(failure.message)
         default: nil
         }

@@ -19,6 +19,8 @@ struct SignatureV4: Sendable {
     }
 
     static let emptyPayloadHash = hexSHA256(UnsafeRawBufferPointer(start: nil, count: 0))
+    /// What `x-amz-content-sha256` says of a body left out of the signature.
+    static let unsignedPayload = "UNSIGNED-PAYLOAD"
 
     /// Signs a request. `path` is the path as sent, already percent-encoded (S3 signs it
     /// as it is, without a second encoding); `query` holds raw names and values, encoded

@@ -143,6 +143,8 @@ extension VolumeFS {
     func discardBuffered(_ file: OpenFile) {
         let dropped = file.reserved.values.reduce(0, +)
         accounting.withLock { $0.reserved -= dropped }
+        for upload in file.uploads.values { abandon(upload) }
+        file.uploads = [:]
         file.dirty = [:]
         file.reserved = [:]
         file.size = file.committedSize

@@ -7,9 +7,10 @@
 // - Open files: per inode, the committed chunk map (loaded at open: close-to-open), the
 //   chunks written but not yet committed, and the pending size and mtime.
 // - The data path. A write changes an in-memory copy of each chunk it touches; a chunk
-//   is committed when it fills, when too much is buffered, and on flush, release and
-//   fsync. Committing stores each changed chunk whole as a new object, then swaps the
-//   references in one metadata transaction, so a crash leaves every chunk old or new.
+//   that fills starts being stored at once, in the background, and full chunks are
+//   committed in groups as their objects land; everything is committed when too much is
+//   buffered, and on flush, release and fsync. A commit swaps the references to the new
+//   objects in one metadata transaction, so a crash leaves every chunk old or new.
 // - Every read of a stored chunk verifies the checksums of the blocks it touches.
 // - The size limit: a write that would take the volume past it fails before it changes
 //   anything, counting what is buffered as well as what is committed.
@@ -39,7 +40,9 @@ public struct VolumeOptions: Sendable {
     /// Buffered chunks per open file before they are committed without waiting for close.
     public var maxDirtyChunksPerFile: Int = 16
     /// Full chunks an open file gathers before committing them together.
-    public var fullChunksPerCommit: Int = 4
+    public var fullChunksPerCommit: Int = 8
+    /// Chunk objects one commit stores at once.
+    public var storeConcurrency: Int = 8
     /// Chunks past the one being read that a sequential reader has fetched ahead at first.
     public var prefetchChunks: Int = 2
     /// How far ahead (in bytes) that grows while the reader keeps reading in order.
@@ -98,6 +101,9 @@ final class OpenFile: @unchecked Sendable {
     var attr: Attr
     /// Writes accepted into buffers were dropped when the lease was lost.
     var lostWrites = false
+    /// Full dirty chunks already being stored, by index, ahead of the commit that will
+    /// name them: a sequential writer keeps uploads in flight while it fills the next.
+    var uploads: [Int: Upload] = [:]
 
     init(attr: Attr, chunkMap: [Int: ChunkRef]) {
         self.ino = attr.ino
@@ -105,6 +111,26 @@ final class OpenFile: @unchecked Sendable {
         self.size = attr.size
         self.committedSize = attr.size
         self.attr = attr
+    }
+}
+
+/// One chunk object being stored in the background; `wait` gives its outcome.
+final class Upload: Sendable {
+    private let finished = DispatchSemaphore(value: 0)
+    private let outcome = Mutex<Result<ChunkRef, FSError>?>(nil)
+
+    func finish(_ result: Result<ChunkRef, FSError>) {
+        outcome.withLock { $0 = result }
+        finished.signal()
+    }
+
+    var isFinished: Bool { outcome.withLock { $0 != nil } }
+
+    func wait() -> Result<ChunkRef, FSError> {
+        if let done = outcome.withLock({ $0 }) { return done }
+        finished.wait()
+        finished.signal()
+        return outcome.withLock { $0 }!
     }
 }
 

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import ChunkStore
-import Dispatch
+import Foundation
 public import Metadata
 import Synchronization
 
@@ -63,19 +63,56 @@ extension VolumeFS {
                 file.dirty[index]!.append(contentsOf: UnsafeRawBufferPointer(rebasing: source[overlap...]).assumingMemoryBound(to: UInt8.self))
             }
             file.reserved[index, default: 0] += growth[index] ?? 0
+            // What was being stored of this chunk is no longer its content.
+            if let stale = file.uploads.removeValue(forKey: index) { abandon(stale) }
         }
         file.size = max(file.size, end)
         file.mtime = Self.now()
 
         if file.dirty.count > options.maxDirtyChunksPerFile {
             try commit(file)
-        } else {
-            // Full chunks are committed in groups, whose objects are stored in parallel:
-            // a sequential writer then waits for one round of syncs per group, not per chunk.
-            let full = file.dirty.compactMap { $0.value.count == chunkSize ? $0.key : nil }
-            if full.count >= options.fullChunksPerCommit { try commit(file, only: full) }
+        } else if file.size > UInt64(options.inlineLimit) {
+            try uploadFullChunks(file)
+            // Full chunks are committed in groups once their objects are stored: a
+            // sequential writer waits for one metadata round trip per group, and for a
+            // store only when as many are in flight as may be.
+            let stored = file.uploads.compactMap { $0.value.isFinished ? $0.key : nil }
+            if stored.count >= options.fullChunksPerCommit { try commit(file, only: stored) }
         }
         return data.count
+    }
+
+    /// Starts storing each full dirty chunk of `file` that is not being stored yet, at
+    /// most `storeConcurrency` at once: past that, waits for the oldest. Caller holds
+    /// `file.lock` (an upload never takes it).
+    func uploadFullChunks(_ file: OpenFile) throws(FSError) {
+        let full = file.dirty.compactMap { $0.value.count == chunkSize && file.uploads[$0.key] == nil ? $0.key : nil }
+        for index in full.sorted() {
+            let inFlight = file.uploads.filter { !$0.value.isFinished }
+            if inFlight.count >= options.storeConcurrency, let oldest = inFlight.keys.min() {
+                _ = inFlight[oldest]!.wait()
+            }
+            let upload = Upload()
+            file.uploads[index] = upload
+            // The array is shared, not copied: a later write to the chunk copies it, and
+            // drops this upload.
+            let bytes = file.dirty[index]!
+            let ino = file.ino
+            // A thread of its own: Dispatch on Linux runs about as many blocked work items
+            // at once as there are cores, and a store mostly waits for the network.
+            Thread.detachNewThread { [self] in
+                upload.finish(bytes.withUnsafeBytes { buffer in
+                    do throws(FSError) { return .success(try storeObject(ino, index, buffer)) } catch { return .failure(error) }
+                })
+            }
+        }
+    }
+
+    /// Deletes, once stored, an object no commit will name.
+    func abandon(_ upload: Upload) {
+        DispatchQueue.global().async { [self] in
+            if case .success(let ref) = upload.wait() { deleteObjects([ref]) }
+        }
     }
 
     func reserve(_ bytes: Int64) throws(FSError) {
@@ -101,7 +138,29 @@ extension VolumeFS {
         if file.lostWrites { throw .lostWrites }
         let indices = (only ?? Array(file.dirty.keys)).filter { file.dirty[$0] != nil }.sorted()
         if indices.isEmpty && file.size == file.committedSize && file.mtime == nil { return }
-        let refs = try storeChunks(file.ino, indices.map { ($0, file.dirty[$0]!) }, fileSize: file.size)
+        // Chunks already being stored are waited for; the rest are stored now.
+        var uploaded: [ChunkRef] = []
+        var failure: FSError?
+        for index in indices {
+            guard let upload = file.uploads.removeValue(forKey: index) else { continue }
+            switch upload.wait() {
+            case .success(let ref): uploaded.append(ref)
+            case .failure(let error): failure = failure ?? error
+            }
+        }
+        if let failure {
+            deleteObjects(uploaded)
+            throw failure
+        }
+        let remaining = indices.filter { index in !uploaded.contains { $0.index == index } }
+        let refs: [ChunkRef]
+        do {
+            refs = (uploaded + (try storeChunks(file.ino, remaining.map { ($0, file.dirty[$0]!) }, fileSize: file.size)))
+                .sorted { $0.index < $1.index }
+        } catch {
+            deleteObjects(uploaded)
+            throw error
+        }
         var size = file.size
         let committed: Committed
         if only != nil {
@@ -148,7 +207,7 @@ extension VolumeFS {
         // Once one chunk cannot be stored the commit fails anyway: the others are not
         // tried, so an unreachable store costs one wait, not one per round of workers.
         let firstFailure = Mutex<FSError?>(nil)
-        let workers = min(chunks.count, 4)
+        let workers = min(chunks.count, options.storeConcurrency)
         DispatchQueue.concurrentPerform(iterations: workers) { worker in
             for slot in stride(from: worker, to: chunks.count, by: workers) {
                 if let failure = firstFailure.withLock({ $0 }) {

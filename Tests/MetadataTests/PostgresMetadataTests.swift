@@ -104,6 +104,26 @@ struct PostgresMetadataTests {
         #expect(unlinked.ino == control.ino && unlinked.nlink == 0)
         #expect(try meta.readdir(.root, after: 0, limit: 10).map(\.name) == ["f"])
 
+        meta.pool.commitFault.withLock { $0 = fault }
+        let linked = try meta.link(f.ino, .root, "h", now: t1)
+        #expect(meta.pool.commitFault.withLock { $0 } == nil, "the fault never struck")
+        #expect(linked.ino == f.ino && linked.nlink == 2)
+
+        let g = try meta.mknode(.root, "g", mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t1)
+        meta.pool.commitFault.withLock { $0 = fault }
+        let replaced = try meta.rename(.root, "g", .root, "h", flags: [], now: t1)
+        #expect(meta.pool.commitFault.withLock { $0 } == nil, "the fault never struck")
+        #expect(replaced?.ino == f.ino && replaced?.nlink == 1)
+        #expect(try meta.lookup(.root, "h").ino == g.ino)
+
+        let d = try meta.mknode(.root, "d", mode: dirMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t1)
+        meta.pool.commitFault.withLock { $0 = fault }
+        let removed = try meta.rmdir(.root, "d", now: t1)
+        #expect(meta.pool.commitFault.withLock { $0 } == nil, "the fault never struck")
+        #expect(removed.ino == d.ino && removed.nlink == 0)
+        #expect(try meta.readdir(.root, after: 0, limit: 10).map(\.name) == ["f", "h"])
+        #expect(try meta.getattr(.root).nlink == 2)
+
         // A plain transaction, whose second run would go unnoticed but for the count.
         let used = try meta.usage().usedBytes
         meta.pool.commitFault.withLock { $0 = fault }
