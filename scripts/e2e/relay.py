@@ -33,6 +33,10 @@ import sys
 class Relay:
     def __init__(self, delay, reset_one_in, rng, stats_path):
         self.delay = delay
+        # How late a timer fires, on average (the event loop's timeouts are whole
+        # milliseconds, and a busy machine wakes it later still): taken off each wait, so
+        # that bytes leave D ms after they came, not D plus the overshoot.
+        self.overshoot = 0.0
         self.reset_one_in = reset_one_in
         self.rng = rng
         self.stats_path = stats_path
@@ -111,7 +115,9 @@ class Relay:
                 due, data = await queue.get()
                 wait = due - loop.time()
                 if wait > 0:
-                    await asyncio.sleep(wait)
+                    await asyncio.sleep(max(0.0, wait - self.overshoot))
+                    late = loop.time() - due
+                    self.overshoot = min(max(0.0, self.overshoot + 0.1 * late), self.delay)
                 if not data:
                     # Pass the half-close on: the other side may still answer.
                     if writer.can_write_eof():
