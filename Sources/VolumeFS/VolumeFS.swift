@@ -40,7 +40,7 @@ public struct VolumeOptions: Sendable {
     /// Buffered chunks per open file before they are committed without waiting for close.
     public var maxDirtyChunksPerFile: Int = 16
     /// Full chunks an open file gathers before committing them together.
-    public var fullChunksPerCommit: Int = 8
+    public var fullChunksPerCommit: Int = 4
     /// Chunk objects one commit stores at once.
     public var storeConcurrency: Int = 8
     /// Chunks past the one being read that a sequential reader has fetched ahead at first.
