@@ -18,6 +18,10 @@
 // transaction, and the server is asked again. Only when the server no longer knows (the
 // id is too old) or gives no answer before the deadline is the failure final, saying the
 // change may or may not have been made.
+//
+// A transaction of one round trip sends COMMIT before its id could come back, so it
+// writes a marker row of its own instead: once the old session is gone (ended if need
+// be), the marker is there exactly when the transaction committed.
 
 #if canImport(Glibc)
 import Glibc

@@ -74,6 +74,9 @@ final class ModelRun {
         self.seed = seed
         var options = VolumeOptions()
         options.maxDirtyChunksPerFile = 3
+        // Full chunks stored in the background and committed in groups, and chunks
+        // written again while their store is under way, happen within a few steps.
+        options.fullChunksPerCommit = 2
         fx = try Fixture(chunkSize: chunkSize, options: options, backend: backend)
     }
 
