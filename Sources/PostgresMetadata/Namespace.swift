@@ -151,17 +151,28 @@ extension PostgresMetadata {
         return try target.map { (ino) throws(MetadataError) in try getattr(ino) }
     }
 
+    /// The directory's own row and a page of its entries in one statement: a listing is
+    /// one round trip.
     public func readdir(_ ino: InodeNumber, after cookie: Int64, limit: Int) throws(MetadataError) -> [DirEntry] {
         try read { tx in
-            let dir = try fetchAttr(tx, ino)
-            guard dir.isDirectory else { throw MetadataError.notDirectory }
             let rows = try tx.execute("""
-                SELECT d.cookie, d.name, \(Self.joinedAttrColumns)
-                FROM dentries d JOIN inodes i ON i.volume = d.volume AND i.ino = d.ino
-                WHERE d.volume = $1 AND d.parent = $2 AND d.cookie > $3 ORDER BY d.cookie LIMIT $4
+                SELECT dir.mode, e.*
+                FROM inodes dir
+                LEFT JOIN LATERAL (
+                    SELECT d.cookie, d.name, \(Self.joinedAttrColumns)
+                    FROM dentries d JOIN inodes i ON i.volume = d.volume AND i.ino = d.ino
+                    WHERE d.volume = dir.volume AND d.parent = dir.ino AND d.cookie > $3 ORDER BY d.cookie LIMIT $4
+                ) e ON true
+                WHERE dir.volume = $1 AND dir.ino = $2
+                ORDER BY e.cookie
                 """, [.int(id), .ino(ino), .int(cookie), .int(Int64(limit))])
+            guard rows.count > 0 else { throw MetadataError.notFound }
+            guard UInt32(truncatingIfNeeded: try rows.int(0, 0)) & FileType.mask == FileType.directory.rawValue else {
+                throw MetadataError.notDirectory
+            }
+            if rows.isNull(0, 1) { return [] }
             return try (0..<rows.count).map { row in
-                DirEntry(name: FileName(try rows.bytes(row, 1)), attr: try Self.attr(rows, row, from: 2), cookie: try rows.int(row, 0))
+                DirEntry(name: FileName(try rows.bytes(row, 2)), attr: try Self.attr(rows, row, from: 3), cookie: try rows.int(row, 1))
             }
         }
     }

@@ -413,6 +413,9 @@ public final class MetadataCache: Metadata {
         finishLoad(began) { state in
             if state.listings.count >= Self.listingsKept { state.listings.removeAll(keepingCapacity: true) }
             state.listings[ino] = Listing(after: cookie, entries: entries, reachesEnd: entries.count < batch, epoch: state.epoch)
+            // What `ls -l` or a walk asks next (`opendir` of a subdirectory, a getattr)
+            // is about these entries.
+            for entry in entries { state.keep(entry.attr) }
         }
         return Array(entries.prefix(limit))
     }
