@@ -129,17 +129,30 @@ public final class CachedChunkStore: ChunkStore {
         // The writer is likely to read what it wrote; a failure to cache it costs
         // nothing but a later fetch.
         guard bytes.count <= capacityBytes, evict(toFit: bytes.count),
-              let created = try? createTemporary(for: id) else { return }
-        let (fd, temporary) = created
-        if writeAll(fd, bytes) && install(temporary, as: id, size: bytes.count) {
+              let (file, temporary) = try? createTemporary(for: id) else { return }
+        if writeThroughPieces(file, bytes) && install(temporary, as: id, size: bytes.count) {
             index.withLock {
                 $0.setVerifiedSize(id, bytes.count)
-                $0.keep(OpenObject(fd: fd), for: id)
+                $0.keep(file, for: id)
             }
         } else {
-            close(fd)
             Glibc.unlink(temporary)
         }
+    }
+
+    /// Writes `bytes` into a new cached file by way of the aligned download buffers, which
+    /// a direct write needs; the copy costs less than the page-cache pages it saves.
+    func writeThroughPieces(_ file: OpenObject, _ bytes: UnsafeRawBufferPointer) -> Bool {
+        let piece = takePiece()
+        defer { givePieceBack(piece) }
+        var offset = 0
+        while offset < bytes.count {
+            let count = min(piece.count, bytes.count - offset)
+            piece.copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + count)]))
+            guard file.write(UnsafeRawBufferPointer(rebasing: piece[0..<count]), at: offset, room: piece.count) else { return false }
+            offset += count
+        }
+        return ftruncate(file.fd, off_t(bytes.count)) == 0
     }
 
     public func read(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int {
@@ -161,7 +174,12 @@ public final class CachedChunkStore: ChunkStore {
     }
 
     public func prefetch(_ id: ObjectID) {
-        if index.withLock({ $0[id] != nil }) { return }
+        if let file = openCached(id) {
+            // Cached and read through the page cache (a filesystem without O_DIRECT): the
+            // disk reads it ahead, as a local store's object would be.
+            if !file.isDirect { _ = posix_fadvise(file.fd, 0, 0, POSIX_FADV_WILLNEED) }
+            return
+        }
         let startWorker = prefetches.withLock { queue in queue.add(id, limit: Self.prefetchQueueLimit, workers: Self.prefetchConcurrency) }
         if startWorker {
             // A thread of its own: Dispatch on Linux runs about as many blocked work items
@@ -267,19 +285,14 @@ public final class CachedChunkStore: ChunkStore {
         guard firstCount == min(size, piece.count) else {
             throw .io(errno: EIO, "object \(id) gave \(firstCount) bytes at its start while its store says it has \(size)")
         }
-        guard size <= capacityBytes, evict(toFit: size), let created = try? createTemporary(for: id) else { return nil }
-        let (fd, temporary) = created
+        guard size <= capacityBytes, evict(toFit: size),
+              let (file, temporary) = try? createTemporary(for: id) else { return nil }
         var installed = false
-        defer {
-            if !installed {
-                close(fd)
-                Glibc.unlink(temporary)
-            }
-        }
+        defer { if !installed { Glibc.unlink(temporary) } }
         var offset = 0
         var got = firstCount
         while true {
-            guard writeAll(fd, UnsafeRawBufferPointer(rebasing: piece[0..<got]), at: offset) else { return nil }
+            guard file.write(UnsafeRawBufferPointer(rebasing: piece[0..<got]), at: offset, room: piece.count) else { return nil }
             offset += got
             bytesFetched.add(got, ordering: .relaxed)
             guard offset < size else { break }
@@ -289,9 +302,9 @@ public final class CachedChunkStore: ChunkStore {
                 throw .io(errno: EIO, "object \(id) ended at \(offset) bytes while its store says it has \(size)")
             }
         }
-        guard install(temporary, as: id, size: size) else { return nil }
+        // A direct write of the last block wrote it whole.
+        guard ftruncate(file.fd, off_t(size)) == 0, install(temporary, as: id, size: size) else { return nil }
         installed = true
-        let file = OpenObject(fd: fd)
         index.withLock {
             $0.setVerifiedSize(id, size)
             $0.keep(file, for: id)
@@ -304,7 +317,7 @@ public final class CachedChunkStore: ChunkStore {
     /// read held over 300 MiB.
     func takePiece() -> UnsafeMutableRawBufferPointer {
         pieces.withLock { $0.popLast() }.map { $0.buffer }
-            ?? UnsafeMutableRawBufferPointer.allocate(byteCount: Self.fetchPiece, alignment: 64)
+            ?? UnsafeMutableRawBufferPointer.allocate(byteCount: Self.fetchPiece, alignment: OpenObject.alignment)
     }
 
     func givePieceBack(_ piece: UnsafeMutableRawBufferPointer) {
@@ -332,7 +345,7 @@ public final class CachedChunkStore: ChunkStore {
             if stale { futimens(kept.fd, nil) }
             return kept
         }
-        let fd = open(path(of: id), O_RDONLY | O_CLOEXEC)
+        let fd = OpenObject.open(path(of: id), O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
             // Gone: evicted by another process, or discarded.
             if known { index.withLock { _ = $0.remove(id) } }
@@ -366,12 +379,12 @@ public final class CachedChunkStore: ChunkStore {
 
     /// A new file in `DIR/tmp`, 0600 whatever the umask, named so that no other thread
     /// or process picks the same name.
-    func createTemporary(for id: ObjectID) throws(StoreError) -> (Int32, String) {
+    func createTemporary(for id: ObjectID) throws(StoreError) -> (OpenObject, String) {
         let name = "\(directory)/tmp/\(id).\(getpid()).\(UInt64.random(in: 0...UInt64.max)).part"
-        let fd = open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        let fd = OpenObject.open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode: 0o600)
         guard fd >= 0 else { throw Self.failure(errno, "cannot create \(name)") }
         fchmod(fd, 0o600)
-        return (fd, name)
+        return (OpenObject(fd: fd), name)
     }
 
     /// Renames a complete temporary file into place and records it; an object that is
@@ -394,18 +407,6 @@ public final class CachedChunkStore: ChunkStore {
             }
         }
         evict(toFit: 0)
-        return true
-    }
-
-    func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at start: Int = 0) -> Bool {
-        guard let base = bytes.baseAddress else { return true }
-        var done = 0
-        while done < bytes.count {
-            let n = pwrite(fd, base + done, bytes.count - done, off_t(start + done))
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return false }
-            done += n
-        }
         return true
     }
 

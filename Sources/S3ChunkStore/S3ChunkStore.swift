@@ -83,6 +83,9 @@ public final class S3ChunkStore: ChunkStore {
         // by itself, and keep refusing to connect for seconds after the server is back.
         http.connectionPool.retryConnectionEstablishment = false
         http.decompression = .disabled
+        // AHC's default of 8 connections would queue a reader's own fetch behind the
+        // cache's eight prefetches, and one file's eight uploads behind another's.
+        http.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 32
         client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: http)
     }
 

@@ -41,7 +41,8 @@ public struct VolumeOptions: Sendable {
     public var maxDirtyChunksPerFile: Int = 16
     /// Full chunks an open file gathers before committing them together.
     public var fullChunksPerCommit: Int = 4
-    /// Chunk objects one commit stores at once.
+    /// Chunk objects stored at once: by one commit, and by one open file in the background
+    /// while it is being written.
     public var storeConcurrency: Int = 8
     /// Chunks past the one being read that a sequential reader has fetched ahead at first.
     public var prefetchChunks: Int = 2

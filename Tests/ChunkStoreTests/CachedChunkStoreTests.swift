@@ -257,4 +257,55 @@ import Glibc
         #expect(!FileManager.default.fileExists(atPath: cache.path(of: id)))
         #expect(throws: StoreError.notFound(id)) { try cache.read(id, count: 10) }
     }
+
+    /// Cached files go around the page cache where the filesystem allows it, which needs
+    /// whole blocks: tails, unaligned offsets and unaligned buffers must still give back
+    /// exactly the object's bytes, and the file exactly the object's length.
+    @Test func objectsOfAnyLengthReadBackExactlyAtAnyOffset() throws {
+        let cache = try makeCache(capacity: 256 << 20)
+        let sizes = [1, 4095, 4096, 4097, 100_000, CachedChunkStore.fetchPiece + 12_345]
+        var objects: [(ObjectID, [UInt8])] = []
+        for (index, size) in sizes.enumerated() {
+            let fetched = ObjectID.random(), uploaded = ObjectID.random()
+            let content = bytes(size, seed: UInt8(index))
+            try backing.inner.put(fetched, content)
+            try cache.put(uploaded, content)
+            objects += [(fetched, content), (uploaded, content)]
+        }
+        let aligned = UnsafeMutableRawBufferPointer.allocate(byteCount: 3 * OpenObject.alignment, alignment: OpenObject.alignment)
+        defer { aligned.deallocate() }
+        for (id, content) in objects {
+            #expect(try cache.read(id, count: content.count + 10) == content)
+            var info = stat()
+            #expect(stat(cache.path(of: id), &info) == 0 && Int(info.st_size) == content.count)
+            for offset in [0, 1, 4095, 4096, 8192, content.count - 1, content.count] where offset >= 0 && offset <= content.count {
+                for count in [1, 100, 4096, 3 * 4096] {
+                    let want = Array(content[offset..<min(content.count, offset + count)])
+                    #expect(try cache.read(id, offset: offset, count: count) == want)
+                    let got = try cache.read(id, offset: offset, into: UnsafeMutableRawBufferPointer(rebasing: aligned[0..<count]))
+                    #expect(Array(aligned[0..<got]) == want)
+                }
+            }
+        }
+    }
+
+    /// A descriptor whose writes cannot go direct (an unaligned buffer here; a
+    /// filesystem that refuses O_DIRECT elsewhere) goes on with ordinary I/O.
+    @Test func aDirectDescriptorFallsBackToOrdinaryIO() throws {
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        let path = root + "/fallback"
+        let file = OpenObject(fd: OpenObject.open(path, O_RDWR | O_CREAT | O_CLOEXEC, mode: 0o600))
+        #expect(file.fd >= 0)
+        let content = bytes(10_000, seed: 3)
+        let unaligned = UnsafeMutableRawBufferPointer.allocate(byteCount: 20_000, alignment: OpenObject.alignment)
+        defer { unaligned.deallocate() }
+        let start = UnsafeMutableRawBufferPointer(rebasing: unaligned[1..<10_001])
+        start.copyBytes(from: content)
+        #expect(file.write(UnsafeRawBufferPointer(start), at: 0, room: start.count))
+        #expect(!file.isDirect)
+        #expect(file.currentSize == content.count)
+        var back = [UInt8](repeating: 0, count: content.count)
+        let got = back.withUnsafeMutableBytes { file.read(at: 0, into: $0) }
+        #expect(got == content.count && back == content)
+    }
 }
