@@ -47,6 +47,11 @@ public final class LocalChunkStore: ChunkStore {
     public let root: String
     let descriptors = Mutex(DescriptorCache(capacity: 128))
 
+    /// Room objects leave free on their disk. The metadata shares the disk, and deleting
+    /// a file must commit a transaction before its objects can go: with the disk filled
+    /// to the last block by objects, that commit failed and no deletion could free space.
+    public static let metadataReserve: UInt64 = 16 << 20
+
     /// Opens the store at `root`, creating the directory if needed.
     public init(root: String) throws(StoreError) {
         self.root = root
@@ -66,6 +71,7 @@ public final class LocalChunkStore: ChunkStore {
     }
 
     public func put(_ id: ObjectID, _ bytes: UnsafeRawBufferPointer) throws(StoreError) {
+        if let room = availableBytes(), room < UInt64(bytes.count) { throw .noSpace }
         let dir = directory(of: id)
         let path = dir + "/" + id.description
         var fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, Self.objectMode)
@@ -186,7 +192,8 @@ public final class LocalChunkStore: ChunkStore {
     public func availableBytes() -> UInt64? {
         var info = statvfs()
         guard statvfs(root, &info) == 0 else { return nil }
-        return UInt64(info.f_bavail) * UInt64(info.f_frsize)
+        let free = UInt64(info.f_bavail) * UInt64(info.f_frsize)
+        return free > Self.metadataReserve ? free - Self.metadataReserve : 0
     }
 
     public func list() throws(StoreError) -> [ObjectID] {

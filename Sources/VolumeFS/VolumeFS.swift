@@ -381,6 +381,10 @@ public final class VolumeFS: Sendable {
         guard !inodes.isEmpty else { return }
         do {
             try purge(Array(inodes))
+        } catch .noSpace {
+            // Tried again at the next flush: a purge is what frees the space it lacked.
+            pendingPurges.withLock { $0.formUnion(inodes) }
+            logger.error("cannot purge \(inodes.count) unlinked inodes: the disk under the metadata is full; trying again")
         } catch {
             logger.error("cannot purge \(inodes.count) unlinked inodes: \(error); they are purged when a mount next takes the lease")
         }
