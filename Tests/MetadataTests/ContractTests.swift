@@ -40,6 +40,9 @@ func runConcurrently(_ bodies: [@Sendable () -> Void]) {
                     do {
                         _ = try a.mknode(.root, FileName("a\(i)"), mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0)
                         outcome.withLock { $0.committed.append("a\(i)") }
+                        // SQLite's busy handler is not fair: back-to-back commits could hold
+                        // the takeover off until this loop ended.
+                        usleep(200)
                     } catch MetadataError.fenced(_) {
                         outcome.withLock { if $0.fencedAfter == nil { $0.fencedAfter = i } }
                     } catch {
