@@ -174,10 +174,10 @@ public final class CachedChunkStore: ChunkStore {
     }
 
     public func prefetch(_ id: ObjectID) {
-        if let file = openCached(id) {
+        if index.withLock({ $0[id] != nil }) {
             // Cached and read through the page cache (a filesystem without O_DIRECT): the
             // disk reads it ahead, as a local store's object would be.
-            if !file.isDirect { _ = posix_fadvise(file.fd, 0, 0, POSIX_FADV_WILLNEED) }
+            if let file = openCached(id), !file.isDirect { _ = posix_fadvise(file.fd, 0, 0, POSIX_FADV_WILLNEED) }
             return
         }
         let startWorker = prefetches.withLock { queue in queue.add(id, limit: Self.prefetchQueueLimit, workers: Self.prefetchConcurrency) }

@@ -110,10 +110,11 @@ extension VolumeFS {
             } }
         case .object(let object):
             // Block-aligned reads (the kernel's readahead) land in place; others go through
-            // a scratch buffer so that only checked bytes reach the caller.
+            // a scratch buffer so that only checked bytes reach the caller, page-aligned
+            // so that a cache reading with O_DIRECT can fill it without one of its own.
             let inPlace = low == readStart && stop == readEnd
             let buffer = inPlace ? UnsafeMutableRawBufferPointer(rebasing: destination[0..<(readEnd - readStart)])
-                                 : UnsafeMutableRawBufferPointer.allocate(byteCount: readEnd - readStart, alignment: 16)
+                                 : UnsafeMutableRawBufferPointer.allocate(byteCount: readEnd - readStart, alignment: 4096)
             defer { if !inPlace { buffer.deallocate() } }
             // A store that keeps local copies (a cache) may hold a damaged one: it is
             // dropped and the object read once more from where it really lives.
