@@ -80,6 +80,13 @@ final class FuseContext: Sendable {
         let wanted = UInt32(FUSE_CAP_READDIRPLUS | FUSE_CAP_PARALLEL_DIROPS | FUSE_CAP_ASYNC_READ | FUSE_CAP_ATOMIC_O_TRUNC
                             | FUSE_CAP_CACHE_SYMLINKS)
         conn.pointee.want |= wanted & conn.pointee.capable
+        // The kernel would drop a file's pages whenever fresh attributes show an mtime it
+        // had not seen, and the daemon stamps writes with its own clock: every file written
+        // here would be read from the daemon again after the next `ls -l`. The pages need no
+        // such guess: an open keeps them only while the file is as it was when they were
+        // cached (`keep_cache`), and a change made by another mount invalidates them as the
+        // change feed reports it.
+        conn.pointee.want &= ~UInt32(FUSE_CAP_AUTO_INVAL_DATA)
         logger.info("connection ready: protocol \(conn.pointee.proto_major).\(conn.pointee.proto_minor), max_write \(conn.pointee.max_write)")
     }
 

@@ -569,24 +569,27 @@ public final class VolumeFS: Sendable {
 
     // MARK: - Extended attributes
 
-    static func checkXattr(_ name: FileName) throws(FSError) {
+    /// Attributes netvol does not keep, answered EOPNOTSUPP for every file, as a filesystem
+    /// mounted without them does (ext4 with `noacl`, NFS without security labels):
+    /// - `system.*`, such as POSIX ACLs: meanings the kernel would have to enforce;
+    /// - `security.selinux`: a label is one host's policy, and a volume is shared by hosts
+    ///   whose policies differ. A host that runs SELinux labels FUSE files itself.
+    /// `ls -l` asks for both on every file until a filesystem says it has neither; then it
+    /// stops asking for the whole mount, two round trips less per file listed.
+    static func checkKept(_ name: FileName) throws(FSError) {
         if name.bytes.isEmpty || name.bytes.count > 255 { throw .range }
-        if name.bytes.starts(with: Array("system.".utf8)) {
-            // POSIX ACLs and other system.* attributes have meanings netvol does not enforce.
-            throw .notSupported("system.* extended attributes")
-        }
+        if name.bytes.starts(with: Array("system.".utf8)) { throw .notSupported("system.* extended attributes") }
+        if name.bytes == Array("security.selinux".utf8) { throw .notSupported("SELinux labels") }
     }
 
     public func getxattr(_ ino: InodeNumber, _ name: FileName) throws(FSError) -> [UInt8] {
-        if name.bytes.isEmpty || name.bytes.count > 255 { throw .range }
-        // `ls -l` asks for POSIX ACLs of every file; none are ever stored.
-        if name.bytes.starts(with: Array("system.".utf8)) { throw .metadata(.noAttribute) }
+        try Self.checkKept(name)
         if try !mayHaveXattrs(ino) { throw .metadata(.noAttribute) }
         return try Self.lift { () throws(MetadataError) in try metadata.getxattr(ino, name) }
     }
 
     public func setxattr(_ ino: InodeNumber, _ name: FileName, _ value: [UInt8], mode: XattrMode) throws(FSError) {
-        try Self.checkXattr(name)
+        try Self.checkKept(name)
         if value.count > 65_536 { throw .valueTooBig }
         try mutating { () throws(MetadataError) in try metadata.setxattr(ino, name, value, mode: mode, now: Self.now()) }
         xattrInodes.withLock { known in _ = known?.insert(ino) }
@@ -608,7 +611,7 @@ public final class VolumeFS: Sendable {
     }
 
     public func removexattr(_ ino: InodeNumber, _ name: FileName) throws(FSError) {
-        if name.bytes.isEmpty || name.bytes.count > 255 { throw .range }
+        try Self.checkKept(name)
         try mutating { () throws(MetadataError) in try metadata.removexattr(ino, name, now: Self.now()) }
     }
 }

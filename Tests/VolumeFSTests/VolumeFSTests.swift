@@ -281,7 +281,7 @@ import Testing
         #expect(throws: FSError.metadata(.exists)) { try fx.create("x") }
     }
 
-    @Test func fileTooBigAndSystemXattrs() throws {
+    @Test func fileTooBigAndXattrsNetvolDoesNotKeep() throws {
         let fx = try Fixture()
         let (attr, fh) = try fx.create("f")
         #expect(throws: FSError.fileTooBig) { try fx.write(attr.ino, fh, VolumeFS.maxFileSize, [1]) }
@@ -289,6 +289,17 @@ import Testing
         #expect(throws: FSError.notSupported("system.* extended attributes")) {
             try fx.volume.setxattr(attr.ino, "system.posix_acl_access", [1], mode: .any)
         }
+        // ls -l stops asking a mount for ACLs and labels once it answers EOPNOTSUPP.
+        #expect(throws: FSError.notSupported("system.* extended attributes")) {
+            try fx.volume.getxattr(attr.ino, "system.posix_acl_access")
+        }
+        #expect(throws: FSError.notSupported("SELinux labels")) { try fx.volume.getxattr(attr.ino, "security.selinux") }
+        #expect(throws: FSError.notSupported("SELinux labels")) {
+            try fx.volume.setxattr(attr.ino, "security.selinux", Array("u:r:t:s0".utf8), mode: .any)
+        }
+        #expect(throws: FSError.metadata(.noAttribute)) { try fx.volume.getxattr(attr.ino, "security.capability") }
+        try fx.volume.setxattr(attr.ino, "security.capability", [1, 2], mode: .create)
+        #expect(try fx.volume.getxattr(attr.ino, "security.capability") == [1, 2])
         try fx.volume.setxattr(attr.ino, "user.k", [9], mode: .create)
         #expect(try fx.volume.getxattr(attr.ino, "user.k") == [9])
         #expect(throws: FSError.valueTooBig) { try fx.volume.setxattr(attr.ino, "user.big", [UInt8](repeating: 0, count: 70_000), mode: .any) }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/e2e/16-xattrs.sh: extended attributes with setfattr and getfattr: set, get,
 # list, replace, remove, binary and 64 KiB values, on files and directories; the errors
-# for missing ones; permissions for another user; cp -a keeps them; they persist.
+# for missing ones; EOPNOTSUPP for ACLs and SELinux labels; permissions for another user; cp -a keeps them; they persist.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -51,6 +51,13 @@ assert_fails_with ERANGE setfattr -n "${long_name}x" -v x "$f"
 for i in $(seq 1 100); do setfattr -n "user.many$i" -v "$i" "$f"; done
 assert_equal 100 "$(names "$f" | grep -c '^user\.many')" "100 attributes listed"
 assert_equal 57 "$(value user.many57 "$f")" "one of 100"
+
+step "ACLs and SELinux labels are not kept: EOPNOTSUPP, as on a filesystem mounted without them"
+assert_fails_with EOPNOTSUPP getfattr -n system.posix_acl_access "$f"
+assert_fails_with EOPNOTSUPP getfattr -n security.selinux "$f"
+assert_fails_with EOPNOTSUPP setfattr -n security.selinux -v system_u:object_r:tmp_t:s0 "$f"
+if command -v setfacl >/dev/null; then assert_fails_with EOPNOTSUPP setfacl -m u:nobody:r "$f"; fi
+ls -l "$f" >/dev/null || fail "ls -l of a file on a mount without ACLs or labels"
 
 step "directories, and the same name on two files"
 mkdir "$MNT/dir"

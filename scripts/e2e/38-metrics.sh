@@ -2,7 +2,8 @@
 # scripts/e2e/38-metrics.sh: `netvol mount --metrics` serves /metrics in Prometheus' text
 # format (parsed here by the Prometheus project's own Python parser), and after a known
 # workload the counters moved by exactly what it did: requests by operation, bytes
-# written and read, failures by errno; the lease and memory gauges; for a network
+# written and read, failures by errno (and `ls -lR` asks for ACLs and labels once, files
+# written on the mount are read back from the page cache after it); the lease and memory gauges; for a network
 # volume, the object store requests and the cache's misses, then hits. The same metrics
 # are on the daemon's private unix socket, where `netvol stats` reads them; a busy port
 # fails the mount in one line.
@@ -73,6 +74,22 @@ forget_pages "$MNT/data"
 cmp "$WORK/data" "$MNT/data"
 scrape
 assert_equal $((before_read + 3 * 1024 * 1024)) "$(metric netvol_read_bytes_total)" "bytes read"
+
+step "ls -l asks for ACLs and labels once; files written here are read from memory after it"
+mkdir "$MNT/small"
+for i in $(seq 1 50); do head -c 4096 /dev/urandom >"$MNT/small/f$i"; done
+scrape
+before_getxattr=$(metric netvol_requests_total op=getxattr)
+before_reads=$(metric netvol_requests_total op=read)
+ls -lR "$MNT/small" >/dev/null
+cat "$MNT"/small/f* >"$WORK/small.cat"
+scrape
+# ls stops asking once the mount answers EOPNOTSUPP: one question for ACLs, one for labels.
+(($(metric netvol_requests_total op=getxattr) - before_getxattr <= 2)) ||
+    fail "ls -lR of 50 files asked for $(($(metric netvol_requests_total op=getxattr) - before_getxattr)) xattrs"
+# The pages written are the file as committed: the new attributes ls -l brought do not drop them.
+assert_equal "$before_reads" "$(metric netvol_requests_total op=read)" "read requests for files just written"
+assert_equal $((50 * 4096)) "$(stat -c %s "$WORK/small.cat")" "bytes cat read"
 
 if is_network_volume "$VOLUME"; then
     step "network volume: a cold read fetches from the object store; the next is a cache hit"
