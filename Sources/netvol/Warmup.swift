@@ -193,6 +193,9 @@ struct Warmup: ParsableCommand {
                 failure.withLock { $0 = $0 ?? "cannot open \(files[job.file].path): \(String(cString: strerror(errno)))" }
                 return
             }
+            // Pages the kernel holds (a file written on this host, say) would answer the
+            // reads without the daemon, and the host's cache would stay cold: drop them.
+            _ = posix_fadvise(fd, off_t(job.offset), off_t(job.length), POSIX_FADV_DONTNEED)
             var offset = job.offset
             while offset < job.offset + job.length, !interrupted.load(ordering: .relaxed) {
                 let got = pread(fd, buffer, min(1 << 20, job.offset + job.length - offset), off_t(offset))
