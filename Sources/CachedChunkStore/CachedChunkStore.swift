@@ -157,9 +157,15 @@ public final class CachedChunkStore: ChunkStore {
 
     public func read(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int {
         for attempt in 0..<2 {
-            guard let file = try obtain(id, countingUse: attempt == 0) else {
+            let file: OpenObject
+            switch try obtain(id, countingUse: attempt == 0, for: attempt == 0 ? Wanted(offset: offset, buffer: buffer) : nil) {
+            case .copied(let count):
+                return count
+            case .uncacheable:
                 // The cache cannot hold it (full disk, or bigger than the capacity).
                 return try backing.read(id, offset: offset, into: buffer)
+            case .file(let cached):
+                file = cached
             }
             guard let done = file.read(at: offset, into: buffer) else {
                 throw Self.failure(errno, "cannot read \(path(of: id))")
@@ -222,23 +228,104 @@ public final class CachedChunkStore: ChunkStore {
         backing.discard(id)
     }
 
+    public func settle(timeout: Double) -> Bool {
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        while fetches.withLock({ !$0.isEmpty }) || prefetches.withLock({ $0.workers > 0 }) {
+            if Date() >= deadline { return false }
+            usleep(1000)
+        }
+        return true
+    }
+
     // MARK: Fetching
 
     /// One fetch under way, which reads of the same object wait for instead of starting
-    /// their own.
-    final class Fetch: Sendable {
+    /// their own. While its first piece downloads, they take what they need from it as it
+    /// lands: a cold open's first read waits for its own bytes, not for the whole chunk.
+    final class Fetch: @unchecked Sendable {
+        // Unchecked: `piece`, `landed` and `size` are only touched under `arrival`.
         /// Entered by the fetching thread until it is done, so that any number of
         /// waiters, even late ones, see the end.
         let running = DispatchGroup()
         let error = Mutex<StoreError?>(nil)
+        private let arrival = NSCondition()
+        /// The download buffer holding the object's first bytes, while it does.
+        private var piece: UnsafeMutableRawBufferPointer?
+        /// Until the download has its buffer, readers wait for it to.
+        private var started = false
+        private var landed = 0
+        private var size: Int?
+
+        func expose(_ buffer: UnsafeMutableRawBufferPointer) {
+            arrival.lock()
+            piece = buffer
+            started = true
+            landed = 0
+            arrival.unlock()
+        }
+
+        func arrived(_ count: Int, objectSize: Int?) {
+            arrival.lock()
+            // A retried transfer counts from 0 again over the same bytes.
+            landed = max(landed, count)
+            if let objectSize { size = objectSize }
+            arrival.broadcast()
+            arrival.unlock()
+        }
+
+        /// The buffer is about to be reused: nobody copies from it after this.
+        func withdraw() {
+            arrival.lock()
+            piece = nil
+            started = true
+            arrival.broadcast()
+            arrival.unlock()
+        }
+
+        /// Copies `wanted` (less at the object's end) from the first piece once it has
+        /// landed there; nil when the piece cannot give it (past the piece, withdrawn, or
+        /// not there by `deadline`), and the caller waits for the whole fetch instead.
+        func copy(_ wanted: Wanted, before deadline: Date) -> Int? {
+            arrival.lock()
+            defer { arrival.unlock() }
+            while !started {
+                if !arrival.wait(until: deadline) { return nil }
+            }
+            while let piece {
+                let end = min(wanted.offset + wanted.buffer.count, size ?? Int.max)
+                guard end <= piece.count else { return nil }
+                if landed >= end {
+                    guard end > wanted.offset else { return 0 }
+                    wanted.buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: piece[wanted.offset..<end]))
+                    return end - wanted.offset
+                }
+                if !arrival.wait(until: deadline) { return nil }
+            }
+            return nil
+        }
     }
 
-    /// The open cached file of `id`, fetching it first if needed; nil when the cache
-    /// cannot take it, so the caller reads from the backing store directly.
-    func obtain(_ id: ObjectID, countingUse: Bool) throws(StoreError) -> OpenObject? {
+    /// The bytes a reader waits for.
+    struct Wanted {
+        let offset: Int
+        let buffer: UnsafeMutableRawBufferPointer
+    }
+
+    enum Obtained {
+        /// The cached copy, open.
+        case file(OpenObject)
+        /// The reader's bytes, taken from a download as it landed.
+        case copied(Int)
+        /// The cache cannot take the object: read it from the backing store.
+        case uncacheable
+    }
+
+    /// The open cached file of `id`, fetching it first if needed; or, for a reader
+    /// (`wanted`), its bytes as soon as a download under way has them.
+    func obtain(_ id: ObjectID, countingUse: Bool, for wanted: Wanted? = nil) throws(StoreError) -> Obtained {
         if let file = openCached(id) {
             if countingUse { hits.add(1, ordering: .relaxed) }
-            return file
+            return .file(file)
         }
         if countingUse { misses.add(1, ordering: .relaxed) }
         let (fetch, leader) = fetches.withLock { fetches in
@@ -249,24 +336,35 @@ public final class CachedChunkStore: ChunkStore {
             return (fetch, true)
         }
         if leader {
-            defer {
-                fetches.withLock { $0[id] = nil }
-                fetch.running.leave()
-            }
-            // A fetch that ended between our look and our claim has left the file.
-            if let file = openCached(id) { return file }
-            do {
-                return try download(id)
-            } catch {
-                fetch.error.withLock { $0 = error }
-                throw error
-            }
+            guard wanted != nil else { return try lead(id, fetch).map { .file($0) } ?? .uncacheable }
+            // A reader leaves the download to a thread of its own and takes its bytes
+            // from it as they land, like any other reader of the object.
+            Thread.detachNewThread { _ = try? self.lead(id, fetch) }
         }
-        if fetch.running.wait(timeout: .now() + Self.fetchWait) == .timedOut {
+        let deadline = Date(timeIntervalSinceNow: Self.fetchWait)
+        if let wanted, let count = fetch.copy(wanted, before: deadline) { return .copied(count) }
+        if fetch.running.wait(timeout: .now() + max(0, deadline.timeIntervalSinceNow)) == .timedOut {
             throw .io(errno: EIO, "object \(id): another fetch of it took more than \(Int(Self.fetchWait)) s")
         }
         if let error = fetch.error.withLock({ $0 }) { throw error }
-        return openCached(id)
+        return openCached(id).map { .file($0) } ?? .uncacheable
+    }
+
+    /// Downloads `id` as the one fetch of it; the fetch's waiters see the end.
+    func lead(_ id: ObjectID, _ fetch: Fetch) throws(StoreError) -> OpenObject? {
+        defer {
+            fetches.withLock { $0[id] = nil }
+            fetch.withdraw()
+            fetch.running.leave()
+        }
+        // A fetch that ended between our look and our claim has left the file.
+        if let file = openCached(id) { return file }
+        do {
+            return try download(id, fetch)
+        } catch {
+            fetch.error.withLock { $0 = error }
+            throw error
+        }
     }
 
     /// Reads the whole object into a temporary file, checks its length, and renames it
@@ -276,15 +374,23 @@ public final class CachedChunkStore: ChunkStore {
     /// The first piece is read before the object's size is known: its reply says the
     /// size (an S3 `Content-Range`), which saves a HEAD per object, half the requests of
     /// a cold read of chunk-sized objects.
-    func download(_ id: ObjectID) throws(StoreError) -> OpenObject? {
+    func download(_ id: ObjectID, _ fetch: Fetch) throws(StoreError) -> OpenObject? {
         let piece = takePiece()
-        defer { givePieceBack(piece) }
-        let (firstCount, reported) = try backing.readReportingSize(id, offset: 0, into: piece)
+        fetch.expose(piece)
+        defer {
+            fetch.withdraw()
+            givePieceBack(piece)
+        }
+        let (firstCount, reported) = try backing.readReportingSize(id, offset: 0, into: piece) { landed, size in
+            fetch.arrived(landed, objectSize: size)
+        }
         let size: Int
         if let reported { size = reported } else { size = try backing.size(of: id) }
         guard firstCount == min(size, piece.count) else {
             throw .io(errno: EIO, "object \(id) gave \(firstCount) bytes at its start while its store says it has \(size)")
         }
+        // For a store that tells no progress: readers take the first piece now.
+        fetch.arrived(firstCount, objectSize: size)
         guard size <= capacityBytes, evict(toFit: size),
               let (file, temporary) = try? createTemporary(for: id) else { return nil }
         var installed = false
@@ -296,6 +402,8 @@ public final class CachedChunkStore: ChunkStore {
             offset += got
             bytesFetched.add(got, ordering: .relaxed)
             guard offset < size else { break }
+            // The buffer takes the next piece: readers wait for the file from here.
+            fetch.withdraw()
             let want = UnsafeMutableRawBufferPointer(rebasing: piece[0..<min(piece.count, size - offset)])
             got = try backing.read(id, offset: offset, into: want)
             if got == 0 {

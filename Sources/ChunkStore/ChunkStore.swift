@@ -48,7 +48,14 @@ public protocol ChunkStore: Sendable {
     /// (an S3 ranged GET's `Content-Range`), so that a caller fetching a whole object
     /// needs no `size` call, which over a network is a round trip of its own. nil when
     /// the store did not learn it.
-    func readReportingSize(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> (count: Int, objectSize: Int?)
+    ///
+    /// `progress`, when given, is told as the bytes land, so that a reader waiting for the
+    /// first of them need not wait for the last: how many are in `buffer`, contiguous from
+    /// its start, and the object's length once known. It may be called on any thread, or
+    /// not at all. A retry after a broken transfer starts counting again, over bytes that
+    /// stay as they were: objects never change.
+    func readReportingSize(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer,
+                           progress: ReadProgress?) throws(StoreError) -> (count: Int, objectSize: Int?)
 
     /// Hints that object `id` will be read soon, so that fetching it overlaps the reads
     /// before it; returns without waiting. A missing object is not an error here.
@@ -72,13 +79,27 @@ public protocol ChunkStore: Sendable {
     /// local directory); nil when it cannot tell or has no bound (an object service).
     /// `statfs` reports the smaller of this and the volume's own free space.
     func availableBytes() -> UInt64?
+
+    /// Waits, at most `timeout` seconds, for what the store finishes after a call has
+    /// returned (a cache's downloads, which a reader leaves as soon as its own bytes have
+    /// landed); true when nothing is left under way.
+    func settle(timeout: Double) -> Bool
 }
 
+/// Bytes landed so far in a read's buffer, and the object's length once known.
+public typealias ReadProgress = @Sendable (_ landed: Int, _ objectSize: Int?) -> Void
+
 extension ChunkStore {
-    public func readReportingSize(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> (count: Int, objectSize: Int?) {
+    public func readReportingSize(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer,
+                                  progress: ReadProgress?) throws(StoreError) -> (count: Int, objectSize: Int?) {
         (try read(id, offset: offset, into: buffer), nil)
+    }
+
+    public func readReportingSize(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> (count: Int, objectSize: Int?) {
+        try readReportingSize(id, offset: offset, into: buffer, progress: nil)
     }
 
     public func discard(_ id: ObjectID) {}
     public func availableBytes() -> UInt64? { nil }
+    public func settle(timeout: Double) -> Bool { true }
 }

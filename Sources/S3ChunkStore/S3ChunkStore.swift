@@ -164,10 +164,11 @@ public final class S3ChunkStore: ChunkStore {
     }
 
     public func read(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int {
-        try readReportingSize(id, offset: offset, into: buffer).count
+        try readReportingSize(id, offset: offset, into: buffer, progress: nil).count
     }
 
-    public func readReportingSize(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> (count: Int, objectSize: Int?) {
+    public func readReportingSize(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer,
+                                  progress: ReadProgress?) throws(StoreError) -> (count: Int, objectSize: Int?) {
         guard offset >= 0 else { throw .io(errno: EINVAL, "cannot read object \(id) at negative offset \(offset)") }
         if buffer.count == 0 {
             return (0, try size(of: id))  // still says whether the object exists
@@ -175,7 +176,7 @@ public final class S3ChunkStore: ChunkStore {
         let what = "cannot read object \(id) from \(location)"
         let reply = try perform(what, method: .GET, key: key(of: id),
                                 headers: [("range", "bytes=\(offset)-\(offset + buffer.count - 1)")],
-                                window: ReadWindow(buffer: buffer, offset: offset))
+                                window: ReadWindow(buffer: buffer, offset: offset, progress: progress))
         switch reply.status {
         case 200, 206:
             if let problem = reply.problem { throw .io(errno: EIO, "\(what): \(problem)") }

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import ChunkStore
 import Dispatch
 import Foundation
 import NIOCore
@@ -17,6 +18,8 @@ struct ReadWindow: @unchecked Sendable {
     let buffer: UnsafeMutableRawBufferPointer
     /// The object offset of `buffer`'s first byte.
     let offset: Int
+    /// Told of each part as it lands (see `ChunkStore.readReportingSize`).
+    var progress: ReadProgress? = nil
 }
 
 /// What one attempt got back.
@@ -45,6 +48,8 @@ final class ReplyCollector: HTTPClientResponseDelegate {
         var window: ReadWindow?
         /// Object offset of the next body byte to arrive.
         var position = 0
+        /// The whole object's length, from the reply's head.
+        var objectSize: Int?
         var abandoned = false
     }
 
@@ -71,6 +76,8 @@ final class ReplyCollector: HTTPClientResponseDelegate {
                 state.position = head.status.code == 206
                     ? Self.rangeStart(head.headers.first(name: "content-range")) ?? window.offset
                     : 0
+                state.objectSize = head.status.code == 206 ? Self.rangeTotal(head.headers.first(name: "content-range"))
+                    : head.headers.first(name: "content-length").flatMap { Int($0) }
             }
         }
         return task.eventLoop.makeSucceededVoidFuture()
@@ -96,6 +103,7 @@ final class ReplyCollector: HTTPClientResponseDelegate {
                     } else if let target = window.buffer.baseAddress, let source = bytes.baseAddress {
                         (target + (start - window.offset)).copyMemory(from: source + (start - state.position), byteCount: end - start)
                         state.reply.copied += end - start
+                        window.progress?(state.reply.copied, state.objectSize)
                     }
                 }
                 state.position += bytes.count

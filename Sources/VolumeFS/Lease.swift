@@ -358,5 +358,8 @@ extension VolumeFS {
     public func shutdown() {
         flushAll()
         releaseLease()
+        // What readers were given is in the cache for the next mount, unless the store
+        // is too slow to finish it soon.
+        if !store.settle(timeout: 10) { logger.warning("unmounting with downloads into the cache still under way") }
     }
 }

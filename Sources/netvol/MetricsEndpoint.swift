@@ -242,6 +242,8 @@ final class DaemonMetrics: Sendable {
         guard let cache = opened.store as? CachedChunkStore else {
             return answer(["ino": number, "cache": false])
         }
+        // A download a reader left behind is still landing: count it (or evict it) once it has.
+        _ = cache.settle(timeout: 30)
         let attr: Attr
         let chunks: [ChunkRef]
         do {

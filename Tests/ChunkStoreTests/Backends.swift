@@ -159,13 +159,57 @@ final class CountingStore: ChunkStore {
     func list() throws(StoreError) -> [ObjectID] { try inner.list() }
 }
 
+/// Wraps a store whose reads deliver the first half of what was asked, tell it, and hold
+/// the rest back until `release` is signalled: a download still under way.
+final class TricklingStore: ChunkStore {
+    let inner: any ChunkStore
+    let reads = Atomic<Int>(0)
+    let release = DispatchSemaphore(value: 0)
+
+    init(_ inner: any ChunkStore) { self.inner = inner }
+
+    func put(_ id: ObjectID, _ bytes: UnsafeRawBufferPointer) throws(StoreError) { try inner.put(id, bytes) }
+
+    func read(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int {
+        try readReportingSize(id, offset: offset, into: buffer, progress: nil).count
+    }
+
+    func readReportingSize(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer,
+                           progress: ReadProgress?) throws(StoreError) -> (count: Int, objectSize: Int?) {
+        reads.add(1, ordering: .relaxed)
+        let size = try inner.size(of: id)
+        let count = try inner.read(id, offset: offset, into: buffer)
+        let half = count / 2
+        // Bytes past the first half are not there yet: a reader copying them early would see zeros.
+        UnsafeMutableRawBufferPointer(rebasing: buffer[half..<count]).initializeMemory(as: UInt8.self, repeating: 0)
+        progress?(half, size)
+        release.wait()
+        _ = try inner.read(id, offset: offset, into: buffer)
+        progress?(count, size)
+        return (count, size)
+    }
+
+    func prefetch(_ id: ObjectID) {}
+    func size(of id: ObjectID) throws(StoreError) -> Int { try inner.size(of: id) }
+    func delete(_ id: ObjectID) throws(StoreError) { try inner.delete(id) }
+    func list() throws(StoreError) -> [ObjectID] { try inner.list() }
+}
+
 extension ChunkStore {
     func put(_ id: ObjectID, _ data: [UInt8]) throws {
         try data.withUnsafeBytes { buffer in try put(id, buffer) }
     }
 
-    /// `count` bytes from `offset`, as many as the store returned.
+    /// `count` bytes from `offset`, as many as the store returned; then waits for what
+    /// the store finishes after (a cache's download), so that its state can be checked.
     func read(_ id: ObjectID, offset: Int = 0, count: Int) throws -> [UInt8] {
+        let back = try readNow(id, offset: offset, count: count)
+        _ = settle(timeout: 60)
+        return back
+    }
+
+    /// `count` bytes from `offset` as soon as the store returns them.
+    func readNow(_ id: ObjectID, offset: Int = 0, count: Int) throws -> [UInt8] {
         var back = [UInt8](repeating: 0, count: count)
         let got = try back.withUnsafeMutableBytes { buffer in try read(id, offset: offset, into: buffer) }
         return Array(back[0..<got])

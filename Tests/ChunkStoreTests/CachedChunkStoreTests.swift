@@ -215,6 +215,42 @@ import Glibc
         #expect(slow.reads.load(ordering: .relaxed) == 1)
     }
 
+    @Test func aReaderGetsItsBytesAsTheyLandNotWhenTheWholeObjectHas() throws {
+        let trickling = TricklingStore(backing.inner)
+        let cache = try makeCache(over: trickling)
+        let size = 1 << 20
+        let id = ObjectID.random()
+        try backing.inner.put(id, bytes(size, seed: 7))
+        let whole = bytes(size, seed: 7)
+        // The store has given the first half and holds the rest back until released.
+        let early = DispatchSemaphore(value: 0)
+        let late = DispatchSemaphore(value: 0)
+        let got = Mutex<(early: [UInt8], late: [UInt8])>(([], []))
+        Thread.detachNewThread {
+            let bytes = (try? cache.readNow(id, offset: 1000, count: 4096)) ?? []
+            got.withLock { $0.early = bytes }
+            early.signal()
+        }
+        Thread.detachNewThread {
+            let bytes = (try? cache.readNow(id, offset: size - 100, count: 4096)) ?? []
+            got.withLock { $0.late = bytes }
+            late.signal()
+        }
+        #expect(early.wait(timeout: .now() + 20) == .success, "a read of landed bytes waited for the rest")
+        #expect(got.withLock { $0.early == Array(whole[1000..<5096]) })
+        #expect(late.wait(timeout: .now() + 0.3) == .timedOut, "a read of bytes not yet landed returned")
+        trickling.release.signal()
+        #expect(late.wait(timeout: .now() + 20) == .success)
+        #expect(got.withLock { $0.late == Array(whole[(size - 100)...]) })
+        // One download for both, and the object ends up cached whole.
+        #expect(trickling.reads.load(ordering: .relaxed) == 1)
+        #expect(cache.settle(timeout: 20))
+        #expect(cache.isCached(id))
+        let cachedRight = try cache.read(id, count: size) == whole
+        #expect(cachedRight, "the cached copy")
+        #expect(trickling.reads.load(ordering: .relaxed) == 1)
+    }
+
     @Test func prefetchFetchesInTheBackground() throws {
         let cache = try makeCache()
         let ids = try stored(6)

@@ -231,10 +231,20 @@ final class HeldPort {
         let store = try store(server)
         defer { store.close() }
         var buffer = [UInt8](repeating: 0, count: 4)
-        let ranged = try buffer.withUnsafeMutableBytes { try store.readReportingSize(ObjectID.random(), offset: 0, into: $0) }
+        // What a cache's waiting readers are told as the bytes land.
+        let told = Mutex<(landed: Int, size: Int?)>((0, nil))
+        let progress: ReadProgress = { landed, size in told.withLock { $0 = (max($0.landed, landed), size) } }
+        let ranged = try buffer.withUnsafeMutableBytes {
+            try store.readReportingSize(ObjectID.random(), offset: 0, into: $0, progress: progress)
+        }
         #expect(ranged.count == 4 && ranged.objectSize == 10)
-        let whole = try buffer.withUnsafeMutableBytes { try store.readReportingSize(ObjectID.random(), offset: 0, into: $0) }
+        #expect(told.withLock { $0.landed == 4 && $0.size == 10 })
+        told.withLock { $0 = (0, nil) }
+        let whole = try buffer.withUnsafeMutableBytes {
+            try store.readReportingSize(ObjectID.random(), offset: 0, into: $0, progress: progress)
+        }
         #expect(whole.count == 4 && whole.objectSize == 10)
+        #expect(told.withLock { $0.landed == 4 && $0.size == 10 })
         let past = try buffer.withUnsafeMutableBytes { try store.readReportingSize(ObjectID.random(), offset: 20, into: $0) }
         #expect(past.count == 0 && past.objectSize == 10)
         #expect(server.requests.allSatisfy { $0.method == .GET })

@@ -104,6 +104,12 @@ if is_network_volume "$VOLUME"; then
     (($(metric netvol_object_store_requests_total) > requests)) || fail "a cold read made no object store request"
     (($(metric netvol_cache_misses_total) > misses)) || fail "a cold read missed nothing in the cache"
     (($(metric netvol_database_calls_total) > 0)) || fail "no database call counted"
+    # A reader has its bytes as they land; the download reaches the cache just after.
+    for _ in $(seq 1 300); do
+        scrape
+        (($(metric netvol_cache_bytes) >= 3 * 1024 * 1024)) && break
+        sleep 0.1
+    done
     requests=$(metric netvol_object_store_requests_total)
     hits=$(metric netvol_cache_hits_total)
     forget_pages "$MNT/data"
