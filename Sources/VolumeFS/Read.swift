@@ -43,12 +43,6 @@ extension VolumeFS {
         // copied on write, so other readers and writers are not held up by our I/O.
         let parts = (first...last).map { index in (index, file.dirty[index], file.chunkMap[index]) }
         file.lock.unlock()
-        let ahead = handles.withLock { $0[fh]?.reads.ahead(of: first...last, by: options.prefetchChunks,
-                                                                     growingTo: options.prefetchWindowBytes / chunkSize) } ?? 0..<0
-        if !ahead.isEmpty {
-            let objects = file.lock.withLock { ahead.compactMap { file.chunkMap[$0]?.object } }
-            for object in objects { store.prefetch(object) }
-        }
 
         for (index, dirty, ref) in parts {
             let chunkStart = UInt64(index) * cs
@@ -71,6 +65,14 @@ extension VolumeFS {
             if filled < high - low {
                 UnsafeMutableRawBufferPointer(rebasing: destination[filled..<(high - low)]).initializeMemory(as: UInt8.self, repeating: 0)
             }
+        }
+        // The chunks ahead are fetched once this read has its bytes: started before, their
+        // downloads would share the network with the one it waits for.
+        let ahead = handles.withLock { $0[fh]?.reads.ahead(of: first...last, by: options.prefetchChunks,
+                                                                     growingTo: options.prefetchWindowBytes / chunkSize) } ?? 0..<0
+        if !ahead.isEmpty {
+            let objects = file.lock.withLock { ahead.compactMap { file.chunkMap[$0]?.object } }
+            for object in objects { store.prefetch(object) }
         }
         return Int(end - offset)
     }
