@@ -9,7 +9,18 @@ extension SQLiteMetadata {
     }
 
     public func attrAndChunks(_ ino: InodeNumber) throws(MetadataError) -> (Attr, [ChunkRef]) {
-        try readNow { db in (try Self.fetchAttr(db, ino), try Self.fetchChunks(db, ino)) }
+        // One snapshot for both: a commit of another process in between (the writer's
+        // purge of a replaced file, its new data) would pair attributes with a chunk map
+        // they never had, and a size with no chunks reads as zeros.
+        try readNow { db in
+            var both: (Attr, [ChunkRef])?
+            try db.inTransaction(.deferred) {
+                both = (try Self.fetchAttr(db, ino), try Self.fetchChunks(db, ino))
+                return .commit
+            }
+            guard let both else { throw MetadataError.database("no answer for inode \(ino)") }
+            return both
+        }
     }
 
     static func fetchChunks(_ db: Database, _ ino: InodeNumber) throws -> [ChunkRef] {

@@ -335,7 +335,9 @@ extension VolumeFS {
     /// Reloads an open file's chunk map and attributes after another mount changed it.
     func refresh(_ ino: InodeNumber) {
         guard let file = openFiles.withLock({ $0[ino] }) else { return }
-        guard let attr = try? metadata.getattr(ino), let chunks = try? metadata.chunks(ino) else { return }
+        // Both from one moment: a commit between two reads would pair a size with the
+        // chunks of another version.
+        guard let (attr, chunks) = try? metadata.attrAndChunks(ino) else { return }
         file.lock.lock()
         if file.dirty.isEmpty {
             file.chunkMap = Dictionary(uniqueKeysWithValues: chunks.map { ($0.index, $0) })

@@ -17,8 +17,67 @@ func runConcurrently(_ bodies: [@Sendable () -> Void]) {
 }
 
 /// The contract of the `Metadata` protocol that concurrency makes hard: fencing against a
-/// takeover, a change feed in commit order, truncation.
+/// takeover, a change feed in commit order, truncation, snapshots.
 @Suite struct ContractTests {
+    /// Another mount opening a file that the writer keeps rewriting and replacing (as `pip`
+    /// and editors save files) gets its attributes and its chunk map from one moment: a
+    /// size paired with the chunks of another (none, once purged) would read as zeros.
+    @Test(arguments: Backend.all) func attributesAndChunksOfAFileBeingReplacedAreOneSnapshot(_ backend: Backend) throws {
+        let volume = try backend.volume()
+        defer { volume.remove() }
+        let writer = volume.meta
+        let reader = try volume.reopen(nil)
+        let current = Atomic<UInt64>(0)
+        let done = Atomic<Bool>(false)
+        let problems = Mutex<[String]>([])
+        let reads = Atomic<Int>(0)
+        runConcurrently([
+            {
+                defer { done.store(true, ordering: .releasing) }
+                let until = ContinuousClock.now + .seconds(2)
+                var version = 0
+                while ContinuousClock.now < until {
+                    version += 1
+                    do {
+                        let file = try writer.mknode(.root, FileName("v\(version)"), mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0)
+                        current.store(file.ino.rawValue, ordering: .releasing)
+                        for length in [1000 + version % 3000, 17, 2500] {
+                            let bytes = [UInt8](repeating: UInt8(truncatingIfNeeded: version), count: length)
+                            let chunk = ChunkRef(index: 0, inline: bytes, checksums: bytes.withUnsafeBytes { BlockChecksums(of: $0) })
+                            try writer.commitData(file.ino, chunks: [chunk], drop: nil, size: UInt64(length), mtime: t1, now: t1)
+                        }
+                        _ = try writer.unlink(.root, FileName("v\(version)"), now: t1)
+                        try writer.purge([file.ino], now: t1)
+                    } catch {
+                        problems.withLock { $0.append("writer: \(error)") }
+                        return
+                    }
+                }
+            },
+            {
+                while !done.load(ordering: .acquiring) {
+                    let ino = InodeNumber(current.load(ordering: .acquiring))
+                    guard ino.rawValue != 0 else { continue }
+                    do {
+                        let (attr, chunks) = try reader.attrAndChunks(ino)
+                        reads.add(1, ordering: .relaxed)
+                        let stored = chunks.reduce(0) { $0 + $1.length }
+                        if UInt64(stored) != attr.size {
+                            problems.withLock { $0.append("inode \(ino.rawValue): size \(attr.size) with \(stored) bytes of chunks") }
+                        }
+                    } catch MetadataError.notFound {
+                        continue  // purged: as it should be
+                    } catch {
+                        problems.withLock { $0.append("reader: \(error)") }
+                        return
+                    }
+                }
+            },
+        ])
+        #expect(reads.load(ordering: .relaxed) > 0)
+        #expect(problems.withLock { Array($0.prefix(5)) } == [])
+    }
+
     @Test(arguments: Backend.all) func aTakeoverNeverInterleavesWithAStaleWritersCommit(_ backend: Backend) throws {
         let clock = ManualClock()
         let volume = try backend.volume(clock: { clock.now })
