@@ -41,9 +41,9 @@ else:
             os.stat(path)
             with open(path, "rb") as f:
                 header, _, rest = f.read().partition(b"\n")
-            if rest != body(int(header)):
+            if not header.isdigit() or rest != body(int(header)):
                 failures += 1
-                print("version %s read wrong" % header.decode(), file=sys.stderr)
+                print("version %r (%d bytes) read wrong" % (header[:16], len(header) + 1 + len(rest)), file=sys.stderr)
         except OSError as error:
             failures += 1
             print("%s" % error, file=sys.stderr)
@@ -61,8 +61,8 @@ reader1=$!
 python3 "$WORK/versions.py" read "$B/model" "$seconds" >"$WORK/reader-2.out" 2>"$WORK/reader-2.err" &
 reader2=$!
 wait "$writer" || fail "the writer failed"
-wait "$reader1" || fail "reader 1 failed"
-wait "$reader2" || fail "reader 2 failed"
+wait "$reader1" || fail "reader 1 failed: $(tail -n 5 "$WORK/reader-1.err")"
+wait "$reader2" || fail "reader 2 failed: $(tail -n 5 "$WORK/reader-2.err")"
 versions=$(cat "$WORK/replaced")
 log "A wrote $versions versions"
 ((versions >= 20)) || fail "only $versions versions were written: the test proves little"
