@@ -229,8 +229,17 @@ public final class CachedChunkStore: ChunkStore {
     }
 
     public func settle(timeout: Double) -> Bool {
+        waitUntil(timeout) { fetches.withLock { $0.isEmpty } && prefetches.withLock { $0.workers == 0 } }
+    }
+
+    /// `settle` for the downloads of `ids` alone, whatever else is being fetched.
+    public func settle(_ ids: Set<ObjectID>, timeout: Double) -> Bool {
+        waitUntil(timeout) { fetches.withLock { fetches in !ids.contains { fetches[$0] != nil } } }
+    }
+
+    func waitUntil(_ timeout: Double, _ done: () -> Bool) -> Bool {
         let deadline = Date(timeIntervalSinceNow: timeout)
-        while fetches.withLock({ !$0.isEmpty }) || prefetches.withLock({ $0.workers > 0 }) {
+        while !done() {
             if Date() >= deadline { return false }
             usleep(1000)
         }

@@ -578,9 +578,13 @@ public final class VolumeFS: Sendable {
     /// stops asking for the whole mount, two round trips less per file listed.
     static func checkKept(_ name: FileName) throws(FSError) {
         if name.bytes.isEmpty || name.bytes.count > 255 { throw .range }
-        if name.bytes.starts(with: Array("system.".utf8)) { throw .notSupported("system.* extended attributes") }
-        if name.bytes == Array("security.selinux".utf8) { throw .notSupported("SELinux labels") }
+        if name.bytes.starts(with: systemNamespace) { throw .notSupported("system.* extended attributes") }
+        if name.bytes == selinuxLabel { throw .notSupported("SELinux labels") }
     }
+
+    // Made once: the kernel asks for an attribute before every write.
+    static let systemNamespace = Array("system.".utf8)
+    static let selinuxLabel = Array("security.selinux".utf8)
 
     public func getxattr(_ ino: InodeNumber, _ name: FileName) throws(FSError) -> [UInt8] {
         try Self.checkKept(name)

@@ -242,16 +242,16 @@ final class DaemonMetrics: Sendable {
         guard let cache = opened.store as? CachedChunkStore else {
             return answer(["ino": number, "cache": false])
         }
-        // A download a reader left behind is still landing: count it (or evict it) once it has.
-        _ = cache.settle(timeout: 30)
         let attr: Attr
         let chunks: [ChunkRef]
         do {
-            attr = try volume.metadata.getattr(ino)
-            chunks = try volume.metadata.chunks(ino)
+            (attr, chunks) = try volume.metadata.attrAndChunks(ino)
         } catch {
             return answer(["ino": number, "error": "\(error)"])
         }
+        // A download a reader left behind may still be landing: count it (or evict it)
+        // once it has. Other files' downloads are not waited for.
+        _ = cache.settle(Set(chunks.compactMap(\.object)), timeout: 30)
         var objects = 0, cachedObjects = 0, bytes = 0, cachedBytes = 0
         for chunk in chunks {
             guard let object = chunk.object else { continue }

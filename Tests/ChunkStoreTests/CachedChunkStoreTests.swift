@@ -239,6 +239,9 @@ import Glibc
         #expect(early.wait(timeout: .now() + 20) == .success, "a read of landed bytes waited for the rest")
         #expect(got.withLock { $0.early == Array(whole[1000..<5096]) })
         #expect(late.wait(timeout: .now() + 0.3) == .timedOut, "a read of bytes not yet landed returned")
+        // The download is still under way: waiting for it times out, for another object not.
+        #expect(!cache.settle([id], timeout: 0.2))
+        #expect(cache.settle([ObjectID.random()], timeout: 0.2))
         trickling.release.signal()
         #expect(late.wait(timeout: .now() + 20) == .success)
         #expect(got.withLock { $0.late == Array(whole[(size - 100)...]) })
