@@ -73,6 +73,10 @@ public protocol Metadata: Sendable {
                 flags: RenameFlags, now: Timestamp) throws(MetadataError) -> Attr?
     /// Entries of directory `ino` after position `cookie` (0 for the start), at most `limit`.
     func readdir(_ ino: InodeNumber, after cookie: Int64, limit: Int) throws(MetadataError) -> [DirEntry]
+    /// The first `limit` entries of each of `dirs`, read in one snapshot (and over a
+    /// network, one round trip): what a walk of a tree lists next. A directory that is
+    /// missing, or is not a directory, is left out.
+    func listings(_ dirs: [InodeNumber], limit: Int) throws(MetadataError) -> [InodeNumber: [DirEntry]]
     func readlink(_ ino: InodeNumber) throws(MetadataError) -> [UInt8]
 
     /// The stored chunks of `ino`, by index.

@@ -207,6 +207,11 @@ final class Connection: @unchecked Sendable {
     let opened = ContinuousClock.now
     /// Statement text to the name it was prepared under on this connection.
     private var prepared: [String: String] = [:]
+    /// Names are never reused: a statement whose first run failed is prepared again under
+    /// a new one, whether or not the server kept the old.
+    private var preparedNames = 0
+    /// Round trips made: what a statement's cost is counted in over a network.
+    private(set) var roundTrips = 0
 
     init(_ raw: OpaquePointer) {
         self.raw = raw
@@ -216,34 +221,53 @@ final class Connection: @unchecked Sendable {
     }
     deinit { PQfinish(raw) }
 
-    var isUsable: Bool { PQstatus(raw) == CONNECTION_OK && PQtransactionStatus(raw) == PQTRANS_IDLE }
+    var isUsable: Bool {
+        PQstatus(raw) == CONNECTION_OK && PQtransactionStatus(raw) == PQTRANS_IDLE && PQpipelineStatus(raw) == PQ_PIPELINE_OFF
+    }
 
     var lastError: String {
         PQerrorMessage(raw).map { String(cString: $0) }?.trimmingWhitespace ?? "unknown error"
     }
 
     /// Runs one statement. Statements run often are prepared once per connection: later
-    /// runs send only the parameters.
+    /// runs send only the parameters. The first run prepares it in the same round trip.
     @discardableResult
     func execute(_ sql: String, _ parameters: [Value] = [], deadline: ContinuousClock.Instant,
                  prepare: Bool = true) throws -> Rows {
-        if prepare { try self.prepare(sql, parameters, deadline: deadline) }
+        if prepare && prepared[sql] == nil { return try executePipelined([(sql, parameters)], deadline: deadline)[0] }
         try send(sql, parameters)
+        roundTrips += 1
         return try waitForAnswer(deadline)
     }
 
-    /// Runs statements in one round trip (libpq's pipeline mode) and answers each one's
-    /// rows; the first failure is thrown once every answer is read.
+    /// Runs statements in one round trip (libpq's pipeline mode), preparing those run for
+    /// the first time on this connection, and answers each one's rows; the first failure
+    /// is thrown once every answer is read.
     func executePipelined(_ statements: [(sql: String, parameters: [Value])], deadline: ContinuousClock.Instant) throws -> [Rows] {
-        for statement in statements { try prepare(statement.sql, statement.parameters, deadline: deadline) }
         guard PQenterPipelineMode(raw) == 1 else { throw lost("cannot enter pipeline mode") }
-        for statement in statements { try send(statement.sql, statement.parameters) }
+        var preparing: [String] = []
+        var isStatement: [Bool] = []
+        for statement in statements {
+            if prepared[statement.sql] == nil {
+                let name = "netvol_\(preparedNames)"
+                preparedNames += 1
+                let types = statement.parameters.map(\.type)
+                guard PQsendPrepare(raw, name, statement.sql, Int32(types.count), types) != 0 else { throw lost("cannot send") }
+                prepared[statement.sql] = name
+                preparing.append(statement.sql)
+                isStatement.append(false)
+            }
+            try send(statement.sql, statement.parameters)
+            isStatement.append(true)
+        }
         guard PQpipelineSync(raw) == 1 else { throw lost("cannot send") }
+        roundTrips += 1
         var answers: [Rows] = []
         var failure: DatabaseFailure?
-        for _ in statements {
+        for statement in isStatement {
             do {
-                answers.append(try waitForAnswer(deadline))
+                let rows = try waitForAnswer(deadline)
+                if statement { answers.append(rows) }
             } catch let error as DatabaseFailure where !error.connectionLost {
                 // Statements after a failed one answer "aborted": the first failure says why.
                 if failure == nil { failure = error }
@@ -251,17 +275,12 @@ final class Connection: @unchecked Sendable {
         }
         try waitForSync(deadline)
         guard PQexitPipelineMode(raw) == 1 else { throw lost("cannot leave pipeline mode") }
-        if let failure { throw failure }
+        if let failure {
+            // Which of them the server kept is not known: they are prepared again when next run.
+            for sql in preparing { prepared[sql] = nil }
+            throw failure
+        }
         return answers
-    }
-
-    private func prepare(_ sql: String, _ parameters: [Value], deadline: ContinuousClock.Instant) throws {
-        guard prepared[sql] == nil else { return }
-        let name = "netvol_\(prepared.count)"
-        let types = parameters.map(\.type)
-        guard PQsendPrepare(raw, name, sql, Int32(types.count), types) != 0 else { throw lost("cannot send") }
-        _ = try waitForAnswer(deadline)
-        prepared[sql] = name
     }
 
     /// Sends a statement, prepared if it was, with its parameters bound.
@@ -293,6 +312,7 @@ final class Connection: @unchecked Sendable {
     /// Several statements in one message, without parameters (schema changes).
     func script(_ sql: String, deadline: ContinuousClock.Instant) throws {
         guard PQsendQuery(raw, sql) != 0 else { throw lost("cannot send") }
+        roundTrips += 1
         _ = try waitForAnswer(deadline)
     }
 

@@ -158,11 +158,7 @@ extension PostgresMetadata {
             let rows = try tx.execute("""
                 SELECT dir.mode, e.*
                 FROM inodes dir
-                LEFT JOIN LATERAL (
-                    SELECT d.cookie, d.name, \(Self.joinedAttrColumns)
-                    FROM dentries d JOIN inodes i ON i.volume = d.volume AND i.ino = d.ino
-                    WHERE d.volume = dir.volume AND d.parent = dir.ino AND d.cookie > $3 ORDER BY d.cookie LIMIT $4
-                ) e ON true
+                LEFT JOIN LATERAL (\(Self.entriesOfDir(after: "$3", limit: "$4"))) e ON true
                 WHERE dir.volume = $1 AND dir.ino = $2
                 ORDER BY e.cookie
                 """, [.int(id), .ino(ino), .int(cookie), .int(Int64(limit))])
@@ -175,6 +171,40 @@ extension PostgresMetadata {
                 DirEntry(name: FileName(try rows.bytes(row, 2)), attr: try Self.attr(rows, row, from: 3), cookie: try rows.int(row, 1))
             }
         }
+    }
+
+    public func listings(_ dirs: [InodeNumber], limit: Int) throws(MetadataError) -> [InodeNumber: [DirEntry]] {
+        guard !dirs.isEmpty else { return [:] }
+        return try read { tx in
+            let rows = try tx.execute("""
+                SELECT dir.ino, e.*
+                FROM inodes dir
+                LEFT JOIN LATERAL (\(Self.entriesOfDir(after: "0", limit: "$3"))) e ON true
+                WHERE dir.volume = $1 AND dir.ino = ANY($2) AND dir.mode & \(FileType.mask) = \(FileType.directory.rawValue)
+                ORDER BY dir.ino, e.cookie
+                """, [.int(id), .ints(dirs.map { Int64(bitPattern: $0.rawValue) }), .int(Int64(limit))])
+            var found: [InodeNumber: [DirEntry]] = [:]
+            for row in 0..<rows.count {
+                let dir = InodeNumber(UInt64(bitPattern: try rows.int(row, 0)))
+                if rows.isNull(row, 1) {
+                    found[dir] = []
+                    continue
+                }
+                found[dir, default: []].append(DirEntry(name: FileName(try rows.bytes(row, 2)), attr: try Self.attr(rows, row, from: 3),
+                                                        cookie: try rows.int(row, 1)))
+            }
+            return found
+        }
+    }
+
+    /// The entries of directory `dir` (a row of `inodes` so named in the outer query)
+    /// after a cookie, in order: the right side of a lateral join.
+    static func entriesOfDir(after cookie: String, limit: String) -> String {
+        """
+        SELECT d.cookie, d.name, \(joinedAttrColumns)
+        FROM dentries d JOIN inodes i ON i.volume = d.volume AND i.ino = d.ino
+        WHERE d.volume = dir.volume AND d.parent = dir.ino AND d.cookie > \(cookie) ORDER BY d.cookie LIMIT \(limit)
+        """
     }
 
     public func readlink(_ ino: InodeNumber) throws(MetadataError) -> [UInt8] {

@@ -231,14 +231,32 @@ extension SQLiteMetadata {
         try readNow { db in
             let dir = try Self.fetchAttr(db, ino)
             guard dir.isDirectory else { throw MetadataError.notDirectory }
-            let statement = try db.cachedStatement(sql: """
-                SELECT d.cookie, d.name, i.ino, i.mode, i.nlink, i.uid, i.gid, i.rdev, i.size, i.atime, i.mtime, i.ctime, i.stored
-                FROM dentries d JOIN inodes i ON i.ino = d.ino
-                WHERE d.parent = ? AND d.cookie > ? ORDER BY d.cookie LIMIT ?
-                """)
-            return try Row.fetchAll(statement, arguments: [Int64(ino.rawValue), cookie, limit]).map { row in
-                DirEntry(name: FileName([UInt8](row[1] as Data)), attr: Self.attr(row, from: 2), cookie: row[0])
+            return try Self.entries(db, ino, after: cookie, limit: limit)
+        }
+    }
+
+    public func listings(_ dirs: [InodeNumber], limit: Int) throws(MetadataError) -> [InodeNumber: [DirEntry]] {
+        try readNow { db in
+            var found: [InodeNumber: [DirEntry]] = [:]
+            try db.inTransaction(.deferred) {
+                for dir in dirs where found[dir] == nil {
+                    guard let attr = try? Self.fetchAttr(db, dir), attr.isDirectory else { continue }
+                    found[dir] = try Self.entries(db, dir, after: 0, limit: limit)
+                }
+                return .commit
             }
+            return found
+        }
+    }
+
+    static func entries(_ db: Database, _ dir: InodeNumber, after cookie: Int64, limit: Int) throws -> [DirEntry] {
+        let statement = try db.cachedStatement(sql: """
+            SELECT d.cookie, d.name, \(joinedAttrColumns)
+            FROM dentries d JOIN inodes i ON i.ino = d.ino
+            WHERE d.parent = ? AND d.cookie > ? ORDER BY d.cookie LIMIT ?
+            """)
+        return try Row.fetchAll(statement, arguments: [Int64(dir.rawValue), cookie, limit]).map { row in
+            DirEntry(name: FileName([UInt8](row[1] as Data)), attr: attr(row, from: 2), cookie: row[0])
         }
     }
 

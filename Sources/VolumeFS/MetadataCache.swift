@@ -18,7 +18,14 @@
 // not be kept after it. Every change, own or followed, bumps `epoch` when it starts and
 // when it ends, and counts itself in `changing` meanwhile; a load is kept only if no
 // change was under way when it began and `epoch` did not move until it is kept.
+//
+// Walks: where each query is a network round trip, listing a directory from its start
+// also reads the listings of its first subdirectories, in one query, in the background
+// (`prefetchListings`). `ls -lR`, `du`, `tar` and `find` then wait for a round trip per
+// level of the tree rather than per directory. A listing asked for while its prefetch is
+// under way waits for it instead of asking again.
 
+import Foundation
 public import Metadata
 import Synchronization
 
@@ -27,6 +34,11 @@ public final class MetadataCache: Metadata {
 
     /// Directories with at most this many entries are kept whole.
     let directoryLimit: Int
+    /// Subdirectories whose listings are read together when a directory is listed from
+    /// its start (0: none).
+    let prefetchListings: Int
+    /// Signalled when a prefetch of listings ends.
+    let prefetchEnded = NSCondition()
     /// Past these the cache starts over, to bound its memory (about 200 bytes an entry).
     static let directoriesKept = 4096
     static let attributesKept = 200_000
@@ -44,9 +56,15 @@ public final class MetadataCache: Metadata {
         /// asks for a listing a page (a few dozen entries) at a time, and each page would
         /// otherwise be a query of its own.
         var listings: [InodeNumber: Listing] = [:]
+        /// Entries in `listings`, which bound their memory.
+        var listedEntries = 0
+        /// Directories whose listings a prefetch is reading.
+        var prefetching: Set<InodeNumber> = []
+        var prefetchesUnderWay = 0
 
         mutating func forgetAll() {
             listings.removeAll(keepingCapacity: true)
+            listedEntries = 0
             attrs.removeAll(keepingCapacity: true)
             directories.removeAll(keepingCapacity: true)
             tooBig.removeAll(keepingCapacity: true)
@@ -65,6 +83,18 @@ public final class MetadataCache: Metadata {
             if attrs.count >= MetadataCache.attributesKept { attrs.removeAll(keepingCapacity: true) }
             attrs[attr.ino] = attr
         }
+
+        mutating func keep(_ listing: Listing, of dir: InodeNumber) {
+            if listings.count >= MetadataCache.listingsKept || listedEntries + listing.entries.count > MetadataCache.listedEntriesKept {
+                listings.removeAll(keepingCapacity: true)
+                listedEntries = 0
+            }
+            listedEntries += listing.entries.count - (listings[dir]?.entries.count ?? 0)
+            listings[dir] = listing
+            // What `ls -l` or a walk asks next (`opendir` of a subdirectory, a getattr)
+            // is about these entries.
+            for entry in listing.entries { keep(entry.attr) }
+        }
     }
 
     /// Entries of a directory after `after`, in order; `reachesEnd` when they are all
@@ -78,16 +108,21 @@ public final class MetadataCache: Metadata {
 
     /// Entries read from the metadata per `readdir`, at least.
     static let listingBatch = 1024
-    static let listingsKept = 64
+    static let listingsKept = 512
+    static let listedEntriesKept = 100_000
+    /// Prefetches of listings under way at once, at most; past that a walk waits for its
+    /// own listings.
+    static let prefetchesAtOnce = 4
 
     let state = Mutex(State())
     /// Lookups and attribute reads answered from memory, and those that were not.
     let hits = Atomic<Int>(0)
     let misses = Atomic<Int>(0)
 
-    public init(_ backing: any Metadata, directoryLimit: Int = 4096) {
+    public init(_ backing: any Metadata, directoryLimit: Int = 4096, prefetchListings: Int = 0) {
         self.backing = backing
         self.directoryLimit = directoryLimit
+        self.prefetchListings = prefetchListings
     }
 
     public var counts: (hits: Int, misses: Int) { (hits.load(ordering: .relaxed), misses.load(ordering: .relaxed)) }
@@ -121,15 +156,23 @@ public final class MetadataCache: Metadata {
             return
         }
         finishLoad(began) { state in
-            if state.directories.count >= Self.directoriesKept { state.directories.removeAll(keepingCapacity: true) }
-            var names: [FileName: InodeNumber] = [:]
-            names.reserveCapacity(entries.count)
-            for entry in entries {
-                names[entry.name] = entry.attr.ino
-                state.keep(entry.attr)
-            }
-            state.directories[parent] = names
+            keepNames(&state, parent, entries)
+            // The same entries are the directory's listing: an `ls` after a lookup in it
+            // (a walk that stats a directory before it lists it) asks nothing more.
+            state.keep(Listing(after: 0, entries: entries, reachesEnd: true, epoch: state.epoch), of: parent)
         }
+    }
+
+    /// Keeps the names of `dir`, given all its entries.
+    func keepNames(_ state: inout State, _ dir: InodeNumber, _ entries: [DirEntry]) {
+        if state.directories.count >= Self.directoriesKept { state.directories.removeAll(keepingCapacity: true) }
+        var names: [FileName: InodeNumber] = [:]
+        names.reserveCapacity(entries.count)
+        for entry in entries {
+            names[entry.name] = entry.attr.ino
+            state.keep(entry.attr)
+        }
+        state.directories[dir] = names
     }
 
     // MARK: Reads answered from memory
@@ -395,29 +438,84 @@ public final class MetadataCache: Metadata {
     /// Pages of a listing come from one query of `listingBatch` entries while nothing
     /// changes in between (any change, own or followed, moves the epoch).
     public func readdir(_ ino: InodeNumber, after cookie: Int64, limit: Int) throws(MetadataError) -> [DirEntry] {
-        let kept = state.withLock { state -> [DirEntry]? in
+        if cookie == 0 { awaitPrefetch(of: ino) }
+        let kept = state.withLock { state -> (page: [DirEntry], listing: [DirEntry])? in
             guard state.changing == 0, let listing = state.listings[ino], listing.epoch == state.epoch,
                   cookie == listing.after || listing.entries.contains(where: { $0.cookie == cookie }) else { return nil }
             let rest = listing.entries.drop { $0.cookie <= cookie }
             guard rest.count >= limit || listing.reachesEnd else { return nil }
-            return Array(rest.prefix(limit))
+            return (Array(rest.prefix(limit)), listing.entries)
         }
         if let kept {
             hits.add(1, ordering: .relaxed)
-            return kept
+            if cookie == 0 { prefetchSubdirectories(of: kept.listing) }
+            return kept.page
         }
         misses.add(1, ordering: .relaxed)
         let began = beginLoad()
         let batch = max(limit, Self.listingBatch)
         let entries = try backing.readdir(ino, after: cookie, limit: batch)
         finishLoad(began) { state in
-            if state.listings.count >= Self.listingsKept { state.listings.removeAll(keepingCapacity: true) }
-            state.listings[ino] = Listing(after: cookie, entries: entries, reachesEnd: entries.count < batch, epoch: state.epoch)
-            // What `ls -l` or a walk asks next (`opendir` of a subdirectory, a getattr)
-            // is about these entries.
-            for entry in entries { state.keep(entry.attr) }
+            state.keep(Listing(after: cookie, entries: entries, reachesEnd: entries.count < batch, epoch: state.epoch), of: ino)
         }
+        if cookie == 0 { prefetchSubdirectories(of: entries) }
         return Array(entries.prefix(limit))
+    }
+
+    /// Starts reading, in the background and in one query, the listings of the first
+    /// `prefetchListings` subdirectories among `entries` that are not kept yet.
+    func prefetchSubdirectories(of entries: [DirEntry]) {
+        guard prefetchListings > 0, let began = beginLoad() else { return }
+        let wanted = state.withLock { state -> [InodeNumber] in
+            guard state.prefetchesUnderWay < Self.prefetchesAtOnce else { return [] }
+            var wanted: [InodeNumber] = []
+            for entry in entries where entry.attr.isDirectory && wanted.count < prefetchListings {
+                let dir = entry.attr.ino
+                if state.prefetching.contains(dir) { continue }
+                if let kept = state.listings[dir], kept.after == 0, kept.epoch == state.epoch { continue }
+                wanted.append(dir)
+            }
+            if !wanted.isEmpty {
+                state.prefetching.formUnion(wanted)
+                state.prefetchesUnderWay += 1
+            }
+            return wanted
+        }
+        guard !wanted.isEmpty else { return }
+        DispatchQueue.global().async { [self] in
+            let found = try? backing.listings(wanted, limit: Self.listingBatch)
+            finishLoad(began) { state in
+                for (dir, entries) in found ?? [:] {
+                    let whole = entries.count < Self.listingBatch
+                    state.keep(Listing(after: 0, entries: entries, reachesEnd: whole, epoch: state.epoch), of: dir)
+                    if whole && entries.count <= directoryLimit { keepNames(&state, dir, entries) }
+                }
+            }
+            state.withLock { state in
+                state.prefetching.subtract(wanted)
+                state.prefetchesUnderWay -= 1
+            }
+            prefetchEnded.lock()
+            prefetchEnded.broadcast()
+            prefetchEnded.unlock()
+        }
+    }
+
+    /// Waits while a prefetch is reading the listing of `dir` (bounded: a prefetch stuck
+    /// on the network leaves the listing to be read again).
+    func awaitPrefetch(of dir: InodeNumber) {
+        guard prefetchListings > 0 else { return }
+        let deadline = Date(timeIntervalSinceNow: Self.prefetchWait)
+        prefetchEnded.lock()
+        defer { prefetchEnded.unlock() }
+        while state.withLock({ $0.prefetching.contains(dir) }) {
+            if !prefetchEnded.wait(until: deadline) { return }
+        }
+    }
+
+    static let prefetchWait = 5.0
+    public func listings(_ dirs: [InodeNumber], limit: Int) throws(MetadataError) -> [InodeNumber: [DirEntry]] {
+        try backing.listings(dirs, limit: limit)
     }
     public func readlink(_ ino: InodeNumber) throws(MetadataError) -> [UInt8] { try backing.readlink(ino) }
     public func chunks(_ ino: InodeNumber) throws(MetadataError) -> [ChunkRef] { try backing.chunks(ino) }

@@ -62,6 +62,10 @@ public struct VolumeOptions: Sendable {
     public var leaseIdleSeconds: Double = 30
     /// Garbage older than this is deleted at once when the chunk store runs out of space.
     public var fullStoreGraceSeconds: Int = 5
+    /// Subdirectories whose listings are read together, in the background, when a
+    /// directory is listed from its start (0: none). Worth it where every query is a
+    /// network round trip: a walk of a tree then waits for one per level.
+    public var prefetchListings: Int = 0
     public init() {}
 }
 
@@ -239,7 +243,7 @@ public final class VolumeFS: Sendable {
     /// names are purged then.
     public init(metadata: any Metadata, store: any ChunkStore, options: VolumeOptions = VolumeOptions(),
                 holder: String = defaultHolderName(), logger: Logger = Logger(label: "netvol")) throws(FSError) {
-        let cache = MetadataCache(metadata)
+        let cache = MetadataCache(metadata, prefetchListings: options.prefetchListings)
         self.cache = cache
         self.metadata = cache
         self.store = store

@@ -45,6 +45,7 @@ extension Mount {
             volumeOptions.mode = mode
             volumeOptions.leaseTTLSeconds = leaseTtl
             volumeOptions.leaseIdleSeconds = leaseIdle
+            if case .directory = address {} else { volumeOptions.prefetchListings = 32 }
             let volumeFS: VolumeFS
             do {
                 volumeFS = try VolumeFS(metadata: opened.metadata, store: opened.store, options: volumeOptions, logger: logger)

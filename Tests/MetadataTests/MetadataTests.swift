@@ -83,6 +83,25 @@ import Testing
         #expect(rest.map(\.name.description) == ["f4", "f5", "f7", "f8", "f9", "new"])
     }
 
+    @Test(arguments: Backend.all) func listingsOfSeveralDirectoriesComeTogether(_ backend: Backend) throws {
+        let volume = try backend.volume()
+        defer { volume.remove() }
+        let meta = volume.meta
+        let a = try volume.dir("a")
+        let empty = try volume.dir("empty")
+        let file = try volume.file("f")
+        for i in 0..<5 { _ = try volume.file(FileName("a\(i)"), in: a.ino) }
+        _ = try meta.unlink(a.ino, "a1", now: t1)
+        let found = try meta.listings([a.ino, empty.ino, file.ino, InodeNumber(987_654), a.ino], limit: 3)
+        // Not directories, or not there: left out.
+        #expect(Set(found.keys) == [a.ino, empty.ino])
+        #expect(found[a.ino] == (try meta.readdir(a.ino, after: 0, limit: 3)))
+        #expect(found[a.ino]?.map(\.name.description) == ["a0", "a2", "a3"])
+        #expect(found[empty.ino] == [])
+        #expect(try meta.listings([], limit: 3).isEmpty)
+        #expect(try meta.listings([.root], limit: 10)[.root]?.map(\.name.description) == ["a", "empty", "f"])
+    }
+
     @Test(arguments: Backend.all) func renameReplacesFilesAndEmptyDirectories(_ backend: Backend) throws {
         let volume = try backend.volume()
         defer { volume.remove() }

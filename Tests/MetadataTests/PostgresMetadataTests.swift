@@ -51,6 +51,38 @@ struct PostgresMetadataTests {
         #expect(try meta.readdir(d.ino, after: 0, limit: 10).count == 3)
     }
 
+    /// Over a network every round trip counts: a statement's first run on a connection
+    /// prepares it in the same round trip, alone or pipelined with others.
+    @Test func aStatementIsPreparedInTheRoundTripOfItsFirstRun() throws {
+        let url = try PostgresServer.volumeURL()
+        let meta = try PostgresMetadata.create(url: url, chunkSize: 4096, sizeLimit: 1 << 20, store: [:], now: t0)
+        defer { try? meta.destroy() }
+        try meta.pool.read { tx in
+            let connection = tx.connection
+            // Texts no other test runs, so that none is prepared on this connection yet.
+            let tag = Int64.random(in: 1..<Int64.max)
+            let adding = "SELECT $1::bigint + 1 + 0 * \(tag)"
+            var trips = connection.roundTrips
+            #expect(try connection.execute(adding, [.int(1)], deadline: tx.deadline).int(0, 0) == 2)
+            #expect(connection.roundTrips == trips + 1)
+            #expect(try connection.execute(adding, [.int(5)], deadline: tx.deadline).int(0, 0) == 6)
+            #expect(connection.roundTrips == trips + 2)
+
+            // A first run that fails leaves the statement to be prepared again.
+            let dividing = "SELECT 10 / $1::bigint + 0 * \(tag)"
+            #expect(throws: DatabaseFailure.self) { try connection.execute(dividing, [.int(0)], deadline: tx.deadline) }
+            #expect(try connection.execute(dividing, [.int(5)], deadline: tx.deadline).int(0, 0) == 2)
+            #expect(try connection.execute(dividing, [.int(2)], deadline: tx.deadline).int(0, 0) == 5)
+
+            trips = connection.roundTrips
+            let answers = try connection.executePipelined([("SELECT $1::bigint * 3 + 0 * \(tag)", [.int(3)]), (adding, [.int(7)]),
+                                                           ("SELECT $1::bigint * 3 + 0 * \(tag)", [.int(4)])], deadline: tx.deadline)
+            #expect(try answers.map { try $0.int(0, 0) } == [9, 8, 12])
+            #expect(connection.roundTrips == trips + 1)
+            #expect(connection.isUsable)
+        }
+    }
+
     /// COMMIT goes unanswered in each way a network can lose it; the server is asked what
     /// became of the transaction, and the call succeeds with its change made once.
     @Test(arguments: [CommitFault.answerLost, .beforeSending, .halfOpen])

@@ -50,7 +50,9 @@ import Testing
         let directory = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let storage = try TestStorage.make(.embedded, chunkSize: 4096, sizeLimit: 1 << 30, directory: directory)
-        let cache = MetadataCache(storage.metadata)
+        // Even seeds also read subdirectories' listings ahead, in the background, while
+        // the run goes on changing things.
+        let cache = MetadataCache(storage.metadata, prefetchListings: seed % 2 == 0 ? 3 : 0)
         // Another mount, changing the same volume behind the cache's back.
         let other = try storage.reopen(nil)
         var seen = try cache.changes(after: Int64.max - 1, limit: 1).latest
@@ -127,6 +129,54 @@ import Testing
         }
         let counts = cache.counts
         #expect(counts.hits > counts.misses, "the cache answered \(counts.hits) of \(counts.hits + counts.misses)")
+    }
+
+    /// A walk (`ls -lR`, `du`, `tar`) lists a directory, then each subdirectory: their
+    /// listings are read ahead in one query, so that a network mount waits for one round
+    /// trip per level of the tree, not one per directory.
+    @Test func listingADirectoryReadsItsSubdirectoriesListingsAhead() throws {
+        let directory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let storage = try TestStorage.make(.embedded, chunkSize: 4096, sizeLimit: 1 << 30, directory: directory)
+        let backing = storage.metadata
+        let cache = MetadataCache(backing, prefetchListings: 2)
+        var now = Timestamp(nanoseconds: 1_000_000_000)
+        var dirs: [InodeNumber] = []
+        for d in 0..<3 {
+            let dir = try backing.mknode(.root, FileName("d\(d)"), mode: FileType.directory.rawValue | 0o755, uid: 0, gid: 0,
+                                         rdev: 0, target: nil, now: now)
+            dirs.append(dir.ino)
+            for f in 0..<(d + 2) {
+                _ = try backing.mknode(dir.ino, FileName("f\(f)"), mode: FileType.regular.rawValue | 0o644, uid: 0, gid: 0,
+                                       rdev: 0, target: nil, now: now)
+            }
+        }
+        _ = try backing.mknode(.root, "file", mode: FileType.regular.rawValue | 0o644, uid: 0, gid: 0, rdev: 0, target: nil, now: now)
+        func listed(_ dir: InodeNumber) throws -> [DirEntry] { try cache.readdir(dir, after: 0, limit: 100) }
+
+        #expect(try listed(.root) == backing.readdir(.root, after: 0, limit: 100))
+        for dir in dirs { cache.awaitPrefetch(of: dir) }
+        let misses = cache.counts.misses
+        // The first two subdirectories were read ahead: their listings and names come
+        // from memory; the third is read when asked for.
+        #expect(try listed(dirs[0]) == backing.readdir(dirs[0], after: 0, limit: 100))
+        #expect(try listed(dirs[1]) == backing.readdir(dirs[1], after: 0, limit: 100))
+        #expect(throws: MetadataError.notFound) { try cache.lookup(dirs[1], "nothing", trustingMisses: true) }
+        #expect(try cache.lookup(dirs[1], "f2", trustingMisses: true) == backing.lookup(dirs[1], "f2"))
+        #expect(cache.counts.misses == misses)
+        #expect(try listed(dirs[2]) == backing.readdir(dirs[2], after: 0, limit: 100))
+        #expect(cache.counts.misses == misses + 1)
+
+        // What was read ahead is not kept past a change, whoever made it.
+        now = Timestamp(nanoseconds: 2_000_000_000)
+        _ = try cache.mknode(dirs[0], "new", mode: FileType.regular.rawValue | 0o644, uid: 0, gid: 0, rdev: 0, target: nil, now: now)
+        #expect(try listed(dirs[0]).map(\.name).contains("new"))
+        let seen = try cache.changes(after: Int64.max - 1, limit: 1).latest
+        let other = try storage.reopen(nil)
+        _ = try other.unlink(dirs[1], "f0", now: now)
+        _ = try cache.changes(after: seen, limit: 100)
+        #expect(try listed(dirs[1]) == backing.readdir(dirs[1], after: 0, limit: 100))
+        #expect(try !listed(dirs[1]).map(\.name).contains("f0"))
     }
 
     @Test func aDirectoryTooBigToKeepIsAskedAboutEachTimeAndListedOnce() throws {
