@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # scripts/e2e/40-hosts-share.sh: three workers on separate hosts share one network
-# volume. The writer's every change is seen by the other two within 2 s; their own writes
+# volume. The writer's every change is seen by the other two within 2 s, by name and by a
+# walk of the tree; their own writes
 # answer EROFS while it holds the lease; `netvol status` on any host lists all three
 # mounts; when the writer leaves, another takes over and the third sees its changes.
 # e2e-links: direct delay flaky
@@ -86,6 +87,21 @@ seen_within 2 check has_digest model.bin "$digest"
 rm "$A/d/e/g"
 rmdir "$A/d/e"
 seen_within 2 check is_gone d/e
+
+step "a walk on B and C sees what A changed under directories it listed before"
+# The readers' walks keep every listing they read, and the ones read ahead of them: a
+# change deep in the tree must reach a walk all the same.
+tree_of() { (cd "$1" && find . -printf '%p:%s ' | tr ' ' '\n' | LC_ALL=C sort | tr '\n' ' '); }
+walks_as() { [[ $(tree_of "$2/$1" 2>/dev/null) == "$3" ]]; }
+mkdir -p "$A/w/x/y" "$A/w/v"
+printf 1 >"$A/w/x/y/one"
+seen_within 2 check walks_as w "$(tree_of "$A/w")"
+printf 22 >"$A/w/x/y/two"
+rm "$A/w/x/y/one"
+mkdir "$A/w/x/z"
+mv "$A/w/v" "$A/w/x/z/v"
+seen_within 2 check walks_as w "$(tree_of "$A/w")"
+rm -r "$A/w"
 
 step "B's and C's writes answer EROFS while A holds the lease"
 for mount in "$B" "$C"; do
