@@ -514,6 +514,7 @@ public final class MetadataCache: Metadata {
     }
 
     static let prefetchWait = 5.0
+
     public func listings(_ dirs: [InodeNumber], limit: Int) throws(MetadataError) -> [InodeNumber: [DirEntry]] {
         try backing.listings(dirs, limit: limit)
     }
