@@ -60,6 +60,14 @@ public protocol Metadata: Sendable {
     /// subdirectories, the bit) on.
     func mknode(_ parent: InodeNumber, _ name: FileName, mode: UInt32, uid: UInt32, gid: UInt32,
                 rdev: UInt64, target: [UInt8]?, now: Timestamp) throws(MetadataError) -> Attr
+    /// Inode numbers no other call will give out, for files this caller makes later with
+    /// `make`: a writer answers a create at once and commits the file at its close.
+    func reserveInodes(_ count: Int) throws(MetadataError) -> Range<UInt64>
+    /// Makes empty regular `files`, in order, under numbers `reserveInodes` gave: each as
+    /// `mknode` would (the same refusals, the set-group-id rule), with the mode, owner and
+    /// creation time of its attributes. `commitData(…, making:)` makes them in the
+    /// transaction of a data commit.
+    func make(_ files: [NewFile]) throws(MetadataError)
     /// Adds the name `newName` in `newParent` for `ino`, which must not be a directory.
     func link(_ ino: InodeNumber, _ newParent: InodeNumber, _ newName: FileName, now: Timestamp) throws(MetadataError) -> Attr
     /// Removes a non-directory entry; returns the inode's attributes afterwards (nlink may
@@ -89,9 +97,10 @@ public protocol Metadata: Sendable {
     /// Fails with `.noSpace`, changing nothing, when the volume's size limit would be
     /// exceeded. Returns the file's attributes after the commit and the objects that are
     /// no longer referred to (now garbage).
+    /// `making`: files to `make` first, in the same transaction.
     @discardableResult
     func commitData(_ ino: InodeNumber, chunks: [ChunkRef], drop: Range<Int>?, size: UInt64,
-                    mtime: Timestamp?, now: Timestamp) throws(MetadataError) -> Committed
+                    mtime: Timestamp?, now: Timestamp, making: [NewFile]) throws(MetadataError) -> Committed
     /// Sets the volume's usage, and each file's stored bytes, to what its chunks add up
     /// to (fsck --repair); returns the usage as it was recorded and as it is now.
     func recountUsage() throws(MetadataError) -> (recorded: UInt64, counted: UInt64)
@@ -152,6 +161,27 @@ public protocol Metadata: Sendable {
     func heartbeat(_ session: Session, staleSeconds: Double) throws(MetadataError)
     func removeSession(id: String) throws(MetadataError)
     func sessions() throws(MetadataError) -> [Session]
+}
+
+extension Metadata {
+    @discardableResult
+    public func commitData(_ ino: InodeNumber, chunks: [ChunkRef], drop: Range<Int>?, size: UInt64,
+                           mtime: Timestamp?, now: Timestamp) throws(MetadataError) -> Committed {
+        try commitData(ino, chunks: chunks, drop: drop, size: size, mtime: mtime, now: now, making: [])
+    }
+}
+
+/// An empty regular file to make under a reserved inode number (`Metadata.make`).
+public struct NewFile: Sendable, Equatable {
+    public var parent: InodeNumber
+    public var name: FileName
+    /// Its number, mode, owner and times (its creation time); the rest follows from them.
+    public var attr: Attr
+    public init(parent: InodeNumber, name: FileName, attr: Attr) {
+        self.parent = parent
+        self.name = name
+        self.attr = attr
+    }
 }
 
 extension Range where Bound == Int {

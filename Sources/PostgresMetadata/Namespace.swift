@@ -73,6 +73,36 @@ extension PostgresMetadata {
         }
     }
 
+    /// Moves `lease.next_ino` past the numbers it answers, so that no `mknode` gives them.
+    public func reserveInodes(_ count: Int) throws(MetadataError) -> Range<UInt64> {
+        guard count > 0 else { return 0..<0 }
+        return try mutate { tx in
+            let rows = try tx.execute("UPDATE lease SET next_ino = next_ino + $2 WHERE volume = $1 RETURNING next_ino - $2",
+                                      [.int(id), .int(Int64(count))])
+            guard rows.count == 1 else { throw MetadataError.notAVolume("the volume was destroyed") }
+            let first = UInt64(bitPattern: try rows.int(0, 0))
+            return first..<(first + UInt64(count))
+        }
+    }
+
+    public func make(_ files: [NewFile]) throws(MetadataError) {
+        guard !files.isEmpty else { return }
+        try mutateInOneTrip(recover: {}) { tx in
+            try queueMake(tx, files)
+            return Answered(())
+        }
+    }
+
+    /// Queues `make`'s statements, which refuse in SQL: they travel with COMMIT.
+    func queueMake(_ tx: Transaction, _ files: [NewFile]) throws {
+        for file in files {
+            guard file.attr.isRegular else { throw MetadataError.invalidArgument("only regular files are made under reserved numbers") }
+            tx.later("SELECT 1 FROM netvol_make($1, $2, $3, $4, $5, $6, 0, NULL, $7, $8)",
+                     [.int(id), .ino(file.parent), .name(file.name), .int(Int64(file.attr.mode)), .int(Int64(file.attr.uid)),
+                      .int(Int64(file.attr.gid)), .time(file.attr.ctime), .ino(file.attr.ino)])
+        }
+    }
+
     public func link(_ ino: InodeNumber, _ newParent: InodeNumber, _ newName: FileName, now: Timestamp) throws(MetadataError) -> Attr {
         try mutateInOneTrip(recover: { () throws(MetadataError) in try self.lookup(newParent, newName) }) { tx in
             let attr = Answered<Attr>()

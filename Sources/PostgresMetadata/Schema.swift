@@ -382,6 +382,55 @@ enum Schema {
         END
         $$;
         """,
+        // A writer answers a create at once and makes the file at its close (or at the
+        // next change that needs it), under an inode number it reserved beforehand by
+        // moving `lease.next_ino` past it: `netvol_make` is `netvol_mknode` with the
+        // number given.
+        """
+        CREATE FUNCTION netvol_make(p_volume bigint, p_dir bigint, p_name bytea, p_mode bigint, p_uid bigint,
+                                    p_gid bigint, p_rdev bigint, p_target bytea, p_now bigint, p_ino bigint)
+        RETURNS SETOF inodes LANGUAGE plpgsql AS $$
+        DECLARE
+            l_dir inodes%ROWTYPE;
+            l_ino bigint := p_ino;
+            l_mode bigint := p_mode;
+            l_gid bigint := p_gid;
+            l_is_dir boolean := (p_mode & 61440) = 16384;
+        BEGIN
+            PERFORM netvol_directory(p_volume, p_dir);
+            SELECT * INTO l_dir FROM inodes WHERE volume = p_volume AND ino = p_dir;
+            IF EXISTS (SELECT 1 FROM dentries WHERE volume = p_volume AND parent = p_dir AND name = p_name) THEN
+                RAISE EXCEPTION 'the name exists' USING ERRCODE = 'NV002';
+            END IF;
+            -- A set-group-id directory passes its group on, and the bit to directories.
+            IF (l_dir.mode & 1024) <> 0 THEN
+                l_gid := l_dir.gid;
+                IF l_is_dir THEN l_mode := l_mode | 1024; END IF;
+            END IF;
+            IF l_ino IS NULL THEN
+                UPDATE lease SET next_ino = next_ino + 1 WHERE volume = p_volume RETURNING next_ino - 1 INTO l_ino;
+                IF l_ino IS NULL THEN RAISE EXCEPTION 'the volume was destroyed' USING ERRCODE = 'NV009'; END IF;
+            ELSIF NOT EXISTS (SELECT 1 FROM lease WHERE volume = p_volume AND next_ino > l_ino)
+                  OR EXISTS (SELECT 1 FROM inodes WHERE volume = p_volume AND ino = l_ino) THEN
+                RAISE EXCEPTION 'inode % was not reserved, or is taken', l_ino USING ERRCODE = 'NV006';
+            END IF;
+            INSERT INTO inodes(volume, ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, parent, target)
+            VALUES (p_volume, l_ino, l_mode, CASE WHEN l_is_dir THEN 2 ELSE 1 END, p_uid, l_gid, p_rdev,
+                    coalesce(length(p_target), 0), p_now, p_now, p_now, CASE WHEN l_is_dir THEN p_dir END, p_target);
+            INSERT INTO dentries(volume, parent, name, ino) VALUES (p_volume, p_dir, p_name, l_ino);
+            UPDATE inodes SET mtime = p_now, ctime = p_now, nlink = nlink + CASE WHEN l_is_dir THEN 1 ELSE 0 END
+            WHERE volume = p_volume AND ino = p_dir;
+            PERFORM netvol_note(p_volume, p_dir, p_dir, p_name);
+            RETURN QUERY SELECT * FROM inodes WHERE volume = p_volume AND ino = l_ino;
+        END
+        $$;
+
+        CREATE OR REPLACE FUNCTION netvol_mknode(p_volume bigint, p_dir bigint, p_name bytea, p_mode bigint, p_uid bigint,
+                                                 p_gid bigint, p_rdev bigint, p_target bytea, p_now bigint)
+        RETURNS SETOF inodes LANGUAGE sql AS $$
+            SELECT * FROM netvol_make(p_volume, p_dir, p_name, p_mode, p_uid, p_gid, p_rdev, p_target, p_now, NULL)
+        $$;
+        """,
     ]
 
     /// What a refusal raised by one of the functions above means: their SQLSTATEs are of

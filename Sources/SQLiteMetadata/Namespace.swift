@@ -42,28 +42,69 @@ extension SQLiteMetadata {
     public func mknode(_ parent: InodeNumber, _ name: FileName, mode: UInt32, uid: UInt32, gid: UInt32,
                        rdev: UInt64, target: [UInt8]?, now: Timestamp) throws(MetadataError) -> Attr {
         try mutate { db in
-            let dir = try Self.fetchDirectory(db, parent)
-            if try Self.entry(db, parent, name) != nil { throw MetadataError.exists }
-            var mode = mode
-            var gid = gid
-            let isDirectory = mode & FileType.mask == FileType.directory.rawValue
-            if dir.mode & 0o2000 != 0 {
-                gid = dir.gid
-                if isDirectory { mode |= 0o2000 }
-            }
-            try db.cachedStatement(sql: """
-                INSERT INTO inodes(mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, parent, target)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """).execute(arguments: [Int64(mode), isDirectory ? 2 : 1, Int64(uid), Int64(gid), Int64(bitPattern: rdev),
-                                 Int64(target?.count ?? 0), now.nanoseconds, now.nanoseconds, now.nanoseconds,
-                                 isDirectory ? Int64(parent.rawValue) : nil, target.map { Data($0) }])
-            let ino = InodeNumber(UInt64(db.lastInsertedRowID))
-            try Self.insertEntry(db, parent, name, ino)
-            try Self.touchDirectory(db, parent, nlinkDelta: isDirectory ? 1 : 0, now: now)
-            try Self.note(db, ino: parent, parent: parent, name: name)
-            return Attr(ino: ino, mode: mode, nlink: isDirectory ? 2 : 1, uid: uid, gid: gid, rdev: rdev,
-                        size: UInt64(target?.count ?? 0), atime: now, mtime: now, ctime: now)
+            try Self.makeNode(db, parent, name, mode: mode, uid: uid, gid: gid, rdev: rdev, target: target, now: now, as: nil)
         }
+    }
+
+    /// Numbers past every inode's, and past every number given out before: `inodes` is
+    /// AUTOINCREMENT, so SQLite never hands them out itself once its sequence passed them.
+    public func reserveInodes(_ count: Int) throws(MetadataError) -> Range<UInt64> {
+        guard count > 0 else { return 0..<0 }
+        return try mutate { db in
+            let highest = try Int64.fetchOne(db, sql: """
+                SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'inodes'), 0),
+                           coalesce((SELECT max(ino) FROM inodes), 0))
+                """) ?? 0
+            try db.execute(sql: "DELETE FROM sqlite_sequence WHERE name = 'inodes'")
+            try db.execute(sql: "INSERT INTO sqlite_sequence(name, seq) VALUES ('inodes', ?)", arguments: [highest + Int64(count)])
+            return UInt64(highest + 1)..<UInt64(highest + 1 + Int64(count))
+        }
+    }
+
+    public func make(_ files: [NewFile]) throws(MetadataError) {
+        guard !files.isEmpty else { return }
+        try mutate { db in try Self.make(db, files) }
+    }
+
+    static func make(_ db: Database, _ files: [NewFile]) throws {
+        guard !files.isEmpty else { return }
+        let reserved = try Int64.fetchOne(db, sql: "SELECT seq FROM sqlite_sequence WHERE name = 'inodes'") ?? 0
+        for file in files {
+            guard file.attr.isRegular else { throw MetadataError.invalidArgument("only regular files are made under reserved numbers") }
+            // A number never reserved could be given out again by an insert of its own.
+            let taken = try Int64.fetchOne(db, sql: "SELECT 1 FROM inodes WHERE ino = ?", arguments: [Int64(file.attr.ino.rawValue)]) != nil
+            guard file.attr.ino.rawValue <= UInt64(max(0, reserved)), !taken else {
+                throw MetadataError.invalidArgument("inode \(file.attr.ino.rawValue) was not reserved, or is taken")
+            }
+            _ = try makeNode(db, file.parent, file.name, mode: file.attr.mode, uid: file.attr.uid, gid: file.attr.gid,
+                             rdev: 0, target: nil, now: file.attr.ctime, as: file.attr.ino)
+        }
+    }
+
+    /// `mknode`'s work, under number `ino` when given.
+    static func makeNode(_ db: Database, _ parent: InodeNumber, _ name: FileName, mode: UInt32, uid: UInt32, gid: UInt32,
+                         rdev: UInt64, target: [UInt8]?, now: Timestamp, as ino: InodeNumber?) throws -> Attr {
+        let dir = try fetchDirectory(db, parent)
+        if try entry(db, parent, name) != nil { throw MetadataError.exists }
+        var mode = mode
+        var gid = gid
+        let isDirectory = mode & FileType.mask == FileType.directory.rawValue
+        if dir.mode & 0o2000 != 0 {
+            gid = dir.gid
+            if isDirectory { mode |= 0o2000 }
+        }
+        try db.cachedStatement(sql: """
+            INSERT INTO inodes(ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, parent, target)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """).execute(arguments: [ino.map { Int64($0.rawValue) }, Int64(mode), isDirectory ? 2 : 1, Int64(uid), Int64(gid),
+                                     Int64(bitPattern: rdev), Int64(target?.count ?? 0), now.nanoseconds, now.nanoseconds,
+                                     now.nanoseconds, isDirectory ? Int64(parent.rawValue) : nil, target.map { Data($0) }])
+        let made = ino ?? InodeNumber(UInt64(db.lastInsertedRowID))
+        try insertEntry(db, parent, name, made)
+        try touchDirectory(db, parent, nlinkDelta: isDirectory ? 1 : 0, now: now)
+        try note(db, ino: parent, parent: parent, name: name)
+        return Attr(ino: made, mode: mode, nlink: isDirectory ? 2 : 1, uid: uid, gid: gid, rdev: rdev,
+                    size: UInt64(target?.count ?? 0), atime: now, mtime: now, ctime: now)
     }
 
     public func link(_ ino: InodeNumber, _ newParent: InodeNumber, _ newName: FileName, now: Timestamp) throws(MetadataError) -> Attr {

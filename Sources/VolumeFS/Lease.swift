@@ -208,6 +208,7 @@ extension VolumeFS {
         }
         guard had else { return }
         logger.error("lost the writer lease: \(why); writes now fail with EROFS")
+        cache.loseUnmade(.fenced(holder: nil))
         for file in openFiles.withLock({ Array($0.values) }) {
             file.lock.lock()
             if !file.dirty.isEmpty || file.size != file.committedSize {

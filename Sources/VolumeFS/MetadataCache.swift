@@ -24,8 +24,19 @@
 // (`prefetchListings`). `ls -lR`, `du`, `tar` and `find` then wait for a round trip per
 // level of the tree rather than per directory. A listing asked for while its prefetch is
 // under way waits for it instead of asking again.
+//
+// Files made at their close: the writer answers the creation of a regular file at once,
+// under an inode number reserved beforehand, where the directory's names are kept (so the
+// name is known to be free). The file is made in the metadata in the transaction that
+// commits its data, at close or fsync, or, at the latest, just before anything else
+// reaches the metadata (`makeUnmade`): nothing ever reads or changes the metadata while
+// a file this mount answered for is missing from it. A create then costs no round trip
+// of its own. Until it is made, other mounts do not see the file, and a crash forgets it
+// (as a local filesystem forgets a file created since its last commit); a file that
+// cannot be made is lost, and its handles answer EIO.
 
 import Foundation
+import Logging
 public import Metadata
 import Synchronization
 
@@ -61,6 +72,14 @@ public final class MetadataCache: Metadata {
         /// Directories whose listings a prefetch is reading.
         var prefetching: Set<InodeNumber> = []
         var prefetchesUnderWay = 0
+        /// Files answered for but not made in the metadata yet (see `deferCreate`).
+        var unmade: [InodeNumber: NewFile] = [:]
+        /// Calls under way that make some; until they end, nothing else reaches the metadata.
+        var making = 0
+        /// Inode numbers reserved and not used yet.
+        var reserved: Range<UInt64> = 0..<0
+        /// Files that could not be made, and why: what their handles answer.
+        var lost: [InodeNumber: MetadataError] = [:]
 
         mutating func forgetAll() {
             listings.removeAll(keepingCapacity: true)
@@ -115,12 +134,22 @@ public final class MetadataCache: Metadata {
     static let prefetchesAtOnce = 4
 
     let state = Mutex(State())
+    /// Signalled when a call that makes files ends.
+    let madeEnded = NSCondition()
+    let logger: Logger
+    /// Inode numbers reserved at once for files made at their close.
+    static let inodesReserved = 256
+    /// How long a call waits for another's making of files: several round trips, each
+    /// bounded by the metadata's own deadline.
+    static let makingWait = 120.0
     /// Lookups and attribute reads answered from memory, and those that were not.
     let hits = Atomic<Int>(0)
     let misses = Atomic<Int>(0)
 
-    public init(_ backing: any Metadata, directoryLimit: Int = 4096, prefetchListings: Int = 0) {
+    public init(_ backing: any Metadata, directoryLimit: Int = 4096, prefetchListings: Int = 0,
+                logger: Logger = Logger(label: "netvol")) {
         self.backing = backing
+        self.logger = logger
         self.directoryLimit = directoryLimit
         self.prefetchListings = prefetchListings
     }
@@ -130,8 +159,10 @@ public final class MetadataCache: Metadata {
     // MARK: Loads
 
     /// Where a load stands: the epoch it began in, or nil when a change was under way.
+    /// Files not made yet are made first, for the load to find them.
     func beginLoad() -> UInt64? {
-        state.withLock { $0.changing == 0 ? $0.epoch : nil }
+        makeUnmade()
+        return state.withLock { $0.changing == 0 && $0.unmade.isEmpty && $0.making == 0 ? $0.epoch : nil }
     }
 
     /// Keeps what a load read, if nothing changed since it began.
@@ -187,7 +218,7 @@ public final class MetadataCache: Metadata {
         state.withLock { state in
             guard let directory = state.directories[parent] else { return .unknown(directoryKept: false) }
             guard let ino = directory[name] else { return .missing }
-            if let attr = state.attrs[ino] { return .found(attr) }
+            if let attr = state.attrs[ino] ?? state.unmade[ino]?.attr { return .found(attr) }
             return .unknown(directoryKept: true)
         }
     }
@@ -223,7 +254,7 @@ public final class MetadataCache: Metadata {
     }
 
     public func getattr(_ ino: InodeNumber) throws(MetadataError) -> Attr {
-        if let attr = state.withLock({ $0.attrs[ino] }) {
+        if let attr = state.withLock({ $0.attrs[ino] ?? $0.unmade[ino]?.attr }) {
             hits.add(1, ordering: .relaxed)
             return attr
         }
@@ -266,9 +297,10 @@ public final class MetadataCache: Metadata {
     /// Runs a change of the metadata; `update` then brings the cache in line with what it
     /// did (by default: every attribute is dropped, names are kept). A change that
     /// failed may have been applied or not: everything is dropped.
-    func changing<T>(_ body: () throws(MetadataError) -> T,
+    func changing<T>(makingFirst: Bool = true, _ body: () throws(MetadataError) -> T,
                      _ update: (inout State, T) -> Void = { state, _ in state.attrs.removeAll(keepingCapacity: true) })
         throws(MetadataError) -> T {
+        if makingFirst { makeUnmade() }
         state.withLock { state in
             state.changing += 1
             state.epoch &+= 1
@@ -378,11 +410,127 @@ public final class MetadataCache: Metadata {
         }
     }
 
+    /// The files not made yet travel with the commit: the one committed, if it is one of
+    /// them, is made in the same transaction.
     public func commitData(_ ino: InodeNumber, chunks: [ChunkRef], drop: Range<Int>?, size: UInt64,
-                           mtime: Timestamp?, now: Timestamp) throws(MetadataError) -> Committed {
-        try changing({ () throws(MetadataError) in
-            try backing.commitData(ino, chunks: chunks, drop: drop, size: size, mtime: mtime, now: now)
-        }) { state, committed in state.keep(committed.attr) }
+                           mtime: Timestamp?, now: Timestamp, making: [NewFile]) throws(MetadataError) -> Committed {
+        if let error = state.withLock({ $0.lost[ino] }) { throw error }
+        let unmade = takeUnmade() ?? []
+        defer { if !unmade.isEmpty { makingEnded() } }
+        do {
+            return try changing(makingFirst: false, { () throws(MetadataError) in
+                try backing.commitData(ino, chunks: chunks, drop: drop, size: size, mtime: mtime, now: now, making: making + unmade)
+            }) { state, committed in state.keep(committed.attr) }
+        } catch {
+            // The files are not to blame for a refusal of the data (a full volume, say).
+            if !unmade.isEmpty { makeOrLose(unmade) }
+            throw error
+        }
+    }
+
+    // MARK: Files made at their close
+
+    /// Answers the creation of an empty regular file without asking the metadata, under
+    /// a reserved inode number; the file is made later (see the top of this file). Only
+    /// for the writer, under which nothing else can take the name. Nil when the names of
+    /// `parent` are not kept (whether the name is free is not known): the caller makes
+    /// the file at once.
+    public func deferCreate(_ parent: InodeNumber, _ name: FileName, mode: UInt32, uid: UInt32, gid: UInt32,
+                            now: Timestamp) throws(MetadataError) -> Attr? {
+        guard case .missing = known(parent, name), let dir = state.withLock({ $0.attrs[parent] }) else { return nil }
+        let ino = try reservedInode()
+        // A set-group-id directory passes its group on, as `mknode` does.
+        let attr = Attr(ino: ino, mode: FileType.regular.rawValue | (mode & 0o7777), nlink: 1, uid: uid,
+                        gid: dir.mode & 0o2000 != 0 ? dir.gid : gid, rdev: 0, size: 0, atime: now, mtime: now, ctime: now)
+        let answered = state.withLock { state -> Bool in
+            guard state.directories[parent] != nil, state.directories[parent]?[name] == nil else { return false }
+            state.unmade[ino] = NewFile(parent: parent, name: name, attr: attr)
+            state.directories[parent]?[name] = ino
+            state.touchDirectory(parent, at: now)
+            state.keep(attr)
+            state.epoch &+= 1
+            return true
+        }
+        return answered ? attr : nil
+    }
+
+    func reservedInode() throws(MetadataError) -> InodeNumber {
+        if let ino = state.withLock({ $0.reserved.popFirst() }) { return InodeNumber(ino) }
+        let range = try backing.reserveInodes(Self.inodesReserved)
+        guard let first = range.first else { throw .database("no inode numbers were reserved") }
+        state.withLock { $0.reserved = range.dropFirst() }
+        return InodeNumber(first)
+    }
+
+    /// Makes `ino` in the metadata if it is not made yet (a file closed with nothing to
+    /// commit); throws why it could not be made, if it could not.
+    public func settle(_ ino: InodeNumber) throws(MetadataError) {
+        if state.withLock({ $0.unmade[ino] != nil || $0.making > 0 }) { makeUnmade() }
+        if let error = state.withLock({ $0.lost[ino] }) { throw error }
+    }
+
+    /// Makes every file answered for and not made yet, after the calls making some end:
+    /// what reaches the metadata next finds them there.
+    public func makeUnmade() {
+        guard let files = takeUnmade() else { return }
+        defer { makingEnded() }
+        makeOrLose(files)
+    }
+
+    /// Gives up the files not made yet: a writer that lost its lease must not make them
+    /// later, when another may have changed the volume around them.
+    public func loseUnmade(_ error: MetadataError) {
+        let count = state.withLock { state -> Int in
+            let count = state.unmade.count
+            guard count > 0 else { return 0 }
+            for ino in state.unmade.keys { state.lost[ino] = error }
+            state.unmade.removeAll()
+            state.forgetAll()
+            state.epoch &+= 1
+            return count
+        }
+        if count > 0 { logger.error("\(count) files created on this mount were not made in the volume before it lost the lease, and are lost") }
+    }
+
+    /// Makes `files` (taken from `unmade`); those it cannot make are lost.
+    func makeOrLose(_ files: [NewFile]) {
+        do {
+            try backing.make(files)
+        } catch {
+            logger.error("\(files.count) files created on this mount could not be made in the volume, and are lost: \(error)")
+            state.withLock { state in
+                if state.lost.count > 10_000 { state.lost.removeAll() }
+                for file in files { state.lost[file.attr.ino] = error }
+                state.forgetAll()
+                state.epoch &+= 1
+            }
+        }
+    }
+
+    /// Takes every file not made yet once no other call is making some (nil: there are
+    /// none). The caller makes them, then calls `makingEnded`.
+    func takeUnmade() -> [NewFile]? {
+        madeEnded.lock()
+        defer { madeEnded.unlock() }
+        let deadline = Date(timeIntervalSinceNow: Self.makingWait)
+        while true {
+            let (busy, files) = state.withLock { state -> (Bool, [NewFile]?) in
+                if state.making > 0 { return (true, nil) }
+                if state.unmade.isEmpty { return (false, nil) }
+                let files = state.unmade.values.sorted { $0.attr.ino.rawValue < $1.attr.ino.rawValue }
+                state.unmade.removeAll()
+                state.making += 1
+                return (false, files)
+            }
+            if !busy || !madeEnded.wait(until: deadline) { return files }
+        }
+    }
+
+    func makingEnded() {
+        madeEnded.lock()
+        state.withLock { $0.making -= 1 }
+        madeEnded.broadcast()
+        madeEnded.unlock()
     }
 
     public func recountUsage() throws(MetadataError) -> (recorded: UInt64, counted: UInt64) {
@@ -515,23 +663,38 @@ public final class MetadataCache: Metadata {
 
     static let prefetchWait = 5.0
 
+    // Each of these first makes the files not made yet (`makeUnmade`).
     public func listings(_ dirs: [InodeNumber], limit: Int) throws(MetadataError) -> [InodeNumber: [DirEntry]] {
-        try backing.listings(dirs, limit: limit)
+        makeUnmade()
+        return try backing.listings(dirs, limit: limit)
     }
-    public func readlink(_ ino: InodeNumber) throws(MetadataError) -> [UInt8] { try backing.readlink(ino) }
-    public func chunks(_ ino: InodeNumber) throws(MetadataError) -> [ChunkRef] { try backing.chunks(ino) }
-    public func sync() throws(MetadataError) { try backing.sync() }
-    public func orphans() throws(MetadataError) -> [InodeNumber] { try backing.orphans() }
-    public func inodesWithXattrs() throws(MetadataError) -> Set<InodeNumber> { try backing.inodesWithXattrs() }
-    public func getxattr(_ ino: InodeNumber, _ name: FileName) throws(MetadataError) -> [UInt8] { try backing.getxattr(ino, name) }
-    public func listxattr(_ ino: InodeNumber) throws(MetadataError) -> [FileName] { try backing.listxattr(ino) }
+    public func readlink(_ ino: InodeNumber) throws(MetadataError) -> [UInt8] { makeUnmade(); return try backing.readlink(ino) }
+    public func chunks(_ ino: InodeNumber) throws(MetadataError) -> [ChunkRef] { makeUnmade(); return try backing.chunks(ino) }
+    public func sync() throws(MetadataError) { makeUnmade(); try backing.sync() }
+    public func orphans() throws(MetadataError) -> [InodeNumber] { makeUnmade(); return try backing.orphans() }
+    public func inodesWithXattrs() throws(MetadataError) -> Set<InodeNumber> { makeUnmade(); return try backing.inodesWithXattrs() }
+    public func getxattr(_ ino: InodeNumber, _ name: FileName) throws(MetadataError) -> [UInt8] {
+        makeUnmade()
+        return try backing.getxattr(ino, name)
+    }
+    public func listxattr(_ ino: InodeNumber) throws(MetadataError) -> [FileName] { makeUnmade(); return try backing.listxattr(ino) }
     public func garbage(olderThan seconds: Double, limit: Int) throws(MetadataError) -> [ObjectID] {
-        try backing.garbage(olderThan: seconds, limit: limit)
+        makeUnmade()
+        return try backing.garbage(olderThan: seconds, limit: limit)
     }
-    public func dropGarbage(_ objects: [ObjectID]) throws(MetadataError) { try backing.dropGarbage(objects) }
-    public func adoptStrays(_ objects: [ObjectID]) throws(MetadataError) -> Int { try backing.adoptStrays(objects) }
-    public func knownObjects() throws(MetadataError) -> Set<ObjectID> { try backing.knownObjects() }
-    public func allChunks() throws(MetadataError) -> [(InodeNumber, [ChunkRef])] { try backing.allChunks() }
+    public func dropGarbage(_ objects: [ObjectID]) throws(MetadataError) { makeUnmade(); try backing.dropGarbage(objects) }
+    public func adoptStrays(_ objects: [ObjectID]) throws(MetadataError) -> Int { makeUnmade(); return try backing.adoptStrays(objects) }
+    public func knownObjects() throws(MetadataError) -> Set<ObjectID> { makeUnmade(); return try backing.knownObjects() }
+    public func allChunks() throws(MetadataError) -> [(InodeNumber, [ChunkRef])] { makeUnmade(); return try backing.allChunks() }
+    public func reserveInodes(_ count: Int) throws(MetadataError) -> Range<UInt64> { try backing.reserveInodes(count) }
+    public func make(_ files: [NewFile]) throws(MetadataError) {
+        try changing({ () throws(MetadataError) in try backing.make(files) }) { state, _ in
+            for file in files {
+                state.directories[file.parent]?[file.name] = file.attr.ino
+                state.touchDirectory(file.parent, at: file.attr.ctime)
+            }
+        }
+    }
     public func lease() throws(MetadataError) -> Lease { try backing.lease() }
     public func acquireLease(holder: String, ttlSeconds: Double) throws(MetadataError) -> Lease {
         try backing.acquireLease(holder: holder, ttlSeconds: ttlSeconds)
@@ -540,9 +703,10 @@ public final class MetadataCache: Metadata {
         try backing.renewLease(holder: holder, token: token, ttlSeconds: ttlSeconds)
     }
     public func releaseLease(holder: String, token: LeaseToken) throws(MetadataError) {
+        makeUnmade()
         try backing.releaseLease(holder: holder, token: token)
     }
-    public func breakLease() throws(MetadataError) -> Lease { try backing.breakLease() }
+    public func breakLease() throws(MetadataError) -> Lease { makeUnmade(); return try backing.breakLease() }
     public func setFence(_ fence: Fence?) { backing.setFence(fence) }
     public func heartbeat(_ session: Session, staleSeconds: Double) throws(MetadataError) {
         try backing.heartbeat(session, staleSeconds: staleSeconds)

@@ -66,8 +66,14 @@ extension VolumeFS {
         let attr: Attr
         do {
             attr = try mutating { () throws(MetadataError) in
-                try metadata.mknode(parent, name, mode: FileType.regular.rawValue | (mode & 0o7777), uid: uid, gid: gid,
-                                    rdev: 0, target: nil, now: Self.now())
+                let now = Self.now()
+                // The writer answers at once and makes the file when it commits it (MetadataCache).
+                if options.createsAtClose, isWriter,
+                   let answered = try cache.deferCreate(parent, name, mode: mode, uid: uid, gid: gid, now: now) {
+                    return answered
+                }
+                return try metadata.mknode(parent, name, mode: FileType.regular.rawValue | (mode & 0o7777), uid: uid, gid: gid,
+                                           rdev: 0, target: nil, now: now)
             }
         } catch .metadata(.exists) where flags & O_EXCL == 0 {
             let existing = try Self.lift { () throws(MetadataError) in try metadata.lookup(parent, name) }

@@ -66,6 +66,10 @@ public struct VolumeOptions: Sendable {
     /// directory is listed from its start (0: none). Worth it where every query is a
     /// network round trip: a walk of a tree then waits for one per level.
     public var prefetchListings: Int = 0
+    /// The writer answers the creation of a regular file at once and makes it in the
+    /// metadata when it commits the file (MetadataCache): a create costs no transaction
+    /// of its own.
+    public var createsAtClose: Bool = true
     public init() {}
 }
 
@@ -243,7 +247,7 @@ public final class VolumeFS: Sendable {
     /// names are purged then.
     public init(metadata: any Metadata, store: any ChunkStore, options: VolumeOptions = VolumeOptions(),
                 holder: String = defaultHolderName(), logger: Logger = Logger(label: "netvol")) throws(FSError) {
-        let cache = MetadataCache(metadata, prefetchListings: options.prefetchListings)
+        let cache = MetadataCache(metadata, prefetchListings: options.prefetchListings, logger: logger)
         self.cache = cache
         self.metadata = cache
         self.store = store

@@ -137,7 +137,15 @@ extension VolumeFS {
     func commit(_ file: OpenFile, only: [Int]? = nil) throws(FSError) {
         if file.lostWrites { throw .lostWrites }
         let indices = (only ?? Array(file.dirty.keys)).filter { file.dirty[$0] != nil }.sorted()
-        if indices.isEmpty && file.size == file.committedSize && file.mtime == nil { return }
+        if indices.isEmpty && file.size == file.committedSize && file.mtime == nil {
+            // Nothing to commit, but a file created on this mount may not be made yet.
+            do {
+                try cache.settle(file.ino)
+            } catch {
+                throw failedCommit(file, error)
+            }
+            return
+        }
         // Chunks already being stored are waited for; the rest are stored now.
         var uploaded: [ChunkRef] = []
         var failure: FSError?
@@ -172,14 +180,7 @@ extension VolumeFS {
             committed = try metadata.commitData(file.ino, chunks: refs, drop: nil, size: size, mtime: file.mtime, now: Self.now())
         } catch {
             deleteObjects(refs)
-            logger.error("commit of inode \(file.ino.rawValue) failed: \(error)")
-            if case .fenced(let holder) = error {
-                file.lock.unlock()
-                loseLease("a commit found the lease with \(holder ?? "nobody")")
-                file.lock.lock()
-                throw .lostWrites
-            }
-            throw .metadata(error)
+            throw failedCommit(file, error)
         }
         var delta: Int64 = 0
         var released: Int64 = 0
@@ -199,6 +200,17 @@ extension VolumeFS {
     }
 
     /// Stores chunks as new objects, several at once; on any failure, stores none.
+    /// What a failed commit of `file` answers; a fenced one means the lease is lost.
+    /// Caller holds `file.lock`.
+    func failedCommit(_ file: OpenFile, _ error: MetadataError) -> FSError {
+        logger.error("commit of inode \(file.ino.rawValue) failed: \(error)")
+        guard case .fenced(let holder) = error else { return .metadata(error) }
+        file.lock.unlock()
+        loseLease("a commit found the lease with \(holder ?? "nobody")")
+        file.lock.lock()
+        return .lostWrites
+    }
+
     func storeObjects(_ ino: InodeNumber, _ chunks: [(Int, [UInt8])]) throws(FSError) -> [ChunkRef] {
         if chunks.count == 1 {
             return [try Self.typed { try chunks[0].1.withUnsafeBytes { bytes throws in try storeObject(ino, chunks[0].0, bytes) } }]

@@ -55,6 +55,52 @@ import Testing
         #expect(sub.gid == 50 && sub.mode & 0o2000 != 0)
     }
 
+    /// What a writer needs to answer creates at once and make the files at their close:
+    /// numbers nobody else gives out, and files made under them as `mknode` makes them.
+    @Test(arguments: Backend.all) func filesAreMadeUnderReservedNumbers(_ backend: Backend) throws {
+        let volume = try backend.volume()
+        defer { volume.remove() }
+        let meta = volume.meta
+        let first = try meta.reserveInodes(3)
+        let second = try meta.reserveInodes(2)
+        let made = try meta.mknode(.root, "m", mode: fileMode, uid: 0, gid: 0, rdev: 0, target: nil, now: t0)
+        #expect(first.count == 3 && second.count == 2 && !first.overlaps(second))
+        #expect(!first.contains(made.ino.rawValue) && !second.contains(made.ino.rawValue))
+        #expect(try meta.reserveInodes(1).lowerBound > made.ino.rawValue, "reserved numbers are new ones")
+
+        let d = try meta.mknode(.root, "g", mode: dirMode | 0o2000, uid: 0, gid: 50, rdev: 0, target: nil, now: t0)
+        func file(_ parent: InodeNumber, _ name: FileName, _ ino: UInt64) -> NewFile {
+            NewFile(parent: parent, name: name, attr: Attr(ino: InodeNumber(ino), mode: fileMode, nlink: 1, uid: 7, gid: 8,
+                                                           rdev: 0, size: 0, atime: t1, mtime: t1, ctime: t1))
+        }
+        try meta.make([file(.root, "a", first.lowerBound), file(d.ino, "b", first.lowerBound + 1)])
+        let a = try meta.lookup(.root, "a")
+        #expect(a.ino.rawValue == first.lowerBound && a.uid == 7 && a.gid == 8 && a.nlink == 1 && a.size == 0 && a.mtime == t1)
+        #expect(try meta.lookup(d.ino, "b").gid == 50, "the set-group-id rule holds")
+        #expect(try meta.getattr(d.ino).mtime == t1)
+
+        // Refusals change nothing: a taken name, a taken number, a number never reserved.
+        #expect(throws: MetadataError.exists) { try meta.make([file(.root, "c", first.lowerBound + 2), file(.root, "a", second.lowerBound)]) }
+        #expect(throws: MetadataError.notFound) { try meta.lookup(.root, "c") }
+        #expect(throws: (any Error).self) { try meta.make([file(.root, "c", first.lowerBound)]) }
+        #expect(throws: (any Error).self) { try meta.make([file(.root, "c", made.ino.rawValue + 1000)]) }
+        #expect(throws: MetadataError.notFound) { try meta.lookup(.root, "c") }
+
+        // Made with a data commit, in its transaction: both or neither.
+        let data = ref(0, 100)
+        try meta.commitData(InodeNumber(first.lowerBound + 2), chunks: [data], drop: nil, size: 100, mtime: t1, now: t1,
+                            making: [file(.root, "c", first.lowerBound + 2)])
+        #expect(try meta.lookup(.root, "c").size == 100)
+        #expect(try meta.chunks(InodeNumber(first.lowerBound + 2)) == [data])
+        #expect(throws: MetadataError.noSpace) {
+            try meta.commitData(InodeNumber(second.lowerBound), chunks: [ref(0, 2 << 20)], drop: nil, size: 2 << 20,
+                                mtime: t1, now: t1, making: [file(.root, "e", second.lowerBound)])
+        }
+        #expect(throws: MetadataError.notFound) { try meta.lookup(.root, "e") }
+        try meta.make([file(.root, "e", second.lowerBound)])
+        #expect(try meta.lookup(.root, "e").ino.rawValue == second.lowerBound)
+    }
+
     @Test(arguments: Backend.all) func hardLinksCountNames(_ backend: Backend) throws {
         let volume = try backend.volume()
         defer { volume.remove() }

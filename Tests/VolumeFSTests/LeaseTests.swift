@@ -116,6 +116,99 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         #expect(!c.isWriter)
     }
 
+    /// The writer answers a create at once and makes the file when it commits it: other
+    /// mounts find it once it is closed (or fsynced), with its data, and not before; and
+    /// anything else that reaches the metadata makes it first.
+    @Test(arguments: TestBackend.available)
+    func aCreatedFileIsMadeInTheVolumeAtItsClose(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend)
+        let a = try shared.mount("a")
+        let other = try shared.storage.reopen(nil)
+        // A new directory's names are known: creates in it need not ask whether the name is free.
+        let d = try a.mkdir(.root, "d", mode: 0o755, uid: 0, gid: 0)
+        let (f, fh) = try a.create(d.ino, "f", mode: 0o600, flags: O_RDWR, uid: 5, gid: 6)
+        #expect(a.cache.state.withLock { $0.unmade[f.ino] != nil }, "answered without a transaction")
+        #expect(throws: MetadataError.notFound) { try other.lookup(d.ino, "f") }
+        #expect(try a.lookup(d.ino, "f") == f)
+        _ = try [UInt8]([1, 2, 3]).withUnsafeBytes { try a.write(f.ino, fh, offset: 0, $0) }
+        try a.flush(f.ino, fh)
+        let made = try other.lookup(d.ino, "f")
+        #expect(made.ino == f.ino && made.size == 3 && made.mode == f.mode && made.uid == 5 && made.gid == 6)
+        #expect(try other.getattr(d.ino).mtime == f.ctime)
+        a.release(f.ino, fh)
+
+        // Closed with nothing written, a file is made all the same.
+        let (e, efh) = try a.create(d.ino, "empty", mode: 0o644, flags: O_WRONLY, uid: 0, gid: 0)
+        a.release(e.ino, efh)
+        #expect(try other.lookup(d.ino, "empty").ino == e.ino)
+
+        // A rename (or any other change, or a read the cache cannot answer) makes the
+        // files first: they are in the metadata when it runs.
+        let (g, gfh) = try a.create(d.ino, "g", mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
+        let (h, hfh) = try a.create(d.ino, "h", mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
+        try a.rename(d.ino, "g", .root, "g2", flags: [])
+        #expect(try other.lookup(.root, "g2").ino == g.ino)
+        #expect(try other.lookup(d.ino, "h").ino == h.ino)
+        #expect(a.cache.state.withLock { $0.unmade.isEmpty })
+        a.release(g.ino, gfh)
+        a.release(h.ino, hfh)
+
+        // Numbers are reserved in the metadata: another writer never gives them out again.
+        let (k, kfh) = try a.create(d.ino, "k", mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
+        a.release(k.ino, kfh)
+        a.shutdown()
+        let b = try shared.mount("b")
+        let (m, mfh) = try b.create(.root, "m", mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
+        b.release(m.ino, mfh)
+        #expect(m.ino.rawValue > k.ino.rawValue && Set([f.ino, e.ino, g.ino, h.ino, k.ino]).count == 5)
+    }
+
+    /// A crash forgets the files created since their last close, as a local filesystem
+    /// forgets what it did not commit, and leaves nothing of them behind.
+    @Test(arguments: TestBackend.available)
+    func aCrashForgetsFilesCreatedAndNotClosed(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend)
+        var a: VolumeFS? = try shared.mount("a")
+        let d = try a!.mkdir(.root, "d", mode: 0o755, uid: 0, gid: 0)
+        let kept = try writeFile(a!, "kept", [1])
+        let (f, fh) = try a!.create(d.ino, "f", mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
+        _ = try [UInt8](repeating: 9, count: 100).withUnsafeBytes { try a!.write(f.ino, fh, offset: 0, $0) }
+        _ = fh
+        a = nil  // the process dies: no close, no unmount
+        shared.clock.advance(seconds: 60)
+        let b = try shared.mount("b")
+        _ = try writeFile(b, "after", [2])
+        #expect(try readFile(b, "kept") == [1])
+        #expect(throws: FSError.metadata(.notFound)) { try b.lookup(d.ino, "f") }
+        var listed: [String] = []
+        try b.readdir(d.ino, offset: 0, plus: false) { listed.append($0.name.description); return true }
+        #expect(listed == [".", ".."])
+        #expect(try b.metadata.orphans().isEmpty)
+        #expect(try b.metadata.allChunks().allSatisfy { $0.0 != f.ino })
+        #expect(kept != f.ino)
+    }
+
+    /// A writer that lost its lease never makes the files it answered for: another writer
+    /// may have changed the volume since. Their close answers EIO.
+    @Test(arguments: TestBackend.available)
+    func filesNotMadeBeforeTheLeaseIsLostAreLost(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend)
+        let a = try shared.mount("a")
+        let d = try a.mkdir(.root, "d", mode: 0o755, uid: 0, gid: 0)
+        let (f, fh) = try a.create(d.ino, "f", mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
+        let (e, efh) = try a.create(d.ino, "e", mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
+        _ = try [UInt8]([1]).withUnsafeBytes { try a.write(f.ino, fh, offset: 0, $0) }
+        let b = try shared.mount("b")
+        _ = try b.metadata.breakLease()
+        _ = try writeFile(b, "x", [2])
+        #expect(throws: FSError.lostWrites) { try a.flush(f.ino, fh) }
+        #expect(throws: FSError.lostWrites) { try a.flush(e.ino, efh) }
+        a.release(f.ino, fh)
+        a.release(e.ino, efh)
+        #expect(throws: FSError.metadata(.notFound)) { try b.lookup(d.ino, "f") }
+        #expect(throws: FSError.metadata(.notFound)) { try b.lookup(d.ino, "e") }
+    }
+
     @Test(arguments: TestBackend.available)
     func aReadOnlyMountNeverWrites(backend: TestBackend) throws {
         let shared = try SharedVolume(backend)
