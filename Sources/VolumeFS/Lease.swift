@@ -183,6 +183,9 @@ extension VolumeFS {
             guard let fence = writer.withLock({ $0.fence }) else { return }
             flushAll()
             flushAtimes()
+        // A file kept open is made within about a second of its creation, as a local
+        // filesystem commits its journal every few seconds.
+        cache.makeUnmade(answeredBefore: Timestamp(nanoseconds: Self.now().nanoseconds - Self.unmadeFilesKept))
             flushPurges()
             do {
                 try metadata.releaseLease(holder: fence.holder, token: fence.token)

@@ -477,6 +477,12 @@ public final class MetadataCache: Metadata {
         makeOrLose(files)
     }
 
+    /// `makeUnmade`, if any file was answered for before `cutoff`.
+    public func makeUnmade(answeredBefore cutoff: Timestamp) {
+        guard state.withLock({ $0.unmade.values.contains { $0.attr.ctime < cutoff } }) else { return }
+        makeUnmade()
+    }
+
     /// Gives up the files not made yet: a writer that lost its lease must not make them
     /// later, when another may have changed the volume around them.
     public func loseUnmade(_ error: MetadataError) {

@@ -214,6 +214,10 @@ public final class VolumeFS: Sendable {
     public let chunkSize: Int
     let logger: Logger
 
+    /// Nanoseconds a file created and kept open may stay unmade in the metadata (see
+    /// MetadataCache): the writer's commit interval for creates.
+    static let unmadeFilesKept: Int64 = 1_000_000_000
+
     /// Largest file size netvol keeps (16 TiB); past it writes fail with EFBIG.
     public static let maxFileSize: UInt64 = 1 << 44
 

@@ -153,6 +153,13 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         a.release(g.ino, gfh)
         a.release(h.ino, hfh)
 
+        // Kept open, a file is made by the writer's tick about a second after its creation.
+        let (kept, keptfh) = try a.create(d.ino, "kept open", mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
+        Thread.sleep(forTimeInterval: 1.2)
+        a.tick()
+        #expect(try other.lookup(d.ino, "kept open").ino == kept.ino)
+        a.release(kept.ino, keptfh)
+
         // Numbers are reserved in the metadata: another writer never gives them out again.
         let (k, kfh) = try a.create(d.ino, "k", mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
         a.release(k.ino, kfh)
