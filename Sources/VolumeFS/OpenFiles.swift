@@ -97,15 +97,19 @@ extension VolumeFS {
                 file = existing
             } else {
                 // Close-to-open: a first open reads the chunk map afresh (an empty file has none).
+                var base = attr
                 let chunks: [ChunkRef]
                 if let known {
                     chunks = known
                 } else if attr.size == 0 && attr.storedBytes == 0 {
                     chunks = []
                 } else {
-                    chunks = try Self.lift { () throws(MetadataError) in try metadata.chunks(attr.ino) }
+                    // With the size of the same moment: `attr` may be older than this map
+                    // (read while another handle kept the file open, which has closed it
+                    // since), and a size paired with a later, emptier map reads as zeros.
+                    (base, chunks) = try Self.lift { () throws(MetadataError) in try metadata.attrAndChunks(attr.ino) }
                 }
-                file = OpenFile(attr: attr, chunkMap: Dictionary(uniqueKeysWithValues: chunks.map { ($0.index, $0) }))
+                file = OpenFile(attr: base, chunkMap: Dictionary(uniqueKeysWithValues: chunks.map { ($0.index, $0) }))
                 files[attr.ino] = file
             }
             file.lock.lock()
