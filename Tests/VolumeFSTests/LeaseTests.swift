@@ -216,6 +216,25 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         #expect(throws: FSError.metadata(.notFound)) { try b.lookup(d.ino, "e") }
     }
 
+    /// An open that builds a file's open state afresh takes the size and the chunk map of
+    /// one moment, even when the attributes it was handed are older: another handle had
+    /// the file open when they were read, and the writer has replaced and purged the file
+    /// since. A size paired with the later, empty map would read as zeros.
+    @Test(arguments: TestBackend.available)
+    func anOpenNeverPairsAnOlderSizeWithALaterChunkMap(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend)
+        let a = try shared.mount("a")
+        let b = try shared.mount("b")
+        let old = try writeFile(a, "model", [1, 2, 3])
+        let stale = try b.cache.freshAttr(old)
+        _ = try writeFile(a, "model.tmp", [4, 5, 6, 7])
+        try a.rename(.root, "model.tmp", .root, "model")
+        try a.metadata.purge([old], now: VolumeFS.now())
+        #expect(throws: FSError.metadata(.notFound)) { try b.attach(stale) }
+        #expect(b.openFiles.withLock { $0[old] == nil })
+        #expect(try readFile(b, "model") == [4, 5, 6, 7])
+    }
+
     @Test(arguments: TestBackend.available)
     func aReadOnlyMountNeverWrites(backend: TestBackend) throws {
         let shared = try SharedVolume(backend)
