@@ -183,9 +183,6 @@ extension VolumeFS {
             guard let fence = writer.withLock({ $0.fence }) else { return }
             flushAll()
             flushAtimes()
-        // A file kept open is made within about a second of its creation, as a local
-        // filesystem commits its journal every few seconds.
-        cache.makeUnmade(answeredBefore: Timestamp(nanoseconds: Self.now().nanoseconds - Self.unmadeFilesKept))
             flushPurges()
             do {
                 try metadata.releaseLease(holder: fence.holder, token: fence.token)
@@ -236,6 +233,9 @@ extension VolumeFS {
         }
         flushAtimes()
         flushPurges()
+        // A file kept open is made within about a second of its creation, as a local
+        // filesystem commits its journal every few seconds.
+        cache.makeUnmade(answeredBefore: Timestamp(nanoseconds: Self.now().nanoseconds - Self.unmadeFilesKept))
         if options.mode == .onDemand, now - state.lastWrite > .seconds(options.leaseIdleSeconds), !hasWritableHandles() {
             releaseLease()
             return

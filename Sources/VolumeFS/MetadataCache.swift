@@ -437,7 +437,10 @@ public final class MetadataCache: Metadata {
     /// the file at once.
     public func deferCreate(_ parent: InodeNumber, _ name: FileName, mode: UInt32, uid: UInt32, gid: UInt32,
                             now: Timestamp) throws(MetadataError) -> Attr? {
-        guard case .missing = known(parent, name), let dir = state.withLock({ $0.attrs[parent] }) else { return nil }
+        guard case .missing = known(parent, name) else { return nil }
+        // The directory's attributes (for its set-group-id bit) are dropped by some
+        // changes, a rename among them, and read again once.
+        let dir = try getattr(parent)
         let ino = try reservedInode()
         // A set-group-id directory passes its group on, as `mknode` does.
         let attr = Attr(ino: ino, mode: FileType.regular.rawValue | (mode & 0o7777), nlink: 1, uid: uid,

@@ -199,7 +199,6 @@ extension VolumeFS {
         }
     }
 
-    /// Stores chunks as new objects, several at once; on any failure, stores none.
     /// What a failed commit of `file` answers; a fenced one means the lease is lost.
     /// Caller holds `file.lock`.
     func failedCommit(_ file: OpenFile, _ error: MetadataError) -> FSError {
@@ -211,6 +210,7 @@ extension VolumeFS {
         return .lostWrites
     }
 
+    /// Stores chunks as new objects, several at once; on any failure, stores none.
     func storeObjects(_ ino: InodeNumber, _ chunks: [(Int, [UInt8])]) throws(FSError) -> [ChunkRef] {
         if chunks.count == 1 {
             return [try Self.typed { try chunks[0].1.withUnsafeBytes { bytes throws in try storeObject(ino, chunks[0].0, bytes) } }]
