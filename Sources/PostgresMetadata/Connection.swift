@@ -86,6 +86,9 @@ struct DatabaseFailure: Error {
     var connectionLost: Bool = false
     /// Running the transaction again could apply it twice, or the failure will not pass.
     var final: Bool = false
+    /// No server answered before the deadline: the calls after this one should not wait
+    /// it out again (`ConnectionPool.outage`).
+    var unreachable: Bool = false
 
     /// Failures that pass: another transaction won a race, the server restarted, the
     /// network dropped.

@@ -206,6 +206,7 @@ final class ConnectionPool: Sendable {
                 throw .database(String(describing: error))
             }
             guard failure.isTransient else {
+                if failure.unreachable { outage.withLock { $0 = true } }
                 // disk_full: the volume's size limit (`netvol_volume_full`), or the
                 // database server's own disk.
                 if failure.sqlstate == "53100" { throw .noSpace }
@@ -386,9 +387,11 @@ final class ConnectionPool: Sendable {
 
     private func settle(_ lost: DatabaseFailure, deadline: ContinuousClock.Instant,
                         asking verdict: (Connection) throws -> Verdict) throws(DatabaseFailure) {
+        var unreachable = false
         func unknown(_ why: String) -> DatabaseFailure {
             var failure = lost
             failure.final = true
+            failure.unreachable = unreachable
             failure.message = "the connection failed while committing, so the change may or may not have been made (\(why)): \(lost.message)"
             return failure
         }
@@ -401,8 +404,10 @@ final class ConnectionPool: Sendable {
                 let connection = try asker ?? connect(deadline: deadline)
                 asker = connection
                 answer = try verdict(connection)
+                unreachable = false
             } catch let failure as DatabaseFailure where failure.isTransient {
                 asker = nil
+                unreachable = failure.connectionLost
                 answer = .pending("the server could not be asked before the deadline: \(failure.message)")
             } catch let failure as DatabaseFailure {
                 throw unknown("asking the server failed: \(failure.message)")
