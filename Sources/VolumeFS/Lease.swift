@@ -162,6 +162,8 @@ extension VolumeFS {
             }
             let fence = Fence(holder: holder, token: lease.token)
             metadata.setFence(fence)
+            // Kept while this mount last wrote; another writer may have changed them since.
+            closedMaps.withLock { $0.removeAll() }
             // Another writer may have changed the volume since we last looked.
             followChanges()
             refreshUsage()
@@ -209,6 +211,7 @@ extension VolumeFS {
         guard had else { return }
         logger.error("lost the writer lease: \(why); writes now fail with EROFS")
         cache.loseUnmade(.fenced(holder: nil))
+        closedMaps.withLock { $0.removeAll() }
         for file in openFiles.withLock({ Array($0.values) }) {
             file.lock.lock()
             if !file.dirty.isEmpty || file.size != file.committedSize {
@@ -348,6 +351,7 @@ extension VolumeFS {
             file.size = attr.size
             file.committedSize = attr.size
             file.attr = attr
+            file.mapStamp = CacheStamp(attr)
         }
         file.lock.unlock()
     }

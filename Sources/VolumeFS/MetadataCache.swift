@@ -261,6 +261,11 @@ public final class MetadataCache: Metadata {
         return try freshAttr(ino)
     }
 
+    /// The attributes kept in memory, if any; nothing is loaded.
+    public func cachedAttr(_ ino: InodeNumber) -> Attr? {
+        state.withLock { $0.attrs[ino] }
+    }
+
     /// The attributes as the metadata has them now (for `open` on a mount that does not
     /// hold the lease: close-to-open).
     public func freshAttr(_ ino: InodeNumber) throws(MetadataError) -> Attr {

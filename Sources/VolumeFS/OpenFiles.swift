@@ -91,6 +91,7 @@ extension VolumeFS {
     func attach(_ attr: Attr, chunks known: [ChunkRef]? = nil) throws(FSError) -> OpenFile {
         // Counting under the table lock keeps a racing last release from dropping the
         // state this open is about to use (lock order: openFiles, then the file's lock).
+        let writing = isWriter
         let file = try openFiles.withLock { files throws(FSError) -> OpenFile in
             let file: OpenFile
             if let existing = files[attr.ino] {
@@ -103,6 +104,9 @@ extension VolumeFS {
                     chunks = known
                 } else if attr.size == 0 && attr.storedBytes == 0 {
                     chunks = []
+                } else if writing, let map = closedMaps.withLock({ $0.take(attr.ino, at: CacheStamp(attr)) }) {
+                    // The writer's `attr` is exact: the map kept at the last close is current.
+                    chunks = Array(map.values)
                 } else {
                     // With the size of the same moment: `attr` may be older than this map
                     // (read while another handle kept the file open, which has closed it
@@ -212,10 +216,14 @@ extension VolumeFS {
             }
         }
         file.lock.unlock()
+        let writing = isWriter
         openFiles.withLock { files in
             file.lock.lock()
             file.opens -= 1
-            if file.opens == 0 && files[ino] === file { files[ino] = nil }
+            if file.opens == 0 && files[ino] === file {
+                files[ino] = nil
+                keepClosedMap(file, writing: writing)
+            }
             file.lock.unlock()
         }
         let released = refs.withLock { table -> Bool in
@@ -229,6 +237,14 @@ extension VolumeFS {
             return false
         }
         if released { purgeIfUnlinked(ino) }
+    }
+
+    /// Keeps the map of a file the writer closed with nothing buffered, if the map is of
+    /// the version the writer's attributes say the file is at. Caller holds `file.lock`.
+    func keepClosedMap(_ file: OpenFile, writing: Bool) {
+        guard writing, file.dirty.isEmpty, !file.lostWrites, file.size == file.committedSize,
+              let stamp = file.mapStamp, let attr = cache.cachedAttr(file.ino), CacheStamp(attr) == stamp else { return }
+        closedMaps.withLock { $0.keep(file.ino, stamp: stamp, map: file.chunkMap) }
     }
 
     /// Commits every open file (at unmount).

@@ -74,6 +74,7 @@ extension VolumeFS {
             file.size = size
             file.committedSize = size
             file.mtime = nil
+            if file.mapStamp != nil { file.mapStamp = CacheStamp(committed.attr) }
         }
         accounting.withLock { $0.used = UInt64(max(0, Int64($0.used) + delta)) }
         restamp(committed.attr)

@@ -108,6 +108,9 @@ final class OpenFile: @unchecked Sendable {
     /// The attributes at open or last refresh: an open file another mount deleted still
     /// answers getattr with them.
     var attr: Attr
+    /// The version of the file `chunkMap` is, where it is known to be that version's
+    /// whole map: what a close keeps the map under (`ClosedChunkMaps`).
+    var mapStamp: CacheStamp?
     /// Writes accepted into buffers were dropped when the lease was lost.
     var lostWrites = false
     /// Full dirty chunks already being stored, by index, ahead of the commit that will
@@ -120,6 +123,7 @@ final class OpenFile: @unchecked Sendable {
         self.size = attr.size
         self.committedSize = attr.size
         self.attr = attr
+        self.mapStamp = CacheStamp(attr)
     }
 }
 
@@ -199,6 +203,74 @@ struct CacheStamp: Equatable {
     init(_ attr: Attr) { size = attr.size; mtime = attr.mtime; ctime = attr.ctime }
 }
 
+/// Chunk maps of files the writer closed, each with the version it is of. The writer's
+/// attributes are exact, so a later open that finds the file still at that version needs
+/// no round trip for its map: `cat` or `tar` of files just written reads from memory.
+/// Bounded by entries and by the bytes their references hold (inline data included);
+/// the oldest go first.
+struct ClosedChunkMaps {
+    struct Entry {
+        var stamp: CacheStamp
+        var map: [Int: ChunkRef]
+        var cost: Int
+    }
+
+    static let entriesKept = 65_536
+    static let costKept = 32 << 20
+
+    private var entries: [InodeNumber: Entry] = [:]
+    /// Insertion order; an inode taken or kept again since leaves a stale place behind.
+    private var order: [InodeNumber] = []
+    private var head = 0
+    private(set) var cost = 0
+
+    var count: Int { entries.count }
+
+    mutating func keep(_ ino: InodeNumber, stamp: CacheStamp, map: [Int: ChunkRef]) {
+        let cost = 64 + map.values.reduce(0) { $0 + 64 + ($1.inlineBytes?.count ?? 0) + $1.checksums.values.count * 8 }
+        guard cost <= Self.costKept / 8 else { return }
+        _ = take(ino)
+        while !entries.isEmpty && (entries.count >= Self.entriesKept || self.cost + cost > Self.costKept) {
+            let oldest = order[head]
+            head += 1
+            if let entry = entries.removeValue(forKey: oldest) { self.cost -= entry.cost }
+        }
+        if entries.isEmpty {
+            order.removeAll(keepingCapacity: true)
+            head = 0
+        } else if head > order.count / 2 {
+            order.removeFirst(head)
+            head = 0
+        }
+        entries[ino] = Entry(stamp: stamp, map: map, cost: cost)
+        order.append(ino)
+        self.cost += cost
+    }
+
+    /// The map of `ino` if it is of version `stamp`; it is forgotten either way (the
+    /// file's last close keeps it again).
+    mutating func take(_ ino: InodeNumber, at stamp: CacheStamp) -> [Int: ChunkRef]? {
+        guard let entry = take(ino), entry.stamp == stamp else { return nil }
+        return entry.map
+    }
+
+    @discardableResult
+    mutating func take(_ ino: InodeNumber) -> Entry? {
+        guard let entry = entries.removeValue(forKey: ino) else { return nil }
+        cost -= entry.cost
+        // A stale place in `order` is skipped when it comes up: an inode kept again has a
+        // later place, and evicting it from the earlier one only forgets it sooner.
+        return entry
+    }
+
+    mutating func removeAll() {
+        entries.removeAll()
+        order.removeAll()
+        head = 0
+        cost = 0
+    }
+}
+
 struct KernelRefs {
     var lookups: UInt64 = 0
     var opens: Int = 0
@@ -238,6 +310,7 @@ public final class VolumeFS: Sendable {
     let pendingInvalidations = Mutex<[Invalidation]>([])
     /// For each file the kernel may hold pages of: the version those pages are of.
     let cacheStamps = Mutex<[InodeNumber: CacheStamp]>([:])
+    let closedMaps = Mutex(ClosedChunkMaps())
     /// Unlinked inodes nothing refers to any more, to purge in the next batch.
     let pendingPurges = Mutex<Set<InodeNumber>>([])
     /// Access times not written yet.
@@ -377,6 +450,7 @@ public final class VolumeFS: Sendable {
 
     func purgeIfUnlinked(_ ino: InodeNumber) {
         guard unlinked.withLock({ $0.remove(ino) }) != nil else { return }
+        closedMaps.withLock { $0.take(ino) }
         // Only the writer purges; otherwise the next writer does, when it takes the lease.
         guard isWriter else { return }
         // Batched: `rm -rf` of many files then costs one purge transaction a tick, not

@@ -192,6 +192,7 @@ extension VolumeFS {
         }
         file.committedSize = size
         if file.dirty.isEmpty && file.size == size { file.mtime = nil }
+        if file.mapStamp != nil { file.mapStamp = CacheStamp(committed.attr) }
         restamp(committed.attr)
         accounting.withLock { state in
             state.used = UInt64(max(0, Int64(state.used) + delta))

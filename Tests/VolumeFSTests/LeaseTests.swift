@@ -240,6 +240,45 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         #expect(try readFile(b, "model") == [4, 5, 6, 7])
     }
 
+    /// The writer reopens a file it closed from the chunk map it kept at the close, with
+    /// no round trip, but only while the file is still at that version: not after a
+    /// truncate without a handle, nor after another writer changed it while this mount
+    /// did not hold the lease.
+    @Test(arguments: TestBackend.available)
+    func theWriterReopensAClosedFileFromTheMapItKeptOnlyWhileTheFileIsUnchanged(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend)
+        let a = try shared.mount("a", idle: 0)
+        let b = try shared.mount("b", idle: 0)
+        // Past the inline limit: chunks in objects, the last one partial.
+        let bytes = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 * 7) }
+        let ino = try writeFile(a, "f", bytes)
+        let small = try writeFile(a, "small", [5, 6, 7])
+        #expect(a.closedMaps.withLock { $0.count } == 2)
+        let fh = try a.open(ino, flags: O_RDONLY)
+        #expect(a.closedMaps.withLock { $0.count } == 1, "the open took the kept map")
+        #expect(try a.read(ino, fh, offset: 0, count: bytes.count + 1) == bytes)
+        a.release(ino, fh)
+        #expect(try readFile(a, "small") == [5, 6, 7])
+        #expect(a.closedMaps.withLock { $0.count } == 2, "each close keeps its map again")
+
+        // Cut and grown again, the file reads zeros where its old map would give old bytes.
+        let cut = Array(bytes[..<20_000]) + [UInt8](repeating: 0, count: 80_000)
+        try a.truncate(ino, to: 20_000)
+        try a.truncate(ino, to: 100_000)
+        #expect(try readFile(a, "f") == cut)
+        try a.truncate(small, to: 1)
+        try a.truncate(small, to: 3)
+        #expect(try readFile(a, "small") == [5, 0, 0])
+
+        a.tick()
+        #expect(!a.isWriter)
+        _ = try writeFile(b, "f", [2, 2, 2, 2])
+        b.tick()
+        _ = try writeFile(a, "g", [1])
+        #expect(a.isWriter)
+        #expect(try readFile(a, "f") == [2, 2, 2, 2] + Array(cut[4...]))
+    }
+
     @Test(arguments: TestBackend.available)
     func aReadOnlyMountNeverWrites(backend: TestBackend) throws {
         let shared = try SharedVolume(backend)
