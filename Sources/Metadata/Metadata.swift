@@ -91,6 +91,9 @@ public protocol Metadata: Sendable {
     func chunks(_ ino: InodeNumber) throws(MetadataError) -> [ChunkRef]
     /// `getattr` and `chunks` of one moment, together (what opening a file needs).
     func attrAndChunks(_ ino: InodeNumber) throws(MetadataError) -> (Attr, [ChunkRef])
+    /// `attrAndChunks` of several files at once, each file's of one moment; files that do
+    /// not exist are left out.
+    func attrsAndChunks(_ inodes: [InodeNumber]) throws(MetadataError) -> [(Attr, [ChunkRef])]
     /// Replaces chunks of `ino` with `chunks` (objects already stored whole), drops every
     /// chunk whose index is in `drop` when given (a truncation drops `n...`, a punched
     /// hole the chunks it covers whole), and sets the size and times.

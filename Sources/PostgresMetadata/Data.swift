@@ -49,6 +49,24 @@ extension PostgresMetadata {
         }
     }
 
+    public func attrsAndChunks(_ inodes: [InodeNumber]) throws(MetadataError) -> [(Attr, [ChunkRef])] {
+        guard !inodes.isEmpty else { return [] }
+        return try read { tx in
+            let rows = try tx.execute("""
+                SELECT c.idx, c.object, c.length, c.checksums, c.data, \(Self.joinedAttrColumns)
+                FROM inodes i LEFT JOIN chunks c ON c.volume = i.volume AND c.ino = i.ino
+                WHERE i.volume = $1 AND i.ino = ANY($2) ORDER BY i.ino, c.idx
+                """, [.int(id), .ints(inodes.map { Int64(bitPattern: $0.rawValue) })])
+            var found: [(Attr, [ChunkRef])] = []
+            for row in 0..<rows.count {
+                let attr = try Self.attr(rows, row, from: 5)
+                if found.last?.0.ino != attr.ino { found.append((attr, [])) }
+                if !rows.isNull(row, 0) { found[found.count - 1].1.append(try Self.chunkRef(rows, row, ino: attr.ino)) }
+            }
+            return found
+        }
+    }
+
     /// Every chunk of every file, by inode (for fsck).
     public func allChunks() throws(MetadataError) -> [(InodeNumber, [ChunkRef])] {
         try read { tx in

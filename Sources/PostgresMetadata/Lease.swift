@@ -36,8 +36,13 @@ extension PostgresMetadata {
     public func acquireLease(holder: String, ttlSeconds: Double) throws(MetadataError) -> Lease {
         try writeLocked { tx, current in
             if current.isHeld && current.holder != holder { throw MetadataError.leaseHeld(current) }
-            return try updateLease(tx, holder: holder, bump: true, expires: current.now.nanoseconds + Self.nanoseconds(ttlSeconds),
-                                   renewed: current.now.nanoseconds, now: current.now)
+            var lease = try updateLease(tx, holder: holder, bump: true, expires: current.now.nanoseconds + Self.nanoseconds(ttlSeconds),
+                                        renewed: current.now.nanoseconds, now: current.now)
+            if current.holder == nil {
+                lease.quietFirst = try tx.execute("SELECT EXISTS(SELECT 1 FROM sessions WHERE volume = $1 AND id <> $2)",
+                                                  [.int(id), .text(holder)]).bool(0, 0)
+            }
+            return lease
         }
     }
 
@@ -82,8 +87,9 @@ extension PostgresMetadata {
             // transaction that writes those changes, so every number up to it is
             // committed (or pruned).
             let rows = try tx.execute("""
-                SELECT b.latest, b.oldest, c.seq, c.ino, c.parent, c.name
-                FROM (SELECT l.last_change AS latest, (SELECT min(seq) FROM changes WHERE volume = $1) AS oldest
+                SELECT b.latest, b.oldest, c.seq, c.ino, c.parent, c.name, b.free
+                FROM (SELECT l.last_change AS latest, (SELECT min(seq) FROM changes WHERE volume = $1) AS oldest,
+                             l.holder IS NULL AS free
                       FROM lease l WHERE l.volume = $1) b
                 LEFT JOIN LATERAL (SELECT seq, ino, parent, name FROM changes
                                    WHERE volume = $1 AND seq > $2 AND seq <= b.latest ORDER BY seq LIMIT $3) c ON true
@@ -92,8 +98,9 @@ extension PostgresMetadata {
             guard rows.count > 0 else { throw MetadataError.notAVolume("volume \(volumeName) has no lease row") }
             let latest = try rows.int(0, 0)
             let oldest = try rows.intOrNil(0, 1) ?? latest + 1
+            let free = try rows.bool(0, 6)
             if sequence < latest && oldest > sequence + 1 {
-                return ChangeBatch(changes: [], latest: latest, truncated: true)
+                return ChangeBatch(changes: [], latest: latest, truncated: true, leaseFree: free)
             }
             var changes: [Change] = []
             for row in 0..<rows.count {
@@ -103,7 +110,7 @@ extension PostgresMetadata {
                                       parent: try rows.intOrNil(row, 4).map { InodeNumber(UInt64(bitPattern: $0)) },
                                       name: try rows.bytesOrNil(row, 5).map { FileName($0) }))
             }
-            return ChangeBatch(changes: changes, latest: latest, truncated: false)
+            return ChangeBatch(changes: changes, latest: latest, truncated: false, leaseFree: free)
         }
     }
 

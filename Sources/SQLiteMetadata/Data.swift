@@ -23,6 +23,15 @@ extension SQLiteMetadata {
         }
     }
 
+    public func attrsAndChunks(_ inodes: [InodeNumber]) throws(MetadataError) -> [(Attr, [ChunkRef])] {
+        try read { db in
+            try inodes.compactMap { ino in
+                guard let attr = try? Self.fetchAttr(db, ino) else { return nil }
+                return (attr, try Self.fetchChunks(db, ino))
+            }
+        }
+    }
+
     static func fetchChunks(_ db: Database, _ ino: InodeNumber) throws -> [ChunkRef] {
             let statement = try db.cachedStatement(sql: "SELECT idx, object, length, checksums, data FROM chunks WHERE ino = ? ORDER BY idx")
             return try Row.fetchAll(statement, arguments: [Int64(ino.rawValue)]).map { row throws in

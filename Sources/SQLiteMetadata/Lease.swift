@@ -27,7 +27,11 @@ extension SQLiteMetadata {
             let expires = now.nanoseconds + Self.nanoseconds(ttlSeconds)
             try db.cachedStatement(sql: "UPDATE lease SET holder = ?, token = token + 1, expires_at = ?, renewed_at = ? WHERE id = 1").execute(
                            arguments: [holder, expires, now.nanoseconds])
-            return try Self.fetchLease(db, now: now)
+            var lease = try Self.fetchLease(db, now: now)
+            if current.holder == nil {
+                lease.quietFirst = try Bool.fetchOne(db, sql: "SELECT EXISTS(SELECT 1 FROM sessions WHERE id <> ?)", arguments: [holder]) ?? true
+            }
+            return lease
         }
     }
 
@@ -64,6 +68,9 @@ extension SQLiteMetadata {
 
     public func changes(after sequence: Int64, limit: Int) throws(MetadataError) -> ChangeBatch {
         try read { db in
+            // The lease first: a change after this moment needs a holder, who waits for
+            // `Lease.quietSeconds` if it found the lease free.
+            let free = try Bool.fetchOne(db, sql: "SELECT holder IS NULL FROM lease WHERE id = 1") ?? false
             let latest = try Int64.fetchOne(db, sql: "SELECT coalesce(max(seq), 0) FROM changes") ?? 0
             let oldest = try Int64.fetchOne(db, sql: "SELECT coalesce(min(seq), 0) FROM changes") ?? 0
             let statement = try db.cachedStatement(sql: "SELECT seq, ino, parent, name FROM changes WHERE seq > ? ORDER BY seq LIMIT ?")
@@ -73,7 +80,7 @@ extension SQLiteMetadata {
                        parent: (row[2] as Int64?).map { InodeNumber(UInt64($0)) },
                        name: (row[3] as Data?).map { FileName([UInt8]($0)) })
             }
-            return ChangeBatch(changes: changes, latest: latest, truncated: sequence < latest && oldest > sequence + 1)
+            return ChangeBatch(changes: changes, latest: latest, truncated: sequence < latest && oldest > sequence + 1, leaseFree: free)
         }
     }
 

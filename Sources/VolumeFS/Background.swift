@@ -38,6 +38,9 @@ public final class BackgroundWork: Sendable {
     /// Registers the session and starts the thread.
     public func start() {
         heartbeat()
+        // A first read of the change feed, now: while nobody holds the lease it lets
+        // opens be answered from memory (`VolumeFS.isQuiet`) before the first tick.
+        if !volume.isWriter { volume.followChanges() }
         state.withLock { $0 = (true, false) }
         Thread.detachNewThread { [self] in run() }
     }
@@ -57,7 +60,9 @@ public final class BackgroundWork: Sendable {
 
     func heartbeat() {
         do {
+            let sent = ContinuousClock.now
             try volume.metadata.heartbeat(session, staleSeconds: staleSeconds)
+            volume.noteHeartbeat(sent: sent, staleSeconds: staleSeconds)
         } catch {
             logger.warning("session heartbeat failed: \(error)")
         }

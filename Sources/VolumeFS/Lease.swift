@@ -51,6 +51,13 @@ struct WriterState {
     var seenChanges: Int64 = 0
     /// When this mount last read the change feed to its end.
     var followedAt: ContinuousClock.Instant = .now
+    /// Until this instant nothing can change in the volume without this mount having
+    /// heard of it: the last read of the change feed found the lease free, and whoever
+    /// takes it next waits `Lease.quietSeconds` before changing anything (nil: not so).
+    var quietUntil: ContinuousClock.Instant?
+    /// Until this instant the other mounts count this one as attached, so that a new
+    /// writer waits for it (from its last heartbeat; nil: not registered).
+    var attachedUntil: ContinuousClock.Instant?
 }
 
 /// A mount's state for the metrics and `netvol stats`.
@@ -160,6 +167,10 @@ extension VolumeFS {
                 }
                 throw .metadata(error)
             }
+            if lease.quietFirst {
+                // Other mounts may be answering opens from their caches until then.
+                Thread.sleep(forTimeInterval: Lease.quietSeconds)
+            }
             let fence = Fence(holder: holder, token: lease.token)
             metadata.setFence(fence)
             // Kept while this mount last wrote; another writer may have changed them since.
@@ -169,6 +180,7 @@ extension VolumeFS {
             refreshUsage()
             writer.withLock { state in
                 state.fence = fence
+                state.quietUntil = nil
                 state.validUntil = started + .seconds(options.leaseTTLSeconds * 2 / 3)
                 state.lastRenewal = started
                 state.lastWrite = .now
@@ -296,16 +308,21 @@ extension VolumeFS {
     /// their chunk maps, and the kernel forgets what it cached of what changed.
     public func followChanges() {
         var position = writer.withLock { $0.seenChanges }
+        var asked = ContinuousClock.now
+        var free = false
         while true {
             let batch: ChangeBatch
             do {
+                asked = .now
                 batch = try metadata.changes(after: position, limit: 2048)
             } catch {
                 logger.warning("cannot read the change feed: \(error)")
                 return
             }
+            free = batch.leaseFree
             if batch.truncated {
                 cacheStamps.withLock { $0 = [:] }
+                closedMaps.withLock { $0.removeAll() }
                 xattrInodes.withLock { $0 = nil }
                 for ino in refs.withLock({ Array($0.keys) }) {
                     refresh(ino)
@@ -323,6 +340,7 @@ extension VolumeFS {
             }
             let known = refs.withLock { table in inodes.filter { table[$0] != nil } }
             cacheStamps.withLock { stamps in for ino in inodes { stamps[ino] = nil } }
+            closedMaps.withLock { maps in for ino in inodes { maps.take(ino) } }
             if !inodes.isEmpty { xattrInodes.withLock { $0 = nil } }
             for ino in known {
                 refresh(ino)
@@ -336,7 +354,30 @@ extension VolumeFS {
         writer.withLock {
             $0.seenChanges = max($0.seenChanges, position)
             $0.followedAt = .now
+            // Counted from when the last read was sent, which is before the moment the
+            // server found the lease free; a little short of the writer's wait, for the
+            // two clocks' rates.
+            $0.quietUntil = free ? asked + .seconds(Lease.quietSeconds * 0.8) : nil
         }
+    }
+
+    /// True while this mount, not the writer, knows its cache to be exact: nobody holds
+    /// the lease, and whoever takes it waits for this mount before changing anything.
+    /// Opens are then answered from memory (close-to-open holds: nothing has been closed
+    /// since that this mount has not heard of), and chunk maps are read for several
+    /// files at once.
+    public var isQuiet: Bool {
+        let now = ContinuousClock.now
+        return writer.withLock { state in
+            guard state.fence == nil, let quiet = state.quietUntil, let attached = state.attachedUntil else { return false }
+            return now < quiet && now < attached
+        }
+    }
+
+    /// A heartbeat sent at `sent` registered this mount's session, which the others drop
+    /// `staleSeconds` after it.
+    public func noteHeartbeat(sent: ContinuousClock.Instant, staleSeconds: Double) {
+        writer.withLock { $0.attachedUntil = sent + .seconds(staleSeconds / 2) }
     }
 
     /// Reloads an open file's chunk map and attributes after another mount changed it.

@@ -136,6 +136,8 @@ extension FsckReport {
         } catch {
             throw .metadata(error)
         }
+        // Mounts may be answering opens from their caches until then.
+        if lease.quietFirst { Thread.sleep(forTimeInterval: Lease.quietSeconds) }
         let fence = Fence(holder: holder, token: lease.token)
         metadata.setFence(fence)
         defer {

@@ -80,6 +80,13 @@ public final class MetadataCache: Metadata {
         var reserved: Range<UInt64> = 0..<0
         /// Files that could not be made, and why: what their handles answer.
         var lost: [InodeNumber: MetadataError] = [:]
+        /// The directory each entry listed was last found in (a hint: renames do not update it).
+        var parents: [InodeNumber: InodeNumber] = [:]
+
+        mutating func noteParent(_ dir: InodeNumber, of entries: [DirEntry]) {
+            if parents.count + entries.count > MetadataCache.attributesKept { parents.removeAll(keepingCapacity: true) }
+            for entry in entries { parents[entry.attr.ino] = dir }
+        }
 
         mutating func forgetAll() {
             listings.removeAll(keepingCapacity: true)
@@ -110,6 +117,7 @@ public final class MetadataCache: Metadata {
             }
             listedEntries += listing.entries.count - (listings[dir]?.entries.count ?? 0)
             listings[dir] = listing
+            noteParent(dir, of: listing.entries)
             // What `ls -l` or a walk asks next (`opendir` of a subdirectory, a getattr)
             // is about these entries.
             for entry in listing.entries { keep(entry.attr) }
@@ -204,6 +212,7 @@ public final class MetadataCache: Metadata {
             state.keep(entry.attr)
         }
         state.directories[dir] = names
+        state.noteParent(dir, of: entries)
     }
 
     // MARK: Reads answered from memory
@@ -294,6 +303,42 @@ public final class MetadataCache: Metadata {
         } catch .notFound {
             change { $0.forgetAll() }
             throw .notFound
+        }
+    }
+
+    public func attrsAndChunks(_ inodes: [InodeNumber]) throws(MetadataError) -> [(Attr, [ChunkRef])] {
+        misses.add(1, ordering: .relaxed)
+        let began = beginLoad()
+        let found = try backing.attrsAndChunks(inodes)
+        finishLoad(began) { state in for (attr, _) in found { state.keep(attr) } }
+        return found
+    }
+
+    /// Regular files that have stored bytes, in the directory `ino` was last listed in,
+    /// in listing order from the entry after it: the files a `cat *` or a `tar` opens
+    /// next. At most `limit`, and at most `bytes` of stored bytes between them.
+    func filesBeside(_ ino: InodeNumber, limit: Int, bytes: UInt64) -> [InodeNumber] {
+        state.withLock { state in
+            guard let parent = state.parents[ino] else { return [] }
+            var order: [InodeNumber]
+            if let listing = state.listings[parent], listing.after == 0 {
+                order = listing.entries.map(\.attr.ino)
+            } else if let names = state.directories[parent] {
+                order = Array(names.values)
+            } else {
+                return []
+            }
+            if let at = order.firstIndex(of: ino) { order = Array(order[(at + 1)...] + order[..<at]) }
+            var chosen: [InodeNumber] = []
+            var total: UInt64 = 0
+            for candidate in order where candidate != ino {
+                guard chosen.count < limit else { break }
+                guard let attr = state.attrs[candidate], attr.isRegular, attr.storedBytes > 0,
+                      total + attr.storedBytes <= bytes else { continue }
+                total += attr.storedBytes
+                chosen.append(candidate)
+            }
+            return chosen
         }
     }
 

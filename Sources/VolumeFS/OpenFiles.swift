@@ -16,8 +16,9 @@ extension VolumeFS {
     func open(_ ino: InodeNumber, flags: Int32, touchingAtime: Bool) throws(FSError) -> FileHandleID {
         // Close-to-open: a mount that does not hold the lease asks the metadata itself, so
         // that an open sees what another mount committed before it, even if the change
-        // feed has not said so yet. The writer's cache is exact.
-        if isWriter {
+        // feed has not said so yet. The writer's cache is exact, and so is a reader's
+        // while nobody holds the lease (`isQuiet`).
+        if isWriter || isQuiet {
             return try open(Self.lift { () throws(MetadataError) in try cache.getattr(ino) }, flags: flags, touchingAtime: touchingAtime)
         }
         if openFiles.withLock({ $0[ino] != nil }) {
@@ -91,7 +92,7 @@ extension VolumeFS {
     func attach(_ attr: Attr, chunks known: [ChunkRef]? = nil) throws(FSError) -> OpenFile {
         // Counting under the table lock keeps a racing last release from dropping the
         // state this open is about to use (lock order: openFiles, then the file's lock).
-        let writing = isWriter
+        let exact = isWriter || isQuiet
         let file = try openFiles.withLock { files throws(FSError) -> OpenFile in
             let file: OpenFile
             if let existing = files[attr.ino] {
@@ -104,14 +105,14 @@ extension VolumeFS {
                     chunks = known
                 } else if attr.size == 0 && attr.storedBytes == 0 {
                     chunks = []
-                } else if writing, let map = closedMaps.withLock({ $0.take(attr.ino, at: CacheStamp(attr)) }) {
-                    // The writer's `attr` is exact: the map kept at the last close is current.
+                } else if exact, let map = closedMaps.withLock({ $0.take(attr.ino, at: CacheStamp(attr)) }) {
+                    // `attr` is exact: a map kept for this version is the file's map.
                     chunks = Array(map.values)
                 } else {
                     // With the size of the same moment: `attr` may be older than this map
                     // (read while another handle kept the file open, which has closed it
                     // since), and a size paired with a later, emptier map reads as zeros.
-                    (base, chunks) = try Self.lift { () throws(MetadataError) in try metadata.attrAndChunks(attr.ino) }
+                    (base, chunks) = try loadMap(attr.ino, withFilesBeside: exact)
                 }
                 file = OpenFile(attr: base, chunkMap: Dictionary(uniqueKeysWithValues: chunks.map { ($0.index, $0) }))
                 files[attr.ino] = file
@@ -123,6 +124,25 @@ extension VolumeFS {
         }
         refs.withLock { $0[attr.ino, default: KernelRefs()].opens += 1 }
         return file
+    }
+
+    /// The attributes and chunk map of `ino`, of one moment. Where the cache is exact,
+    /// the maps of the files beside it are read in the same round trip and kept, each
+    /// with its version: a `cat *`, a `tar` or an `import` opens them next.
+    func loadMap(_ ino: InodeNumber, withFilesBeside: Bool) throws(FSError) -> (Attr, [ChunkRef]) {
+        let beside = withFilesBeside ? cache.filesBeside(ino, limit: Self.mapsReadAhead, bytes: Self.mapBytesReadAhead) : []
+        let wanted = closedMaps.withLock { maps in beside.filter { !maps.contains($0) } }
+        if !wanted.isEmpty,
+           let found = try? Self.lift({ () throws(MetadataError) in try metadata.attrsAndChunks([ino] + wanted) }),
+           let own = found.first(where: { $0.0.ino == ino }) {
+            closedMaps.withLock { maps in
+                for (attr, chunks) in found where attr.ino != ino {
+                    maps.keep(attr.ino, stamp: CacheStamp(attr), map: Dictionary(uniqueKeysWithValues: chunks.map { ($0.index, $0) }))
+                }
+            }
+            return own
+        }
+        return try Self.lift { () throws(MetadataError) in try metadata.attrAndChunks(ino) }
     }
 
     func touchAtime(_ attr: Attr) {
@@ -216,13 +236,12 @@ extension VolumeFS {
             }
         }
         file.lock.unlock()
-        let writing = isWriter
         openFiles.withLock { files in
             file.lock.lock()
             file.opens -= 1
             if file.opens == 0 && files[ino] === file {
                 files[ino] = nil
-                keepClosedMap(file, writing: writing)
+                keepClosedMap(file)
             }
             file.lock.unlock()
         }
@@ -239,10 +258,11 @@ extension VolumeFS {
         if released { purgeIfUnlinked(ino) }
     }
 
-    /// Keeps the map of a file the writer closed with nothing buffered, if the map is of
-    /// the version the writer's attributes say the file is at. Caller holds `file.lock`.
-    func keepClosedMap(_ file: OpenFile, writing: Bool) {
-        guard writing, file.dirty.isEmpty, !file.lostWrites, file.size == file.committedSize,
+    /// Keeps the map of a file closed with nothing buffered, if the map is of the version
+    /// this mount's attributes say the file is at; it is used only where those are exact
+    /// (`attach`). Caller holds `file.lock`.
+    func keepClosedMap(_ file: OpenFile) {
+        guard file.dirty.isEmpty, !file.lostWrites, file.size == file.committedSize,
               let stamp = file.mapStamp, let attr = cache.cachedAttr(file.ino), CacheStamp(attr) == stamp else { return }
         closedMaps.withLock { $0.keep(file.ino, stamp: stamp, map: file.chunkMap) }
     }

@@ -226,6 +226,8 @@ struct ClosedChunkMaps {
 
     var count: Int { entries.count }
 
+    func contains(_ ino: InodeNumber) -> Bool { entries[ino] != nil }
+
     mutating func keep(_ ino: InodeNumber, stamp: CacheStamp, map: [Int: ChunkRef]) {
         let cost = 64 + map.values.reduce(0) { $0 + 64 + ($1.inlineBytes?.count ?? 0) + $1.checksums.values.count * 8 }
         guard cost <= Self.costKept / 8 else { return }
@@ -311,6 +313,10 @@ public final class VolumeFS: Sendable {
     /// For each file the kernel may hold pages of: the version those pages are of.
     let cacheStamps = Mutex<[InodeNumber: CacheStamp]>([:])
     let closedMaps = Mutex(ClosedChunkMaps())
+    /// Files beside one opened whose chunk maps are read with its own, at most, and the
+    /// stored bytes between them (inline data travels with the map).
+    static let mapsReadAhead = 127
+    static let mapBytesReadAhead: UInt64 = 8 << 20
     /// Unlinked inodes nothing refers to any more, to purge in the next batch.
     let pendingPurges = Mutex<Set<InodeNumber>>([])
     /// Access times not written yet.
@@ -490,8 +496,8 @@ public final class VolumeFS: Sendable {
     /// The inode named `name` in `parent`, counting a kernel reference to it.
     public func lookup(_ parent: InodeNumber, _ name: FileName) throws(FSError) -> Attr {
         try Self.check(name)
-        let writer = isWriter
-        let attr = try pending(Self.lift { () throws(MetadataError) in try cache.lookup(parent, name, trustingMisses: writer) })
+        let exact = isWriter || isQuiet
+        let attr = try pending(Self.lift { () throws(MetadataError) in try cache.lookup(parent, name, trustingMisses: exact) })
         remember(attr.ino)
         return attr
     }

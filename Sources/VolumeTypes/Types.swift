@@ -214,6 +214,16 @@ public struct Lease: Equatable, Sendable {
     }
     /// Someone holds the lease and it has not expired.
     public var isHeld: Bool { holder != nil && expiresAt > now }
+
+    /// Set by `acquireLease` when the lease was free (given back or broken, not merely
+    /// expired) and other mounts are attached: they may be answering opens from their
+    /// caches on the strength of it, for up to `quietSeconds` after they last looked, so
+    /// the new holder changes nothing until that long after it took the lease.
+    public var quietFirst = false
+
+    /// How long a mount that found the lease free may trust that nothing changes without
+    /// its hearing of it, counted from when it asked.
+    public static let quietSeconds = 1.0
 }
 
 /// The identity a writer's transactions are checked against.
@@ -244,8 +254,11 @@ public struct ChangeBatch: Sendable {
     /// True when changes after the asked point were already pruned: the reader must
     /// forget everything it cached.
     public var truncated: Bool
-    public init(changes: [Change], latest: Int64, truncated: Bool) {
-        self.changes = changes; self.latest = latest; self.truncated = truncated
+    /// Nobody held the lease (it was given back or broken) as of a moment no later than
+    /// the changes were read: nothing changes before `Lease.quietSeconds` after it.
+    public var leaseFree: Bool
+    public init(changes: [Change], latest: Int64, truncated: Bool, leaseFree: Bool = false) {
+        self.changes = changes; self.latest = latest; self.truncated = truncated; self.leaseFree = leaseFree
     }
 }
 

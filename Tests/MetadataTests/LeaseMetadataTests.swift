@@ -94,6 +94,38 @@ final class ManualClock: Sendable {
         #expect(try a.inodesWithXattrs() == [f.ino])
     }
 
+    /// The change feed says whether nobody holds the lease; taking a lease nobody held
+    /// while other mounts are attached asks the new holder to wait before changing
+    /// anything (they may be trusting their caches), and nothing else does.
+    @Test(arguments: Backend.all) func aFreeLeaseIsReportedAndTakingItWithOthersAttachedAsksForQuiet(_ backend: Backend) throws {
+        let clock = ManualClock()
+        let workers = try pair(backend, clock)
+        defer { workers.volume.remove() }
+        let a = workers.a, b = workers.b
+        #expect(try b.changes(after: 0, limit: 10).leaseFree)
+        // Alone: no one to wait for.
+        let alone = try a.acquireLease(holder: "a", ttlSeconds: 10)
+        #expect(!alone.quietFirst)
+        #expect(try b.changes(after: 0, limit: 10).leaseFree == false)
+        try a.releaseLease(holder: "a", token: alone.token)
+        #expect(try b.changes(after: 0, limit: 10).leaseFree)
+        let reader = Session(id: "b", host: "h", pid: 2, mountpoint: "/runpod-volume", device: "0:50", mode: "on-demand",
+                             startedAt: t0, heartbeatAt: t0)
+        try b.heartbeat(reader, staleSeconds: 60)
+        let shared = try a.acquireLease(holder: "a", ttlSeconds: 10)
+        #expect(shared.quietFirst)
+        // Held, even expired: nobody trusted their cache meanwhile.
+        #expect(try a.acquireLease(holder: "a", ttlSeconds: 10).quietFirst == false)
+        clock.advance(11)
+        #expect(try b.changes(after: 0, limit: 10).leaseFree == false)
+        try b.heartbeat(reader, staleSeconds: 60)
+        #expect(try b.acquireLease(holder: "b", ttlSeconds: 10).quietFirst == false)
+        // Broken: free again.
+        _ = try a.breakLease()
+        #expect(try b.changes(after: 0, limit: 10).leaseFree)
+        #expect(try a.acquireLease(holder: "a", ttlSeconds: 10).quietFirst)
+    }
+
     @Test(arguments: Backend.all) func sessionsHeartbeatAndGoStale(_ backend: Backend) throws {
         let clock = ManualClock()
         let workers = try pair(backend, clock)

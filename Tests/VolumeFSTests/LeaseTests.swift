@@ -279,6 +279,65 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         #expect(try readFile(a, "f") == [2, 2, 2, 2] + Array(cut[4...]))
     }
 
+    /// While nobody holds the lease, a reader answers opens from its cache and reads the
+    /// chunk maps of the files beside the one it opens in the same round trip. A writer
+    /// that takes the lease then waits until the reader can no longer trust its cache,
+    /// so an open after the writer's close sees the new data even before the reader has
+    /// read the change feed again (close-to-open).
+    @Test(arguments: TestBackend.available)
+    func aReaderTrustsItsCacheOnlyWhileTheLeaseIsFree(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend)
+        let a = try shared.mount("a", idle: 0)
+        let d = try a.mkdir(.root, "d", mode: 0o755, uid: 0, gid: 0)
+        var files: [InodeNumber] = []
+        for i in 0..<10 {
+            let (attr, fh) = try a.create(d.ino, FileName("f\(i)"), mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
+            _ = try [UInt8](repeating: UInt8(i), count: 100 + i).withUnsafeBytes { try a.write(attr.ino, fh, offset: 0, $0) }
+            a.release(attr.ino, fh)
+            files.append(attr.ino)
+        }
+        a.tick()
+        #expect(!a.isWriter)
+
+        let r = try shared.mount("r")
+        let session = Session(id: "r", host: "h", pid: 2, mountpoint: "/mnt", device: "0:50", mode: "on-demand",
+                              startedAt: shared.clock.now, heartbeatAt: shared.clock.now)
+        #expect(!r.isQuiet, "not before its session is registered and the feed read")
+        try r.metadata.heartbeat(session, staleSeconds: 60)
+        r.noteHeartbeat(sent: .now, staleSeconds: 60)
+        r.followChanges()
+        #expect(r.isQuiet)
+        var listed = 0
+        try r.readdir(d.ino, offset: 0, plus: false) { _ in
+            listed += 1
+            return true
+        }
+        #expect(listed == 12)
+        let first = try r.open(files[0], flags: O_RDONLY)
+        #expect(r.closedMaps.withLock { $0.count } == 9, "the maps of the files beside it came with its own")
+        #expect(try r.read(files[0], first, offset: 0, count: 1000) == [UInt8](repeating: 0, count: 100))
+        r.release(files[0], first)
+        let second = try r.open(files[1], flags: O_RDONLY)
+        #expect(r.closedMaps.withLock { $0.count } == 9, "taken from memory, kept again by the first's close")
+        #expect(try r.read(files[1], second, offset: 0, count: 1000) == [UInt8](repeating: 1, count: 101))
+        r.release(files[1], second)
+
+        // Another writer takes the lease: it waits for the reader first.
+        let b = try shared.mount("b")
+        let started = ContinuousClock.now
+        let fh = try b.open(files[2], flags: O_RDWR)
+        _ = try [UInt8](repeating: 9, count: 50).withUnsafeBytes { try b.write(files[2], fh, offset: 0, $0) }
+        #expect(ContinuousClock.now - started >= .seconds(Lease.quietSeconds))
+        b.release(files[2], fh)
+        // The reader has not read the feed since: it asks, and sees the new data.
+        #expect(!r.isQuiet)
+        let third = try r.open(files[2], flags: O_RDONLY)
+        #expect(try r.read(files[2], third, offset: 0, count: 1000) == [UInt8](repeating: 9, count: 50) + [UInt8](repeating: 2, count: 52))
+        r.release(files[2], third)
+        r.followChanges()
+        #expect(!r.isQuiet, "the lease is held")
+    }
+
     @Test(arguments: TestBackend.available)
     func aReadOnlyMountNeverWrites(backend: TestBackend) throws {
         let shared = try SharedVolume(backend)

@@ -46,8 +46,7 @@ wait_until 12 b_writes
 assert_equal_files "$WORK/synced" "$B/synced"
 assert_equal "small and synced" "$(cat "$B/small")"
 assert_equal "old contents" "$(cat "$B/rewritten")"
-size=$(stat -c %s "$B/half")
-assert_equal 0 "$size" "size of the file the dead writer never committed"
+assert_never_committed "$B/half" "the file the dead writer never committed"
 
 fusermount3 -uz "$A" || true
 forget_mount "$A"

@@ -102,7 +102,7 @@ PY
         assert_equal "from the new writer" "$(cat "$mount/shared-$how")" "$how: the file both wrote, on $mount"
         assert_equal "from the new writer" "$(cat "$mount/from-new-$how")"
         cmp "$WORK/new-$how" "$mount/big-$how" || fail "$how: $mount/big-$how differs"
-        assert_equal 0 "$(stat -c %s "$mount/open-$how")" "$how: size of the new file never flushed, on $mount"
+        assert_never_committed "$mount/open-$how" "$how: the new file never flushed, on $mount"
         [[ ! -e $mount/late-$how && ! -e $mount/late-dir-$how ]] || fail "$how: a late change of the stale writer exists"
     done
 }

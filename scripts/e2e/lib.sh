@@ -157,6 +157,20 @@ assert_equal() {
     fi
 }
 
+# assert_never_committed PATH WHAT: PATH was created by a writer that died or was cut off
+# before it committed anything of the file. Its creation may have been made in the
+# volume (the writer makes a file kept open within about a second) or forgotten with it,
+# as a local filesystem forgets a file created since its last commit; either way it has
+# no bytes.
+assert_never_committed() {
+    local size
+    if size=$(stat -c %s "$1" 2>&1); then
+        assert_equal 0 "$size" "$2"
+    else
+        [[ $size == *"No such file or directory"* ]] || fail "$2: stat failed: $size"
+    fi
+}
+
 # shorten TEXT: TEXT, or its start and length when it is too long for a message.
 shorten() {
     if ((${#1} > 200)); then
