@@ -125,7 +125,7 @@ extension PostgresMetadata {
                 """, [.int(id), .text(session.id), .text(session.host), .int(Int64(session.pid)), .text(session.mountpoint),
                       .text(session.device), .text(session.mode), .int(now)])
             try tx.execute("DELETE FROM sessions WHERE volume = $1 AND heartbeat_at < $2",
-                           [.int(id), .int(now - Self.nanoseconds(staleSeconds))])
+                           [.int(id), .int(now - Self.nanoseconds(max(staleSeconds, Session.keptSeconds)))])
         }
     }
 

@@ -95,7 +95,7 @@ extension SQLiteMetadata {
                 """).execute(arguments: [session.id, session.host, session.pid, session.mountpoint, session.device, session.mode,
                                  now.nanoseconds, now.nanoseconds])
             try db.cachedStatement(sql: "DELETE FROM sessions WHERE heartbeat_at < ?").execute(
-                           arguments: [now.nanoseconds - Self.nanoseconds(staleSeconds)])
+                           arguments: [now.nanoseconds - Self.nanoseconds(max(staleSeconds, Session.keptSeconds))])
         }
     }
 

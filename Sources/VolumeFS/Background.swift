@@ -15,7 +15,7 @@ import Synchronization
 ///
 /// The session row is what `netvol status` lists and what `netvol unmount` finds the
 /// daemon by; it is registered by `start` and removed by `stop`, and sessions whose
-/// heartbeat is older than four ttls are dropped by the others' heartbeats.
+/// heartbeat is older than four ttls, and than a minute, are dropped by the others' heartbeats.
 public final class BackgroundWork: Sendable {
     let volume: VolumeFS
     let session: Session

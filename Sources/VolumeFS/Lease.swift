@@ -374,10 +374,10 @@ extension VolumeFS {
         }
     }
 
-    /// A heartbeat sent at `sent` registered this mount's session, which the others drop
-    /// `staleSeconds` after it.
+    /// A heartbeat sent at `sent` registered this mount's session, which the others keep
+    /// for `staleSeconds` after it, and never less than `Session.keptSeconds`.
     public func noteHeartbeat(sent: ContinuousClock.Instant, staleSeconds: Double) {
-        writer.withLock { $0.attachedUntil = sent + .seconds(staleSeconds / 2) }
+        writer.withLock { $0.attachedUntil = sent + .seconds(min(staleSeconds, Session.keptSeconds) / 2) }
     }
 
     /// Reloads an open file's chunk map and attributes after another mount changed it.

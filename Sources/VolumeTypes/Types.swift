@@ -264,6 +264,12 @@ public struct ChangeBatch: Sendable {
 
 /// A mount that is attached to the volume.
 public struct Session: Equatable, Sendable {
+    /// A heartbeat keeps its row at least this long, whatever staleness the heartbeat that
+    /// cleans up asks for: mounts count on being waited for by a new writer
+    /// (`Lease.quietFirst`) for half of it after their own heartbeat, and another mount
+    /// may run with a much shorter lease ttl.
+    public static let keptSeconds = 60.0
+
     public var id: String
     public var host: String
     public var pid: Int32

@@ -144,5 +144,14 @@ final class ManualClock: Sendable {
         #expect(try a.sessions().map(\.id) == ["two"])
         try b.removeSession(id: "two")
         #expect(try a.sessions().isEmpty)
+        // A mount with a short lease ttl asks for a short staleness: rows younger than
+        // `Session.keptSeconds` stay all the same, since their mounts count on them.
+        try a.heartbeat(one, staleSeconds: 60)
+        clock.advance(10)
+        try b.heartbeat(two, staleSeconds: 4)
+        #expect(try a.sessions().map(\.id) == ["one", "two"])
+        clock.advance(Session.keptSeconds)
+        try b.heartbeat(two, staleSeconds: 4)
+        #expect(try a.sessions().map(\.id) == ["two"])
     }
 }
