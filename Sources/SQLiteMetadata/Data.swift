@@ -26,7 +26,12 @@ extension SQLiteMetadata {
     public func attrsAndChunks(_ inodes: [InodeNumber]) throws(MetadataError) -> [(Attr, [ChunkRef])] {
         try read { db in
             try inodes.compactMap { ino in
-                guard let attr = try? Self.fetchAttr(db, ino) else { return nil }
+                let attr: Attr
+                do {
+                    attr = try Self.fetchAttr(db, ino)
+                } catch MetadataError.notFound {
+                    return nil
+                }
                 return (attr, try Self.fetchChunks(db, ino))
             }
         }

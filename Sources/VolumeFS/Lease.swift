@@ -174,7 +174,7 @@ extension VolumeFS {
             let fence = Fence(holder: holder, token: lease.token)
             metadata.setFence(fence)
             // Kept while this mount last wrote; another writer may have changed them since.
-            closedMaps.withLock { $0.removeAll() }
+            keptMaps.withLock { $0.removeAll() }
             // Another writer may have changed the volume since we last looked.
             followChanges()
             refreshUsage()
@@ -223,7 +223,7 @@ extension VolumeFS {
         guard had else { return }
         logger.error("lost the writer lease: \(why); writes now fail with EROFS")
         cache.loseUnmade(.fenced(holder: nil))
-        closedMaps.withLock { $0.removeAll() }
+        keptMaps.withLock { $0.removeAll() }
         for file in openFiles.withLock({ Array($0.values) }) {
             file.lock.lock()
             if !file.dirty.isEmpty || file.size != file.committedSize {
@@ -322,7 +322,7 @@ extension VolumeFS {
             free = batch.leaseFree
             if batch.truncated {
                 cacheStamps.withLock { $0 = [:] }
-                closedMaps.withLock { $0.removeAll() }
+                keptMaps.withLock { $0.removeAll() }
                 xattrInodes.withLock { $0 = nil }
                 for ino in refs.withLock({ Array($0.keys) }) {
                     refresh(ino)
@@ -340,7 +340,7 @@ extension VolumeFS {
             }
             let known = refs.withLock { table in inodes.filter { table[$0] != nil } }
             cacheStamps.withLock { stamps in for ino in inodes { stamps[ino] = nil } }
-            closedMaps.withLock { maps in for ino in inodes { maps.take(ino) } }
+            keptMaps.withLock { maps in for ino in inodes { maps.take(ino) } }
             if !inodes.isEmpty { xattrInodes.withLock { $0 = nil } }
             for ino in known {
                 refresh(ino)

@@ -105,7 +105,7 @@ extension VolumeFS {
                     chunks = known
                 } else if attr.size == 0 && attr.storedBytes == 0 {
                     chunks = []
-                } else if exact, let map = closedMaps.withLock({ $0.take(attr.ino, at: CacheStamp(attr)) }) {
+                } else if exact, let map = keptMaps.withLock({ $0.take(attr.ino, at: CacheStamp(attr)) }) {
                     // `attr` is exact: a map kept for this version is the file's map.
                     chunks = Array(map.values)
                 } else {
@@ -131,11 +131,11 @@ extension VolumeFS {
     /// with its version: a `cat *`, a `tar` or an `import` opens them next.
     func loadMap(_ ino: InodeNumber, withFilesBeside: Bool) throws(FSError) -> (Attr, [ChunkRef]) {
         let beside = withFilesBeside ? cache.filesBeside(ino, limit: Self.mapsReadAhead, bytes: Self.mapBytesReadAhead) : []
-        let wanted = closedMaps.withLock { maps in beside.filter { !maps.contains($0) } }
+        let wanted = keptMaps.withLock { maps in beside.filter { !maps.contains($0) } }
         if !wanted.isEmpty,
            let found = try? Self.lift({ () throws(MetadataError) in try metadata.attrsAndChunks([ino] + wanted) }),
            let own = found.first(where: { $0.0.ino == ino }) {
-            closedMaps.withLock { maps in
+            keptMaps.withLock { maps in
                 for (attr, chunks) in found where attr.ino != ino {
                     maps.keep(attr.ino, stamp: CacheStamp(attr), map: Dictionary(uniqueKeysWithValues: chunks.map { ($0.index, $0) }))
                 }
@@ -264,7 +264,7 @@ extension VolumeFS {
     func keepClosedMap(_ file: OpenFile) {
         guard file.dirty.isEmpty, !file.lostWrites, file.size == file.committedSize,
               let stamp = file.mapStamp, let attr = cache.cachedAttr(file.ino), CacheStamp(attr) == stamp else { return }
-        closedMaps.withLock { $0.keep(file.ino, stamp: stamp, map: file.chunkMap) }
+        keptMaps.withLock { $0.keep(file.ino, stamp: stamp, map: file.chunkMap) }
     }
 
     /// Commits every open file (at unmount).

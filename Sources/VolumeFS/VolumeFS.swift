@@ -109,7 +109,7 @@ final class OpenFile: @unchecked Sendable {
     /// answers getattr with them.
     var attr: Attr
     /// The version of the file `chunkMap` is, where it is known to be that version's
-    /// whole map: what a close keeps the map under (`ClosedChunkMaps`).
+    /// whole map: what a close keeps the map under (`KeptChunkMaps`).
     var mapStamp: CacheStamp?
     /// Writes accepted into buffers were dropped when the lease was lost.
     var lostWrites = false
@@ -203,49 +203,55 @@ struct CacheStamp: Equatable {
     init(_ attr: Attr) { size = attr.size; mtime = attr.mtime; ctime = attr.ctime }
 }
 
-/// Chunk maps of files the writer closed, each with the version it is of. The writer's
-/// attributes are exact, so a later open that finds the file still at that version needs
-/// no round trip for its map: `cat` or `tar` of files just written reads from memory.
-/// Bounded by entries and by the bytes their references hold (inline data included);
-/// the oldest go first.
-struct ClosedChunkMaps {
+/// Chunk maps kept in memory, each with the version of the file it is of: those of files
+/// this mount closed, and those read with the map of a file beside them (`loadMap`). Where
+/// this mount's attributes are exact (the writer's; a reader's while the lease is free), an
+/// open that finds the file still at a kept version needs no round trip for its map: `cat`
+/// or `tar` of files just written, or of a directory just opened, reads from memory.
+/// Bounded by entries and by the bytes their references hold (inline data included); the
+/// oldest go first.
+struct KeptChunkMaps {
     struct Entry {
         var stamp: CacheStamp
         var map: [Int: ChunkRef]
         var cost: Int
+        /// Which of the inode's places in `order` is its own.
+        var serial: UInt64
     }
 
     static let entriesKept = 65_536
     static let costKept = 32 << 20
 
     private var entries: [InodeNumber: Entry] = [:]
-    /// Insertion order; an inode taken or kept again since leaves a stale place behind.
-    private var order: [InodeNumber] = []
+    /// Insertion order. A place whose serial is not its entry's is stale (the map was taken,
+    /// or kept again later) and is skipped; stale places are dropped once they are most.
+    private var order: [(ino: InodeNumber, serial: UInt64)] = []
     private var head = 0
+    private var serial: UInt64 = 0
     private(set) var cost = 0
 
     var count: Int { entries.count }
+    /// Places in `order`, stale ones included (what bounds its memory).
+    var places: Int { order.count - head }
 
     func contains(_ ino: InodeNumber) -> Bool { entries[ino] != nil }
 
     mutating func keep(_ ino: InodeNumber, stamp: CacheStamp, map: [Int: ChunkRef]) {
         let cost = 64 + map.values.reduce(0) { $0 + 64 + ($1.inlineBytes?.count ?? 0) + $1.checksums.values.count * 8 }
+        take(ino)
         guard cost <= Self.costKept / 8 else { return }
-        _ = take(ino)
-        while !entries.isEmpty && (entries.count >= Self.entriesKept || self.cost + cost > Self.costKept) {
+        while entries.count >= Self.entriesKept || self.cost + cost > Self.costKept {
             let oldest = order[head]
             head += 1
-            if let entry = entries.removeValue(forKey: oldest) { self.cost -= entry.cost }
+            if entries[oldest.ino]?.serial == oldest.serial { take(oldest.ino) }
         }
-        if entries.isEmpty {
-            order.removeAll(keepingCapacity: true)
-            head = 0
-        } else if head > order.count / 2 {
-            order.removeFirst(head)
+        if order.count - head > 2 * entries.count + 1024 {
+            order = order[head...].filter { entries[$0.ino]?.serial == $0.serial }
             head = 0
         }
-        entries[ino] = Entry(stamp: stamp, map: map, cost: cost)
-        order.append(ino)
+        serial += 1
+        entries[ino] = Entry(stamp: stamp, map: map, cost: cost, serial: serial)
+        order.append((ino, serial))
         self.cost += cost
     }
 
@@ -260,8 +266,6 @@ struct ClosedChunkMaps {
     mutating func take(_ ino: InodeNumber) -> Entry? {
         guard let entry = entries.removeValue(forKey: ino) else { return nil }
         cost -= entry.cost
-        // A stale place in `order` is skipped when it comes up: an inode kept again has a
-        // later place, and evicting it from the earlier one only forgets it sooner.
         return entry
     }
 
@@ -312,7 +316,7 @@ public final class VolumeFS: Sendable {
     let pendingInvalidations = Mutex<[Invalidation]>([])
     /// For each file the kernel may hold pages of: the version those pages are of.
     let cacheStamps = Mutex<[InodeNumber: CacheStamp]>([:])
-    let closedMaps = Mutex(ClosedChunkMaps())
+    let keptMaps = Mutex(KeptChunkMaps())
     /// Files beside one opened whose chunk maps are read with its own, at most, and the
     /// stored bytes between them (inline data travels with the map).
     static let mapsReadAhead = 127
@@ -456,7 +460,7 @@ public final class VolumeFS: Sendable {
 
     func purgeIfUnlinked(_ ino: InodeNumber) {
         guard unlinked.withLock({ $0.remove(ino) }) != nil else { return }
-        closedMaps.withLock { $0.take(ino) }
+        keptMaps.withLock { $0.take(ino) }
         // Only the writer purges; otherwise the next writer does, when it takes the lease.
         guard isWriter else { return }
         // Batched: `rm -rf` of many files then costs one purge transaction a tick, not

@@ -253,13 +253,13 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         let bytes = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 * 7) }
         let ino = try writeFile(a, "f", bytes)
         let small = try writeFile(a, "small", [5, 6, 7])
-        #expect(a.closedMaps.withLock { $0.count } == 2)
+        #expect(a.keptMaps.withLock { $0.count } == 2)
         let fh = try a.open(ino, flags: O_RDONLY)
-        #expect(a.closedMaps.withLock { $0.count } == 1, "the open took the kept map")
+        #expect(a.keptMaps.withLock { $0.count } == 1, "the open took the kept map")
         #expect(try a.read(ino, fh, offset: 0, count: bytes.count + 1) == bytes)
         a.release(ino, fh)
         #expect(try readFile(a, "small") == [5, 6, 7])
-        #expect(a.closedMaps.withLock { $0.count } == 2, "each close keeps its map again")
+        #expect(a.keptMaps.withLock { $0.count } == 2, "each close keeps its map again")
 
         // Cut and grown again, the file reads zeros where its old map would give old bytes.
         let cut = Array(bytes[..<20_000]) + [UInt8](repeating: 0, count: 80_000)
@@ -314,11 +314,11 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         }
         #expect(listed == 12)
         let first = try r.open(files[0], flags: O_RDONLY)
-        #expect(r.closedMaps.withLock { $0.count } == 9, "the maps of the files beside it came with its own")
+        #expect(r.keptMaps.withLock { $0.count } == 9, "the maps of the files beside it came with its own")
         #expect(try r.read(files[0], first, offset: 0, count: 1000) == [UInt8](repeating: 0, count: 100))
         r.release(files[0], first)
         let second = try r.open(files[1], flags: O_RDONLY)
-        #expect(r.closedMaps.withLock { $0.count } == 9, "taken from memory, kept again by the first's close")
+        #expect(r.keptMaps.withLock { $0.count } == 9, "taken from memory, kept again by the first's close")
         #expect(try r.read(files[1], second, offset: 0, count: 1000) == [UInt8](repeating: 1, count: 101))
         r.release(files[1], second)
 

@@ -33,6 +33,27 @@ import Testing
         #expect(try fx.volume.getattr(attr.ino).storedBytes == 3)
     }
 
+    /// Kept chunk maps stay within their bounds however often one file is opened and
+    /// closed, and the oldest go first.
+    @Test func keptChunkMapsStayBoundedAndForgetTheOldestFirst() {
+        var maps = KeptChunkMaps()
+        let stamp = CacheStamp(Attr(ino: InodeNumber(1), mode: 0o100644, nlink: 1, uid: 0, gid: 0, rdev: 0, size: 3,
+                                    atime: Timestamp(nanoseconds: 1), mtime: Timestamp(nanoseconds: 1), ctime: Timestamp(nanoseconds: 1)))
+        let map = [0: ChunkRef(index: 0, inline: [1, 2, 3], checksums: [UInt8]([1, 2, 3]).withUnsafeBytes { BlockChecksums(of: $0) })]
+        for _ in 0..<200_000 {
+            maps.keep(InodeNumber(7), stamp: stamp, map: map)
+            #expect(maps.take(InodeNumber(7), at: stamp) == map)
+            maps.keep(InodeNumber(7), stamp: stamp, map: map)
+        }
+        #expect(maps.count == 1)
+        #expect(maps.places <= 2 * maps.count + 1024)
+        for ino in 1...UInt64(KeptChunkMaps.entriesKept + 10) { maps.keep(InodeNumber(ino + 100), stamp: stamp, map: map) }
+        #expect(maps.count == KeptChunkMaps.entriesKept)
+        #expect(!maps.contains(InodeNumber(7)) && !maps.contains(InodeNumber(101)))
+        #expect(maps.contains(InodeNumber(UInt64(KeptChunkMaps.entriesKept + 110))))
+        #expect(maps.places <= 2 * maps.count + 1024)
+    }
+
     @Test func truncateDownThenUpExposesZerosNotOldBytes() throws {
         let fx = try Fixture(chunkSize: 16 * 1024)
         let (attr, fh) = try fx.create("t")
