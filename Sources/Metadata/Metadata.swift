@@ -63,11 +63,12 @@ public protocol Metadata: Sendable {
     /// Inode numbers no other call will give out, for files this caller makes later with
     /// `make`: a writer answers a create at once and commits the file at its close.
     func reserveInodes(_ count: Int) throws(MetadataError) -> Range<UInt64>
-    /// Makes empty regular `files`, in order, under numbers `reserveInodes` gave: each as
-    /// `mknode` would (the same refusals, the set-group-id rule), with the mode, owner and
-    /// creation time of its attributes. `commitData(…, making:)` makes them in the
+    /// Applies `changes` in order, in one transaction: each `.make` makes an empty regular
+    /// file under a number `reserveInodes` gave, as `mknode` would (the same refusals, the
+    /// set-group-id rule), with the mode, owner and creation time of its attributes; each
+    /// `.remove` is an `unlink` or `rmdir`. `commitData(…, applying:)` applies them in the
     /// transaction of a data commit.
-    func make(_ files: [NewFile]) throws(MetadataError)
+    func apply(_ changes: [NameChange]) throws(MetadataError)
     /// Adds the name `newName` in `newParent` for `ino`, which must not be a directory.
     func link(_ ino: InodeNumber, _ newParent: InodeNumber, _ newName: FileName, now: Timestamp) throws(MetadataError) -> Attr
     /// Removes a non-directory entry; returns the inode's attributes afterwards (nlink may
@@ -100,10 +101,10 @@ public protocol Metadata: Sendable {
     /// Fails with `.noSpace`, changing nothing, when the volume's size limit would be
     /// exceeded. Returns the file's attributes after the commit and the objects that are
     /// no longer referred to (now garbage).
-    /// `making`: files to `make` first, in the same transaction.
+    /// `applying`: changes to `apply` first, in the same transaction.
     @discardableResult
     func commitData(_ ino: InodeNumber, chunks: [ChunkRef], drop: Range<Int>?, size: UInt64,
-                    mtime: Timestamp?, now: Timestamp, making: [NewFile]) throws(MetadataError) -> Committed
+                    mtime: Timestamp?, now: Timestamp, applying: [NameChange]) throws(MetadataError) -> Committed
     /// Sets the volume's usage, and each file's stored bytes, to what its chunks add up
     /// to (fsck --repair); returns the usage as it was recorded and as it is now.
     func recountUsage() throws(MetadataError) -> (recorded: UInt64, counted: UInt64)
@@ -170,8 +171,27 @@ extension Metadata {
     @discardableResult
     public func commitData(_ ino: InodeNumber, chunks: [ChunkRef], drop: Range<Int>?, size: UInt64,
                            mtime: Timestamp?, now: Timestamp) throws(MetadataError) -> Committed {
-        try commitData(ino, chunks: chunks, drop: drop, size: size, mtime: mtime, now: now, making: [])
+        try commitData(ino, chunks: chunks, drop: drop, size: size, mtime: mtime, now: now, applying: [])
     }
+
+    @discardableResult
+    public func commitData(_ ino: InodeNumber, chunks: [ChunkRef], drop: Range<Int>?, size: UInt64,
+                           mtime: Timestamp?, now: Timestamp, making files: [NewFile]) throws(MetadataError) -> Committed {
+        try commitData(ino, chunks: chunks, drop: drop, size: size, mtime: mtime, now: now, applying: files.map(NameChange.make))
+    }
+
+    /// Makes empty regular `files`, in order (`apply`).
+    public func make(_ files: [NewFile]) throws(MetadataError) {
+        try apply(files.map(NameChange.make))
+    }
+}
+
+/// A change of names the writer answered before the metadata had it, applied later in
+/// the order it was answered (`Metadata.apply`).
+public enum NameChange: Sendable, Equatable {
+    case make(NewFile)
+    /// An `unlink` of `name` in `parent` at `now`, or with `directory` an `rmdir`.
+    case remove(parent: InodeNumber, name: FileName, directory: Bool, now: Timestamp)
 }
 
 /// An empty regular file to make under a reserved inode number (`Metadata.make`).

@@ -88,7 +88,7 @@ extension PostgresMetadata {
     /// garbage table all the same, for gc.
     @discardableResult
     public func commitData(_ ino: InodeNumber, chunks: [ChunkRef], drop: Range<Int>?, size: UInt64,
-                           mtime: Timestamp?, now: Timestamp, making files: [NewFile]) throws(MetadataError) -> Committed {
+                           mtime: Timestamp?, now: Timestamp, applying changes: [NameChange]) throws(MetadataError) -> Committed {
         // An index given twice keeps the last, as a replace would.
         var latest: [Int: ChunkRef] = [:]
         for chunk in chunks { latest[chunk.index] = chunk }
@@ -97,7 +97,7 @@ extension PostgresMetadata {
         return try mutateInOneTrip(recover: { () throws(MetadataError) in
             Committed(attr: try self.getattr(ino), retired: [])
         }) { tx in
-            try queueMake(tx, files)
+            try queue(tx, changes)
             let retired = Answered<[ObjectID]>()
             tx.withCommit("""
                 SELECT netvol_commit_data($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, coalesce($13, \(Self.databaseNow)))

@@ -85,21 +85,27 @@ extension PostgresMetadata {
         }
     }
 
-    public func make(_ files: [NewFile]) throws(MetadataError) {
-        guard !files.isEmpty else { return }
+    public func apply(_ changes: [NameChange]) throws(MetadataError) {
+        guard !changes.isEmpty else { return }
         try mutateInOneTrip(recover: {}) { tx in
-            try queueMake(tx, files)
+            try queue(tx, changes)
             return Answered(())
         }
     }
 
-    /// Queues `make`'s statements, which refuse in SQL: they travel with COMMIT.
-    func queueMake(_ tx: Transaction, _ files: [NewFile]) throws {
-        for file in files {
-            guard file.attr.isRegular else { throw MetadataError.invalidArgument("only regular files are made under reserved numbers") }
-            tx.later("SELECT 1 FROM netvol_make($1, $2, $3, $4, $5, $6, 0, NULL, $7, $8)",
-                     [.int(id), .ino(file.parent), .name(file.name), .int(Int64(file.attr.mode)), .int(Int64(file.attr.uid)),
-                      .int(Int64(file.attr.gid)), .time(file.attr.ctime), .ino(file.attr.ino)])
+    /// Queues `apply`'s statements, which refuse in SQL: they travel with COMMIT.
+    func queue(_ tx: Transaction, _ changes: [NameChange]) throws {
+        for change in changes {
+            switch change {
+            case .make(let file):
+                guard file.attr.isRegular else { throw MetadataError.invalidArgument("only regular files are made under reserved numbers") }
+                tx.later("SELECT 1 FROM netvol_make($1, $2, $3, $4, $5, $6, 0, NULL, $7, $8)",
+                         [.int(id), .ino(file.parent), .name(file.name), .int(Int64(file.attr.mode)), .int(Int64(file.attr.uid)),
+                          .int(Int64(file.attr.gid)), .time(file.attr.ctime), .ino(file.attr.ino)])
+            case .remove(let parent, let name, let directory, let now):
+                tx.later("SELECT 1 FROM netvol_remove($1, $2, $3, $4, $5 <> 0)",
+                         [.int(id), .ino(parent), .name(name), .time(now), .int(directory ? 1 : 0)])
+            }
         }
     }
 

@@ -58,9 +58,9 @@ extension SQLiteMetadata {
 
     @discardableResult
     public func commitData(_ ino: InodeNumber, chunks: [ChunkRef], drop: Range<Int>?, size: UInt64,
-                           mtime: Timestamp?, now: Timestamp, making files: [NewFile]) throws(MetadataError) -> Committed {
+                           mtime: Timestamp?, now: Timestamp, applying changes: [NameChange]) throws(MetadataError) -> Committed {
         try mutate { db in
-            try Self.make(db, files)
+            try Self.apply(db, changes)
             let attr = try Self.fetchAttr(db, ino)
             guard attr.isRegular else { throw MetadataError.invalidArgument("not a regular file") }
             var delta: Int64 = 0

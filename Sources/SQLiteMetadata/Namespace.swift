@@ -61,23 +61,28 @@ extension SQLiteMetadata {
         }
     }
 
-    public func make(_ files: [NewFile]) throws(MetadataError) {
-        guard !files.isEmpty else { return }
-        try mutate { db in try Self.make(db, files) }
+    public func apply(_ changes: [NameChange]) throws(MetadataError) {
+        guard !changes.isEmpty else { return }
+        try mutate { db in try Self.apply(db, changes) }
     }
 
-    static func make(_ db: Database, _ files: [NewFile]) throws {
-        guard !files.isEmpty else { return }
+    static func apply(_ db: Database, _ changes: [NameChange]) throws {
+        guard !changes.isEmpty else { return }
         let reserved = try Int64.fetchOne(db, sql: "SELECT seq FROM sqlite_sequence WHERE name = 'inodes'") ?? 0
-        for file in files {
-            guard file.attr.isRegular else { throw MetadataError.invalidArgument("only regular files are made under reserved numbers") }
-            // A number never reserved could be given out again by an insert of its own.
-            let taken = try Int64.fetchOne(db, sql: "SELECT 1 FROM inodes WHERE ino = ?", arguments: [Int64(file.attr.ino.rawValue)]) != nil
-            guard file.attr.ino.rawValue <= UInt64(max(0, reserved)), !taken else {
-                throw MetadataError.invalidArgument("inode \(file.attr.ino.rawValue) was not reserved, or is taken")
+        for change in changes {
+            switch change {
+            case .make(let file):
+                guard file.attr.isRegular else { throw MetadataError.invalidArgument("only regular files are made under reserved numbers") }
+                // A number never reserved could be given out again by an insert of its own.
+                let taken = try Int64.fetchOne(db, sql: "SELECT 1 FROM inodes WHERE ino = ?", arguments: [Int64(file.attr.ino.rawValue)]) != nil
+                guard file.attr.ino.rawValue <= UInt64(max(0, reserved)), !taken else {
+                    throw MetadataError.invalidArgument("inode \(file.attr.ino.rawValue) was not reserved, or is taken")
+                }
+                _ = try makeNode(db, file.parent, file.name, mode: file.attr.mode, uid: file.attr.uid, gid: file.attr.gid,
+                                 rdev: 0, target: nil, now: file.attr.ctime, as: file.attr.ino)
+            case .remove(let parent, let name, let directory, let now):
+                _ = directory ? try removeDirectory(db, parent, name, now: now) : try removeEntry(db, parent, name, now: now)
             }
-            _ = try makeNode(db, file.parent, file.name, mode: file.attr.mode, uid: file.attr.uid, gid: file.attr.gid,
-                             rdev: 0, target: nil, now: file.attr.ctime, as: file.attr.ino)
         }
     }
 
@@ -125,37 +130,43 @@ extension SQLiteMetadata {
     }
 
     public func unlink(_ parent: InodeNumber, _ name: FileName, now: Timestamp) throws(MetadataError) -> Attr {
-        try mutate { db in
-            var attr = try Self.entryAttr(db, parent, name)
-            if attr.isDirectory { throw MetadataError.isDirectory }
-            let ino = attr.ino
-            try Self.deleteEntry(db, parent, name)
-            try db.cachedStatement(sql: "UPDATE inodes SET nlink = max(0, nlink - 1), ctime = ? WHERE ino = ?").execute(
-                           arguments: [now.nanoseconds, Int64(ino.rawValue)])
-            try Self.touchDirectory(db, parent, now: now)
-            try Self.note(db, ino: ino)
-            try Self.note(db, ino: parent, parent: parent, name: name)
-            attr.nlink = attr.nlink > 0 ? attr.nlink - 1 : 0
-            attr.ctime = now
-            return attr
-        }
+        try mutate { db in try Self.removeEntry(db, parent, name, now: now) }
     }
 
     public func rmdir(_ parent: InodeNumber, _ name: FileName, now: Timestamp) throws(MetadataError) -> Attr {
-        try mutate { db in
-            _ = try Self.fetchDirectory(db, parent)
-            guard let ino = try Self.entry(db, parent, name) else { throw MetadataError.notFound }
-            let attr = try Self.fetchAttr(db, ino)
-            guard attr.isDirectory else { throw MetadataError.notDirectory }
-            if try Self.hasEntries(db, ino) { throw MetadataError.notEmpty }
-            try Self.deleteEntry(db, parent, name)
-            try db.cachedStatement(sql: "UPDATE inodes SET nlink = 0, ctime = ? WHERE ino = ?").execute(
-                           arguments: [now.nanoseconds, Int64(ino.rawValue)])
-            try Self.touchDirectory(db, parent, nlinkDelta: -1, now: now)
-            try Self.note(db, ino: ino)
-            try Self.note(db, ino: parent, parent: parent, name: name)
-            return try Self.fetchAttr(db, ino)
-        }
+        try mutate { db in try Self.removeDirectory(db, parent, name, now: now) }
+    }
+
+    /// `unlink`'s work.
+    static func removeEntry(_ db: Database, _ parent: InodeNumber, _ name: FileName, now: Timestamp) throws -> Attr {
+        var attr = try entryAttr(db, parent, name)
+        if attr.isDirectory { throw MetadataError.isDirectory }
+        let ino = attr.ino
+        try deleteEntry(db, parent, name)
+        try db.cachedStatement(sql: "UPDATE inodes SET nlink = max(0, nlink - 1), ctime = ? WHERE ino = ?").execute(
+                       arguments: [now.nanoseconds, Int64(ino.rawValue)])
+        try touchDirectory(db, parent, now: now)
+        try note(db, ino: ino)
+        try note(db, ino: parent, parent: parent, name: name)
+        attr.nlink = attr.nlink > 0 ? attr.nlink - 1 : 0
+        attr.ctime = now
+        return attr
+    }
+
+    /// `rmdir`'s work.
+    static func removeDirectory(_ db: Database, _ parent: InodeNumber, _ name: FileName, now: Timestamp) throws -> Attr {
+        _ = try fetchDirectory(db, parent)
+        guard let ino = try entry(db, parent, name) else { throw MetadataError.notFound }
+        let attr = try fetchAttr(db, ino)
+        guard attr.isDirectory else { throw MetadataError.notDirectory }
+        if try hasEntries(db, ino) { throw MetadataError.notEmpty }
+        try deleteEntry(db, parent, name)
+        try db.cachedStatement(sql: "UPDATE inodes SET nlink = 0, ctime = ? WHERE ino = ?").execute(
+                       arguments: [now.nanoseconds, Int64(ino.rawValue)])
+        try touchDirectory(db, parent, nlinkDelta: -1, now: now)
+        try note(db, ino: ino)
+        try note(db, ino: parent, parent: parent, name: name)
+        return try fetchAttr(db, ino)
     }
 
     /// True when `dir` is `ancestor` or lies somewhere below it.

@@ -74,6 +74,11 @@ public final class MetadataCache: Metadata {
         var prefetchesUnderWay = 0
         /// Files answered for but not made in the metadata yet (see `deferCreate`).
         var unmade: [InodeNumber: NewFile] = [:]
+        /// Every change answered for and not applied yet, in the order it was answered:
+        /// those files' making and the removals of `deferRemove`.
+        var queued: [NameChange] = []
+        /// When the oldest of `queued` was answered.
+        var queuedSince: Timestamp?
         /// Calls under way that make some; until they end, nothing else reaches the metadata.
         var making = 0
         /// Inode numbers reserved and not used yet.
@@ -103,6 +108,32 @@ public final class MetadataCache: Metadata {
             attr.ctime = now
             attr.nlink = UInt32(max(0, Int(attr.nlink) + links))
             attrs[dir] = attr
+        }
+
+        mutating func queue(_ change: NameChange, at now: Timestamp) {
+            queued.append(change)
+            if queuedSince == nil { queuedSince = now }
+        }
+
+        /// Moves the epoch for a change answered from memory in `dir` (the loads under way
+        /// must not be kept), keeping the listings that were current, which it leaves as
+        /// they were: all but `dir`'s, which loses the entry `removed` (or is dropped when
+        /// an entry was added), and its parent's, whose entry for `dir` has old times.
+        /// A walk that removes what it lists (`rm -rf`) then reads no listing twice.
+        mutating func answered(in dir: InodeNumber, removing removed: FileName?) {
+            let old = epoch
+            epoch &+= 1
+            for (key, var listing) in listings where listing.epoch == old {
+                if key == dir, let removed {
+                    let before = listing.entries.count
+                    listing.entries.removeAll { $0.name == removed }
+                    listedEntries -= before - listing.entries.count
+                } else if key == dir || key == parents[dir] {
+                    continue
+                }
+                listing.epoch = epoch
+                listings[key] = listing
+            }
         }
 
         mutating func keep(_ attr: Attr) {
@@ -170,7 +201,7 @@ public final class MetadataCache: Metadata {
     /// Files not made yet are made first, for the load to find them.
     func beginLoad() -> UInt64? {
         makeUnmade()
-        return state.withLock { $0.changing == 0 && $0.unmade.isEmpty && $0.making == 0 ? $0.epoch : nil }
+        return state.withLock { $0.changing == 0 && $0.queued.isEmpty && $0.making == 0 ? $0.epoch : nil }
     }
 
     /// Keeps what a load read, if nothing changed since it began.
@@ -460,20 +491,20 @@ public final class MetadataCache: Metadata {
         }
     }
 
-    /// The files not made yet travel with the commit: the one committed, if it is one of
-    /// them, is made in the same transaction.
+    /// The changes not applied yet travel with the commit: the file committed, if it is
+    /// one not made yet, is made in the same transaction.
     public func commitData(_ ino: InodeNumber, chunks: [ChunkRef], drop: Range<Int>?, size: UInt64,
-                           mtime: Timestamp?, now: Timestamp, making: [NewFile]) throws(MetadataError) -> Committed {
+                           mtime: Timestamp?, now: Timestamp, applying: [NameChange]) throws(MetadataError) -> Committed {
         if let error = state.withLock({ $0.lost[ino] }) { throw error }
-        let unmade = takeUnmade() ?? []
-        defer { if !unmade.isEmpty { makingEnded() } }
+        let queued = takeUnmade() ?? []
+        defer { if !queued.isEmpty { makingEnded() } }
         do {
             return try changing(makingFirst: false, { () throws(MetadataError) in
-                try backing.commitData(ino, chunks: chunks, drop: drop, size: size, mtime: mtime, now: now, making: making + unmade)
+                try backing.commitData(ino, chunks: chunks, drop: drop, size: size, mtime: mtime, now: now, applying: queued + applying)
             }) { state, committed in state.keep(committed.attr) }
         } catch {
-            // The files are not to blame for a refusal of the data (a full volume, say).
-            if !unmade.isEmpty { makeOrLose(unmade) }
+            // The changes are not to blame for a refusal of the data (a full volume, say).
+            if !queued.isEmpty { applyOrLose(queued) }
             throw error
         }
     }
@@ -497,14 +528,54 @@ public final class MetadataCache: Metadata {
                         gid: dir.mode & 0o2000 != 0 ? dir.gid : gid, rdev: 0, size: 0, atime: now, mtime: now, ctime: now)
         let answered = state.withLock { state -> Bool in
             guard state.directories[parent] != nil, state.directories[parent]?[name] == nil else { return false }
-            state.unmade[ino] = NewFile(parent: parent, name: name, attr: attr)
+            let file = NewFile(parent: parent, name: name, attr: attr)
+            state.unmade[ino] = file
+            state.queue(.make(file), at: now)
             state.directories[parent]?[name] = ino
             state.touchDirectory(parent, at: now)
             state.keep(attr)
-            state.epoch &+= 1
+            state.answered(in: parent, removing: nil)
             return true
         }
         return answered ? attr : nil
+    }
+
+    /// Answers an `unlink` (or with `directory`, an `rmdir`) without asking the metadata,
+    /// and queues it to be applied with the next change that reaches the metadata. Only
+    /// for the writer, whose kept names and attributes are exact. Nil when they do not
+    /// settle the answer (the name, its inode or, for a directory, its names are not kept;
+    /// or the answer is an error): the caller asks the metadata.
+    public func deferRemove(_ parent: InodeNumber, _ name: FileName, directory: Bool, now: Timestamp) -> Attr? {
+        if state.withLock({ $0.directories[parent] == nil }) { loadDirectory(parent) }
+        return state.withLock { state -> Attr? in
+            guard state.changing == 0, let ino = state.directories[parent]?[name], ino != .root,
+                  var attr = state.attrs[ino] ?? state.unmade[ino]?.attr, attr.isDirectory == directory else { return nil }
+            if directory {
+                guard state.directories[ino]?.isEmpty == true else { return nil }
+                attr.nlink = 0
+            } else {
+                attr.nlink = attr.nlink > 0 ? attr.nlink - 1 : 0
+            }
+            attr.ctime = now
+            state.queue(.remove(parent: parent, name: name, directory: directory, now: now), at: now)
+            state.directories[parent]?[name] = nil
+            state.touchDirectory(parent, links: directory ? -1 : 0, at: now)
+            if directory {
+                state.directories[ino] = nil
+                state.attrs[ino] = nil
+                if let gone = state.listings.removeValue(forKey: ino) { state.listedEntries -= gone.entries.count }
+            } else {
+                state.keep(attr)
+                state.unmade[ino]?.attr = attr
+            }
+            if attr.nlink == 0 {
+                state.answered(in: parent, removing: name)
+            } else {
+                // Other names of the file are listed with its old link count.
+                state.epoch &+= 1
+            }
+            return attr
+        }
     }
 
     func reservedInode() throws(MetadataError) -> InodeNumber {
@@ -525,63 +596,81 @@ public final class MetadataCache: Metadata {
     /// Makes every file answered for and not made yet, after the calls making some end:
     /// what reaches the metadata next finds them there.
     public func makeUnmade() {
-        guard let files = takeUnmade() else { return }
+        guard let changes = takeUnmade() else { return }
         defer { makingEnded() }
-        makeOrLose(files)
+        applyOrLose(changes)
+    }
+
+    /// `makeUnmade`, throwing why the changes could not be applied, if they could not.
+    func applyQueued() throws(MetadataError) {
+        guard let changes = takeUnmade() else { return }
+        defer { makingEnded() }
+        if let error = applyOrLose(changes) { throw error }
     }
 
     /// `makeUnmade`, if any file was answered for before `cutoff`.
     public func makeUnmade(answeredBefore cutoff: Timestamp) {
-        guard state.withLock({ $0.unmade.values.contains { $0.attr.ctime < cutoff } }) else { return }
+        guard state.withLock({ $0.queuedSince.map { $0 < cutoff } ?? false }) else { return }
         makeUnmade()
     }
 
     /// Gives up the files not made yet: a writer that lost its lease must not make them
     /// later, when another may have changed the volume around them.
     public func loseUnmade(_ error: MetadataError) {
-        let count = state.withLock { state -> Int in
+        let (count, removals) = state.withLock { state -> (Int, Int) in
             let count = state.unmade.count
-            guard count > 0 else { return 0 }
+            let removals = state.queued.count - count
+            guard !state.queued.isEmpty else { return (0, 0) }
             for ino in state.unmade.keys { state.lost[ino] = error }
             state.unmade.removeAll()
+            state.queued.removeAll()
+            state.queuedSince = nil
             state.forgetAll()
             state.epoch &+= 1
-            return count
+            return (count, removals)
         }
         if count > 0 { logger.error("\(count) files created on this mount were not made in the volume before it lost the lease, and are lost") }
+        if removals > 0 { logger.error("\(removals) removals of names on this mount did not reach the volume before it lost the lease: those names are back") }
     }
 
-    /// Makes `files` (taken from `unmade`); those it cannot make are lost.
-    func makeOrLose(_ files: [NewFile]) {
+    /// Applies `changes` (taken from `queued`); if they cannot be, the files among them
+    /// are lost, the names they removed are back, and the error is returned.
+    @discardableResult
+    func applyOrLose(_ changes: [NameChange]) -> MetadataError? {
         do {
-            try backing.make(files)
+            try backing.apply(changes)
+            return nil
         } catch {
-            logger.error("\(files.count) files created on this mount could not be made in the volume, and are lost: \(error)")
+            let files = changes.compactMap { if case .make(let file) = $0 { file } else { nil } }
+            logger.error("\(files.count) files created and \(changes.count - files.count) names removed on this mount could not reach the volume: the files are lost and the names are back: \(error)")
             state.withLock { state in
                 if state.lost.count > 10_000 { state.lost.removeAll() }
                 for file in files { state.lost[file.attr.ino] = error }
                 state.forgetAll()
                 state.epoch &+= 1
             }
+            return error
         }
     }
 
-    /// Takes every file not made yet once no other call is making some (nil: there are
-    /// none). The caller makes them, then calls `makingEnded`.
-    func takeUnmade() -> [NewFile]? {
+    /// Takes every change not applied yet once no other call is applying some (nil: there
+    /// are none). The caller applies them, then calls `makingEnded`.
+    func takeUnmade() -> [NameChange]? {
         madeEnded.lock()
         defer { madeEnded.unlock() }
         let deadline = Date(timeIntervalSinceNow: Self.makingWait)
         while true {
-            let (busy, files) = state.withLock { state -> (Bool, [NewFile]?) in
+            let (busy, changes) = state.withLock { state -> (Bool, [NameChange]?) in
                 if state.making > 0 { return (true, nil) }
-                if state.unmade.isEmpty { return (false, nil) }
-                let files = state.unmade.values.sorted { $0.attr.ino.rawValue < $1.attr.ino.rawValue }
+                if state.queued.isEmpty { return (false, nil) }
+                let changes = state.queued
+                state.queued.removeAll()
+                state.queuedSince = nil
                 state.unmade.removeAll()
                 state.making += 1
-                return (false, files)
+                return (false, changes)
             }
-            if !busy || !madeEnded.wait(until: deadline) { return files }
+            if !busy || !madeEnded.wait(until: deadline) { return changes }
         }
     }
 
@@ -729,7 +818,7 @@ public final class MetadataCache: Metadata {
     }
     public func readlink(_ ino: InodeNumber) throws(MetadataError) -> [UInt8] { makeUnmade(); return try backing.readlink(ino) }
     public func chunks(_ ino: InodeNumber) throws(MetadataError) -> [ChunkRef] { makeUnmade(); return try backing.chunks(ino) }
-    public func sync() throws(MetadataError) { makeUnmade(); try backing.sync() }
+    public func sync() throws(MetadataError) { try applyQueued(); try backing.sync() }
     public func orphans() throws(MetadataError) -> [InodeNumber] { makeUnmade(); return try backing.orphans() }
     public func inodesWithXattrs() throws(MetadataError) -> Set<InodeNumber> { makeUnmade(); return try backing.inodesWithXattrs() }
     public func getxattr(_ ino: InodeNumber, _ name: FileName) throws(MetadataError) -> [UInt8] {
@@ -746,11 +835,21 @@ public final class MetadataCache: Metadata {
     public func knownObjects() throws(MetadataError) -> Set<ObjectID> { makeUnmade(); return try backing.knownObjects() }
     public func allChunks() throws(MetadataError) -> [(InodeNumber, [ChunkRef])] { makeUnmade(); return try backing.allChunks() }
     public func reserveInodes(_ count: Int) throws(MetadataError) -> Range<UInt64> { try backing.reserveInodes(count) }
-    public func make(_ files: [NewFile]) throws(MetadataError) {
-        try changing({ () throws(MetadataError) in try backing.make(files) }) { state, _ in
-            for file in files {
-                state.directories[file.parent]?[file.name] = file.attr.ino
-                state.touchDirectory(file.parent, at: file.attr.ctime)
+    public func apply(_ changes: [NameChange]) throws(MetadataError) {
+        try changing({ () throws(MetadataError) in try backing.apply(changes) }) { state, _ in
+            for change in changes {
+                switch change {
+                case .make(let file):
+                    state.directories[file.parent]?[file.name] = file.attr.ino
+                    state.touchDirectory(file.parent, at: file.attr.ctime)
+                case .remove(let parent, let name, let directory, let now):
+                    if let ino = state.directories[parent]?[name] {
+                        state.attrs[ino] = nil
+                        if directory { state.directories[ino] = nil }
+                    }
+                    state.directories[parent]?[name] = nil
+                    state.touchDirectory(parent, links: directory ? -1 : 0, at: now)
+                }
             }
         }
     }

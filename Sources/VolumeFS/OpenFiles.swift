@@ -69,7 +69,7 @@ extension VolumeFS {
             attr = try mutating { () throws(MetadataError) in
                 let now = Self.now()
                 // The writer answers at once and makes the file when it commits it (MetadataCache).
-                if options.createsAtClose, isWriter,
+                if options.namesAtCommit, isWriter,
                    let answered = try cache.deferCreate(parent, name, mode: mode, uid: uid, gid: gid, now: now) {
                     return answered
                 }

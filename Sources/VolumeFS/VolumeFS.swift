@@ -66,10 +66,11 @@ public struct VolumeOptions: Sendable {
     /// directory is listed from its start (0: none). Worth it where every query is a
     /// network round trip: a walk of a tree then waits for one per level.
     public var prefetchListings: Int = 0
-    /// The writer answers the creation of a regular file at once and makes it in the
-    /// metadata when it commits the file (MetadataCache): a create costs no transaction
-    /// of its own.
-    public var createsAtClose: Bool = true
+    /// The writer answers the creation of a regular file, an unlink and an rmdir at once,
+    /// and applies them to the metadata with the next change that reaches it, at the
+    /// latest about a second later (MetadataCache): a create costs no transaction of its
+    /// own, and an `rm -rf` a transaction per batch.
+    public var namesAtCommit: Bool = true
     public init() {}
 }
 
@@ -591,14 +592,27 @@ public final class VolumeFS: Sendable {
 
     public func unlink(_ parent: InodeNumber, _ name: FileName) throws(FSError) {
         try Self.check(name)
-        noteUnlinked(try mutating { () throws(MetadataError) in try metadata.unlink(parent, name, now: Self.now()) })
+        noteUnlinked(try remove(parent, name, directory: false))
     }
 
     public func rmdir(_ parent: InodeNumber, _ name: FileName) throws(FSError) {
         try Self.check(name)
         if name.bytes == [UInt8(ascii: ".")] { throw .invalidArgument("rmdir of .") }
         if name.bytes == [UInt8(ascii: "."), UInt8(ascii: ".")] { throw .metadata(.notEmpty) }
-        noteUnlinked(try mutating { () throws(MetadataError) in try metadata.rmdir(parent, name, now: Self.now()) })
+        noteUnlinked(try remove(parent, name, directory: true))
+    }
+
+    /// The writer answers from its cache where it can and applies the removal with the
+    /// next change that reaches the metadata (MetadataCache.deferRemove): an `rm -rf`
+    /// then costs a transaction per batch, not per name.
+    func remove(_ parent: InodeNumber, _ name: FileName, directory: Bool) throws(FSError) -> Attr {
+        try mutating { () throws(MetadataError) in
+            let now = Self.now()
+            if options.namesAtCommit, isWriter, let answered = cache.deferRemove(parent, name, directory: directory, now: now) {
+                return answered
+            }
+            return directory ? try metadata.rmdir(parent, name, now: now) : try metadata.unlink(parent, name, now: now)
+        }
     }
 
     public func rename(_ parent: InodeNumber, _ name: FileName, _ newParent: InodeNumber, _ newName: FileName,

@@ -175,6 +175,79 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         #expect(m.ino.rawValue > k.ino.rawValue && Set([f.ino, e.ino, g.ino, h.ino, k.ino]).count == 5)
     }
 
+    /// The writer answers an unlink or an rmdir from its cache at once and applies it with
+    /// the next change that reaches the metadata: a close, an fsync of the directory, any
+    /// change it cannot answer so, or its tick about a second later. Until then other
+    /// mounts still find the name; a crash brings it back.
+    @Test(arguments: TestBackend.available)
+    func removalsAreAnsweredAtOnceAndAppliedWithTheNextChange(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend)
+        var a: VolumeFS? = try shared.mount("a")
+        let other = try shared.storage.reopen(nil)
+        let d = try a!.mkdir(.root, "d", mode: 0o755, uid: 0, gid: 0)
+        var made: [String: InodeNumber] = [:]
+        for name in ["x", "y", "z", "w"] {
+            let (f, fh) = try a!.create(d.ino, FileName(name), mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
+            _ = try [UInt8](name.utf8).withUnsafeBytes { try a!.write(f.ino, fh, offset: 0, $0) }
+            a!.release(f.ino, fh)
+            made[name] = f.ino
+        }
+        let sub = try a!.mkdir(d.ino, "sub", mode: 0o755, uid: 0, gid: 0)
+        #expect(a!.cache.state.withLock { $0.queued.isEmpty })
+
+        // Answered from memory: the name is gone here and still there for the others.
+        try a!.unlink(d.ino, "x")
+        #expect(a!.cache.state.withLock { $0.queued.count } == 1)
+        #expect(throws: FSError.metadata(.notFound)) { try a!.lookup(d.ino, "x") }
+        #expect(try other.lookup(d.ino, "x").ino == made["x"])
+        #expect(try a!.getattr(made["x"]!).nlink == 0)
+        // What the cache cannot answer goes to the metadata, after what is queued.
+        #expect(throws: FSError.metadata(.notFound)) { try a!.unlink(d.ino, "x") }
+        #expect(throws: FSError.metadata(.isDirectory)) { try a!.unlink(d.ino, "sub") }
+        #expect(throws: FSError.metadata(.notEmpty)) { try a!.rmdir(.root, "d") }
+        #expect(throws: MetadataError.notFound) { try other.lookup(d.ino, "x") }
+
+        // A close carries the removals answered before it. (Refusals drop what the cache
+        // kept; a lookup reads a directory's names again.)
+        #expect(throws: FSError.metadata(.notFound)) { try a!.lookup(sub.ino, "nothing") }
+        _ = try a!.lookup(.root, "d")
+        _ = try a!.getattr(.root)
+        try a!.unlink(d.ino, "y")
+        try a!.rmdir(d.ino, "sub")
+        #expect(a!.cache.state.withLock { $0.queued.count } == 2)
+        #expect(try other.lookup(d.ino, "sub").isDirectory)
+        let (v, vfh) = try a!.create(.root, "v", mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
+        _ = try [UInt8]([7]).withUnsafeBytes { try a!.write(v.ino, vfh, offset: 0, $0) }
+        #expect(a!.cache.state.withLock { $0.queued.count } == 3, "the create is answered at once too")
+        a!.release(v.ino, vfh)
+        #expect(throws: MetadataError.notFound) { try other.lookup(d.ino, "y") }
+        #expect(throws: MetadataError.notFound) { try other.lookup(d.ino, "sub") }
+        #expect(try other.getattr(d.ino).nlink == 2)
+
+        // An fsync of the directory applies them; so does the tick, a second later.
+        try a!.unlink(d.ino, "z")
+        try a!.syncMetadata()
+        #expect(throws: MetadataError.notFound) { try other.lookup(d.ino, "z") }
+        try a!.unlink(d.ino, "w")
+        a!.tick()
+        #expect(try other.lookup(d.ino, "w").ino == made["w"])
+        Thread.sleep(forTimeInterval: 1.2)
+        a!.tick()
+        #expect(throws: MetadataError.notFound) { try other.lookup(d.ino, "w") }
+        try a!.rmdir(.root, "d")
+        Thread.sleep(forTimeInterval: 1.2)
+        a!.tick()
+        #expect(throws: MetadataError.notFound) { try other.lookup(.root, "d") }
+
+        // A crash forgets a removal not applied yet, as it forgets a create.
+        try a!.unlink(.root, "v")
+        #expect(throws: FSError.metadata(.notFound)) { try a!.lookup(.root, "v") }
+        a = nil
+        shared.clock.advance(seconds: 60)
+        let b = try shared.mount("b")
+        #expect(try readFile(b, "v") == [7])
+    }
+
     /// A crash forgets the files created since their last close, as a local filesystem
     /// forgets what it did not commit, and leaves nothing of them behind.
     @Test(arguments: TestBackend.available)
@@ -200,16 +273,19 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         #expect(kept != f.ino)
     }
 
-    /// A writer that lost its lease never makes the files it answered for: another writer
-    /// may have changed the volume since. Their close answers EIO.
+    /// A writer that lost its lease never makes the files it answered for, nor removes the
+    /// names: another writer may have changed the volume since. The files' close answers EIO.
     @Test(arguments: TestBackend.available)
     func filesNotMadeBeforeTheLeaseIsLostAreLost(backend: TestBackend) throws {
         let shared = try SharedVolume(backend)
         let a = try shared.mount("a")
+        _ = try writeFile(a, "old", [3])
+        _ = try a.lookup(.root, "old")
         let d = try a.mkdir(.root, "d", mode: 0o755, uid: 0, gid: 0)
         let (f, fh) = try a.create(d.ino, "f", mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
         let (e, efh) = try a.create(d.ino, "e", mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
         _ = try [UInt8]([1]).withUnsafeBytes { try a.write(f.ino, fh, offset: 0, $0) }
+        try a.unlink(.root, "old")
         let b = try shared.mount("b")
         _ = try b.metadata.breakLease()
         _ = try writeFile(b, "x", [2])
@@ -219,6 +295,8 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         a.release(e.ino, efh)
         #expect(throws: FSError.metadata(.notFound)) { try b.lookup(d.ino, "f") }
         #expect(throws: FSError.metadata(.notFound)) { try b.lookup(d.ino, "e") }
+        // Nor does it apply a removal it answered: the name is still there.
+        #expect(try readFile(b, "old") == [3])
     }
 
     /// An open that builds a file's open state afresh takes the size and the chunk map of
@@ -456,6 +534,7 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         // Deleted by the writer while the reader has it open: still readable.
         try w.unlink(.root, "f")
         w.forget(ino, 1)
+        try w.syncMetadata()  // the writer applies the removal (its tick would, within a second)
         r.tick()
         #expect(try r.getattr(ino).nlink == 0)
         #expect(try r.read(ino, fh, offset: 0, count: 10) == [3, 4, 5])

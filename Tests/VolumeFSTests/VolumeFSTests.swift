@@ -93,8 +93,10 @@ import Testing
         _ = try fx.write(attr.ino, fh, 0, [1])
         try fx.volume.flush(attr.ino, fh)
         try fx.volume.unlink(.root, "orphan")
-        // No release and no forget: the daemon died. Its lease is revoked (or expires),
-        // and the next writer purges the orphan when it takes the lease.
+        try fx.volume.syncMetadata()
+        // Applied (the writer's tick would, within a second); then no release and no
+        // forget: the daemon died. Its lease is revoked (or expires), and the next writer
+        // purges the orphan when it takes the lease.
         fx.volume = try VolumeFS(metadata: try fx.storage.reopen(nil), store: fx.store)
         #expect(try fx.volume.getattr(attr.ino).nlink == 0)
         _ = try fx.metadata.breakLease()
