@@ -64,7 +64,7 @@ public protocol Metadata: Sendable {
     /// `make`: a writer answers a create at once and commits the file at its close.
     func reserveInodes(_ count: Int) throws(MetadataError) -> Range<UInt64>
     /// Applies `changes` in order, in one transaction: each `.make` makes an empty regular
-    /// file under a number `reserveInodes` gave, as `mknode` would (the same refusals, the
+    /// file or directory under a number `reserveInodes` gave, as `mknode` would (the same refusals, the
     /// set-group-id rule), with the mode, owner and creation time of its attributes; each
     /// `.remove` is an `unlink` or `rmdir`. `commitData(…, applying:)` applies them in the
     /// transaction of a data commit.
@@ -194,7 +194,7 @@ public enum NameChange: Sendable, Equatable {
     case remove(parent: InodeNumber, name: FileName, directory: Bool, now: Timestamp)
 }
 
-/// An empty regular file to make under a reserved inode number (`Metadata.make`).
+/// An empty regular file or directory to make under a reserved inode number (`Metadata.apply`).
 public struct NewFile: Sendable, Equatable {
     public var parent: InodeNumber
     public var name: FileName

@@ -98,7 +98,9 @@ extension PostgresMetadata {
         for change in changes {
             switch change {
             case .make(let file):
-                guard file.attr.isRegular else { throw MetadataError.invalidArgument("only regular files are made under reserved numbers") }
+                guard file.attr.isRegular || file.attr.isDirectory else {
+                    throw MetadataError.invalidArgument("only regular files and directories are made under reserved numbers")
+                }
                 tx.later("SELECT 1 FROM netvol_make($1, $2, $3, $4, $5, $6, 0, NULL, $7, $8)",
                          [.int(id), .ino(file.parent), .name(file.name), .int(Int64(file.attr.mode)), .int(Int64(file.attr.uid)),
                           .int(Int64(file.attr.gid)), .time(file.attr.ctime), .ino(file.attr.ino)])

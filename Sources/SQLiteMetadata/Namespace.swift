@@ -72,7 +72,9 @@ extension SQLiteMetadata {
         for change in changes {
             switch change {
             case .make(let file):
-                guard file.attr.isRegular else { throw MetadataError.invalidArgument("only regular files are made under reserved numbers") }
+                guard file.attr.isRegular || file.attr.isDirectory else {
+                    throw MetadataError.invalidArgument("only regular files and directories are made under reserved numbers")
+                }
                 // A number never reserved could be given out again by an insert of its own.
                 let taken = try Int64.fetchOne(db, sql: "SELECT 1 FROM inodes WHERE ino = ?", arguments: [Int64(file.attr.ino.rawValue)]) != nil
                 guard file.attr.ino.rawValue <= UInt64(max(0, reserved)), !taken else {

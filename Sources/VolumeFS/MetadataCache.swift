@@ -511,29 +511,35 @@ public final class MetadataCache: Metadata {
 
     // MARK: Files made at their close
 
-    /// Answers the creation of an empty regular file without asking the metadata, under
-    /// a reserved inode number; the file is made later (see the top of this file). Only
-    /// for the writer, under which nothing else can take the name. Nil when the names of
-    /// `parent` are not kept (whether the name is free is not known): the caller makes
-    /// the file at once.
-    public func deferCreate(_ parent: InodeNumber, _ name: FileName, mode: UInt32, uid: UInt32, gid: UInt32,
-                            now: Timestamp) throws(MetadataError) -> Attr? {
+    /// Answers the creation of an empty regular file (or with `directory`, a directory)
+    /// without asking the metadata, under a reserved inode number; it is made later (see
+    /// the top of this file). Only for the writer, under which nothing else can take the
+    /// name. Nil when the names of `parent` are not kept (whether the name is free is not
+    /// known): the caller makes it at once.
+    public func deferCreate(_ parent: InodeNumber, _ name: FileName, directory: Bool = false, mode: UInt32,
+                            uid: UInt32, gid: UInt32, now: Timestamp) throws(MetadataError) -> Attr? {
         guard case .missing = known(parent, name) else { return nil }
         // The directory's attributes (for its set-group-id bit) are dropped by some
         // changes, a rename among them, and read again once.
         let dir = try getattr(parent)
         let ino = try reservedInode()
-        // A set-group-id directory passes its group on, as `mknode` does.
-        let attr = Attr(ino: ino, mode: FileType.regular.rawValue | (mode & 0o7777), nlink: 1, uid: uid,
-                        gid: dir.mode & 0o2000 != 0 ? dir.gid : gid, rdev: 0, size: 0, atime: now, mtime: now, ctime: now)
+        // A set-group-id directory passes its group on, and the bit to directories, as
+        // `mknode` does.
+        let inherits = dir.mode & 0o2000 != 0
+        let type = directory ? FileType.directory : FileType.regular
+        let attr = Attr(ino: ino, mode: type.rawValue | (mode & 0o7777) | (directory && inherits ? 0o2000 : 0),
+                        nlink: directory ? 2 : 1, uid: uid, gid: inherits ? dir.gid : gid, rdev: 0, size: 0,
+                        atime: now, mtime: now, ctime: now)
         let answered = state.withLock { state -> Bool in
             guard state.directories[parent] != nil, state.directories[parent]?[name] == nil else { return false }
             let file = NewFile(parent: parent, name: name, attr: attr)
             state.unmade[ino] = file
             state.queue(.make(file), at: now)
             state.directories[parent]?[name] = ino
-            state.touchDirectory(parent, at: now)
+            state.touchDirectory(parent, links: directory ? 1 : 0, at: now)
             state.keep(attr)
+            // A new directory is empty: its misses need no load.
+            if directory { state.directories[ino] = [:] }
             state.answered(in: parent, removing: nil)
             return true
         }
@@ -759,24 +765,34 @@ public final class MetadataCache: Metadata {
     }
 
     /// Starts reading, in the background and in one query, the listings of the first
-    /// `prefetchListings` subdirectories among `entries` that are not kept yet.
-    func prefetchSubdirectories(of entries: [DirEntry]) {
+    /// `prefetchListings` subdirectories among `entries` that are not kept yet; once they
+    /// are read, those of their own subdirectories, `levels` deep in all. A walk that
+    /// enters a subdirectory as soon as it is listed then finds the listings of the level
+    /// below it read or under way, rather than waiting a round trip for each directory
+    /// that has subdirectories.
+    func prefetchSubdirectories(of entries: [DirEntry], levels: Int = 2) {
         guard prefetchListings > 0, let began = beginLoad() else { return }
-        let wanted = state.withLock { state -> [InodeNumber] in
-            guard state.prefetchesUnderWay < Self.prefetchesAtOnce else { return [] }
+        let (wanted, keptBelow) = state.withLock { state -> ([InodeNumber], [DirEntry]) in
+            guard state.prefetchesUnderWay < Self.prefetchesAtOnce else { return ([], []) }
             var wanted: [InodeNumber] = []
+            var keptBelow: [DirEntry] = []
             for entry in entries where entry.attr.isDirectory && wanted.count < prefetchListings {
                 let dir = entry.attr.ino
                 if state.prefetching.contains(dir) { continue }
-                if let kept = state.listings[dir], kept.after == 0, kept.epoch == state.epoch { continue }
+                if let kept = state.listings[dir], kept.after == 0, kept.epoch == state.epoch {
+                    // Read already: the level below it is what to read next.
+                    if levels > 1 { keptBelow += kept.entries }
+                    continue
+                }
                 wanted.append(dir)
             }
             if !wanted.isEmpty {
                 state.prefetching.formUnion(wanted)
                 state.prefetchesUnderWay += 1
             }
-            return wanted
+            return (wanted, keptBelow)
         }
+        if !keptBelow.isEmpty { prefetchSubdirectories(of: keptBelow, levels: levels - 1) }
         guard !wanted.isEmpty else { return }
         DispatchQueue.global().async { [self] in
             let found = try? backing.listings(wanted, limit: Self.listingBatch)
@@ -794,6 +810,9 @@ public final class MetadataCache: Metadata {
             prefetchEnded.lock()
             prefetchEnded.broadcast()
             prefetchEnded.unlock()
+            if levels > 1, let found {
+                prefetchSubdirectories(of: wanted.flatMap { found[$0] ?? [] }, levels: levels - 1)
+            }
         }
     }
 

@@ -66,10 +66,10 @@ public struct VolumeOptions: Sendable {
     /// directory is listed from its start (0: none). Worth it where every query is a
     /// network round trip: a walk of a tree then waits for one per level.
     public var prefetchListings: Int = 0
-    /// The writer answers the creation of a regular file, an unlink and an rmdir at once,
-    /// and applies them to the metadata with the next change that reaches it, at the
-    /// latest about a second later (MetadataCache): a create costs no transaction of its
-    /// own, and an `rm -rf` a transaction per batch.
+    /// The writer answers the creation of a regular file or a directory, an unlink and an
+    /// rmdir at once, and applies them to the metadata with the next change that reaches
+    /// it, at the latest about a second later (MetadataCache): a create costs no
+    /// transaction of its own, and an `rm -rf` a transaction per batch.
     public var namesAtCommit: Bool = true
     public init() {}
 }
@@ -565,6 +565,15 @@ public final class VolumeFS: Sendable {
 
     public func mkdir(_ parent: InodeNumber, _ name: FileName, mode: UInt32, uid: UInt32, gid: UInt32) throws(FSError) -> Attr {
         try Self.checkNew(name)
+        // The writer answers at once and makes the directory with the next change (MetadataCache).
+        let answered = try mutating { () throws(MetadataError) -> Attr? in
+            guard options.namesAtCommit, isWriter else { return nil }
+            return try cache.deferCreate(parent, name, directory: true, mode: mode, uid: uid, gid: gid, now: Self.now())
+        }
+        if let answered {
+            remember(answered.ino)
+            return answered
+        }
         return try make(parent, name, mode: FileType.directory.rawValue | (mode & 0o7777), rdev: 0, uid: uid, gid: gid, target: nil)
     }
 

@@ -193,6 +193,7 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
             made[name] = f.ino
         }
         let sub = try a!.mkdir(d.ino, "sub", mode: 0o755, uid: 0, gid: 0)
+        try a!.syncMetadata()
         #expect(a!.cache.state.withLock { $0.queued.isEmpty })
 
         // Answered from memory: the name is gone here and still there for the others.
@@ -246,6 +247,43 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         shared.clock.advance(seconds: 60)
         let b = try shared.mount("b")
         #expect(try readFile(b, "v") == [7])
+    }
+
+    /// A directory the writer makes is answered at once too, and made before the files in
+    /// it, in the transaction of the first of them to be closed.
+    @Test(arguments: TestBackend.available)
+    func aDirectoryIsMadeWithTheFirstChangeThatReachesTheMetadata(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend)
+        var a: VolumeFS? = try shared.mount("a")
+        let other = try shared.storage.reopen(nil)
+        let top = try a!.mkdir(.root, "top", mode: 0o2775, uid: 0, gid: 0)
+        try a!.syncMetadata()
+        _ = try a!.setattr(top.ino, AttrChanges(gid: 7))
+        let d = try a!.mkdir(top.ino, "d", mode: 0o755, uid: 3, gid: 4)
+        let e = try a!.mkdir(d.ino, "e", mode: 0o700, uid: 3, gid: 4)
+        #expect(a!.cache.state.withLock { $0.queued.count } == 2, "answered without a transaction")
+        #expect(d.mode == FileType.directory.rawValue | 0o2755 && d.gid == 7 && d.nlink == 2, "the set-group-id rule")
+        #expect(try a!.getattr(top.ino).nlink == 3)
+        #expect(throws: MetadataError.notFound) { try other.lookup(top.ino, "d") }
+        let (f, fh) = try a!.create(e.ino, "f", mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
+        _ = try [UInt8]([1]).withUnsafeBytes { try a!.write(f.ino, fh, offset: 0, $0) }
+        a!.release(f.ino, fh)
+        let made = try other.lookup(top.ino, "d")
+        #expect(made.ino == d.ino && made.mode == d.mode && made.gid == 7 && made.nlink == 3)
+        #expect(try other.lookup(d.ino, "e").ino == e.ino)
+        #expect(try other.getattr(e.ino).mode == e.mode)
+        #expect(try other.lookup(e.ino, "f").size == 1)
+        #expect(try other.getattr(top.ino).nlink == 3)
+
+        // Not applied when the writer dies: forgotten.
+        #expect(throws: FSError.metadata(.notFound)) { try a!.lookup(.root, "gone") }
+        _ = try a!.mkdir(.root, "gone", mode: 0o755, uid: 0, gid: 0)
+        #expect(a!.cache.state.withLock { $0.queued.count } == 1)
+        a = nil
+        shared.clock.advance(seconds: 60)
+        let b = try shared.mount("b")
+        #expect(throws: FSError.metadata(.notFound)) { try b.lookup(.root, "gone") }
+        #expect(try b.lookup(e.ino, "f").ino == f.ino)
     }
 
     /// A crash forgets the files created since their last close, as a local filesystem
