@@ -25,15 +25,17 @@
 // level of the tree rather than per directory. A listing asked for while its prefetch is
 // under way waits for it instead of asking again.
 //
-// Files made at their close: the writer answers the creation of a regular file at once,
-// under an inode number reserved beforehand, where the directory's names are kept (so the
-// name is known to be free). The file is made in the metadata in the transaction that
-// commits its data, at close or fsync, or, at the latest, just before anything else
-// reaches the metadata (`makeUnmade`): nothing ever reads or changes the metadata while
-// a file this mount answered for is missing from it. A create then costs no round trip
-// of its own. Until it is made, other mounts do not see the file, and a crash forgets it
-// (as a local filesystem forgets a file created since its last commit); a file that
-// cannot be made is lost, and its handles answer EIO.
+// Files made at their close: the writer answers the creation of a regular file or a
+// directory at once, under an inode number reserved beforehand, where the directory's
+// names are kept (so the name is known to be free), and an unlink or rmdir where its
+// kept names and attributes settle the answer. These changes are queued in the order
+// they were answered and applied in the transaction that commits a file's data, at close
+// or fsync, or, at the latest, just before anything else reaches the metadata
+// (`makeUnmade`): nothing ever reads or changes the metadata while a change this mount
+// answered for is missing from it. A create or a removal then costs no round trip of its
+// own. Until it is applied, other mounts do not see it, and a crash forgets it (as a
+// local filesystem forgets what it did since its last commit); a file that cannot be made
+// is lost, and its handles answer EIO.
 
 import Foundation
 import Logging
@@ -56,6 +58,9 @@ public final class MetadataCache: Metadata {
 
     struct State {
         var epoch: UInt64 = 0
+        /// What the listings kept are as of: it moves with `epoch`, except for the changes
+        /// the writer answers from memory, which mend the listings they touch instead.
+        var listingsEpoch: UInt64 = 0
         var changing = 0
         var attrs: [InodeNumber: Attr] = [:]
         /// Complete listings: a name missing here is missing in the volume.
@@ -115,24 +120,28 @@ public final class MetadataCache: Metadata {
             if queuedSince == nil { queuedSince = now }
         }
 
-        /// Moves the epoch for a change answered from memory in `dir` (the loads under way
-        /// must not be kept), keeping the listings that were current, which it leaves as
-        /// they were: all but `dir`'s, which loses the entry `removed` (or is dropped when
-        /// an entry was added), and its parent's, whose entry for `dir` has old times.
-        /// A walk that removes what it lists (`rm -rf`) then reads no listing twice.
-        mutating func answered(in dir: InodeNumber, removing removed: FileName?) {
-            let old = epoch
+        /// A change: loads under way must not be kept, nor the listings kept so far.
+        mutating func moved() {
             epoch &+= 1
-            for (key, var listing) in listings where listing.epoch == old {
-                if key == dir, let removed {
-                    let before = listing.entries.count
-                    listing.entries.removeAll { $0.name == removed }
-                    listedEntries -= before - listing.entries.count
-                } else if key == dir || key == parents[dir] {
-                    continue
-                }
-                listing.epoch = epoch
-                listings[key] = listing
+            listingsEpoch &+= 1
+        }
+
+        /// A change answered from memory in `dir`: loads under way must not be kept, but
+        /// the listings kept stay, all but `dir`'s, which loses the entry `removed` (or is
+        /// dropped when an entry was added), and its parent's, whose entry for `dir` has
+        /// old times. A walk that removes what it lists (`rm -rf`) then reads no listing
+        /// twice.
+        mutating func answered(in dir: InodeNumber, removing removed: FileName?) {
+            epoch &+= 1
+            if let removed, listings[dir]?.epoch == listingsEpoch {
+                let before = listings[dir]!.entries.count
+                listings[dir]!.entries.removeAll { $0.name == removed }
+                listedEntries -= before - listings[dir]!.entries.count
+            } else if let gone = listings.removeValue(forKey: dir) {
+                listedEntries -= gone.entries.count
+            }
+            if let parent = parents[dir], let gone = listings.removeValue(forKey: parent) {
+                listedEntries -= gone.entries.count
             }
         }
 
@@ -229,7 +238,7 @@ public final class MetadataCache: Metadata {
             keepNames(&state, parent, entries)
             // The same entries are the directory's listing: an `ls` after a lookup in it
             // (a walk that stats a directory before it lists it) asks nothing more.
-            state.keep(Listing(after: 0, entries: entries, reachesEnd: true, epoch: state.epoch), of: parent)
+            state.keep(Listing(after: 0, entries: entries, reachesEnd: true, epoch: state.listingsEpoch), of: parent)
         }
     }
 
@@ -384,21 +393,21 @@ public final class MetadataCache: Metadata {
         if makingFirst { makeUnmade() }
         state.withLock { state in
             state.changing += 1
-            state.epoch &+= 1
+            state.moved()
         }
         do {
             let result = try body()
             state.withLock { state in
                 update(&state, result)
                 state.changing -= 1
-                state.epoch &+= 1
+                state.moved()
             }
             return result
         } catch {
             state.withLock { state in
                 state.forgetAll()
                 state.changing -= 1
-                state.epoch &+= 1
+                state.moved()
             }
             throw error
         }
@@ -408,7 +417,7 @@ public final class MetadataCache: Metadata {
     func change(_ update: (inout State) -> Void) {
         state.withLock { state in
             update(&state)
-            state.epoch &+= 1
+            state.moved()
         }
     }
 
@@ -578,7 +587,7 @@ public final class MetadataCache: Metadata {
                 state.answered(in: parent, removing: name)
             } else {
                 // Other names of the file are listed with its old link count.
-                state.epoch &+= 1
+                state.moved()
             }
             return attr
         }
@@ -632,7 +641,7 @@ public final class MetadataCache: Metadata {
             state.queued.removeAll()
             state.queuedSince = nil
             state.forgetAll()
-            state.epoch &+= 1
+            state.moved()
             return (count, removals)
         }
         if count > 0 { logger.error("\(count) files created on this mount were not made in the volume before it lost the lease, and are lost") }
@@ -653,7 +662,7 @@ public final class MetadataCache: Metadata {
                 if state.lost.count > 10_000 { state.lost.removeAll() }
                 for file in files { state.lost[file.attr.ino] = error }
                 state.forgetAll()
-                state.epoch &+= 1
+                state.moved()
             }
             return error
         }
@@ -742,7 +751,7 @@ public final class MetadataCache: Metadata {
     public func readdir(_ ino: InodeNumber, after cookie: Int64, limit: Int) throws(MetadataError) -> [DirEntry] {
         if cookie == 0 { awaitPrefetch(of: ino) }
         let kept = state.withLock { state -> (page: [DirEntry], listing: [DirEntry])? in
-            guard state.changing == 0, let listing = state.listings[ino], listing.epoch == state.epoch,
+            guard state.changing == 0, let listing = state.listings[ino], listing.epoch == state.listingsEpoch,
                   cookie == listing.after || listing.entries.contains(where: { $0.cookie == cookie }) else { return nil }
             let rest = listing.entries.drop { $0.cookie <= cookie }
             guard rest.count >= limit || listing.reachesEnd else { return nil }
@@ -758,7 +767,7 @@ public final class MetadataCache: Metadata {
         let batch = max(limit, Self.listingBatch)
         let entries = try backing.readdir(ino, after: cookie, limit: batch)
         finishLoad(began) { state in
-            state.keep(Listing(after: cookie, entries: entries, reachesEnd: entries.count < batch, epoch: state.epoch), of: ino)
+            state.keep(Listing(after: cookie, entries: entries, reachesEnd: entries.count < batch, epoch: state.listingsEpoch), of: ino)
         }
         if cookie == 0 { prefetchSubdirectories(of: entries) }
         return Array(entries.prefix(limit))
@@ -779,7 +788,7 @@ public final class MetadataCache: Metadata {
             for entry in entries where entry.attr.isDirectory && wanted.count < prefetchListings {
                 let dir = entry.attr.ino
                 if state.prefetching.contains(dir) { continue }
-                if let kept = state.listings[dir], kept.after == 0, kept.epoch == state.epoch {
+                if let kept = state.listings[dir], kept.after == 0, kept.epoch == state.listingsEpoch {
                     // Read already: the level below it is what to read next.
                     if levels > 1 { keptBelow += kept.entries }
                     continue
@@ -799,7 +808,7 @@ public final class MetadataCache: Metadata {
             finishLoad(began) { state in
                 for (dir, entries) in found ?? [:] {
                     let whole = entries.count < Self.listingBatch
-                    state.keep(Listing(after: 0, entries: entries, reachesEnd: whole, epoch: state.epoch), of: dir)
+                    state.keep(Listing(after: 0, entries: entries, reachesEnd: whole, epoch: state.listingsEpoch), of: dir)
                     if whole && entries.count <= directoryLimit { keepNames(&state, dir, entries) }
                 }
             }
@@ -860,7 +869,8 @@ public final class MetadataCache: Metadata {
                 switch change {
                 case .make(let file):
                     state.directories[file.parent]?[file.name] = file.attr.ino
-                    state.touchDirectory(file.parent, at: file.attr.ctime)
+                    state.touchDirectory(file.parent, links: file.attr.isDirectory ? 1 : 0, at: file.attr.ctime)
+                    if file.attr.isDirectory { state.directories[file.attr.ino] = [:] }
                 case .remove(let parent, let name, let directory, let now):
                     if let ino = state.directories[parent]?[name] {
                         state.attrs[ino] = nil
