@@ -355,14 +355,16 @@ public final class MetadataCache: Metadata {
     }
 
     /// Regular files that have stored bytes, in the directory `ino` was last listed in,
-    /// in listing order from the entry after it: the files a `cat *` or a `tar` opens
-    /// next. At most `limit`, and at most `bytes` of stored bytes between them.
+    /// in listing order from the entry after it, each subdirectory whose listing is kept
+    /// followed by its own entries (depth first, as `tar` and `cp -R` walk): the files a
+    /// `cat *` or a walk opens next. At most `limit`, and at most `bytes` of stored bytes
+    /// between them.
     func filesBeside(_ ino: InodeNumber, limit: Int, bytes: UInt64) -> [InodeNumber] {
         state.withLock { state in
             guard let parent = state.parents[ino] else { return [] }
             var order: [InodeNumber]
             if let listing = state.listings[parent], listing.after == 0 {
-                order = listing.entries.map(\.attr.ino)
+                order = Self.walkOrder(state, listing.entries, upTo: Self.walkedForMaps)
             } else if let names = state.directories[parent] {
                 order = Array(names.values)
             } else {
@@ -380,6 +382,25 @@ public final class MetadataCache: Metadata {
             }
             return chosen
         }
+    }
+
+    /// Entries looked at for `filesBeside`, at most: it runs under the cache's lock.
+    static let walkedForMaps = 4096
+
+    /// `entries`, each subdirectory's kept listing spliced in after it, depth first.
+    static func walkOrder(_ state: State, _ entries: [DirEntry], upTo count: Int) -> [InodeNumber] {
+        var order: [InodeNumber] = []
+        var pending: [ArraySlice<DirEntry>] = [entries[...]]
+        while order.count < count, var level = pending.popLast() {
+            guard let entry = level.popFirst() else { continue }
+            pending.append(level)
+            order.append(entry.attr.ino)
+            if entry.attr.isDirectory, let below = state.listings[entry.attr.ino], below.after == 0,
+               below.epoch == state.listingsEpoch, pending.count < 64 {
+                pending.append(below.entries[...])
+            }
+        }
+        return order
     }
 
     // MARK: Changes

@@ -219,6 +219,51 @@ import Testing
         #expect(try !listed(dirs[1]).map(\.name).contains("f0"))
     }
 
+    /// The maps read with a file's own are those of the files a walk opens next: the
+    /// rest of its directory in listing order, each subdirectory whose listing is kept
+    /// followed by its files, depth first, then the files before it.
+    @Test func theFilesBesideAFileFollowTheWalkIntoKeptSubdirectories() throws {
+        let directory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let storage = try TestStorage.make(.embedded, chunkSize: 4096, sizeLimit: 1 << 30, directory: directory)
+        let backing = storage.metadata
+        let cache = MetadataCache(backing)
+        let now = Timestamp(nanoseconds: 1_000_000_000)
+        func dir(_ parent: InodeNumber, _ name: FileName) throws -> InodeNumber {
+            try backing.mknode(parent, name, mode: FileType.directory.rawValue | 0o755, uid: 0, gid: 0, rdev: 0, target: nil, now: now).ino
+        }
+        func file(_ parent: InodeNumber, _ name: FileName, stored: Bool = true) throws -> InodeNumber {
+            let ino = try backing.mknode(parent, name, mode: FileType.regular.rawValue | 0o644, uid: 0, gid: 0, rdev: 0, target: nil, now: now).ino
+            if stored {
+                let bytes: [UInt8] = [1, 2, 3]
+                let chunk = ChunkRef(index: 0, inline: bytes, checksums: bytes.withUnsafeBytes { BlockChecksums(of: $0) })
+                _ = try backing.commitData(ino, chunks: [chunk], drop: nil, size: 3, mtime: now, now: now)
+            }
+            return ino
+        }
+        let a = try dir(.root, "a")
+        let f0 = try file(a, "f0")
+        let f1 = try file(a, "f1")
+        let empty = try file(a, "empty", stored: false)
+        let sub = try dir(a, "sub")
+        let g1 = try file(sub, "g1")
+        let deeper = try dir(sub, "deeper")
+        let h1 = try file(deeper, "h1")
+        let f2 = try file(a, "f2")
+        let unlisted = try dir(a, "unlisted")
+        _ = try file(unlisted, "u1")
+        for listed in [a, sub, deeper] { _ = try cache.readdir(listed, after: 0, limit: 100) }
+        _ = empty
+
+        #expect(cache.filesBeside(f1, limit: 100, bytes: 1 << 20) == [g1, h1, f2, f0])
+        #expect(cache.filesBeside(f1, limit: 2, bytes: 1 << 20) == [g1, h1])
+        #expect(cache.filesBeside(f1, limit: 100, bytes: 7) == [g1, h1])
+        // A listing dropped by a change is not walked into.
+        _ = try cache.mknode(deeper, "new", mode: FileType.regular.rawValue | 0o644, uid: 0, gid: 0, rdev: 0, target: nil, now: now)
+        _ = try cache.readdir(a, after: 0, limit: 100)
+        #expect(cache.filesBeside(f1, limit: 100, bytes: 1 << 20) == [f2, f0])
+    }
+
     @Test func aDirectoryTooBigToKeepIsAskedAboutEachTimeAndListedOnce() throws {
         let directory = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
