@@ -17,43 +17,24 @@ final class OpenObject: Sendable {
     let fd: Int32
     private let direct: Atomic<Bool>
 
-    /// `O_DIRECT` needs offsets, lengths and addresses aligned to the device's logical
-    /// block, which is at most a page on the filesystems a cache lives on.
-    static let alignment = 4096
-
-    /// Glibc defines `O_DIRECT` only under `_GNU_SOURCE`, which Swift's import leaves out;
-    /// its value is the kernel's, per architecture.
-    #if arch(arm64) || arch(arm)
-    static let directFlag: Int32 = 0o200000
-    #else
-    static let directFlag: Int32 = 0o40000
-    #endif
-
     init(fd: Int32) {
         self.fd = fd
-        self.direct = Atomic(fcntl(fd, F_GETFL) & Self.directFlag != 0)
+        self.direct = Atomic(DirectIO.isDirect(fd))
     }
 
     deinit { close(fd) }
 
     var isDirect: Bool { direct.load(ordering: .relaxed) }
 
-    /// Opens `path` for `flags`, with `O_DIRECT` when its filesystem supports it.
-    static func open(_ path: String, _ flags: Int32, mode: mode_t = 0) -> Int32 {
-        let fd = Glibc.open(path, flags | directFlag, mode)
-        if fd >= 0 || errno != EINVAL { return fd }
-        return Glibc.open(path, flags, mode)
-    }
-
     /// Goes on with ordinary I/O after the filesystem refused a direct transfer.
     private func dropDirect() {
-        let flags = fcntl(fd, F_GETFL)
-        if flags >= 0 { _ = fcntl(fd, F_SETFL, flags & ~Self.directFlag) }
+        DirectIO.drop(fd)
         direct.store(false, ordering: .relaxed)
     }
 
     static func isAligned(_ offset: Int, _ count: Int, _ address: UnsafeRawPointer?) -> Bool {
         guard let address else { return false }
+        let alignment = DirectIO.alignment
         return offset % alignment == 0 && count % alignment == 0 && Int(bitPattern: address) % alignment == 0
     }
 
@@ -70,7 +51,7 @@ final class OpenObject: Sendable {
     /// A direct read of the aligned range around `[offset, offset + buffer.count)`,
     /// through a scratch buffer.
     private func readAround(at offset: Int, into buffer: UnsafeMutableRawBufferPointer) -> Int? {
-        let a = Self.alignment
+        let a = DirectIO.alignment
         let low = offset / a * a
         let high = (offset + buffer.count + a - 1) / a * a
         let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: high - low, alignment: a)
@@ -105,7 +86,7 @@ final class OpenObject: Sendable {
     /// the caller truncates the file to its length afterwards.
     func write(_ bytes: UnsafeRawBufferPointer, at offset: Int, room: Int) -> Bool {
         guard let base = bytes.baseAddress, bytes.count > 0 else { return true }
-        let a = Self.alignment
+        let a = DirectIO.alignment
         var count = bytes.count
         if isDirect {
             let padded = (count + a - 1) / a * a

@@ -434,7 +434,7 @@ public final class CachedChunkStore: ChunkStore {
     /// read held over 300 MiB.
     func takePiece() -> UnsafeMutableRawBufferPointer {
         pieces.withLock { $0.popLast() }.map { $0.buffer }
-            ?? UnsafeMutableRawBufferPointer.allocate(byteCount: Self.fetchPiece, alignment: OpenObject.alignment)
+            ?? UnsafeMutableRawBufferPointer.allocate(byteCount: Self.fetchPiece, alignment: DirectIO.alignment)
     }
 
     func givePieceBack(_ piece: UnsafeMutableRawBufferPointer) {
@@ -462,7 +462,7 @@ public final class CachedChunkStore: ChunkStore {
             if stale { futimens(kept.fd, nil) }
             return kept
         }
-        let fd = OpenObject.open(path(of: id), O_RDONLY | O_CLOEXEC)
+        let fd = DirectIO.open(path(of: id), O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
             // Gone: evicted by another process, or discarded.
             if known { index.withLock { _ = $0.remove(id) } }
@@ -498,7 +498,7 @@ public final class CachedChunkStore: ChunkStore {
     /// or process picks the same name.
     func createTemporary(for id: ObjectID) throws(StoreError) -> (OpenObject, String) {
         let name = "\(directory)/tmp/\(id).\(getpid()).\(UInt64.random(in: 0...UInt64.max)).part"
-        let fd = OpenObject.open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode: 0o600)
+        let fd = DirectIO.open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode: 0o600)
         guard fd >= 0 else { throw Self.failure(errno, "cannot create \(name)") }
         fchmod(fd, 0o600)
         return (OpenObject(fd: fd), name)

@@ -98,26 +98,13 @@ public final class LocalChunkStore: ChunkStore {
         Self.syncDirectory(dir)
     }
 
-    /// Glibc defines `O_DIRECT` only under `_GNU_SOURCE`, which Swift's import leaves out;
-    /// its value is the kernel's, per architecture.
-    #if arch(arm64) || arch(arm)
-    static let directFlag: Int32 = 0o200000
-    #else
-    static let directFlag: Int32 = 0o40000
-    #endif
-    /// `O_DIRECT` needs offsets, lengths and addresses aligned to the device's logical
-    /// block, which is at most a page.
-    static let alignment = 4096
     /// Aligned buffers kept for the next objects: filling fresh pages (a fault and a
     /// zeroing for each) costs more than the copy into them.
     static let buffersKept = 4
 
     /// Creates an object's file, with `O_DIRECT` where the filesystem allows it.
     static func create(_ path: String) -> Int32 {
-        let flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC
-        let fd = open(path, flags | directFlag, objectMode)
-        if fd >= 0 || errno != EINVAL { return fd }
-        return open(path, flags, objectMode)
+        DirectIO.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode: objectMode)
     }
 
     /// Writes `bytes` from the start of `fd`; an errno if it could not.
@@ -130,8 +117,8 @@ public final class LocalChunkStore: ChunkStore {
     /// A filesystem that refuses the direct write gets an ordinary one.
     func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int32? {
         guard let base = bytes.baseAddress, bytes.count > 0 else { return nil }
-        if fcntl(fd, F_GETFL) & Self.directFlag != 0 {
-            let padded = (bytes.count + Self.alignment - 1) / Self.alignment * Self.alignment
+        if DirectIO.isDirect(fd) {
+            let padded = (bytes.count + DirectIO.alignment - 1) / DirectIO.alignment * DirectIO.alignment
             let buffer = takeBuffer(padded)
             defer { giveBack(buffer) }
             buffer.copyMemory(from: bytes)
@@ -143,8 +130,7 @@ public final class LocalChunkStore: ChunkStore {
             }
             guard errno == EINVAL else { return errno }
             // Refused after all (some filesystems accept the flag, not the write).
-            let flags = fcntl(fd, F_GETFL)
-            _ = fcntl(fd, F_SETFL, flags & ~Self.directFlag)
+            DirectIO.drop(fd)
             if ftruncate(fd, 0) != 0 { return errno }
         }
         return Self.pwriteAll(fd, UnsafeRawBufferPointer(start: base, count: bytes.count))
@@ -175,7 +161,7 @@ public final class LocalChunkStore: ChunkStore {
             guard let index = buffers.firstIndex(where: { $0.bytes.count >= size }) else { return nil }
             return buffers.remove(at: index)
         }
-        return kept?.bytes ?? UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: Self.alignment)
+        return kept?.bytes ?? UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: DirectIO.alignment)
     }
 
     func giveBack(_ buffer: UnsafeMutableRawBufferPointer) {

@@ -64,9 +64,9 @@ public protocol Metadata: Sendable {
     /// `make`: a writer answers a create at once and commits the file at its close.
     func reserveInodes(_ count: Int) throws(MetadataError) -> Range<UInt64>
     /// Applies `changes` in order, in one transaction: each `.make` makes an empty regular
-    /// file or directory under a number `reserveInodes` gave, as `mknode` would (the same refusals, the
-    /// set-group-id rule), with the mode, owner and creation time of its attributes; each
-    /// `.remove` is an `unlink` or `rmdir`. `commitData(…, applying:)` applies them in the
+    /// file or directory under a number `reserveInodes` gave, as `mknode` would (the same
+    /// refusals, the set-group-id rule), with the mode, owner and creation time of its
+    /// attributes; each `.remove` is an `unlink` or `rmdir`. `commitData(…, applying:)` applies them in the
     /// transaction of a data commit.
     func apply(_ changes: [NameChange]) throws(MetadataError)
     /// Adds the name `newName` in `newParent` for `ino`, which must not be a directory.

@@ -311,7 +311,7 @@ import Glibc
             try cache.put(uploaded, content)
             objects += [(fetched, content), (uploaded, content)]
         }
-        let aligned = UnsafeMutableRawBufferPointer.allocate(byteCount: 3 * OpenObject.alignment, alignment: OpenObject.alignment)
+        let aligned = UnsafeMutableRawBufferPointer.allocate(byteCount: 3 * DirectIO.alignment, alignment: DirectIO.alignment)
         defer { aligned.deallocate() }
         for (id, content) in objects {
             #expect(try cache.read(id, count: content.count + 10) == content)
@@ -333,10 +333,10 @@ import Glibc
     @Test func aDirectDescriptorFallsBackToOrdinaryIO() throws {
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         let path = root + "/fallback"
-        let file = OpenObject(fd: OpenObject.open(path, O_RDWR | O_CREAT | O_CLOEXEC, mode: 0o600))
+        let file = OpenObject(fd: DirectIO.open(path, O_RDWR | O_CREAT | O_CLOEXEC, mode: 0o600))
         #expect(file.fd >= 0)
         let content = bytes(10_000, seed: 3)
-        let unaligned = UnsafeMutableRawBufferPointer.allocate(byteCount: 20_000, alignment: OpenObject.alignment)
+        let unaligned = UnsafeMutableRawBufferPointer.allocate(byteCount: 20_000, alignment: DirectIO.alignment)
         defer { unaligned.deallocate() }
         let start = UnsafeMutableRawBufferPointer(rebasing: unaligned[1..<10_001])
         start.copyBytes(from: content)

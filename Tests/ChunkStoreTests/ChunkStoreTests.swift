@@ -158,7 +158,7 @@ import Testing
             #expect(try store.read(id, count: length + 10) == data)
         }
         #expect(store.buffers.withLock { $0.count } <= LocalChunkStore.buffersKept)
-        #expect(store.buffers.withLock { $0.allSatisfy { Int(bitPattern: $0.bytes.baseAddress) % LocalChunkStore.alignment == 0 } })
+        #expect(store.buffers.withLock { $0.allSatisfy { Int(bitPattern: $0.bytes.baseAddress) % DirectIO.alignment == 0 } })
     }
 
     @Test func objectIDHexRoundTrips() {

@@ -1,0 +1,35 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Transfers past the page cache (`O_DIRECT`), for stores whose objects are read back
+/// through the mounted files' own pages, where a second copy in the objects' pages only
+/// costs memory and the CPU of filling it.
+public enum DirectIO {
+    /// `O_DIRECT` needs offsets, lengths and addresses aligned to the device's logical
+    /// block, which is at most a page on the filesystems objects live on.
+    public static let alignment = 4096
+
+    /// Glibc defines `O_DIRECT` only under `_GNU_SOURCE`, which Swift's import leaves out;
+    /// its value is the kernel's, per architecture.
+    #if arch(arm64) || arch(arm)
+    public static let flag: Int32 = 0o200000
+    #else
+    public static let flag: Int32 = 0o40000
+    #endif
+
+    /// Opens `path` for `flags`, with `O_DIRECT` when its filesystem supports it.
+    public static func open(_ path: String, _ flags: Int32, mode: mode_t = 0) -> Int32 {
+        let fd = Glibc.open(path, flags | flag, mode)
+        if fd >= 0 || errno != EINVAL { return fd }
+        return Glibc.open(path, flags, mode)
+    }
+
+    public static func isDirect(_ fd: Int32) -> Bool { fcntl(fd, F_GETFL) & flag != 0 }
+
+    /// Goes on with ordinary I/O on `fd` after the filesystem refused a direct transfer.
+    public static func drop(_ fd: Int32) {
+        let flags = fcntl(fd, F_GETFL)
+        if flags >= 0 { _ = fcntl(fd, F_SETFL, flags & ~flag) }
+    }
+}
