@@ -105,6 +105,10 @@ public protocol Metadata: Sendable {
     @discardableResult
     func commitData(_ ino: InodeNumber, chunks: [ChunkRef], drop: Range<Int>?, size: UInt64,
                     mtime: Timestamp?, now: Timestamp, applying: [NameChange]) throws(MetadataError) -> Committed
+    /// Commits the new data of several files in one transaction, in order, after
+    /// `applying` (a group of files closed while the writer defers commits); answers one
+    /// `Committed` for each. Refuses the whole group as `commitData` would refuse any one.
+    func commitData(_ commits: [DataCommit], now: Timestamp, applying: [NameChange]) throws(MetadataError) -> [Committed]
     /// Sets the volume's usage, and each file's stored bytes, to what its chunks add up
     /// to (fsck --repair); returns the usage as it was recorded and as it is now.
     func recountUsage() throws(MetadataError) -> (recorded: UInt64, counted: UInt64)
@@ -164,6 +168,12 @@ public protocol Metadata: Sendable {
     /// and forgets sessions whose heartbeat is older than `staleSeconds`.
     func heartbeat(_ session: Session, staleSeconds: Double) throws(MetadataError)
     func removeSession(id: String) throws(MetadataError)
+    /// The writer (this instance's fence) says whether it defers the commits of files
+    /// closed on its mount (`Lease.deferring`). Turning it on succeeds only while no other
+    /// mount is attached, judged under the lease row's lock, which a mount's first
+    /// heartbeat also takes: a mount that attaches after this sees the flag and waits until
+    /// it is off again. Answers whether it is now on.
+    func deferCommits(_ on: Bool) throws(MetadataError) -> Bool
     func sessions() throws(MetadataError) -> [Session]
 }
 
@@ -183,6 +193,26 @@ extension Metadata {
     /// Makes empty regular `files`, in order (`apply`).
     public func make(_ files: [NewFile]) throws(MetadataError) {
         try apply(files.map(NameChange.make))
+    }
+}
+
+/// One file's new data in a group commit: as the arguments of `commitData`.
+public struct DataCommit: Sendable, Equatable {
+    public var ino: InodeNumber
+    public var chunks: [ChunkRef]
+    public var drop: Range<Int>?
+    public var size: UInt64
+    public var mtime: Timestamp?
+    /// The file's new ctime, where it is not the group's `now`.
+    public var ctime: Timestamp?
+    public init(ino: InodeNumber, chunks: [ChunkRef], drop: Range<Int>? = nil, size: UInt64, mtime: Timestamp?,
+                ctime: Timestamp? = nil) {
+        self.ino = ino
+        self.chunks = chunks
+        self.drop = drop
+        self.size = size
+        self.mtime = mtime
+        self.ctime = ctime
     }
 }
 

@@ -89,33 +89,49 @@ extension PostgresMetadata {
     @discardableResult
     public func commitData(_ ino: InodeNumber, chunks: [ChunkRef], drop: Range<Int>?, size: UInt64,
                            mtime: Timestamp?, now: Timestamp, applying changes: [NameChange]) throws(MetadataError) -> Committed {
-        // An index given twice keeps the last, as a replace would.
-        var latest: [Int: ChunkRef] = [:]
-        for chunk in chunks { latest[chunk.index] = chunk }
-        let rows = latest.values.sorted { $0.index < $1.index }
-        let drop = drop.flatMap { $0.isEmpty ? nil : $0 }
-        return try mutateInOneTrip(recover: { () throws(MetadataError) in
-            Committed(attr: try self.getattr(ino), retired: [])
+        try commitData([DataCommit(ino: ino, chunks: chunks, drop: drop, size: size, mtime: mtime)], now: now, applying: changes)[0]
+    }
+
+    /// A group is one round trip too: a `netvol_commit_data` per file, all with COMMIT.
+    public func commitData(_ commits: [DataCommit], now: Timestamp, applying changes: [NameChange]) throws(MetadataError) -> [Committed] {
+        try mutateInOneTrip(recover: { () throws(MetadataError) in
+            var answers: [Committed] = []
+            for commit in commits { answers.append(Committed(attr: try self.getattr(commit.ino), retired: [])) }
+            return answers
         }) { tx in
             try queue(tx, changes)
-            let retired = Answered<[ObjectID]>()
-            tx.withCommit("""
-                SELECT netvol_commit_data($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, coalesce($13, \(Self.databaseNow)))
-                """, [.int(id), .ino(ino), .int(drop.map { Int64($0.lowerBound) }), .int(drop.map { Int64($0.upperBound) }),
-                      .ints(rows.map { Int64($0.index) }),
-                      .ints(rows.map { $0.object.map { Int64(bitPattern: $0.rawValue) } ?? Self.inlineObject }),
-                      .ints(rows.map { Int64($0.length) }), .byteArrays(rows.map { $0.checksums.encoded }),
-                      .byteArrays(rows.map(\.inlineBytes)), .int(Int64(bitPattern: size)), .int(mtime?.nanoseconds),
-                      .time(now), clockValue]) { answer in
-                retired.value = try answer.ints(0, 0).map { ObjectID(rawValue: UInt64(bitPattern: $0)) }
-            }
-            // Read after the function, so it sees what the function changed.
-            let committed = Answered<Committed>()
-            tx.withCommit("SELECT \(Self.attrColumns) FROM inodes WHERE volume = $1 AND ino = $2", [.int(id), .ino(ino)]) { answer in
-                committed.value = Committed(attr: try Self.attr(answer), retired: try retired.get())
-            }
-            return committed
+            let answers = commits.map { queueCommit(tx, $0, now: now) }
+            let all = Answered<[Committed]>()
+            // The last statement's answer comes last: by then every other one is in.
+            tx.withCommit("SELECT 1") { _ in all.value = try answers.map { try $0.get() } }
+            return all
         }
+    }
+
+    /// Queues one file's commit in `tx`; its answer is there once COMMIT's is.
+    func queueCommit(_ tx: Transaction, _ commit: DataCommit, now: Timestamp) -> Answered<Committed> {
+        // An index given twice keeps the last, as a replace would.
+        var latest: [Int: ChunkRef] = [:]
+        for chunk in commit.chunks { latest[chunk.index] = chunk }
+        let rows = latest.values.sorted { $0.index < $1.index }
+        let drop = commit.drop.flatMap { $0.isEmpty ? nil : $0 }
+        let retired = Answered<[ObjectID]>()
+        tx.withCommit("""
+            SELECT netvol_commit_data($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, coalesce($13, \(Self.databaseNow)))
+            """, [.int(id), .ino(commit.ino), .int(drop.map { Int64($0.lowerBound) }), .int(drop.map { Int64($0.upperBound) }),
+                  .ints(rows.map { Int64($0.index) }),
+                  .ints(rows.map { $0.object.map { Int64(bitPattern: $0.rawValue) } ?? Self.inlineObject }),
+                  .ints(rows.map { Int64($0.length) }), .byteArrays(rows.map { $0.checksums.encoded }),
+                  .byteArrays(rows.map(\.inlineBytes)), .int(Int64(bitPattern: commit.size)), .int(commit.mtime?.nanoseconds),
+                  .time(commit.ctime ?? now), clockValue]) { answer in
+            retired.value = try answer.ints(0, 0).map { ObjectID(rawValue: UInt64(bitPattern: $0)) }
+        }
+        // Read after the function, so it sees what the function changed.
+        let committed = Answered<Committed>()
+        tx.withCommit("SELECT \(Self.attrColumns) FROM inodes WHERE volume = $1 AND ino = $2", [.int(id), .ino(commit.ino)]) { answer in
+            committed.value = Committed(attr: try Self.attr(answer), retired: try retired.get())
+        }
+        return committed
     }
 
     /// Set-based, so that a batch costs a few round trips however many inodes it holds:

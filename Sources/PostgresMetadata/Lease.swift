@@ -17,16 +17,21 @@ extension PostgresMetadata {
 
     public func lease() throws(MetadataError) -> Lease {
         try read { tx in
-            try lease(try tx.execute("""
-                SELECT holder, token, expires_at, renewed_at, coalesce($2, \(Self.databaseNow)) FROM lease WHERE volume = $1
-                """, [.int(id), clockValue]))
+            let rows = try tx.execute("""
+                SELECT holder, token, expires_at, renewed_at, coalesce($2, \(Self.databaseNow)), deferring FROM lease WHERE volume = $1
+                """, [.int(id), clockValue])
+            var found = try lease(rows)
+            found.deferring = try rows.bool(0, 5)
+            return found
         }
     }
 
     /// Sets the lease row and answers it as it now stands.
     func updateLease(_ tx: Transaction, holder: String?, bump: Bool, expires: Int64, renewed: Int64, now: Timestamp) throws -> Lease {
         var lease = try lease(try tx.execute("""
-            UPDATE lease SET holder = $2, token = token + $3, expires_at = $4, renewed_at = $5 WHERE volume = $1
+            UPDATE lease SET holder = $2, token = token + $3, expires_at = $4, renewed_at = $5,
+                deferring = deferring AND $2 IS NOT NULL AND $3 = 0
+            WHERE volume = $1
             RETURNING holder, token, expires_at, renewed_at, 0::bigint
             """, [.int(id), .text(holder), .int(bump ? 1 : 0), .int(expires), .int(renewed)]))
         lease.now = now
@@ -116,7 +121,11 @@ extension PostgresMetadata {
 
     public func heartbeat(_ session: Session, staleSeconds: Double) throws(MetadataError) {
         try pool.transaction { tx in
-            let now = try tx.execute("SELECT coalesce($1, \(Self.databaseNow))", [clockValue]).int(0, 0)
+            // Under the lease row's lock, as `deferCommits` is: a writer that turns deferring
+            // on after this sees this session, and one that did before is seen by the
+            // mount's wait after it.
+            let now = try tx.execute("SELECT coalesce($2, \(Self.databaseNow)) FROM lease WHERE volume = $1 FOR SHARE",
+                                     [.int(id), clockValue]).int(0, 0)
             try tx.execute("""
                 INSERT INTO sessions(volume, id, host, pid, mountpoint, device, mode, started_at, heartbeat_at)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
@@ -126,6 +135,20 @@ extension PostgresMetadata {
                       .text(session.device), .text(session.mode), .int(now)])
             try tx.execute("DELETE FROM sessions WHERE volume = $1 AND heartbeat_at < $2",
                            [.int(id), .int(now - Self.nanoseconds(max(staleSeconds, Session.keptSeconds)))])
+        }
+    }
+
+    public func deferCommits(_ on: Bool) throws(MetadataError) -> Bool {
+        let holder = fence.withLock { $0?.holder }
+        return try mutate { tx in
+            if on {
+                guard let holder,
+                      try tx.execute("SELECT NOT EXISTS(SELECT 1 FROM sessions WHERE volume = $1 AND id <> $2)",
+                                     [.int(id), .text(holder)]).bool(0, 0)
+                else { return false }
+            }
+            try tx.execute("UPDATE lease SET deferring = $2 <> 0 WHERE volume = $1", [.int(id), .int(on ? 1 : 0)])
+            return on
         }
     }
 

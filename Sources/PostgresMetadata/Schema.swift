@@ -436,6 +436,12 @@ enum Schema {
         COMMENT ON TABLE lease IS 'While holder is NULL, mounts answer opens from their caches; whoever takes the lease then
         changes nothing for a second (Lease.quietSeconds) if other mounts are attached.';
         """,
+        // Version 6: a mount that attaches waits while the writer defers its commits.
+        """
+        ALTER TABLE lease ADD COLUMN deferring boolean NOT NULL DEFAULT false;
+        COMMENT ON COLUMN lease.deferring IS 'The holder defers the commits of closed files: it found no other mount attached.
+        A mount that attaches waits until this is false or the lease is not held.';
+        """,
     ]
 
     /// What a refusal raised by one of the functions above means: their SQLSTATEs are of

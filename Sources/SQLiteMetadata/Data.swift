@@ -61,53 +61,65 @@ extension SQLiteMetadata {
                            mtime: Timestamp?, now: Timestamp, applying changes: [NameChange]) throws(MetadataError) -> Committed {
         try mutate { db in
             try Self.apply(db, changes)
-            let attr = try Self.fetchAttr(db, ino)
-            guard attr.isRegular else { throw MetadataError.invalidArgument("not a regular file") }
-            var delta: Int64 = 0
-            var retired: [ObjectID] = []
-            let inoValue = Int64(ino.rawValue)
-            if let drop, !drop.isEmpty {
-                let bounds: StatementArguments = [inoValue, drop.lowerBound, drop.upperBound]
-                for row in try Row.fetchAll(db.cachedStatement(sql: "SELECT object, length FROM chunks WHERE ino = ? AND idx >= ? AND idx < ?"),
-                                            arguments: bounds) {
-                    if let object = Self.storedObject(row[0]) { retired.append(object) }
-                    delta -= row[1] as Int64
-                }
-                try db.cachedStatement(sql: "DELETE FROM chunks WHERE ino = ? AND idx >= ? AND idx < ?").execute(arguments: bounds)
-            }
-            let old = try db.cachedStatement(sql: "SELECT object, length FROM chunks WHERE ino = ? AND idx = ?")
-            let put = try db.cachedStatement(sql: "INSERT OR REPLACE INTO chunks(ino, idx, object, length, checksums, data) VALUES (?, ?, ?, ?, ?, ?)")
-            let keep = try db.cachedStatement(sql: "DELETE FROM garbage WHERE object = ?")
-            for chunk in chunks {
-                if let row = try Row.fetchOne(old, arguments: [inoValue, chunk.index]) {
-                    if let object = Self.storedObject(row[0]) { retired.append(object) }
-                    delta -= row[1] as Int64
-                }
-                delta += Int64(chunk.length)
-                let checksums = Data(chunk.checksums.encoded)
-                switch chunk.location {
-                case .object(let id):
-                    let object = Int64(bitPattern: id.rawValue)
-                    try put.execute(arguments: [inoValue, chunk.index, object, chunk.length, checksums, nil])
-                    // An upload that gc adopted as a stray before this commit is no stray.
-                    try keep.execute(arguments: [object])
-                case .inline(let bytes):
-                    try put.execute(arguments: [inoValue, chunk.index, Self.inlineObject, chunk.length, checksums, Data(bytes)])
-                }
-            }
-            try Self.addUsage(db, delta)
-            let newMtime = mtime ?? attr.mtime
-            try db.cachedStatement(sql: "UPDATE inodes SET size = ?, mtime = ?, ctime = ?, stored = max(0, stored + ?) WHERE ino = ?").execute(
-                           arguments: [Int64(bitPattern: size), newMtime.nanoseconds, now.nanoseconds, delta, inoValue])
-            retired = try Self.retire(db, retired, now: self.now(db))
-            try Self.note(db, ino: ino)
-            var after = attr
-            after.size = size
-            after.mtime = newMtime
-            after.ctime = now
-            after.storedBytes = UInt64(max(0, Int64(attr.storedBytes) + delta))
-            return Committed(attr: after, retired: retired)
+            return try commitOne(db, DataCommit(ino: ino, chunks: chunks, drop: drop, size: size, mtime: mtime), now: now)
         }
+    }
+
+    public func commitData(_ commits: [DataCommit], now: Timestamp, applying changes: [NameChange]) throws(MetadataError) -> [Committed] {
+        try mutate { db in
+            try Self.apply(db, changes)
+            return try commits.map { commit in try commitOne(db, commit, now: commit.ctime ?? now) }
+        }
+    }
+
+    func commitOne(_ db: Database, _ commit: DataCommit, now: Timestamp) throws -> Committed {
+        let ino = commit.ino
+        let attr = try Self.fetchAttr(db, ino)
+        guard attr.isRegular else { throw MetadataError.invalidArgument("not a regular file") }
+        var delta: Int64 = 0
+        var retired: [ObjectID] = []
+        let inoValue = Int64(ino.rawValue)
+        if let drop = commit.drop, !drop.isEmpty {
+            let bounds: StatementArguments = [inoValue, drop.lowerBound, drop.upperBound]
+            for row in try Row.fetchAll(db.cachedStatement(sql: "SELECT object, length FROM chunks WHERE ino = ? AND idx >= ? AND idx < ?"),
+                                        arguments: bounds) {
+                if let object = Self.storedObject(row[0]) { retired.append(object) }
+                delta -= row[1] as Int64
+            }
+            try db.cachedStatement(sql: "DELETE FROM chunks WHERE ino = ? AND idx >= ? AND idx < ?").execute(arguments: bounds)
+        }
+        let old = try db.cachedStatement(sql: "SELECT object, length FROM chunks WHERE ino = ? AND idx = ?")
+        let put = try db.cachedStatement(sql: "INSERT OR REPLACE INTO chunks(ino, idx, object, length, checksums, data) VALUES (?, ?, ?, ?, ?, ?)")
+        let keep = try db.cachedStatement(sql: "DELETE FROM garbage WHERE object = ?")
+        for chunk in commit.chunks {
+            if let row = try Row.fetchOne(old, arguments: [inoValue, chunk.index]) {
+                if let object = Self.storedObject(row[0]) { retired.append(object) }
+                delta -= row[1] as Int64
+            }
+            delta += Int64(chunk.length)
+            let checksums = Data(chunk.checksums.encoded)
+            switch chunk.location {
+            case .object(let id):
+                let object = Int64(bitPattern: id.rawValue)
+                try put.execute(arguments: [inoValue, chunk.index, object, chunk.length, checksums, nil])
+                // An upload that gc adopted as a stray before this commit is no stray.
+                try keep.execute(arguments: [object])
+            case .inline(let bytes):
+                try put.execute(arguments: [inoValue, chunk.index, Self.inlineObject, chunk.length, checksums, Data(bytes)])
+            }
+        }
+        try Self.addUsage(db, delta)
+        let newMtime = commit.mtime ?? attr.mtime
+        try db.cachedStatement(sql: "UPDATE inodes SET size = ?, mtime = ?, ctime = ?, stored = max(0, stored + ?) WHERE ino = ?").execute(
+                       arguments: [Int64(bitPattern: commit.size), newMtime.nanoseconds, now.nanoseconds, delta, inoValue])
+        retired = try Self.retire(db, retired, now: self.now(db))
+        try Self.note(db, ino: ino)
+        var after = attr
+        after.size = commit.size
+        after.mtime = newMtime
+        after.ctime = now
+        after.storedBytes = UInt64(max(0, Int64(attr.storedBytes) + delta))
+        return Committed(attr: after, retired: retired)
     }
 
     public func sync() throws(MetadataError) {

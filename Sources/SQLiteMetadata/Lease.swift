@@ -6,11 +6,13 @@ import GRDB
 
 extension SQLiteMetadata {
     static func fetchLease(_ db: Database, now: Timestamp) throws -> Lease {
-        guard let row = try Row.fetchOne(db, sql: "SELECT holder, token, expires_at, renewed_at FROM lease WHERE id = 1") else {
+        guard let row = try Row.fetchOne(db, sql: "SELECT holder, token, expires_at, renewed_at, deferring FROM lease WHERE id = 1") else {
             throw MetadataError.notAVolume("the lease row is missing")
         }
-        return Lease(holder: row[0], token: LeaseToken(rawValue: row[1]), expiresAt: Timestamp(nanoseconds: row[2]),
-                     renewedAt: Timestamp(nanoseconds: row[3]), now: now)
+        var lease = Lease(holder: row[0], token: LeaseToken(rawValue: row[1]), expiresAt: Timestamp(nanoseconds: row[2]),
+                          renewedAt: Timestamp(nanoseconds: row[3]), now: now)
+        lease.deferring = row[4] as Bool
+        return lease
     }
 
     static func nanoseconds(_ seconds: Double) -> Int64 { Int64(seconds * 1_000_000_000) }
@@ -25,7 +27,7 @@ extension SQLiteMetadata {
             let current = try Self.fetchLease(db, now: now)
             if current.isHeld && current.holder != holder { throw MetadataError.leaseHeld(current) }
             let expires = now.nanoseconds + Self.nanoseconds(ttlSeconds)
-            try db.cachedStatement(sql: "UPDATE lease SET holder = ?, token = token + 1, expires_at = ?, renewed_at = ? WHERE id = 1").execute(
+            try db.cachedStatement(sql: "UPDATE lease SET holder = ?, token = token + 1, expires_at = ?, renewed_at = ?, deferring = 0 WHERE id = 1").execute(
                            arguments: [holder, expires, now.nanoseconds])
             var lease = try Self.fetchLease(db, now: now)
             if current.holder == nil {
@@ -49,7 +51,7 @@ extension SQLiteMetadata {
 
     public func releaseLease(holder: String, token: LeaseToken) throws(MetadataError) {
         try write { db in
-            try db.cachedStatement(sql: "UPDATE lease SET holder = NULL, expires_at = 0 WHERE id = 1 AND holder = ? AND token = ?").execute(
+            try db.cachedStatement(sql: "UPDATE lease SET holder = NULL, expires_at = 0, deferring = 0 WHERE id = 1 AND holder = ? AND token = ?").execute(
                            arguments: [holder, token.rawValue])
         }
     }
@@ -57,7 +59,7 @@ extension SQLiteMetadata {
     public func breakLease() throws(MetadataError) -> Lease {
         try write { db in
             let now = try now(db)
-            try db.execute(sql: "UPDATE lease SET holder = NULL, token = token + 1, expires_at = 0 WHERE id = 1")
+            try db.execute(sql: "UPDATE lease SET holder = NULL, token = token + 1, expires_at = 0, deferring = 0 WHERE id = 1")
             return try Self.fetchLease(db, now: now)
         }
     }
@@ -96,6 +98,21 @@ extension SQLiteMetadata {
                                  now.nanoseconds, now.nanoseconds])
             try db.cachedStatement(sql: "DELETE FROM sessions WHERE heartbeat_at < ?").execute(
                            arguments: [now.nanoseconds - Self.nanoseconds(max(staleSeconds, Session.keptSeconds))])
+        }
+    }
+
+    public func deferCommits(_ on: Bool) throws(MetadataError) -> Bool {
+        let holder = fence.withLock { $0?.holder }
+        // BEGIN IMMEDIATE orders this with every heartbeat: a mount registered before it
+        // is seen here, and one registered after it sees the flag.
+        return try mutate { db in
+            if on {
+                guard let holder,
+                      try Bool.fetchOne(db, sql: "SELECT NOT EXISTS(SELECT 1 FROM sessions WHERE id <> ?)", arguments: [holder]) == true
+                else { return false }
+            }
+            try db.cachedStatement(sql: "UPDATE lease SET deferring = ? WHERE id = 1").execute(arguments: [on])
+            return on
         }
     }
 

@@ -45,6 +45,9 @@ public final class SQLiteMetadata: Metadata {
                 if try !db.columns(in: "chunks").contains(where: { $0.name == "data" }) {
                     try db.execute(sql: "ALTER TABLE chunks ADD COLUMN data BLOB")
                 }
+                if try !db.columns(in: "lease").contains(where: { $0.name == "deferring" }) {
+                    try db.execute(sql: "ALTER TABLE lease ADD COLUMN deferring INTEGER NOT NULL DEFAULT 0")
+                }
             }
         } catch let error as MetadataError {
             throw error

@@ -7,7 +7,8 @@ public import Metadata
 import Synchronization
 
 /// What a mount does besides answering requests, on a thread of its own that serves
-/// none: every half second a `tick` (renew or give back the lease, or follow the change
+/// none: every tenth of a second the writer's group commit (GroupCommits), every half
+/// second a `tick` (renew or give back the lease, or follow the change
 /// feed), a heartbeat of the mount's session every third of the lease's ttl, and, while
 /// this mount is the writer, garbage collection every quarter of the grace period
 /// (between 10 s and 5 minutes), and early reclaiming whenever the chunk store is nearly
@@ -38,6 +39,8 @@ public final class BackgroundWork: Sendable {
     /// Registers the session and starts the thread.
     public func start() {
         heartbeat()
+        // Registered: a writer that defers commits sees this mount from now on.
+        volume.awaitWriterCommits()
         // A first read of the change feed, now: while nobody holds the lease it lets
         // opens be answered from memory (`VolumeFS.isQuiet`) before the first tick.
         if !volume.isWriter { volume.followChanges() }
@@ -77,9 +80,13 @@ public final class BackgroundWork: Sendable {
         var lastHeartbeat = ContinuousClock.now
         var lastGC = ContinuousClock.now
         var lastSpaceCheck = ContinuousClock.now
+        var turn = 0
         while state.withLock({ $0.running }) {
-            usleep(500_000)
+            usleep(100_000)
             guard state.withLock({ $0.running }) else { return }
+            volume.groupCommitTurn()
+            turn += 1
+            guard turn % 5 == 0 else { continue }
             volume.tick()
             let now = ContinuousClock.now
             if now - lastHeartbeat >= .seconds(heartbeatEvery) {

@@ -61,6 +61,7 @@ extension VolumeFS {
 extension VolumeFS {
     /// Makes every committed change durable (fsync of a directory).
     public func syncMetadata() throws(FSError) {
+        commitDeferred()
         try Self.lift { () throws(MetadataError) in try metadata.sync() }
     }
 }

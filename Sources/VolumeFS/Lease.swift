@@ -198,6 +198,8 @@ extension VolumeFS {
             flushAll()
             flushAtimes()
             flushPurges()
+            // Giving the lease back turns the lease row's flag off as well.
+            deferred.withLock { $0.on = false }
             do {
                 try metadata.releaseLease(holder: fence.holder, token: fence.token)
                 logger.info("released the writer lease (token \(fence.token))")
@@ -233,6 +235,7 @@ extension VolumeFS {
             }
             file.lock.unlock()
         }
+        dropDeferred()
     }
 
     /// One turn of the background work: renew or idle-release the lease, or follow the

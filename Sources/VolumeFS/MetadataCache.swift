@@ -88,6 +88,9 @@ public final class MetadataCache: Metadata {
         var making = 0
         /// Inode numbers reserved and not used yet.
         var reserved: Range<UInt64> = 0..<0
+        /// Numbers reserved ahead, in the background, for when `reserved` runs out.
+        var reservedNext: Range<UInt64> = 0..<0
+        var reserving = false
         /// Files that could not be made, and why: what their handles answer.
         var lost: [InodeNumber: MetadataError] = [:]
         /// The directory each entry listed was last found in (a hint: renames do not update it).
@@ -186,7 +189,7 @@ public final class MetadataCache: Metadata {
     let madeEnded = NSCondition()
     let logger: Logger
     /// Inode numbers reserved at once for files made at their close.
-    static let inodesReserved = 256
+    static let inodesReserved = 1024
     /// How long a call waits for another's making of files: several round trips, each
     /// bounded by the metadata's own deadline.
     static let makingWait = 120.0
@@ -539,6 +542,25 @@ public final class MetadataCache: Metadata {
         }
     }
 
+    /// A group commit: the changes not applied yet travel with it, as with one file's.
+    public func commitData(_ commits: [DataCommit], now: Timestamp, applying: [NameChange]) throws(MetadataError) -> [Committed] {
+        for commit in commits {
+            if let error = state.withLock({ $0.lost[commit.ino] }) { throw error }
+        }
+        let queued = takeUnmade() ?? []
+        defer { if !queued.isEmpty { makingEnded() } }
+        do {
+            return try changing(makingFirst: false, { () throws(MetadataError) in
+                try backing.commitData(commits, now: now, applying: queued + applying)
+            }) { state, committed in
+                for answer in committed { state.keep(answer.attr) }
+            }
+        } catch {
+            if !queued.isEmpty { applyOrLose(queued) }
+            throw error
+        }
+    }
+
     // MARK: Files made at their close
 
     /// Answers the creation of an empty regular file (or with `directory`, a directory)
@@ -615,11 +637,38 @@ public final class MetadataCache: Metadata {
     }
 
     func reservedInode() throws(MetadataError) -> InodeNumber {
-        if let ino = state.withLock({ $0.reserved.popFirst() }) { return InodeNumber(ino) }
+        let (found, refill) = state.withLock { state -> (UInt64?, Bool) in
+            if state.reserved.isEmpty {
+                state.reserved = state.reservedNext
+                state.reservedNext = 0..<0
+            }
+            let ino = state.reserved.popFirst()
+            // Reserving takes the lease row's lock, which a group commit holds for as long
+            // as its statements run: numbers are reserved before they are needed, so that
+            // a create does not wait for that.
+            let refill = ino != nil && state.reserved.count < Self.inodesReserved / 2 && state.reservedNext.isEmpty && !state.reserving
+            if refill { state.reserving = true }
+            return (ino, refill)
+        }
+        if refill {
+            DispatchQueue.global().async { [self] in
+                let range = try? backing.reserveInodes(Self.inodesReserved)
+                state.withLock { state in
+                    state.reserving = false
+                    if let range { state.reservedNext = range }
+                }
+            }
+        }
+        if let found { return InodeNumber(found) }
         let range = try backing.reserveInodes(Self.inodesReserved)
         guard let first = range.first else { throw .database("no inode numbers were reserved") }
         state.withLock { $0.reserved = range.dropFirst() }
         return InodeNumber(first)
+    }
+
+    /// Whether `ino` was answered for and is not made yet.
+    public func isUnmade(_ ino: InodeNumber) -> Bool {
+        state.withLock { $0.unmade[ino] != nil }
     }
 
     /// Makes `ino` in the metadata if it is not made yet (a file closed with nothing to
@@ -921,4 +970,5 @@ public final class MetadataCache: Metadata {
     }
     public func removeSession(id: String) throws(MetadataError) { try backing.removeSession(id: id) }
     public func sessions() throws(MetadataError) -> [Session] { try backing.sessions() }
+    public func deferCommits(_ on: Bool) throws(MetadataError) -> Bool { try backing.deferCommits(on) }
 }

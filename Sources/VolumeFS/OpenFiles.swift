@@ -204,22 +204,35 @@ extension VolumeFS {
         return file
     }
 
-    /// Commits what was written through any handle of the file (close(2) calls this).
+    /// Commits what was written through any handle of the file (close(2) calls this), or
+    /// keeps it for the next group commit while no other mount is attached (GroupCommits).
     public func flush(_ ino: InodeNumber, _ fh: FileHandleID) throws(FSError) {
         let file = try file(fh, ino)
         file.lock.lock()
         defer { file.lock.unlock() }
+        if deferCommit(file) { return }
         try commit(file)
     }
 
-    /// Commits the file and makes it durable against a crash of the process or machine.
+    /// Commits the file and makes it durable against a crash of the process or machine,
+    /// with every file closed before it.
     public func fsync(_ ino: InodeNumber, _ fh: FileHandleID) throws(FSError) {
-        try flush(ino, fh)
+        let file = try file(fh, ino)
+        commitDeferred()
+        file.lock.lock()
+        do {
+            try commit(file)
+        } catch {
+            file.lock.unlock()
+            throw error
+        }
+        file.lock.unlock()
         try Self.lift { () throws(MetadataError) in try metadata.sync() }
     }
 
-    /// Drops a handle. The last release of a file commits what is left and forgets its
-    /// open state; an unlinked file is purged once nothing refers to it.
+    /// Drops a handle. The last release of a file commits what is left (or keeps it for
+    /// the next group commit) and forgets its open state; an unlinked file is purged once
+    /// nothing refers to it.
     public func release(_ ino: InodeNumber, _ fh: FileHandleID) {
         guard handles.withLock({ $0.removeValue(forKey: fh) }) != nil,
               let file = openFiles.withLock({ $0[ino] }) else {
@@ -227,7 +240,7 @@ extension VolumeFS {
             return
         }
         file.lock.lock()
-        if file.opens == 1 {
+        if file.opens == 1 && !deferCommit(file) {
             do {
                 try commit(file)
             } catch {
@@ -236,6 +249,13 @@ extension VolumeFS {
             }
         }
         file.lock.unlock()
+        dropOpen(file)
+    }
+
+    /// Counts one open of `file` less. The last forgets its open state, and an unlinked
+    /// file nothing refers to any more is purged.
+    func dropOpen(_ file: OpenFile) {
+        let ino = file.ino
         openFiles.withLock { files in
             file.lock.lock()
             file.opens -= 1
@@ -269,6 +289,7 @@ extension VolumeFS {
 
     /// Commits every open file (at unmount).
     public func flushAll() {
+        commitDeferred()
         for file in openFiles.withLock({ Array($0.values) }) {
             file.lock.lock()
             do {

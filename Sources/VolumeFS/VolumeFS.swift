@@ -71,6 +71,11 @@ public struct VolumeOptions: Sendable {
     /// it, at the latest about a second later (MetadataCache): a create costs no
     /// transaction of its own, and an `rm -rf` a transaction per batch.
     public var namesAtCommit: Bool = true
+    /// While no other mount is attached, the writer commits the files it closes in
+    /// groups, a tenth of a second apart, rather than each at its close (GroupCommits).
+    /// Mounts that attach wait for the group first (`awaitWriterCommits`), which only
+    /// mounts that register a session do (`BackgroundWork`).
+    public var deferCommitsWhileAlone: Bool = false
     public init() {}
 }
 
@@ -324,6 +329,9 @@ public final class VolumeFS: Sendable {
     static let mapBytesReadAhead: UInt64 = 8 << 20
     /// Unlinked inodes nothing refers to any more, to purge in the next batch.
     let pendingPurges = Mutex<Set<InodeNumber>>([])
+    /// Closed files whose commits wait for the next group (GroupCommits).
+    let deferred = Mutex(DeferredCommits())
+    let groupCommitting = NSLock()
     /// Access times not written yet.
     let pendingAtimes = Mutex<[InodeNumber: Timestamp]>([:])
     /// Inodes that have extended attributes (nil: not known, ask the metadata): most
@@ -530,6 +538,13 @@ public final class VolumeFS: Sendable {
         guard attr.isRegular, let file = openFiles.withLock({ $0[attr.ino] }) else { return attr }
         file.lock.lock()
         defer { file.lock.unlock() }
+        // A commit of the file may have ended while we waited for its lock (a group commit
+        // runs beside requests): what it committed is newer than `attr`, read before.
+        if let committed = cache.cachedAttr(attr.ino), committed.ctime > attr.ctime {
+            let atime = attr.atime
+            attr = committed
+            attr.atime = max(attr.atime, atime)
+        }
         attr.size = file.size
         attr.storedBytes = UInt64(max(0, Int64(attr.storedBytes) + file.reserved.values.reduce(0, +)))
         if let mtime = file.mtime {
@@ -667,6 +682,9 @@ public final class VolumeFS: Sendable {
     }
 
     public func statfs() throws(FSError) -> FSStats {
+        // Files closed and removed since the last group hold their space until it is
+        // committed and they are purged: `df` after `rm` shows it back.
+        commitDeferred()
         flushPurges()
         let usage = try Self.lift { () throws(MetadataError) in try metadata.usage() }
         let reserved = accounting.withLock { state -> Int64 in

@@ -82,11 +82,12 @@ extension VolumeFS {
         return data.count
     }
 
-    /// Starts storing each full dirty chunk of `file` that is not being stored yet, at
-    /// most `storeConcurrency` at once: past that, waits for the oldest. Caller holds
+    /// Starts storing each full dirty chunk of `file` (`andPartial`: every dirty chunk)
+    /// that is not being stored yet, at most `storeConcurrency` at once: past that, waits
+    /// for the oldest. Caller holds
     /// `file.lock` (an upload never takes it).
-    func uploadFullChunks(_ file: OpenFile) throws(FSError) {
-        let full = file.dirty.compactMap { $0.value.count == chunkSize && file.uploads[$0.key] == nil ? $0.key : nil }
+    func uploadFullChunks(_ file: OpenFile, andPartial partial: Bool = false) throws(FSError) {
+        let full = file.dirty.compactMap { (partial || $0.value.count == chunkSize) && file.uploads[$0.key] == nil ? $0.key : nil }
         for index in full.sorted() {
             let inFlight = file.uploads.filter { !$0.value.isFinished }
             if inFlight.count >= options.storeConcurrency, let oldest = inFlight.keys.min() {
@@ -136,8 +137,7 @@ extension VolumeFS {
     /// them in with one metadata transaction. Caller holds `file.lock`.
     func commit(_ file: OpenFile, only: [Int]? = nil) throws(FSError) {
         if file.lostWrites { throw .lostWrites }
-        let indices = (only ?? Array(file.dirty.keys)).filter { file.dirty[$0] != nil }.sorted()
-        if indices.isEmpty && file.size == file.committedSize && file.mtime == nil {
+        guard let prepared = try prepareCommit(file, only: only) else {
             // Nothing to commit, but a file created on this mount may not be made yet.
             do {
                 try cache.settle(file.ino)
@@ -146,6 +146,28 @@ extension VolumeFS {
             }
             return
         }
+        let committed: Committed
+        do {
+            committed = try metadata.commitData(file.ino, chunks: prepared.refs, drop: nil, size: prepared.size,
+                                                mtime: file.mtime, now: Self.now())
+        } catch {
+            deleteObjects(prepared.refs)
+            throw failedCommit(file, error)
+        }
+        finishCommit(file, prepared, committed)
+    }
+
+    /// What a commit of a file names: its new chunks, stored, and its size.
+    struct PreparedCommit {
+        var refs: [ChunkRef]
+        var size: UInt64
+    }
+
+    /// Stores what a commit of `file` (all its dirty chunks, or `only` these) will name;
+    /// nil when there is nothing to commit. Caller holds `file.lock`.
+    func prepareCommit(_ file: OpenFile, only: [Int]?) throws(FSError) -> PreparedCommit? {
+        let indices = (only ?? Array(file.dirty.keys)).filter { file.dirty[$0] != nil }.sorted()
+        if indices.isEmpty && file.size == file.committedSize && file.mtime == nil { return nil }
         // Chunks already being stored are waited for; the rest are stored now.
         var uploaded: [ChunkRef] = []
         var failure: FSError?
@@ -170,28 +192,26 @@ extension VolumeFS {
             throw error
         }
         var size = file.size
-        let committed: Committed
         if only != nil {
             // Commit no size that covers data still buffered: a crash would show it as zeros.
             let reach = refs.map { UInt64($0.index * chunkSize + $0.length) }.max() ?? 0
             size = min(file.size, max(file.committedSize, reach))
         }
-        do {
-            committed = try metadata.commitData(file.ino, chunks: refs, drop: nil, size: size, mtime: file.mtime, now: Self.now())
-        } catch {
-            deleteObjects(refs)
-            throw failedCommit(file, error)
-        }
+        return PreparedCommit(refs: refs, size: size)
+    }
+
+    /// Takes in what the metadata committed of `prepared`. Caller holds `file.lock`.
+    func finishCommit(_ file: OpenFile, _ prepared: PreparedCommit, _ committed: Committed) {
         var delta: Int64 = 0
         var released: Int64 = 0
-        for ref in refs {
+        for ref in prepared.refs {
             delta += Int64(ref.length) - Int64(file.chunkMap[ref.index]?.length ?? 0)
             released += file.reserved.removeValue(forKey: ref.index) ?? 0
             file.chunkMap[ref.index] = ref
             file.dirty[ref.index] = nil
         }
-        file.committedSize = size
-        if file.dirty.isEmpty && file.size == size { file.mtime = nil }
+        file.committedSize = prepared.size
+        if file.dirty.isEmpty && file.size == prepared.size { file.mtime = nil }
         if file.mapStamp != nil { file.mapStamp = CacheStamp(committed.attr) }
         restamp(committed.attr)
         accounting.withLock { state in

@@ -221,6 +221,11 @@ public struct Lease: Equatable, Sendable {
     /// the new holder changes nothing until that long after it took the lease.
     public var quietFirst = false
 
+    /// The holder defers the commits of files closed on its mount, which it may only while
+    /// no other mount is attached (`Metadata.deferCommits`): a mount that attaches waits
+    /// until this is off, or the lease is no longer held, before it answers anything.
+    public var deferring = false
+
     /// How long a mount that found the lease free may trust that nothing changes without
     /// its hearing of it, counted from when it asked.
     public static let quietSeconds = 1.0

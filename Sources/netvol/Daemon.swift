@@ -45,6 +45,8 @@ extension Mount {
             volumeOptions.mode = mode
             volumeOptions.leaseTTLSeconds = leaseTtl
             volumeOptions.leaseIdleSeconds = leaseIdle
+            // Every other mount registers its session and waits for the group first.
+            volumeOptions.deferCommitsWhileAlone = true
             if case .directory = address {} else { volumeOptions.prefetchListings = 32 }
             let volumeFS: VolumeFS
             do {

@@ -28,8 +28,9 @@ final class SharedVolume {
 
     deinit { storage.remove() }
 
-    func mount(_ name: String, mode: AccessMode = .onDemand, idle: Double = 30) throws -> VolumeFS {
+    func mount(_ name: String, mode: AccessMode = .onDemand, idle: Double = 30, deferring: Bool = false) throws -> VolumeFS {
         var options = VolumeOptions()
+        options.deferCommitsWhileAlone = deferring
         options.mode = mode
         options.leaseTTLSeconds = 15
         options.leaseIdleSeconds = idle
@@ -247,6 +248,96 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         shared.clock.advance(seconds: 60)
         let b = try shared.mount("b")
         #expect(try readFile(b, "v") == [7])
+    }
+
+    /// While no other mount is attached, the writer's closes are committed together at its
+    /// next turn (or by an fsync); a mount that attaches waits until the writer has seen it
+    /// and committed what it kept, and from then on closes commit at once. A crash of the
+    /// writer, or the loss of its lease, forgets what it kept; a mount attaching then waits
+    /// until the lease has expired.
+    @Test(arguments: TestBackend.available)
+    func closesAreCommittedInGroupsWhileNoOtherMountIsAttached(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend)
+        func register(_ volume: VolumeFS, _ id: String) throws {
+            try volume.metadata.heartbeat(Session(id: id, host: "h", pid: 1, mountpoint: "/mnt/\(id)", device: "0:50",
+                                                  mode: "on-demand", startedAt: shared.clock.now, heartbeatAt: shared.clock.now),
+                                          staleSeconds: 60)
+        }
+        /// Signalled once `volume`, registered, may answer requests.
+        func attaching(_ volume: VolumeFS) -> DispatchSemaphore {
+            let attached = DispatchSemaphore(value: 0)
+            Thread.detachNewThread {
+                volume.awaitWriterCommits()
+                attached.signal()
+            }
+            return attached
+        }
+        var a: VolumeFS? = try shared.mount("a", deferring: true)
+        try register(a!, "a")
+        let other = try shared.storage.reopen(nil)
+        let f = try writeFile(a!, "f", [1, 2, 3])
+        #expect(try other.lease().deferring)
+        #expect(try readFile(a!, "f") == [1, 2, 3], "this mount answers with what it kept")
+        #expect(try a!.getattr(f).size == 3)
+        // Its name may be made by then (a load of this mount's cache makes the names it
+        // answered first), its data is not.
+        #expect(((try? other.lookup(.root, "f"))?.size ?? 0) == 0)
+        a!.groupCommitTurn()
+        #expect(try other.lookup(.root, "f").size == 3)
+        #expect(try other.chunks(f).count == 1)
+
+        // An fsync commits the files closed before it as well.
+        let g = try writeFile(a!, "g", [4])
+        let (h, hfh) = try a!.create(.root, "h", mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
+        _ = try [UInt8]([5, 5]).withUnsafeBytes { try a!.write(h.ino, hfh, offset: 0, $0) }
+        try a!.fsync(h.ino, hfh)
+        a!.release(h.ino, hfh)
+        #expect(try other.getattr(g).size == 1)
+        #expect(try other.lookup(.root, "h").size == 2)
+
+        // A mount that attaches waits for the group, which the writer commits once it
+        // sees that mount; then it stops deferring.
+        _ = try writeFile(a!, "i", [6, 6, 6])
+        let b = try shared.mount("b")
+        try register(b, "b")
+        let attached = attaching(b)
+        #expect(attached.wait(timeout: .now() + 0.3) == .timedOut, "it waits while the writer defers")
+        a!.groupCommitTurn()
+        #expect(attached.wait(timeout: .now() + 10) == .success)
+        #expect(try readFile(b, "i") == [6, 6, 6])
+        #expect(try !other.lease().deferring)
+        _ = try writeFile(a!, "j", [7])
+        #expect(try other.lookup(.root, "j").size == 1, "with another mount attached, a close commits")
+        try b.metadata.removeSession(id: "b")
+
+        // Alone again (the writer asks after a while): a crash forgets the group, and a
+        // mount attaching waits until the lease has expired.
+        a!.deferred.withLock { $0.askAgain = nil }
+        _ = try writeFile(a!, "k", [8])
+        #expect(try other.lease().deferring)
+        a = nil
+        let c = try shared.mount("c")
+        try register(c, "c")
+        let expired = attaching(c)
+        #expect(expired.wait(timeout: .now() + 0.3) == .timedOut)
+        shared.clock.advance(seconds: 60)
+        #expect(expired.wait(timeout: .now() + 10) == .success)
+        #expect(((try? c.lookup(.root, "k"))?.size ?? 0) == 0)
+
+        // A writer that lost its lease commits nothing it kept. (The crashed mount's
+        // session would keep the next writer from deferring until it went stale.)
+        try c.metadata.removeSession(id: "c")
+        try other.removeSession(id: "a")
+        let d = try shared.mount("d", deferring: true)
+        try register(d, "d")
+        _ = try writeFile(d, "m", [9])
+        #expect(d.deferred.withLock { $0.files.count } == 1)
+        _ = try other.breakLease()
+        d.groupCommitTurn()
+        #expect(!d.isWriter)
+        #expect(d.deferred.withLock { $0.files.isEmpty && !$0.on })
+        #expect(((try? other.lookup(.root, "m"))?.size ?? 0) == 0)
+        #expect(d.openFiles.withLock { $0.isEmpty }, "the files kept for the group are closed")
     }
 
     /// A directory the writer makes is answered at once too, and made before the files in
