@@ -5,6 +5,7 @@ import ArgumentParser
 import AsyncHTTPClient
 import Foundation
 import Metadata
+import NIOCore
 import VolumeBackends
 import VolumeFS
 
@@ -178,10 +179,14 @@ struct Status: ParsableCommand {
         let opened = try openVolume(volume, credentials)
         let address = opened.address
         let metadata = opened.metadata
+        var lease = try metadata.lease()
+        var sessions = try metadata.sessions()
+        if lease.deferring, lease.isHeld, let writer = sessions.first(where: { $0.id == lease.holder }), commitClosed(by: writer) {
+            lease = try metadata.lease()
+            sessions = try metadata.sessions()
+        }
         let usage = try metadata.usage()
         let free = usage.sizeLimit > usage.usedBytes ? usage.sizeLimit - usage.usedBytes : 0
-        let lease = try metadata.lease()
-        let sessions = try metadata.sessions()
         let caches = Dictionary(sessions.compactMap { session in localCache(of: session).map { (session.id, $0) } },
                                 uniquingKeysWith: { first, _ in first })
         if json {
@@ -244,6 +249,18 @@ struct Status: ParsableCommand {
         var hits: Int
         var misses: Int
         var hitRatio: Double? { hits + misses > 0 ? Double(hits) / Double(hits + misses) : nil }
+    }
+
+    /// Asks the writer's daemon, if it runs on this host, to commit the files it closed
+    /// and keeps for its next group commit; whether it did.
+    func commitClosed(by writer: Session) -> Bool {
+        guard writer.host == hostName(), Unmount.daemon(serving: writer.mountpoint) == writer.pid,
+              let url = URL(httpURLWithSocketPath: metricsSocketPath(pid: writer.pid), uri: "/commit"),
+              let request = try? HTTPClient.Request(url: url, method: .POST) else { return false }
+        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        defer { try? client.syncShutdown() }
+        let response = try? client.execute(request: request, deadline: NIODeadline.now() + TimeAmount.seconds(30)).wait()
+        return response?.status == .ok
     }
 
     /// The local cache of a mount of this host (its daemon's metrics, from its socket);

@@ -127,7 +127,8 @@ final class MetricsHandler: ChannelInboundHandler, Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
-            // Reading is a GET; only dropping from the cache (/evict) is a POST.
+            // Reading is a GET; only dropping from the cache (/evict) and committing what
+            // is kept for a group commit (/commit) are POSTs.
             path.withLock { $0 = head.method == .GET || head.method == .POST ? "\(head.method.rawValue) \(head.uri)" : nil }
         case .body:
             break
@@ -136,7 +137,7 @@ final class MetricsHandler: ChannelInboundHandler, Sendable {
             let method = line.split(separator: " ").first.map(String.init) ?? ""
             let requested = line.split(separator: " ", maxSplits: 1).dropFirst().first.map(String.init) ?? ""
             var route = requested.split(separator: "?").first.map(String.init) ?? ""
-            if method != (route == "/evict" ? "POST" : "GET") { route = "" }
+            if method != (route == "/evict" || route == "/commit" ? "POST" : "GET") { route = "" }
             let query = requested.split(separator: "?", maxSplits: 1).dropFirst().first.map(String.init) ?? ""
             var found = true
             var type = "text/plain; version=0.0.4; charset=utf-8"
@@ -148,6 +149,12 @@ final class MetricsHandler: ChannelInboundHandler, Sendable {
                 // `netvol warmup --check` and `--evict`, on the private socket alone.
                 type = "application/json"
                 body = endpoint.state.cacheReport(query: query, evicting: route == "/evict", privateSocket: isUnix(context))
+            case "/commit" where isUnix(context):
+                // `netvol status` on this host: what the writer closed counts in the usage
+                // it reads, though the group it is in has not been committed yet.
+                type = "application/json"
+                endpoint.state.volume.commitDeferred()
+                body = Array("{\"committed\":true}".utf8)
             default:
                 found = false
                 type = "text/plain"
