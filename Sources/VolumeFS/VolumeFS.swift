@@ -331,6 +331,7 @@ public final class VolumeFS: Sendable {
     let pendingPurges = Mutex<Set<InodeNumber>>([])
     /// Closed files whose commits wait for the next group (GroupCommits).
     let deferred = Mutex(DeferredCommits())
+    /// Held by a group commit from taking its files to giving them back (`commitDeferred`).
     let groupCommitting = NSLock()
     /// Access times not written yet.
     let pendingAtimes = Mutex<[InodeNumber: Timestamp]>([:])
