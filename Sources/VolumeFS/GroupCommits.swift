@@ -88,8 +88,8 @@ extension VolumeFS {
                 // file is purged only after.
                 file.opens += 1
                 refs.withLock { $0[file.ino, default: KernelRefs()].opens += 1 }
+                state.bytes += buffered
             }
-            state.bytes += buffered
             state.lastClose = now
             return true
         }
@@ -150,6 +150,7 @@ extension VolumeFS {
         for file in files { file.lock.lock() }
         var group: [(file: OpenFile, prepared: PreparedCommit)] = []
         var fenced: String?
+        var alone: [OpenFile] = []
         for file in files where !file.lostWrites {
             do {
                 if let prepared = try prepareCommit(file, only: nil) { group.append((file, prepared)) }
@@ -172,18 +173,12 @@ extension VolumeFS {
                     fenced = holder ?? "nobody"
                 } else {
                     logger.warning("the group commit of \(group.count) files failed (\(error)): committing them one by one")
-                    for entry in group {
-                        do throws(FSError) {
-                            try commitAlone(entry.file)
-                        } catch {
-                            lose(entry.file, error)
-                        }
-                    }
+                    alone = group.map(\.file)
                 }
             }
         }
         // Files with nothing to commit may still have to be made.
-        for file in files where fenced == nil && !file.lostWrites {
+        for file in files where fenced == nil && alone.isEmpty && !file.lostWrites {
             do {
                 try cache.settle(file.ino)
             } catch {
@@ -192,21 +187,18 @@ extension VolumeFS {
         }
         for file in files { file.lock.unlock() }
         if let fenced { loseLease("a group commit found the lease with \(fenced)") }
-        for file in files { dropOpen(file) }
-    }
-
-    /// `commit` without its lease handling (the caller holds other files' locks, which
-    /// losing the lease takes). Caller holds `file.lock`.
-    private func commitAlone(_ file: OpenFile) throws(FSError) {
-        guard let prepared = try prepareCommit(file, only: nil) else { return }
-        do throws(MetadataError) {
-            let committed = try metadata.commitData(file.ino, chunks: prepared.refs, drop: nil, size: prepared.size,
-                                                    mtime: file.mtime, now: Self.now())
-            finishCommit(file, prepared, committed)
-        } catch {
-            deleteObjects(prepared.refs)
-            throw .metadata(error)
+        // One by one once the group's locks are given back: a commit that finds the lease
+        // lost takes every open file's lock.
+        for file in alone {
+            file.lock.lock()
+            do {
+                try commit(file)
+            } catch {
+                lose(file, error)
+            }
+            file.lock.unlock()
         }
+        for file in files { dropOpen(file) }
     }
 
     /// Drops what `file` buffered after its deferred commit failed. Caller holds `file.lock`.
@@ -235,15 +227,19 @@ extension VolumeFS {
     public func awaitWriterCommits() {
         let started = ContinuousClock.now
         var told = false
-        while let lease = try? metadata.lease(), lease.deferring, lease.isHeld, lease.holder != holder {
+        while true {
+            // A lease that cannot be read is waited for like one still deferring.
+            let lease = try? metadata.lease()
+            if let lease, !(lease.deferring && lease.isHeld && lease.holder != holder) { return }
+            let writer = lease?.holder ?? "?"
             let waited = ContinuousClock.now - started
             if waited > .seconds(options.leaseTTLSeconds * 2) {
-                logger.warning("the writer \(lease.holder ?? "?") still defers commits: going on without waiting for it")
+                logger.warning("the writer \(writer) may still defer commits: going on without waiting for it")
                 return
             }
             if !told && waited > .seconds(1) {
                 told = true
-                logger.notice("waiting for the writer \(lease.holder ?? "?") to commit the files it closed")
+                logger.notice("waiting for the writer \(writer) to commit the files it closed")
             }
             usleep(20_000)
         }

@@ -219,14 +219,11 @@ extension VolumeFS {
     public func fsync(_ ino: InodeNumber, _ fh: FileHandleID) throws(FSError) {
         let file = try file(fh, ino)
         commitDeferred()
-        file.lock.lock()
         do {
+            file.lock.lock()
+            defer { file.lock.unlock() }
             try commit(file)
-        } catch {
-            file.lock.unlock()
-            throw error
         }
-        file.lock.unlock()
         try Self.lift { () throws(MetadataError) in try metadata.sync() }
     }
 
