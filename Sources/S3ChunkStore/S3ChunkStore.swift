@@ -26,6 +26,8 @@ import Glibc
 public final class S3ChunkStore: ChunkStore {
     public let configuration: S3Configuration
     let client: HTTPClient
+    /// Object GETs and PUTs of a plain-HTTP endpoint (nil for HTTPS).
+    let direct: DirectTransport?
     let signer: SignatureV4
     /// `https` or `http`, host and optional port, parsed once from the endpoint.
     let origin: String
@@ -87,6 +89,10 @@ public final class S3ChunkStore: ChunkStore {
         // cache's eight prefetches, and one file's eight uploads behind another's.
         http.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 32
         client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: http)
+        direct = scheme == "http"
+            ? DirectTransport(host: host, port: url.port ?? defaultPort, connectTimeout: configuration.connectTimeout,
+                              readTimeout: configuration.readTimeout)
+            : nil
     }
 
     deinit { close() }
@@ -98,6 +104,7 @@ public final class S3ChunkStore: ChunkStore {
             return closed
         }
         guard !wasClosed else { return }
+        direct?.closeAll()
         let done = DispatchSemaphore(value: 0)
         client.shutdown().whenComplete { _ in done.signal() }
         _ = done.wait(timeout: .now() + 5)
@@ -129,7 +136,6 @@ public final class S3ChunkStore: ChunkStore {
 
     public func put(_ id: ObjectID, _ bytes: UnsafeRawBufferPointer) throws(StoreError) {
         let what = "cannot write object \(id) to \(location)"
-        let body = ByteBuffer(bytes: bytes)
         // `If-None-Match: *` makes the server refuse (412) to replace an existing key, so
         // `put` can promise `.exists` the way a local O_EXCL create does. Ids are 64 random
         // bits: with a million objects in a volume, a new id meets an existing one with
@@ -144,7 +150,7 @@ public final class S3ChunkStore: ChunkStore {
         var ambiguous = false
         let reply = try perform(what, method: .PUT, key: key(of: id),
                                 headers: [("if-none-match", "*"), ("content-type", "application/octet-stream")],
-                                body: body, payloadHash: SignatureV4.unsignedPayload,
+                                bodyBytes: bytes, payloadHash: SignatureV4.unsignedPayload,
                                 onTransportRetry: { ambiguous = true })
         switch reply.status {
         case 200..<300:
@@ -307,7 +313,7 @@ public final class S3ChunkStore: ChunkStore {
     /// transport failures, 5xx and throttling with backoff, all within the configured
     /// deadline; past it the call fails with EIO and the last problem seen.
     func perform(_ what: String, method: HTTPMethod, key: String?, query: [(String, String)] = [],
-                 headers extra: [(String, String)] = [], body: ByteBuffer? = nil,
+                 headers extra: [(String, String)] = [], body: ByteBuffer? = nil, bodyBytes: UnsafeRawBufferPointer? = nil,
                  payloadHash: String = SignatureV4.emptyPayloadHash, window: ReadWindow? = nil,
                  onTransportRetry: () -> Void = {}) throws(StoreError) -> S3Reply {
         if closed.withLock({ $0 }) { throw .io(errno: EIO, "\(what): the store is closed") }
@@ -321,7 +327,12 @@ public final class S3ChunkStore: ChunkStore {
                 .map { SignatureV4.uriEncode(String($0)) }.joined(separator: "/")
         }
         let canonicalQuery = SignatureV4.canonicalQuery(query)
-        let url = origin + path + (canonicalQuery.isEmpty ? "" : "?" + canonicalQuery)
+        let target = path + (canonicalQuery.isEmpty ? "" : "?" + canonicalQuery)
+        let url = origin + target
+        // A read into a window, or a PUT of caller's bytes, takes the direct transport
+        // where there is one.
+        let transport = (method == .GET && window != nil) || (method == .PUT && bodyBytes != nil) ? direct : nil
+        let body = body ?? (transport == nil ? bodyBytes.map { ByteBuffer(bytes: $0) } : nil)
         var lastProblem = "no attempt was made"
         var attempt = 0
         while true {
@@ -330,18 +341,28 @@ public final class S3ChunkStore: ChunkStore {
             if let token = configuration.credentials.sessionToken { headers.append(("x-amz-security-token", token)) }
             let signed = signer.sign(method: method.rawValue, path: path, query: query, headers: headers,
                                      payloadHash: payloadHash, amzDate: amzDate)
-            var httpHeaders = HTTPHeaders(headers)
-            httpHeaders.add(name: "authorization", value: signed.authorization)
-            let request: HTTPClient.Request
-            do {
-                request = try HTTPClient.Request(url: url, method: method, headers: httpHeaders,
-                                                 body: body.map { .byteBuffer($0) })
-            } catch {
-                throw .io(errno: EINVAL, "\(what): invalid request URL (\(describe(error)))")
+            let outcome: Result<S3Reply, AttemptFailure>
+            if let transport {
+                requestsSent.add(1, ordering: .relaxed)
+                if attempt > 0 { retriesSent.add(1, ordering: .relaxed) }
+                outcome = transport.execute(method: method.rawValue, target: target,
+                                            headers: headers + [("authorization", signed.authorization)],
+                                            body: bodyBytes, window: window, bodyLimit: Self.replyLimit, deadline: deadline)
+            } else {
+                var httpHeaders = HTTPHeaders(headers)
+                httpHeaders.add(name: "authorization", value: signed.authorization)
+                let request: HTTPClient.Request
+                do {
+                    request = try HTTPClient.Request(url: url, method: method, headers: httpHeaders,
+                                                     body: body.map { .byteBuffer($0) })
+                } catch {
+                    throw .io(errno: EINVAL, "\(what): invalid request URL (\(describe(error)))")
+                }
+                requestsSent.add(1, ordering: .relaxed)
+                if attempt > 0 { retriesSent.add(1, ordering: .relaxed) }
+                outcome = executeBlocking(client, request, window: window, bodyLimit: Self.replyLimit, deadline: deadline)
             }
-            requestsSent.add(1, ordering: .relaxed)
-            if attempt > 0 { retriesSent.add(1, ordering: .relaxed) }
-            switch executeBlocking(client, request, window: window, bodyLimit: Self.replyLimit, deadline: deadline) {
+            switch outcome {
             case .success(let reply):
                 outage.withLock { $0 = false }
                 let code = reply.status >= 400 ? reply.error.code : nil

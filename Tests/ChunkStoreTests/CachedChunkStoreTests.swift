@@ -52,6 +52,40 @@ import Glibc
         #expect(statistics.bytesFetched == 100_000 && statistics.bytesCached == 100_000 && statistics.objectsCached == 1)
     }
 
+    /// A reader right behind a prefetch copies the object from the download's buffer
+    /// instead of reading back the file just written; once it has read it whole, or the
+    /// object is discarded, the buffer goes back.
+    @Test func aJustFetchedObjectIsReadFromMemoryOnce() throws {
+        let cache = try makeCache()
+        let ids = try stored(2)
+        let id = ids[0]
+        cache.prefetch(id)
+        #expect(cache.settle(timeout: 30))
+        #expect(cache.landed.withLock { $0.pieces[id] != nil })
+        // Emptied behind the cache's back, the file could not give these bytes.
+        #expect(truncate(cache.path(of: id), 0) == 0)
+        let calls = backing.backendCalls
+        #expect(try cache.read(id, offset: 0, count: 60_000) == Array(bytes(100_000, seed: 0)[0..<60_000]))
+        #expect(cache.landed.withLock { $0.pieces[id] != nil })
+        #expect(try cache.read(id, offset: 60_000, count: 50_000) == Array(bytes(100_000, seed: 0)[60_000...]))
+        #expect(backing.backendCalls == calls)
+        #expect(cache.landed.withLock { $0.pieces[id] == nil })
+        // From here the file answers: found short, it is fetched again.
+        #expect(try cache.read(id, offset: 0, count: 10) == Array(bytes(100_000, seed: 0)[0..<10]))
+        #expect(backing.backendCalls > calls)
+
+        cache.prefetch(ids[1])
+        #expect(cache.settle(timeout: 30))
+        #expect(cache.landed.withLock { $0.pieces[ids[1]] != nil })
+        cache.discard(ids[1])
+        #expect(cache.landed.withLock { $0.pieces[ids[1]] == nil && !$0.order.contains(ids[1]) })
+        // What a reader takes while the download lands counts too.
+        let id2 = try stored(1, size: 1000)[0]
+        #expect(try cache.read(id2, count: 1000) == bytes(1000, seed: 0))
+        #expect(cache.settle(timeout: 30))
+        #expect(cache.landed.withLock { $0.pieces[id2] == nil })
+    }
+
     @Test func uploadsEnterTheWritersCache() throws {
         let cache = try makeCache()
         let id = ObjectID.random()
@@ -81,7 +115,8 @@ import Glibc
     @Test func aDamagedFileIsDroppedByDiscardAndFetchedAgain() throws {
         let cache = try makeCache()
         let id = try stored(1)[0]
-        _ = try cache.read(id, count: 10)
+        _ = try cache.read(id, count: 100_000)
+        #expect(cache.settle(timeout: 30))
         let fd = open(cache.path(of: id), O_WRONLY)
         #expect(fd >= 0)
         var garbage: UInt8 = 0xff
