@@ -441,8 +441,9 @@ public final class CachedChunkStore: ChunkStore {
         var wholeInPiece: Int?
         defer {
             fetch.withdraw()
-            if let wholeInPiece, fetch.bytesTaken < wholeInPiece {
-                land(id, piece, size: wholeInPiece, taken: fetch.bytesTaken)
+            let taken = fetch.bytesTaken
+            if let wholeInPiece, taken < wholeInPiece {
+                land(id, piece, size: wholeInPiece, taken: taken)
             } else {
                 givePieceBack(piece)
             }

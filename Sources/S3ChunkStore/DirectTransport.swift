@@ -44,9 +44,7 @@ final class DirectTransport: Sendable {
         self.readTimeout = readTimeout
     }
 
-    deinit {
-        for connection in idle.withLock({ $0 }) { Glibc.close(connection.fd) }
-    }
+    deinit { closeAll() }
 
     func closeAll() {
         let connections = idle.withLock { idle in
@@ -69,12 +67,12 @@ final class DirectTransport: Sendable {
         var exchange = Exchange(fd: fd, readTimeout: readTimeout, deadline: deadline, window: window, bodyLimit: bodyLimit)
         var head = "\(method) \(target) HTTP/1.1\r\n"
         for (name, value) in headers { head += "\(name): \(value)\r\n" }
-        if let body { head += "content-length: \(body.count)\r\n" } else if method == "PUT" { head += "content-length: 0\r\n" }
+        if let body { head += "content-length: \(body.count)\r\n" }
         head += "\r\n"
         let result: Result<S3Reply, AttemptFailure>
         do throws(AttemptFailure) {
             try exchange.send(Array(head.utf8), body)
-            let reply = try exchange.receive(bodyExpected: method != "HEAD")
+            let reply = try exchange.receive()
             result = .success(reply)
         } catch {
             result = .failure(error)
@@ -278,7 +276,7 @@ private struct Exchange {
 
     var available: Int { pending.count - pendingStart }
 
-    mutating func receive(bodyExpected: Bool) throws(AttemptFailure) -> S3Reply {
+    mutating func receive() throws(AttemptFailure) -> S3Reply {
         var status: UInt
         var headers: HTTPHeaders
         var keepAlive: Bool
@@ -287,7 +285,7 @@ private struct Exchange {
         } while (100..<200).contains(status)  // interim answers (100 Continue)
         var sink = BodySink(status: status, headers: headers, window: window, bodyLimit: bodyLimit)
         let chunked = headers[canonicalForm: "transfer-encoding"].contains { $0.lowercased() == "chunked" }
-        if !bodyExpected || status == 204 || status == 304 {
+        if status == 204 || status == 304 {
             // No body.
         } else if chunked {
             try receiveChunked(into: &sink)
@@ -403,63 +401,5 @@ private struct Exchange {
             guard available < DirectTransport.headLimit else { throw .transport("the server sent a line of over 64 KiB") }
             guard try fill() else { throw .transport("the connection closed in a chunked reply") }
         }
-    }
-}
-
-/// Where a reply's body goes: the read window for a successful ranged GET (as
-/// `ReplyCollector` places it), a bounded buffer for anything else.
-private struct BodySink {
-    var reply: S3Reply
-    let window: ReadWindow?
-    let bodyLimit: Int
-    /// Object offset of the next body byte to arrive.
-    var position = 0
-    var objectSize: Int?
-
-    init(status: UInt, headers: HTTPHeaders, window: ReadWindow?, bodyLimit: Int) {
-        reply = S3Reply(status: status, headers: headers, body: ByteBuffer(), copied: 0)
-        self.bodyLimit = bodyLimit
-        if let window, (200..<300).contains(status) {
-            self.window = window
-            position = status == 206 ? ReplyCollector.rangeStart(headers.first(name: "content-range")) ?? window.offset : 0
-            objectSize = status == 206 ? ReplyCollector.rangeTotal(headers.first(name: "content-range"))
-                : headers.first(name: "content-length").flatMap { Int($0) }
-        } else {
-            self.window = nil
-        }
-    }
-
-    /// Where the next bytes may be received in place: the rest of the window, when they
-    /// are the ones it waits for.
-    func directTarget(upTo count: Int) -> UnsafeMutableRawBufferPointer? {
-        guard let window, reply.problem == nil, position == window.offset + reply.copied, reply.copied < window.buffer.count,
-              let base = window.buffer.baseAddress else { return nil }
-        return UnsafeMutableRawBufferPointer(start: base + reply.copied, count: min(count, window.buffer.count - reply.copied))
-    }
-
-    mutating func landedInPlace(_ count: Int) {
-        reply.copied += count
-        position += count
-        window?.progress?(reply.copied, objectSize)
-    }
-
-    mutating func take(_ bytes: UnsafeRawBufferPointer) {
-        guard let window else {
-            let room = max(0, bodyLimit - reply.body.readableBytes)
-            reply.body.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[0..<min(room, bytes.count)]))
-            return
-        }
-        let start = max(position, window.offset)
-        let end = min(position + bytes.count, window.offset + window.buffer.count)
-        if start < end, reply.problem == nil {
-            if start != window.offset + reply.copied {
-                reply.problem = "the server sent bytes from \(start), expected \(window.offset + reply.copied)"
-            } else if let target = window.buffer.baseAddress, let source = bytes.baseAddress {
-                (target + (start - window.offset)).copyMemory(from: source + (start - position), byteCount: end - start)
-                reply.copied += end - start
-                window.progress?(reply.copied, objectSize)
-            }
-        }
-        position += bytes.count
     }
 }

@@ -341,26 +341,23 @@ public final class S3ChunkStore: ChunkStore {
             if let token = configuration.credentials.sessionToken { headers.append(("x-amz-security-token", token)) }
             let signed = signer.sign(method: method.rawValue, path: path, query: query, headers: headers,
                                      payloadHash: payloadHash, amzDate: amzDate)
-            let outcome: Result<S3Reply, AttemptFailure>
-            if let transport {
-                requestsSent.add(1, ordering: .relaxed)
-                if attempt > 0 { retriesSent.add(1, ordering: .relaxed) }
-                outcome = transport.execute(method: method.rawValue, target: target,
-                                            headers: headers + [("authorization", signed.authorization)],
-                                            body: bodyBytes, window: window, bodyLimit: Self.replyLimit, deadline: deadline)
-            } else {
-                var httpHeaders = HTTPHeaders(headers)
-                httpHeaders.add(name: "authorization", value: signed.authorization)
-                let request: HTTPClient.Request
+            headers.append(("authorization", signed.authorization))
+            var request: HTTPClient.Request?
+            if transport == nil {
                 do {
-                    request = try HTTPClient.Request(url: url, method: method, headers: httpHeaders,
+                    request = try HTTPClient.Request(url: url, method: method, headers: HTTPHeaders(headers),
                                                      body: body.map { .byteBuffer($0) })
                 } catch {
                     throw .io(errno: EINVAL, "\(what): invalid request URL (\(describe(error)))")
                 }
-                requestsSent.add(1, ordering: .relaxed)
-                if attempt > 0 { retriesSent.add(1, ordering: .relaxed) }
-                outcome = executeBlocking(client, request, window: window, bodyLimit: Self.replyLimit, deadline: deadline)
+            }
+            requestsSent.add(1, ordering: .relaxed)
+            if attempt > 0 { retriesSent.add(1, ordering: .relaxed) }
+            let outcome = if let request {
+                executeBlocking(client, request, window: window, bodyLimit: Self.replyLimit, deadline: deadline)
+            } else {
+                transport!.execute(method: method.rawValue, target: target, headers: headers, body: bodyBytes,
+                                   window: window, bodyLimit: Self.replyLimit, deadline: deadline)
             }
             switch outcome {
             case .success(let reply):

@@ -44,70 +44,36 @@ final class ReplyCollector: HTTPClientResponseDelegate {
     typealias Response = Void
 
     private struct State {
-        var reply = S3Reply(status: 0, headers: [:], body: ByteBuffer(), copied: 0)
-        var window: ReadWindow?
-        /// Object offset of the next body byte to arrive.
-        var position = 0
-        /// The whole object's length, from the reply's head.
-        var objectSize: Int?
+        /// From the reply's head on.
+        var body: BodySink?
         var abandoned = false
     }
 
-    private let state: Mutex<State>
+    private let state = Mutex(State())
+    private let window: ReadWindow?
     private let bodyLimit: Int
 
     init(window: ReadWindow?, bodyLimit: Int) {
-        self.state = Mutex(State(window: window))
+        self.window = window
         self.bodyLimit = bodyLimit
     }
 
     /// After this the collector never touches the read window again.
     func abandon() { state.withLock { $0.abandoned = true } }
 
-    var reply: S3Reply { state.withLock { $0.reply } }
+    var reply: S3Reply {
+        state.withLock { $0.body?.reply } ?? S3Reply(status: 0, headers: [:], body: ByteBuffer(), copied: 0)
+    }
 
     func didReceiveHead(task: HTTPClient.Task<Void>, _ head: HTTPResponseHead) -> EventLoopFuture<Void> {
-        state.withLock { state in
-            state.reply.status = head.status.code
-            state.reply.headers = head.headers
-            if let window = state.window {
-                // 206 starts where Content-Range says; a server that ignores Range sends
-                // the whole object with 200, and we pick out the window ourselves.
-                state.position = head.status.code == 206
-                    ? Self.rangeStart(head.headers.first(name: "content-range")) ?? window.offset
-                    : 0
-                state.objectSize = head.status.code == 206 ? Self.rangeTotal(head.headers.first(name: "content-range"))
-                    : head.headers.first(name: "content-length").flatMap { Int($0) }
-            }
-        }
+        state.withLock { $0.body = BodySink(status: head.status.code, headers: head.headers, window: window, bodyLimit: bodyLimit) }
         return task.eventLoop.makeSucceededVoidFuture()
     }
 
     func didReceiveBodyPart(task: HTTPClient.Task<Void>, _ part: ByteBuffer) -> EventLoopFuture<Void> {
         state.withLock { state in
             guard !state.abandoned else { return }
-            guard let window = state.window, (200..<300).contains(state.reply.status) else {
-                var part = part
-                let room = max(0, bodyLimit - state.reply.body.readableBytes)
-                if let slice = part.readSlice(length: min(room, part.readableBytes)) {
-                    state.reply.body.writeImmutableBuffer(slice)
-                }
-                return
-            }
-            part.withUnsafeReadableBytes { bytes in
-                let start = max(state.position, window.offset)
-                let end = min(state.position + bytes.count, window.offset + window.buffer.count)
-                if start < end {
-                    if start != window.offset + state.reply.copied {
-                        state.reply.problem = "the server sent bytes from \(start), expected \(window.offset + state.reply.copied)"
-                    } else if let target = window.buffer.baseAddress, let source = bytes.baseAddress {
-                        (target + (start - window.offset)).copyMemory(from: source + (start - state.position), byteCount: end - start)
-                        state.reply.copied += end - start
-                        window.progress?(state.reply.copied, state.objectSize)
-                    }
-                }
-                state.position += bytes.count
-            }
+            part.withUnsafeReadableBytes { state.body?.take($0) }
         }
         return task.eventLoop.makeSucceededVoidFuture()
     }
@@ -210,4 +176,62 @@ func describe(_ error: any Error) -> String {
 func backoff(attempt: Int) -> Duration {
     let cap = min(2000, 50 << min(attempt, 10))
     return .milliseconds(Int.random(in: 0...cap))
+}
+
+/// Where a reply's body goes, for either transport: the read window for a successful
+/// ranged GET, a bounded buffer for anything else.
+struct BodySink {
+    var reply: S3Reply
+    let window: ReadWindow?
+    let bodyLimit: Int
+    /// Object offset of the next body byte to arrive.
+    var position = 0
+    var objectSize: Int?
+
+    init(status: UInt, headers: HTTPHeaders, window: ReadWindow?, bodyLimit: Int) {
+        reply = S3Reply(status: status, headers: headers, body: ByteBuffer(), copied: 0)
+        self.bodyLimit = bodyLimit
+        if let window, (200..<300).contains(status) {
+            self.window = window
+            position = status == 206 ? ReplyCollector.rangeStart(headers.first(name: "content-range")) ?? window.offset : 0
+            objectSize = status == 206 ? ReplyCollector.rangeTotal(headers.first(name: "content-range"))
+                : headers.first(name: "content-length").flatMap { Int($0) }
+        } else {
+            self.window = nil
+        }
+    }
+
+    /// Where the next bytes may be received in place: the rest of the window, when they
+    /// are the ones it waits for.
+    func directTarget(upTo count: Int) -> UnsafeMutableRawBufferPointer? {
+        guard let window, reply.problem == nil, position == window.offset + reply.copied, reply.copied < window.buffer.count,
+              let base = window.buffer.baseAddress else { return nil }
+        return UnsafeMutableRawBufferPointer(start: base + reply.copied, count: min(count, window.buffer.count - reply.copied))
+    }
+
+    mutating func landedInPlace(_ count: Int) {
+        reply.copied += count
+        position += count
+        window?.progress?(reply.copied, objectSize)
+    }
+
+    mutating func take(_ bytes: UnsafeRawBufferPointer) {
+        guard let window else {
+            let room = max(0, bodyLimit - reply.body.readableBytes)
+            reply.body.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[0..<min(room, bytes.count)]))
+            return
+        }
+        let start = max(position, window.offset)
+        let end = min(position + bytes.count, window.offset + window.buffer.count)
+        if start < end, reply.problem == nil {
+            if start != window.offset + reply.copied {
+                reply.problem = "the server sent bytes from \(start), expected \(window.offset + reply.copied)"
+            } else if let target = window.buffer.baseAddress, let source = bytes.baseAddress {
+                (target + (start - window.offset)).copyMemory(from: source + (start - position), byteCount: end - start)
+                reply.copied += end - start
+                window.progress?(reply.copied, objectSize)
+            }
+        }
+        position += bytes.count
+    }
 }

@@ -536,16 +536,24 @@ public final class VolumeFS: Sendable {
     func pending(_ attr: Attr) -> Attr {
         var attr = attr
         if let atime = pendingAtimes.withLock({ $0[attr.ino] }) { attr.atime = max(attr.atime, atime) }
-        guard attr.isRegular, let file = openFiles.withLock({ $0[attr.ino] }) else { return attr }
-        file.lock.lock()
-        defer { file.lock.unlock() }
-        // A commit of the file may have ended while we waited for its lock (a group commit
-        // runs beside requests): what it committed is newer than `attr`, read before.
-        if let committed = cache.cachedAttr(attr.ino), committed.ctime > attr.ctime {
+        guard attr.isRegular else { return attr }
+        // A commit of the file may have ended since `attr` was read (a group commit runs
+        // beside requests, and then lets the file go): what it committed is newer. Looked
+        // at once the file's lock is held, or once the file is found closed, both of which
+        // come after the commit put its attributes in the cache.
+        func newest(_ attr: inout Attr) {
+            guard let committed = cache.cachedAttr(attr.ino), committed.ctime > attr.ctime else { return }
             let atime = attr.atime
             attr = committed
             attr.atime = max(attr.atime, atime)
         }
+        guard let file = openFiles.withLock({ $0[attr.ino] }) else {
+            newest(&attr)
+            return attr
+        }
+        file.lock.lock()
+        defer { file.lock.unlock() }
+        newest(&attr)
         attr.size = file.size
         attr.storedBytes = UInt64(max(0, Int64(attr.storedBytes) + file.reserved.values.reduce(0, +)))
         if let mtime = file.mtime {

@@ -250,6 +250,23 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         #expect(try readFile(b, "v") == [7])
     }
 
+    /// Attributes read from the cache before a group commit, answered after it (a
+    /// getattr, a lookup or a listing running beside the writer's turn), carry what the
+    /// group committed, also once the group has let the file go: the kernel would take a
+    /// size of 0 from them and read a just-written file as empty.
+    @Test(arguments: TestBackend.available)
+    func attributesReadBeforeAGroupCommitAreAnsweredWithWhatItCommitted(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend)
+        let a = try shared.mount("a", deferring: true)
+        let f = try writeFile(a, "f", [1, 2, 3])
+        let before = try a.metadata.getattr(f)
+        #expect(before.size == 0, "the cache has the file as it was made, not committed yet")
+        a.groupCommitTurn()
+        #expect(a.openFiles.withLock { $0[f] == nil }, "the group let the file go")
+        #expect(a.pending(before).size == 3)
+        #expect(try a.getattr(f).size == 3)
+    }
+
     /// While no other mount is attached, the writer's closes are committed together at its
     /// next turn (or by an fsync); a mount that attaches waits until the writer has seen it
     /// and committed what it kept, and from then on closes commit at once. A crash of the
