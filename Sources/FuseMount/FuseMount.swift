@@ -27,6 +27,10 @@ public struct MountOptions: Sendable {
     public var entryTimeout: Double = 30
     public var attrTimeout: Double = 30
     public var maxThreads: UInt32 = 16
+    /// Microseconds a thread that answered a request (other than a bulk read or write)
+    /// polls for the next before it sleeps: a caller working through files one at a time
+    /// then finds a thread awake (see CFuse's shim.c). 0: threads sleep at once.
+    public var pollMicroseconds = 50
     /// Unmount on SIGTERM, SIGINT and SIGHUP. libfuse keeps one such session per process,
     /// so a process serving several mounts (tests) turns this off.
     public var handleSignals = true
@@ -216,8 +220,14 @@ public final class FuseMount: @unchecked Sendable {
             throw MountError(description: "cannot install signal handlers")
         }
         self.session = session
+        if options.pollMicroseconds > 0 && CFuse_session_poll_reads(session, options.pollMicroseconds * 1000) != 0 {
+            context.logger.notice("cannot poll for requests; every request wakes a sleeping thread")
+        }
         raiseReadahead()
     }
+
+    /// Requests a polling thread found awake, over every mount of the process.
+    public static var requestsFoundByPolling: UInt64 { UInt64(CFuse_polled_requests()) }
 
     /// Bytes the kernel reads ahead of a sequential reader (and of page faults on a
     /// mapping): a default chunk's worth, so that four 1 MiB requests are in flight at once

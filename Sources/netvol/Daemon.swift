@@ -92,6 +92,7 @@ extension Mount {
                 mountOptions.fuseOptions.append("allow_other")
             }
             if readOnly && !mountOptions.fuseOptions.contains("ro") { mountOptions.fuseOptions.append("ro") }
+            mountOptions.pollMicroseconds = pollUs
             mountOptions.source = "netvol:" + address.description.replacingOccurrences(of: ",", with: "\\,")
             let mount = FuseMount(volume: volumeFS, options: mountOptions, logger: logger)
             do {

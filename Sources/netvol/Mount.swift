@@ -59,6 +59,9 @@ struct Mount: ParsableCommand {
     @Option(help: "Network volumes: seconds a call to the database or the object store keeps retrying before the operation fails with EIO.")
     var timeout: Double = OpenOptions.defaultTimeoutSeconds
 
+    @Option(help: "Microseconds a FUSE thread that answered a request stays awake for the next one (0: it sleeps at once).")
+    var pollUs: Int = 50
+
     @Option(name: .customLong("metrics"), help: "Serve Prometheus metrics at http://HOST:PORT/metrics (PORT alone: 127.0.0.1).")
     var metricsAddress: String?
 
@@ -74,6 +77,7 @@ struct Mount: ParsableCommand {
         guard leaseTtl >= 1, leaseTtl <= 3600 else { throw ValidationError("--lease-ttl must be between 1 and 3600 seconds") }
         guard leaseIdle >= 0, leaseIdle <= 31_536_000 else { throw ValidationError("--lease-idle must be between 0 and 31536000 seconds (a year)") }
         _ = try parseSize(cacheSize, what: "--cache-size")
+        guard pollUs >= 0, pollUs <= 10_000 else { throw ValidationError("--poll-us must be between 0 and 10000") }
         guard timeout >= 1, timeout <= 3600 else { throw ValidationError("--timeout must be between 1 and 3600 seconds") }
         if let metricsAddress {
             do { _ = try MetricsEndpoint.parse(metricsAddress) } catch let error as CLIError { throw ValidationError(error.description) }
@@ -190,7 +194,8 @@ struct Mount: ParsableCommand {
             }
         }
         var arguments = ["netvol", "mount", address.description, target, "--foreground", "--ready-fd", "3", "--gc-grace", "\(gcGrace)",
-                         "--lease-ttl", "\(leaseTtl)", "--lease-idle", "\(leaseIdle)", "--timeout", "\(timeout)"]
+                         "--lease-ttl", "\(leaseTtl)", "--lease-idle", "\(leaseIdle)", "--timeout", "\(timeout)",
+                         "--poll-us", "\(pollUs)"]
         for option in options { arguments += ["-o", option] }
         if debug { arguments.append("--debug") }
         if readOnly { arguments.append("--read-only") }

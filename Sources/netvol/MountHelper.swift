@@ -18,7 +18,7 @@ let mountHelperNames: Set<String> = ["mount.netvol", "mount.fuse.netvol"]
 /// mount(8)'s options netvol has a flag for: `name=value` becomes `--flag value`.
 private let valueOptions: [String: String] = [
     "lease_ttl": "--lease-ttl", "lease_idle": "--lease-idle", "gc_grace": "--gc-grace",
-    "cache_dir": "--cache-dir", "cache_size": "--cache-size", "timeout": "--timeout",
+    "cache_dir": "--cache-dir", "cache_size": "--cache-size", "timeout": "--timeout", "poll_us": "--poll-us",
     "log_file": "--log-file", "password_file": "--password-file",
     "s3_credentials_file": "--s3-credentials-file", "metrics": "--metrics",
 ]

@@ -1,6 +1,7 @@
 import CSyscalls
 import Foundation
 import FuseMount
+import Synchronization
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -32,6 +33,34 @@ struct FuseMountTests {
         try writeFile(vol.path("f"), [1], flags: O_WRONLY | O_TRUNC)
         #expect(try readFile(vol.path("f")) == [1])
         #expect(errnoOf(open(vol.path("missing"), O_RDONLY)) == ENOENT)
+    }
+
+    /// Threads that poll for the next request read from /dev/fuse clones of their own and
+    /// answer on them; one-by-one callers, bulk streams and parallel readers must all get
+    /// their answers, whether threads poll or sleep at once.
+    @Test(arguments: [0, 2000]) func requestsAreAnsweredWhetherThreadsPollOrSleep(pollMicroseconds: Int) throws {
+        let vol = try MountedVolume(chunkSize: 64 * 1024, pollMicroseconds: pollMicroseconds)
+        let before = FuseMount.requestsFoundByPolling
+        #expect(mkdir(vol.path("d"), 0o755) == 0)
+        for i in 0..<300 { try writeFile(vol.path("d/f\(i)"), pattern(100 + i, seed: UInt8(i % 251))) }
+        for i in 0..<300 { #expect(try readFile(vol.path("d/f\(i)")) == pattern(100 + i, seed: UInt8(i % 251))) }
+        let big = pattern(3_000_000, seed: 7)
+        try writeFile(vol.path("big"), big)
+        let results = Mutex<[Bool]>([])
+        let root = vol.mountpoint
+        DispatchQueue.concurrentPerform(iterations: 6) { worker in
+            let same = (try? readFile(root + "/big")) == big
+                && (0..<50).allSatisfy { (try? readFile(root + "/d/f\($0 * 6 + worker)")) == pattern(100 + $0 * 6 + worker, seed: UInt8(($0 * 6 + worker) % 251)) }
+            results.withLock { $0.append(same) }
+        }
+        #expect(results.withLock { $0 } == Array(repeating: true, count: 6))
+        if pollMicroseconds > 0 {
+            // 2 ms is far longer than a caller takes between two requests of a file.
+            #expect(FuseMount.requestsFoundByPolling > before)
+        }
+        vol.unmount()
+        let mounts = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
+        #expect(!mounts.contains(" \(vol.mountpoint) "))
     }
 
     @Test func unlinkWhileOpenKeepsData() throws {

@@ -83,6 +83,7 @@ refused "gc-grace" mount "$WORK/vol" "$WORK/mnt-grace" --gc-grace -1
 refused "read-only.*writer|writer.*read-only" mount "$WORK/vol" "$WORK/mnt-modes" --read-only --writer
 refused "wait" mount "$WORK/vol" "$WORK/mnt-wait" --wait
 refused "lease-ttl" mount "$WORK/vol" "$WORK/mnt-ttl" --lease-ttl 0
+refused "poll-us" mount "$WORK/vol" "$WORK/mnt-poll" --poll-us -1
 
 step "mount: a mountpoint that is already mounted; the writer lease held by another mount"
 mount_volume "$WORK/vol" --writer

@@ -48,12 +48,12 @@ step "an fstab line: mount DIR, write, umount DIR"
 fstab=$WORK/fstab
 a=$WORK/from-fstab
 mkdir "$a"
-printf '# a private fstab\n%s %s fuse.netvol lease_ttl=5,lease_idle=5,timeout=15,log_file=%s,_netdev,nofail,noauto,x-systemd.automount,x-systemd.requires=network-online.target,defaults%s 0 0\n' \
+printf '# a private fstab\n%s %s fuse.netvol lease_ttl=5,lease_idle=5,timeout=15,poll_us=20,log_file=%s,_netdev,nofail,noauto,x-systemd.automount,x-systemd.requires=network-online.target,defaults%s 0 0\n' \
     "$VOLUME" "$a" "$WORK/a.log" "$extra" >"$fstab"
 with_timeout 120 mount -T "$fstab" "$a" || fail "mount -T fstab $a failed"
 expect_mounted_by_mount8 "$a" "$WORK/a.log"
 assert_equal fuse.netvol "$(findmnt -n -o FSTYPE "$a")" "the mount's type"
-tr '\0' ' ' <"/proc/$MNT_PID/cmdline" | grep -q -- "--lease-ttl 5.0 --lease-idle 5.0 --timeout 15.0" ||
+tr '\0' ' ' <"/proc/$MNT_PID/cmdline" | grep -q -- "--lease-ttl 5.0 --lease-idle 5.0 --timeout 15.0 --poll-us 20" ||
     fail "the daemon did not get the fstab line's options: $(tr '\0' ' ' <"/proc/$MNT_PID/cmdline")"
 printf 'through fstab' >"$a/f"
 assert_equal "through fstab" "$(cat "$a/f")"

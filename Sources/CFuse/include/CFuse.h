@@ -11,6 +11,14 @@
 // which Swift cannot see. It can go once libfuse exports an unversioned name for Swift.
 int CFuse_session_loop_mt(struct fuse_session *se, unsigned int max_threads, unsigned int max_idle_threads);
 
+// Makes each worker thread of CFuse_session_loop_mt read requests from a /dev/fuse clone of
+// its own and, after it answered one, poll that clone for the next for up to spin_ns
+// before it sleeps (see shim.c). 0 leaves libfuse's blocking reads alone. Call it after
+// fuse_session_mount; the last call's spin_ns applies to every session of the process.
+int CFuse_session_poll_reads(struct fuse_session *se, long spin_ns);
+// Requests a polling thread found, over every session of the process.
+unsigned long long CFuse_polled_requests(void);
+
 // Swift imports the struct but not the macro FUSE_ARGS_INIT.
 struct fuse_args CFuse_args_init(int argc, char **argv);
 
