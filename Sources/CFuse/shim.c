@@ -23,7 +23,7 @@ _Static_assert(sizeof(fuse_ino_t) == 8, "netvol stores inode numbers as 64-bit i
 // only on the descriptor its request was read from, and libfuse replies on the clone it
 // read from. Sleeping stays a blocking read, so that the kernel wakes one thread per
 // request, not every thread.
-static long poll_ns = 0;
+static _Atomic long poll_ns = 0;
 // Sessions' own descriptors, shared by the threads whose clone failed: never polled.
 #define SHARED_FDS 16
 static _Atomic int shared_fds[SHARED_FDS] = { [0 ... SHARED_FDS - 1] = -1 };
@@ -114,12 +114,12 @@ int CFuse_session_poll_reads(struct fuse_session *se, long spin_ns) {
     return fuse_session_custom_io(se, &io, fd);
 }
 
-int CFuse_session_loop_mt(struct fuse_session *se, unsigned int max_threads, unsigned int max_idle_threads) {
+int CFuse_session_loop_mt(struct fuse_session *se, unsigned int max_threads, unsigned int max_idle_threads, int clone_fd) {
     struct fuse_loop_config *config = fuse_loop_cfg_create();
     if (config == NULL) return -1;
     fuse_loop_cfg_set_max_threads(config, max_threads);
     fuse_loop_cfg_set_idle_threads(config, max_idle_threads);
-    if (poll_ns > 0) fuse_loop_cfg_set_clone_fd(config, 1);
+    if (clone_fd) fuse_loop_cfg_set_clone_fd(config, 1);
     int result = fuse_session_loop_mt(se, config);
     fuse_loop_cfg_destroy(config);
     // The descriptor is closed with the session; its number may come back as a clone.

@@ -59,8 +59,8 @@ struct Mount: ParsableCommand {
     @Option(help: "Network volumes: seconds a call to the database or the object store keeps retrying before the operation fails with EIO.")
     var timeout: Double = OpenOptions.defaultTimeoutSeconds
 
-    @Option(help: "Microseconds a FUSE thread that answered a request stays awake for the next one (0: it sleeps at once).")
-    var pollUs: Int = 50
+    @Option(help: "Microseconds a FUSE thread that answered a request stays awake for the next one (0: it sleeps at once); for hosts with cores to spare.")
+    var pollUs: Int = 0
 
     @Option(name: .customLong("metrics"), help: "Serve Prometheus metrics at http://HOST:PORT/metrics (PORT alone: 127.0.0.1).")
     var metricsAddress: String?

@@ -9,12 +9,14 @@
 
 // fuse_session_loop_mt is a macro that picks a versioned symbol (fuse_session_loop_mt_312),
 // which Swift cannot see. It can go once libfuse exports an unversioned name for Swift.
-int CFuse_session_loop_mt(struct fuse_session *se, unsigned int max_threads, unsigned int max_idle_threads);
+// clone_fd: each worker thread reads from a /dev/fuse clone of its own (needed to poll).
+int CFuse_session_loop_mt(struct fuse_session *se, unsigned int max_threads, unsigned int max_idle_threads, int clone_fd);
 
 // Makes each worker thread of CFuse_session_loop_mt read requests from a /dev/fuse clone of
 // its own and, after it answered one, poll that clone for the next for up to spin_ns
-// before it sleeps (see shim.c). 0 leaves libfuse's blocking reads alone. Call it after
-// fuse_session_mount; the last call's spin_ns applies to every session of the process.
+// before it sleeps (see shim.c); the loop must then run with clone_fd. 0 leaves libfuse's
+// blocking reads alone. Call it after fuse_session_mount; the last call's spin_ns applies
+// to every polling session of the process.
 int CFuse_session_poll_reads(struct fuse_session *se, long spin_ns);
 // Requests a polling thread found, over every session of the process.
 unsigned long long CFuse_polled_requests(void);
