@@ -30,7 +30,7 @@ final class MountedVolume {
     let keepDirectory: Bool
 
     init(directory: String? = nil, keepDirectory: Bool = false, chunkSize: Int = 64 * 1024, sizeLimit: UInt64 = 1 << 40,
-         pollMicroseconds: Int? = nil) throws {
+         pollMicroseconds: Int = 0) throws {
         self.directory = directory ?? temporaryDirectory()
         self.keepDirectory = keepDirectory
         mountpoint = temporaryDirectory()
@@ -45,7 +45,7 @@ final class MountedVolume {
         var options = MountOptions(mountpoint: mountpoint)
         options.handleSignals = false
         options.source = "netvol-test"
-        if let pollMicroseconds { options.pollMicroseconds = pollMicroseconds }
+        options.pollMicroseconds = pollMicroseconds
         let mount = FuseMount(volume: volume, options: options, logger: logger)
         try mount.mount()
         self.mount = mount
