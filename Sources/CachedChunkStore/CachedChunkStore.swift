@@ -154,6 +154,10 @@ public final class CachedChunkStore: ChunkStore {
     /// Writes `bytes` into a new cached file by way of the aligned download buffers, which
     /// a direct write needs; the copy costs less than the page-cache pages it saves.
     func writeThroughPieces(_ file: OpenObject, _ bytes: UnsafeRawBufferPointer) -> Bool {
+        if DirectIO.isAligned(bytes) {
+            // Already aligned (a full chunk from the volume's write buffers): no copy.
+            return file.write(bytes, at: 0, room: bytes.count) && ftruncate(file.fd, off_t(bytes.count)) == 0
+        }
         let piece = takePiece()
         defer { givePieceBack(piece) }
         var offset = 0

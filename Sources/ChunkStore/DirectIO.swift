@@ -25,6 +25,12 @@ public enum DirectIO {
         return Glibc.open(path, flags, mode)
     }
 
+    /// Whether `bytes` may go to a direct write as they are: address and length aligned.
+    public static func isAligned(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard let base = bytes.baseAddress else { return false }
+        return Int(bitPattern: base) % alignment == 0 && bytes.count % alignment == 0
+    }
+
     public static func isDirect(_ fd: Int32) -> Bool { fcntl(fd, F_GETFL) & flag != 0 }
 
     /// Goes on with ordinary I/O on `fd` after the filesystem refused a direct transfer.

@@ -117,7 +117,13 @@ public final class LocalChunkStore: ChunkStore {
     /// A filesystem that refuses the direct write gets an ordinary one.
     func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int32? {
         guard let base = bytes.baseAddress, bytes.count > 0 else { return nil }
-        if DirectIO.isDirect(fd) {
+        if DirectIO.isDirect(fd) && DirectIO.isAligned(bytes) {
+            // A full chunk from the volume's aligned write buffers: no copy.
+            if Self.pwriteAll(fd, bytes) == nil { return nil }
+            guard errno == EINVAL else { return errno }
+            DirectIO.drop(fd)
+            if ftruncate(fd, 0) != 0 { return errno }
+        } else if DirectIO.isDirect(fd) {
             let padded = (bytes.count + DirectIO.alignment - 1) / DirectIO.alignment * DirectIO.alignment
             let buffer = takeBuffer(padded)
             defer { giveBack(buffer) }

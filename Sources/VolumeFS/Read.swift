@@ -152,13 +152,13 @@ extension VolumeFS {
     }
 
     /// The whole stored content of chunk `index`, verified (empty if the chunk is a hole).
-    func load(_ file: OpenFile, _ index: Int) throws(FSError) -> [UInt8] {
-        guard let ref = file.chunkMap[index] else { return [] }
-        var bytes = [UInt8](repeating: 0, count: ref.length)
-        bytes.reserveCapacity(chunkSize)
-        try Self.typed { try bytes.withUnsafeMutableBytes { (buffer: UnsafeMutableRawBufferPointer) throws in
+    func load(_ file: OpenFile, _ index: Int) throws(FSError) -> ChunkBuffer {
+        var bytes = ChunkBuffer(pool: chunkBuffers)
+        guard let ref = file.chunkMap[index] else { return bytes }
+        bytes.resize(to: ref.length)
+        _ = try bytes.withUnsafeMutableBytes { buffer throws(FSError) in
             try readVerified(file.ino, ref, from: 0, to: ref.length, into: buffer)
-        } }
+        }
         return bytes
     }
 }

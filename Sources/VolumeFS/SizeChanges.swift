@@ -31,7 +31,7 @@ extension VolumeFS {
             }.map { ($0.index, $0) })
         }
         if size == currentSize { return }
-        var rewritten: [(Int, [UInt8])] = []
+        var rewritten: [(Int, ChunkBuffer)] = []
         var drop: Range<Int>? = nil
         if size < currentSize {
             let cs = UInt64(chunkSize)
@@ -39,10 +39,11 @@ extension VolumeFS {
             let keep = Int(size % cs)
             drop = .from(keep == 0 ? index : index + 1)
             if keep > 0, let ref = chunkMap[index], ref.length > keep {
-                var bytes = [UInt8](repeating: 0, count: keep)
-                try Self.typed { try bytes.withUnsafeMutableBytes { (buffer: UnsafeMutableRawBufferPointer) throws in
+                var bytes = ChunkBuffer(pool: chunkBuffers)
+                bytes.resize(to: keep)
+                _ = try bytes.withUnsafeMutableBytes { buffer throws(FSError) in
                     try readVerified(ino, ref, from: 0, to: keep, into: buffer)
-                } }
+                }
                 rewritten.append((index, bytes))
             }
         }
@@ -52,7 +53,7 @@ extension VolumeFS {
     /// Commits a change to the chunks of `ino` made outside its write buffers: chunks
     /// `rewritten` whole (stored as new objects or inline), the chunks in `drop` removed,
     /// and the size set, in one transaction. The caller holds `file`'s lock, if it is open.
-    func recommit(_ ino: InodeNumber, _ file: OpenFile?, chunkMap: [Int: ChunkRef], rewritten: [(Int, [UInt8])],
+    func recommit(_ ino: InodeNumber, _ file: OpenFile?, chunkMap: [Int: ChunkRef], rewritten: [(Int, ChunkBuffer)],
                   drop: Range<Int>?, size: UInt64) throws(FSError) {
         let refs = try storeChunks(ino, rewritten, fileSize: size)
         var delta: Int64 = 0
@@ -125,7 +126,7 @@ extension VolumeFS {
         let stop = min(end, newSize)
         let cs = UInt64(chunkSize)
         var drop: Range<Int>? = nil
-        var rewritten: [(Int, [UInt8])] = []
+        var rewritten: [(Int, ChunkBuffer)] = []
         if offset < stop {
             let firstWhole = Int((offset + cs - 1) / cs)
             var pastWhole = Int(stop / cs)
@@ -143,9 +144,9 @@ extension VolumeFS {
                 }
                 var bytes = try load(file, index)
                 if high >= bytes.count {
-                    bytes.removeLast(bytes.count - low)
+                    bytes.resize(to: low)
                 } else {
-                    bytes.replaceSubrange(low..<high, with: repeatElement(0, count: high - low))
+                    bytes.zero(low..<high)
                 }
                 rewritten.append((index, bytes))
             }

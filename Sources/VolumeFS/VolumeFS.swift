@@ -105,7 +105,7 @@ final class OpenFile: @unchecked Sendable {
     /// Committed chunks, by index, as of open or our last commit.
     var chunkMap: [Int: ChunkRef]
     /// Chunks written but not committed: the whole stored content of each.
-    var dirty: [Int: [UInt8]] = [:]
+    var dirty: [Int: ChunkBuffer] = [:]
     /// Bytes of the size limit reserved for each dirty chunk's growth.
     var reserved: [Int: Int64] = [:]
     var size: UInt64
@@ -297,6 +297,9 @@ public final class VolumeFS: Sendable {
     public let options: VolumeOptions
     public let chunkSize: Int
     let logger: Logger
+    /// Full-chunk write buffers, reused: a sequential writer has about as many in use as
+    /// uploads in flight, and a few spare save the faults of fresh ones.
+    let chunkBuffers: ChunkBufferPool
 
     /// Nanoseconds a file created and kept open may stay unmade in the metadata (see
     /// MetadataCache): the writer's commit interval for creates.
@@ -353,6 +356,7 @@ public final class VolumeFS: Sendable {
         self.holder = holder
         let usage = try Self.lift { () throws(MetadataError) in try metadata.usage() }
         self.chunkSize = usage.chunkSize
+        self.chunkBuffers = ChunkBufferPool(chunkSize: usage.chunkSize, kept: 4)
         self.accounting = Mutex((used: usage.usedBytes, limit: usage.sizeLimit, reserved: 0))
         // No token is ever -1: until we hold the lease, no transaction of ours can commit.
         metadata.setFence(Fence(holder: holder, token: LeaseToken(rawValue: -1)))

@@ -47,21 +47,7 @@ extension VolumeFS {
             let high = Int(min(end, chunkStart + cs) - chunkStart)
             let sourceStart = Int(chunkStart + UInt64(low) - offset)
             let source = UnsafeRawBufferPointer(rebasing: data[sourceStart..<(sourceStart + high - low)])
-            // Bytes the chunk already has are overwritten in place; the rest is appended
-            // from the source directly, so nothing is zero-filled only to be overwritten.
-            if file.dirty[index]!.count < low {
-                file.dirty[index]!.append(contentsOf: [UInt8](repeating: 0, count: low - file.dirty[index]!.count))
-            }
-            let overlap = min(file.dirty[index]!.count, high) - low
-            if overlap > 0 {
-                file.dirty[index]!.withUnsafeMutableBytes { buffer in
-                    UnsafeMutableRawBufferPointer(rebasing: buffer[low..<(low + overlap)])
-                        .copyMemory(from: UnsafeRawBufferPointer(rebasing: source[0..<overlap]))
-                }
-            }
-            if overlap < source.count {
-                file.dirty[index]!.append(contentsOf: UnsafeRawBufferPointer(rebasing: source[overlap...]).assumingMemoryBound(to: UInt8.self))
-            }
+            file.dirty[index]!.write(source, at: low)
             file.reserved[index, default: 0] += growth[index] ?? 0
             // What was being stored of this chunk is no longer its content.
             if let stale = file.uploads.removeValue(forKey: index) { abandon(stale) }
@@ -95,7 +81,7 @@ extension VolumeFS {
             }
             let upload = Upload()
             file.uploads[index] = upload
-            // The array is shared, not copied: a later write to the chunk copies it, and
+            // The buffer is shared, not copied: a later write to the chunk copies it, and
             // drops this upload.
             let bytes = file.dirty[index]!
             let ino = file.ino
@@ -232,9 +218,9 @@ extension VolumeFS {
     }
 
     /// Stores chunks as new objects, several at once; on any failure, stores none.
-    func storeObjects(_ ino: InodeNumber, _ chunks: [(Int, [UInt8])]) throws(FSError) -> [ChunkRef] {
+    func storeObjects(_ ino: InodeNumber, _ chunks: [(Int, ChunkBuffer)]) throws(FSError) -> [ChunkRef] {
         if chunks.count == 1 {
-            return [try Self.typed { try chunks[0].1.withUnsafeBytes { bytes throws in try storeObject(ino, chunks[0].0, bytes) } }]
+            return [try chunks[0].1.withUnsafeBytes { bytes throws(FSError) in try storeObject(ino, chunks[0].0, bytes) }]
         }
         let results = Mutex<[Result<ChunkRef, FSError>?]>(Array(repeating: nil, count: chunks.count))
         // Once one chunk cannot be stored the commit fails anyway: the others are not
@@ -274,10 +260,10 @@ extension VolumeFS {
 
     /// Makes refs for chunks about to be committed: a file that will be no larger than
     /// `inlineLimit` keeps its bytes inline, others get objects stored in parallel.
-    func storeChunks(_ ino: InodeNumber, _ chunks: [(Int, [UInt8])], fileSize: UInt64) throws(FSError) -> [ChunkRef] {
+    func storeChunks(_ ino: InodeNumber, _ chunks: [(Int, ChunkBuffer)], fileSize: UInt64) throws(FSError) -> [ChunkRef] {
         guard fileSize <= UInt64(min(options.inlineLimit, chunkSize)) else { return try storeObjects(ino, chunks) }
         return chunks.map { index, bytes in
-            ChunkRef(index: index, inline: bytes, checksums: bytes.withUnsafeBytes { BlockChecksums(of: $0) })
+            ChunkRef(index: index, inline: bytes.array, checksums: bytes.withUnsafeBytes { BlockChecksums(of: $0) })
         }
     }
 

@@ -363,6 +363,24 @@ import Glibc
         }
     }
 
+    /// A writer's full chunks come in page-aligned buffers and are cached as they are.
+    @Test func alignedUploadsAreCachedWhole() throws {
+        let cache = try makeCache(capacity: 64 << 20)
+        for size in [DirectIO.alignment, 2 * DirectIO.alignment, 4 << 20] {
+            let aligned = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: DirectIO.alignment)
+            defer { aligned.deallocate() }
+            let content = bytes(size, seed: UInt8(size % 251))
+            aligned.copyBytes(from: content)
+            let id = ObjectID.random()
+            try cache.put(id, UnsafeRawBufferPointer(aligned))
+            var info = stat()
+            #expect(stat(cache.path(of: id), &info) == 0 && Int(info.st_size) == size)
+            #expect(try cache.read(id, count: size + 10) == content)
+            #expect(try backing.inner.read(id, count: size + 10) == content)
+        }
+        #expect(backing.backendCalls == 0)
+    }
+
     /// A descriptor whose writes cannot go direct (an unaligned buffer here; a
     /// filesystem that refuses O_DIRECT elsewhere) goes on with ordinary I/O.
     @Test func aDirectDescriptorFallsBackToOrdinaryIO() throws {

@@ -161,6 +161,23 @@ import Testing
         #expect(store.buffers.withLock { $0.allSatisfy { Int(bitPattern: $0.bytes.baseAddress) % DirectIO.alignment == 0 } })
     }
 
+    /// A page-aligned chunk (what a volume's write buffers hold) is written from the
+    /// caller's memory: no aligned copy is taken for it.
+    @Test func alignedObjectsAreWrittenWithoutACopy() throws {
+        let store = try LocalChunkStore(root: root)
+        for size in [DirectIO.alignment, 4 << 20] {
+            let aligned = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: DirectIO.alignment)
+            defer { aligned.deallocate() }
+            let data = bytes(size, seed: 7)
+            aligned.copyBytes(from: data)
+            let id = ObjectID.random()
+            try store.put(id, UnsafeRawBufferPointer(aligned))
+            #expect(try store.size(of: id) == size)
+            #expect(try store.read(id, count: size + 10) == data)
+        }
+        #expect(store.buffers.withLock { $0.isEmpty })
+    }
+
     @Test func objectIDHexRoundTrips() {
         let id = ObjectID(rawValue: 0xa3f)
         #expect(id.description == "0000000000000a3f")
