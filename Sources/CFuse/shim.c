@@ -4,6 +4,8 @@
 #include "CFuse.h"
 #include <errno.h>
 #include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <linux/fuse.h>
 #include <sched.h>
@@ -65,9 +67,65 @@ static int is_bulk(const void *buf, ssize_t got) {
     return 0;
 }
 
-static ssize_t polling_read(int fd, void *buf, size_t len, void *userdata) {
+// The kernel asks the daemon for a file's security.capability before every write, to
+// learn whether the write must remove it, unless the daemon takes over removing setuid,
+// setgid and capabilities itself (FUSE_HANDLE_KILLPRIV_V2): one round trip in two of a
+// streaming write, one in seven of a small file's creation. libfuse 3.14 cannot ask for
+// it, so the INIT reply is amended on its way out, and the kernel's per-request "kill
+// setuid/setgid" flags (which libfuse drops) are kept for the thread serving the request.
+static __thread uint64_t init_unique;
+static __thread int init_offers_killpriv_v2;
+static __thread int request_kills_suidgid;
+static atomic_int killpriv_v2_sessions;
+
+static void note_request(const void *buf, ssize_t got) {
+    request_kills_suidgid = 0;
+    if (got < (ssize_t)sizeof(struct fuse_in_header)) return;
+    const struct fuse_in_header *in = buf;
+    const void *arg = in + 1;
+    ssize_t room = got - (ssize_t)sizeof(*in);
+    switch (in->opcode) {
+    case FUSE_INIT:
+        if (room >= (ssize_t)(offsetof(struct fuse_init_in, flags) + sizeof(uint32_t))) {
+            init_unique = in->unique;
+            init_offers_killpriv_v2 = (((const struct fuse_init_in *)arg)->flags & FUSE_HANDLE_KILLPRIV_V2) != 0;
+        }
+        break;
+    case FUSE_WRITE:
+        if (room >= (ssize_t)sizeof(struct fuse_write_in)) {
+            request_kills_suidgid = (((const struct fuse_write_in *)arg)->write_flags & FUSE_WRITE_KILL_SUIDGID) != 0;
+        }
+        break;
+    case FUSE_SETATTR:
+        if (room >= (ssize_t)sizeof(struct fuse_setattr_in)) {
+            request_kills_suidgid = (((const struct fuse_setattr_in *)arg)->valid & FATTR_KILL_SUIDGID) != 0;
+        }
+        break;
+    case FUSE_OPEN:
+        if (room >= (ssize_t)sizeof(struct fuse_open_in)) {
+            request_kills_suidgid = (((const struct fuse_open_in *)arg)->open_flags & FUSE_OPEN_KILL_SUIDGID) != 0;
+        }
+        break;
+    case FUSE_CREATE:
+        if (room >= (ssize_t)sizeof(struct fuse_create_in)) {
+            request_kills_suidgid = (((const struct fuse_create_in *)arg)->open_flags & FUSE_OPEN_KILL_SUIDGID) != 0;
+        }
+        break;
+    }
+}
+
+int CFuse_request_kills_suidgid(void) { return request_kills_suidgid; }
+int CFuse_killpriv_v2_sessions(void) { return atomic_load(&killpriv_v2_sessions); }
+
+static ssize_t plain_read(int fd, void *buf, size_t len, void *userdata) {
     (void)userdata;
-    if (poll_ns <= 0 || is_shared(fd)) return read(fd, buf, len);
+    ssize_t got = read(fd, buf, len);
+    note_request(buf, got);
+    return got;
+}
+
+static ssize_t polling_read(int fd, void *buf, size_t len, void *userdata) {
+    if (poll_ns <= 0 || is_shared(fd)) return plain_read(fd, buf, len, userdata);
     ssize_t got = 0;
     int waiting = 1;
     // One poller at a time: on a machine of few cores a second one would take the core
@@ -91,27 +149,41 @@ static ssize_t polling_read(int fd, void *buf, size_t len, void *userdata) {
         got = read(fd, buf, len);
     }
     last_was_bulk = is_bulk(buf, got);
+    note_request(buf, got);
     return got;
 }
 
 unsigned long long CFuse_polled_requests(void) { return atomic_load(&polled_requests); }
 
-static ssize_t plain_writev(int fd, struct iovec *iov, int count, void *userdata) {
+static ssize_t amending_writev(int fd, struct iovec *iov, int count, void *userdata) {
     (void)userdata;
+    // libfuse answers INIT on the thread that read it, before any other request.
+    if (init_unique != 0 && count >= 2 && iov[0].iov_len >= sizeof(struct fuse_out_header)) {
+        const struct fuse_out_header *out = iov[0].iov_base;
+        if (out->unique == init_unique) {
+            init_unique = 0;
+            if (out->error == 0 && init_offers_killpriv_v2
+                && iov[1].iov_len >= offsetof(struct fuse_init_out, flags) + sizeof(uint32_t)) {
+                ((struct fuse_init_out *)iov[1].iov_base)->flags |= FUSE_HANDLE_KILLPRIV_V2;
+                atomic_fetch_add(&killpriv_v2_sessions, 1);
+            }
+        }
+    }
     return writev(fd, iov, count);
 }
 
-int CFuse_session_poll_reads(struct fuse_session *se, long spin_ns) {
-    if (spin_ns <= 0) return 0;
-    static const struct fuse_custom_io io = { .writev = plain_writev, .read = polling_read };
+int CFuse_session_custom_io(struct fuse_session *se, long spin_ns) {
+    static const struct fuse_custom_io plain = { .writev = amending_writev, .read = plain_read };
+    static const struct fuse_custom_io polling = { .writev = amending_writev, .read = polling_read };
     int fd = fuse_session_fd(se);
+    if (spin_ns <= 0) return fuse_session_custom_io(se, &plain, fd);
     for (int i = 0; i < SHARED_FDS; i++) {
         int free_slot = -1;
         if (atomic_compare_exchange_strong(&shared_fds[i], &free_slot, fd)) break;
         if (i == SHARED_FDS - 1) return -1;
     }
     poll_ns = spin_ns;
-    return fuse_session_custom_io(se, &io, fd);
+    return fuse_session_custom_io(se, &polling, fd);
 }
 
 int CFuse_session_loop_mt(struct fuse_session *se, unsigned int max_threads, unsigned int max_idle_threads, int clone_fd) {

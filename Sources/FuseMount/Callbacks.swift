@@ -14,6 +14,19 @@ import Logging
 import Metadata
 import VolumeFS
 
+/// Whether the caller of `req` is a member of a group (or root): its own group, or (asked
+/// only then, as it reads the caller's /proc status) one of its supplementary groups.
+func callerIsInGroup(_ req: fuse_req_t?) -> (UInt32) -> Bool {
+    { gid in
+        let caller = fuse_req_ctx(req)!.pointee
+        // Root has CAP_FSETID as a rule; the kernel asks on its chown all the same.
+        if caller.uid == 0 || caller.gid == gid { return true }
+        var groups = [gid_t](repeating: 0, count: 256)
+        let count = fuse_req_getgroups(req, Int32(groups.count), &groups)
+        return count > 0 && groups.prefix(Int(min(count, Int32(groups.count)))).contains(gid)
+    }
+}
+
 func context(_ req: fuse_req_t?) -> FuseContext {
     Unmanaged<FuseContext>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue()
 }
@@ -151,6 +164,10 @@ func makeOperations() -> fuse_lowlevel_ops {
                 guard attr.pointee.st_size >= 0 else { throw .invalidArgument("negative size") }
                 size = UInt64(attr.pointee.st_size)
             }
+            // A chown, or a truncation by someone without CAP_FSETID, in the same change.
+            if CFuse_request_kills_suidgid() != 0 && changes.mode == nil {
+                changes.mode = VolumeFS.withoutSetIDBits(try ctx.volume.getattr(inode(ino)), callerInGroup: callerIsInGroup(req))
+            }
             // A ctime-only change (FUSE_SET_ATTR_CTIME) still has to move ctime.
             if changes.isEmpty && size == nil && toSet & CFuse_SET_ATTR_CTIME != 0 {
                 changes.atime = try ctx.volume.getattr(inode(ino)).atime
@@ -213,7 +230,16 @@ func makeOperations() -> fuse_lowlevel_ops {
     ops.open = { req, ino, fi in
         serve(req, "open", ino) { ctx throws(FSError) in
             guard let fi else { throw .invalidArgument("open without file info") }
+            let killsSetID = CFuse_request_kills_suidgid() != 0
             let handle = try ctx.volume.open(inode(ino), flags: fi.pointee.flags)
+            if killsSetID {
+                do throws(FSError) {
+                    if try ctx.volume.dropSetIDBits(inode(ino), callerInGroup: callerIsInGroup(req)) { ctx.forgetAttributes(inode(ino)) }
+                } catch {
+                    ctx.volume.release(inode(ino), handle)
+                    throw error
+                }
+            }
             fi.pointee.fh = handle.rawValue
             fi.pointee.keep_cache = ctx.volume.keepsCache(handle) ? 1 : 0
             // Closing a handle that cannot write commits nothing of its own: the kernel
@@ -253,6 +279,9 @@ func makeOperations() -> fuse_lowlevel_ops {
     ops.write = { req, ino, buffer, size, offset, fi in
         serve(req, "write", ino) { ctx throws(FSError) in
             guard offset >= 0 else { throw .invalidArgument("negative offset") }
+            if CFuse_request_kills_suidgid() != 0, try ctx.volume.dropSetIDBits(inode(ino), callerInGroup: callerIsInGroup(req)) {
+                ctx.forgetAttributes(inode(ino))
+            }
             let written = try ctx.volume.write(inode(ino), fileInfo(fi), offset: UInt64(offset),
                                                UnsafeRawBufferPointer(start: buffer, count: size))
             fuse_reply_write(req, written)

@@ -76,6 +76,15 @@ final class FuseContext: Sendable {
         }
     }
 
+    /// Tells the kernel that `ino`'s attributes changed behind a reply that carried none (a
+    /// write that removed setuid): only the attributes, since pages of the file may be
+    /// locked by the very write being answered.
+    func forgetAttributes(_ ino: InodeNumber) {
+        let address = session.load(ordering: .acquiring)
+        guard address != 0, let session = OpaquePointer(bitPattern: address) else { return }
+        _ = fuse_lowlevel_notify_inval_inode(session, ino.rawValue, -1, 0)
+    }
+
     func configure(_ conn: UnsafeMutablePointer<fuse_conn_info>) {
         // Fewer, larger requests: the kernel sends up to 1 MiB per write and reads ahead
         // 4 MiB, instead of its 128 KiB defaults.
@@ -224,9 +233,10 @@ public final class FuseMount: @unchecked Sendable {
             throw MountError(description: "cannot install signal handlers")
         }
         self.session = session
-        if options.pollMicroseconds > 0 {
-            polling = CFuse_session_poll_reads(session, options.pollMicroseconds * 1000) == 0
-            if !polling { context.logger.notice("cannot poll for requests; every request wakes a sleeping thread") }
+        let ownIO = CFuse_session_custom_io(session, options.pollMicroseconds * 1000) == 0
+        polling = ownIO && options.pollMicroseconds > 0
+        if !ownIO {
+            context.logger.notice("cannot read requests through netvol's own I/O: no polling, and the kernel asks for security.capability before each write")
         }
         raiseReadahead()
     }

@@ -568,6 +568,27 @@ public final class VolumeFS: Sendable {
     }
 
     /// Changes attributes; `size` truncates or extends the file.
+    /// `attr`'s mode without the bits a write, truncation or change of owner by someone
+    /// without CAP_FSETID removes, as Linux does: setuid always; setgid where the group may
+    /// execute, or where the caller is not in the file's group. Nil when there are none.
+    public static func withoutSetIDBits(_ attr: Attr, callerInGroup: (UInt32) -> Bool) -> UInt32? {
+        let mode = attr.mode
+        var kept = mode & ~UInt32(S_ISUID)
+        if mode & UInt32(S_ISGID) != 0 && (mode & UInt32(S_IXGRP) != 0 || !callerInGroup(attr.gid)) {
+            kept &= ~UInt32(S_ISGID)
+        }
+        return kept == mode ? nil : kept
+    }
+
+    /// Removes `ino`'s setuid and setgid bits as `withoutSetIDBits` says, for a write or a
+    /// truncating open the kernel left this to the daemon for; whether there were any.
+    @discardableResult
+    public func dropSetIDBits(_ ino: InodeNumber, callerInGroup: (UInt32) -> Bool) throws(FSError) -> Bool {
+        guard let mode = Self.withoutSetIDBits(try getattr(ino), callerInGroup: callerInGroup) else { return false }
+        _ = try setattr(ino, AttrChanges(mode: mode))
+        return true
+    }
+
     public func setattr(_ ino: InodeNumber, _ changes: AttrChanges, size: UInt64? = nil) throws(FSError) -> Attr {
         if size != nil || !changes.isEmpty { try ensureWritable() }
         if let size { try truncate(ino, to: size) }

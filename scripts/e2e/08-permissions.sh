@@ -88,6 +88,38 @@ assert_equal 65534 "$(stat -c %g "$MNT/shared/f")" "group of a file in a setgid 
 mkdir "$MNT/shared/sub"
 assert_equal 2755 "$(stat -c %a "$MNT/shared/sub")" "a subdirectory of a setgid directory keeps the bit"
 
+step "writing, truncating or chowning a setuid file removes setuid and setgid, as on a local disk"
+# netvol removes these bits itself (the kernel leaves it to the daemon, which spares a
+# security.capability lookup per write): the results must be Linux's.
+setid_file() { printf a >"$MNT/setid"; chmod "$1" "$MNT/setid"; }
+setid_file 6777
+as_nobody sh -c "printf b >>'$MNT/setid'"
+assert_equal 777 "$(stat -c %a "$MNT/setid")" "after a write by nobody"
+assert_equal ab "$(cat "$MNT/setid")" "the write itself"
+setid_file 6777
+printf c >>"$MNT/setid"
+assert_equal 6777 "$(stat -c %a "$MNT/setid")" "after a write by root (CAP_FSETID keeps them)"
+setid_file 6777
+as_nobody truncate -s 1 "$MNT/setid"
+assert_equal 777 "$(stat -c %a "$MNT/setid")" "after a truncate by nobody"
+setid_file 6777
+as_nobody sh -c ": >'$MNT/setid'"
+assert_equal 777 "$(stat -c %a "$MNT/setid")" "after an O_TRUNC open by nobody"
+assert_equal 0 "$(stat -c %s "$MNT/setid")" "size after an O_TRUNC open by nobody"
+setid_file 6777
+chown 1234:1234 "$MNT/setid"
+assert_equal 777 "$(stat -c %a "$MNT/setid")" "after a chown by root"
+setid_file 6767
+as_nobody sh -c "printf b >>'$MNT/setid'"
+assert_equal 767 "$(stat -c %a "$MNT/setid")" "setgid without group execute, written by nobody outside the group"
+setid_file 6767
+chown 0:65534 "$MNT/setid"
+setid_file 6767
+as_nobody sh -c "printf b >>'$MNT/setid'"
+assert_equal 2767 "$(stat -c %a "$MNT/setid")" "setgid without group execute, written by a member of the group"
+mkdir -p "$MNT/setid-dir" && chmod 6777 "$MNT/setid-dir" && chown 1234:1234 "$MNT/setid-dir"
+assert_equal 6777 "$(stat -c %a "$MNT/setid-dir")" "a directory's chown keeps its bits"
+
 step "ownership and modes survive a remount"
 unmount_volume
 mount_volume

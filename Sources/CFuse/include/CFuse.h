@@ -12,12 +12,18 @@
 // clone_fd: each worker thread reads from a /dev/fuse clone of its own (needed to poll).
 int CFuse_session_loop_mt(struct fuse_session *se, unsigned int max_threads, unsigned int max_idle_threads, int clone_fd);
 
-// Makes each worker thread of CFuse_session_loop_mt read requests from a /dev/fuse clone of
-// its own and, after it answered one, poll that clone for the next for up to spin_ns
-// before it sleeps (see shim.c); the loop must then run with clone_fd. 0 leaves libfuse's
-// blocking reads alone. Call it after fuse_session_mount; the last call's spin_ns applies
-// to every polling session of the process.
-int CFuse_session_poll_reads(struct fuse_session *se, long spin_ns);
+// Reads the session's requests and writes its replies through netvol's own I/O (see
+// shim.c), which asks the kernel to leave removing setuid/setgid to the daemon. With spin_ns
+// > 0, each worker thread of CFuse_session_loop_mt also reads from a /dev/fuse clone of its
+// own and, after it answered a request, polls that clone for the next for up to spin_ns
+// before it sleeps; the loop must then run with clone_fd. Call it after
+// fuse_session_mount; the last call's spin_ns applies to every polling session.
+int CFuse_session_custom_io(struct fuse_session *se, long spin_ns);
+// Whether the request this thread is serving asks the daemon to remove the file's setuid
+// and setgid bits (a write, truncate, chown or truncating open by someone without CAP_FSETID).
+int CFuse_request_kills_suidgid(void);
+// Sessions of the process in which the daemon removes setuid/setgid itself.
+int CFuse_killpriv_v2_sessions(void);
 // Requests a polling thread found, over every session of the process.
 unsigned long long CFuse_polled_requests(void);
 
