@@ -651,7 +651,8 @@ public final class MetadataCache: Metadata {
             return (ino, refill)
         }
         if refill {
-            DispatchQueue.global().async { [self] in
+            // Its own thread, as a prefetch has: it waits for the database.
+            Thread.detachNewThread { [self] in
                 let range = try? backing.reserveInodes(Self.inodesReserved)
                 state.withLock { state in
                     state.reserving = false
@@ -873,7 +874,11 @@ public final class MetadataCache: Metadata {
         }
         if !keptBelow.isEmpty { prefetchSubdirectories(of: keptBelow, levels: levels - 1) }
         guard !wanted.isEmpty else { return }
-        DispatchQueue.global().async { [self] in
+        // A thread of its own, not Dispatch's global queue: on Linux that runs about as
+        // many work items at once as there are cores and adds a thread for blocked ones
+        // only after a while, so a walk's lookups, which wait for this prefetch, could
+        // wait behind other blocked work for most of a second.
+        Thread.detachNewThread { [self] in
             let found = try? backing.listings(wanted, limit: Self.listingBatch)
             finishLoad(began) { state in
                 for (dir, entries) in found ?? [:] {
