@@ -90,6 +90,17 @@ struct ChunkBuffer: Sendable {
         (storage.base + range.lowerBound).initializeMemory(as: UInt8.self, repeating: 0, count: range.count)
     }
 
+    /// Moves the bytes into storage of their own size when they fill less than half of
+    /// what they hold: a file closed with a few hundred KiB in a whole chunk's buffer, and
+    /// kept for a group commit, would otherwise hold the whole chunk.
+    mutating func compact() {
+        let fitted = max(DirectIO.alignment, (count + DirectIO.alignment - 1) / DirectIO.alignment * DirectIO.alignment)
+        guard storage.capacity >= 2 * fitted else { return }
+        let smaller = Storage(capacity: fitted, pool: storage.pool?.chunkSize == fitted ? storage.pool : nil)
+        smaller.base.copyMemory(from: storage.base, byteCount: count)
+        storage = smaller
+    }
+
     /// Makes the storage this value's own and at least `needed` bytes long.
     private mutating func makeRoom(for needed: Int) {
         let unique = isKnownUniquelyReferenced(&storage)

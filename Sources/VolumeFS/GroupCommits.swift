@@ -76,6 +76,7 @@ extension VolumeFS {
             guard alone else { return false }
             logger.debug("no other mount is attached: closes are committed in groups")
         }
+        for index in file.dirty.keys { file.dirty[index]!.compact() }
         // Its objects are stored from now on, so that the group commit finds them stored
         // and holds its files for no more than the transaction.
         if file.size > UInt64(options.inlineLimit), (try? uploadFullChunks(file, andPartial: true)) == nil { return false }

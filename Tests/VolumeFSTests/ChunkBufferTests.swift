@@ -77,4 +77,21 @@ struct ChunkBufferTests {
         pattern(10, seed: 5).withUnsafeBytes { small.write($0, at: 0) }
         small.withUnsafeBytes { #expect($0.baseAddress != first && Int(bitPattern: $0.baseAddress) % DirectIO.alignment == 0) }
     }
+
+    /// A chunk filled to a few hundred KiB in a whole chunk's buffer gives the rest back
+    /// when compacted; its bytes, and a copy taken before, are unchanged.
+    @Test func compactingFitsTheBytes() {
+        let pool = ChunkBufferPool(chunkSize: chunkSize, kept: 2)
+        let content = pattern(ChunkBuffer.smallLimit + 5000, seed: 6)
+        var buffer = content.withUnsafeBytes { ChunkBuffer($0, pool: pool) }
+        let before = buffer
+        buffer.compact()
+        #expect(buffer.array == content && before.array == content)
+        buffer.withUnsafeBytes { bytes in before.withUnsafeBytes { #expect(bytes.baseAddress != $0.baseAddress) } }
+        // Already fitted: left alone.
+        var full = pattern(chunkSize, seed: 7).withUnsafeBytes { ChunkBuffer($0, pool: pool) }
+        let address = full.withUnsafeBytes { $0.baseAddress }
+        full.compact()
+        full.withUnsafeBytes { #expect($0.baseAddress == address) }
+    }
 }
