@@ -76,7 +76,6 @@ static int is_bulk(const void *buf, ssize_t got) {
 static __thread uint64_t init_unique;
 static __thread int init_offers_killpriv_v2;
 static __thread int request_kills_suidgid;
-static atomic_int killpriv_v2_sessions;
 
 static void note_request(const void *buf, ssize_t got) {
     request_kills_suidgid = 0;
@@ -91,31 +90,17 @@ static void note_request(const void *buf, ssize_t got) {
             init_offers_killpriv_v2 = (((const struct fuse_init_in *)arg)->flags & FUSE_HANDLE_KILLPRIV_V2) != 0;
         }
         break;
-    case FUSE_WRITE:
-        if (room >= (ssize_t)sizeof(struct fuse_write_in)) {
-            request_kills_suidgid = (((const struct fuse_write_in *)arg)->write_flags & FUSE_WRITE_KILL_SUIDGID) != 0;
-        }
-        break;
-    case FUSE_SETATTR:
-        if (room >= (ssize_t)sizeof(struct fuse_setattr_in)) {
-            request_kills_suidgid = (((const struct fuse_setattr_in *)arg)->valid & FATTR_KILL_SUIDGID) != 0;
-        }
-        break;
-    case FUSE_OPEN:
-        if (room >= (ssize_t)sizeof(struct fuse_open_in)) {
-            request_kills_suidgid = (((const struct fuse_open_in *)arg)->open_flags & FUSE_OPEN_KILL_SUIDGID) != 0;
-        }
-        break;
-    case FUSE_CREATE:
-        if (room >= (ssize_t)sizeof(struct fuse_create_in)) {
-            request_kills_suidgid = (((const struct fuse_create_in *)arg)->open_flags & FUSE_OPEN_KILL_SUIDGID) != 0;
-        }
-        break;
+    // Whether the request's argument, of TYPE, has FLAG in FIELD.
+#define ASKS(TYPE, FIELD, FLAG) (room >= (ssize_t)sizeof(TYPE) && (((const TYPE *)arg)->FIELD & (FLAG)) != 0)
+    case FUSE_WRITE: request_kills_suidgid = ASKS(struct fuse_write_in, write_flags, FUSE_WRITE_KILL_SUIDGID); break;
+    case FUSE_SETATTR: request_kills_suidgid = ASKS(struct fuse_setattr_in, valid, FATTR_KILL_SUIDGID); break;
+    case FUSE_OPEN: request_kills_suidgid = ASKS(struct fuse_open_in, open_flags, FUSE_OPEN_KILL_SUIDGID); break;
+    case FUSE_CREATE: request_kills_suidgid = ASKS(struct fuse_create_in, open_flags, FUSE_OPEN_KILL_SUIDGID); break;
+#undef ASKS
     }
 }
 
 int CFuse_request_kills_suidgid(void) { return request_kills_suidgid; }
-int CFuse_killpriv_v2_sessions(void) { return atomic_load(&killpriv_v2_sessions); }
 
 static ssize_t plain_read(int fd, void *buf, size_t len, void *userdata) {
     (void)userdata;
@@ -165,7 +150,6 @@ static ssize_t amending_writev(int fd, struct iovec *iov, int count, void *userd
             if (out->error == 0 && init_offers_killpriv_v2
                 && iov[1].iov_len >= offsetof(struct fuse_init_out, flags) + sizeof(uint32_t)) {
                 ((struct fuse_init_out *)iov[1].iov_base)->flags |= FUSE_HANDLE_KILLPRIV_V2;
-                atomic_fetch_add(&killpriv_v2_sessions, 1);
             }
         }
     }

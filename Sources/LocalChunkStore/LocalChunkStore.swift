@@ -109,32 +109,32 @@ public final class LocalChunkStore: ChunkStore {
 
     /// Writes `bytes` from the start of `fd`; an errno if it could not.
     ///
-    /// Objects are written past the page cache (`O_DIRECT`), from an aligned copy padded to
-    /// a whole block and then cut to length: a chunk written once is read back through the
+    /// Objects are written past the page cache (`O_DIRECT`): an aligned chunk as it is,
+    /// anything else from an aligned copy padded to a whole block and then cut to length. A chunk written once is read back through the
     /// mounted file's own pages, so its object's pages would only be a second copy, and
     /// filling them cost the daemon more CPU than the disk took to write them (half of the
     /// CPU of a streaming write went to the kernel copying objects into the page cache).
     /// A filesystem that refuses the direct write gets an ordinary one.
     func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int32? {
         guard let base = bytes.baseAddress, bytes.count > 0 else { return nil }
-        if DirectIO.isDirect(fd) && DirectIO.isAligned(bytes) {
-            // A full chunk from the volume's aligned write buffers: no copy.
-            if Self.pwriteAll(fd, bytes) == nil { return nil }
-            guard errno == EINVAL else { return errno }
-            DirectIO.drop(fd)
-            if ftruncate(fd, 0) != 0 { return errno }
-        } else if DirectIO.isDirect(fd) {
-            let padded = (bytes.count + DirectIO.alignment - 1) / DirectIO.alignment * DirectIO.alignment
-            let buffer = takeBuffer(padded)
-            defer { giveBack(buffer) }
-            buffer.copyMemory(from: bytes)
-            if padded > bytes.count {
-                (buffer.baseAddress! + bytes.count).initializeMemory(as: UInt8.self, repeating: 0, count: padded - bytes.count)
+        if DirectIO.isDirect(fd) {
+            let failed: Int32?
+            if DirectIO.isAligned(bytes) {
+                // A full chunk from the volume's aligned write buffers: no copy.
+                failed = Self.pwriteAll(fd, bytes)
+            } else {
+                let padded = (bytes.count + DirectIO.alignment - 1) / DirectIO.alignment * DirectIO.alignment
+                let buffer = takeBuffer(padded)
+                defer { giveBack(buffer) }
+                buffer.copyMemory(from: bytes)
+                if padded > bytes.count {
+                    (buffer.baseAddress! + bytes.count).initializeMemory(as: UInt8.self, repeating: 0, count: padded - bytes.count)
+                }
+                failed = Self.pwriteAll(fd, UnsafeRawBufferPointer(rebasing: buffer[0..<padded]))
+                if failed == nil { return ftruncate(fd, off_t(bytes.count)) == 0 ? nil : errno }
             }
-            if Self.pwriteAll(fd, UnsafeRawBufferPointer(rebasing: buffer[0..<padded])) == nil {
-                return ftruncate(fd, off_t(bytes.count)) == 0 ? nil : errno
-            }
-            guard errno == EINVAL else { return errno }
+            guard let failed else { return nil }
+            guard failed == EINVAL else { return failed }
             // Refused after all (some filesystems accept the flag, not the write).
             DirectIO.drop(fd)
             if ftruncate(fd, 0) != 0 { return errno }

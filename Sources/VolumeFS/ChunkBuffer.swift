@@ -45,14 +45,6 @@ struct ChunkBuffer: Sendable {
         count = 0
     }
 
-    /// A chunk holding a copy of `bytes`.
-    init(_ bytes: UnsafeRawBufferPointer, pool: ChunkBufferPool) {
-        self.init(pool: pool)
-        write(bytes, at: 0)
-    }
-
-    var isEmpty: Bool { count == 0 }
-
     func withUnsafeBytes<R, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R {
         try body(UnsafeRawBufferPointer(start: storage.base, count: count))
     }

@@ -5,6 +5,12 @@ import Testing
 struct ChunkBufferTests {
     let chunkSize = 1 << 20
 
+    func filled(_ bytes: UnsafeRawBufferPointer, _ pool: ChunkBufferPool) -> ChunkBuffer {
+        var buffer = ChunkBuffer(pool: pool)
+        buffer.write(bytes, at: 0)
+        return buffer
+    }
+
     func pattern(_ count: Int, seed: UInt8) -> [UInt8] {
         (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 31) &+ seed }
     }
@@ -46,7 +52,7 @@ struct ChunkBufferTests {
     /// A copy (an upload's, a reader's) keeps what it saw while the original changes.
     @Test func copiesAreUnaffectedByLaterWrites() {
         let pool = ChunkBufferPool(chunkSize: chunkSize, kept: 2)
-        var original = pattern(chunkSize, seed: 1).withUnsafeBytes { ChunkBuffer($0, pool: pool) }
+        var original = pattern(chunkSize, seed: 1).withUnsafeBytes { filled($0, pool) }
         let snapshot = original
         pattern(1000, seed: 9).withUnsafeBytes { original.write($0, at: 10) }
         original.resize(to: 50)
@@ -83,13 +89,13 @@ struct ChunkBufferTests {
     @Test func compactingFitsTheBytes() {
         let pool = ChunkBufferPool(chunkSize: chunkSize, kept: 2)
         let content = pattern(ChunkBuffer.smallLimit + 5000, seed: 6)
-        var buffer = content.withUnsafeBytes { ChunkBuffer($0, pool: pool) }
+        var buffer = content.withUnsafeBytes { filled($0, pool) }
         let before = buffer
         buffer.compact()
         #expect(buffer.array == content && before.array == content)
         buffer.withUnsafeBytes { bytes in before.withUnsafeBytes { #expect(bytes.baseAddress != $0.baseAddress) } }
         // Already fitted: left alone.
-        var full = pattern(chunkSize, seed: 7).withUnsafeBytes { ChunkBuffer($0, pool: pool) }
+        var full = pattern(chunkSize, seed: 7).withUnsafeBytes { filled($0, pool) }
         let address = full.withUnsafeBytes { $0.baseAddress }
         full.compact()
         full.withUnsafeBytes { #expect($0.baseAddress == address) }

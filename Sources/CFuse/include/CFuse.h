@@ -22,8 +22,6 @@ int CFuse_session_custom_io(struct fuse_session *se, long spin_ns);
 // Whether the request this thread is serving asks the daemon to remove the file's setuid
 // and setgid bits (a write, truncate, chown or truncating open by someone without CAP_FSETID).
 int CFuse_request_kills_suidgid(void);
-// Sessions of the process in which the daemon removes setuid/setgid itself.
-int CFuse_killpriv_v2_sessions(void);
 // Requests a polling thread found, over every session of the process.
 unsigned long long CFuse_polled_requests(void);
 
