@@ -16,12 +16,12 @@ struct ChunkBuffer: Sendable {
         let base: UnsafeMutableRawPointer
         let capacity: Int
         /// Where a full-chunk buffer goes back when the last copy lets go.
-        let pool: ChunkBufferPool?
+        let pool: ChunkBufferPool
 
-        init(capacity: Int, pool: ChunkBufferPool?) {
+        init(capacity: Int, pool: ChunkBufferPool) {
             self.capacity = capacity
             self.pool = pool
-            if let pool, capacity == pool.chunkSize {
+            if capacity == pool.chunkSize {
                 self.base = pool.take()
             } else {
                 self.base = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: DirectIO.alignment)
@@ -29,7 +29,7 @@ struct ChunkBuffer: Sendable {
         }
 
         deinit {
-            if let pool, capacity == pool.chunkSize { pool.giveBack(base) } else { base.deallocate() }
+            if capacity == pool.chunkSize { pool.giveBack(base) } else { base.deallocate() }
         }
     }
 
@@ -88,7 +88,9 @@ struct ChunkBuffer: Sendable {
     mutating func compact() {
         let fitted = max(DirectIO.alignment, (count + DirectIO.alignment - 1) / DirectIO.alignment * DirectIO.alignment)
         guard storage.capacity >= 2 * fitted else { return }
-        let smaller = Storage(capacity: fitted, pool: storage.pool?.chunkSize == fitted ? storage.pool : nil)
+        // The pool stays with the bytes: a writer may go on filling the chunk afterwards,
+        // and growth past `smallLimit` takes the pool's whole-chunk buffer.
+        let smaller = Storage(capacity: fitted, pool: storage.pool)
         smaller.base.copyMemory(from: storage.base, byteCount: count)
         storage = smaller
     }
@@ -99,7 +101,7 @@ struct ChunkBuffer: Sendable {
         if unique && needed <= storage.capacity { return }
         var capacity = storage.capacity
         if needed > capacity {
-            let chunkSize = storage.pool?.chunkSize ?? Int.max
+            let chunkSize = storage.pool.chunkSize
             capacity = needed > Self.smallLimit ? max(needed, chunkSize) : max(needed, capacity * 2)
             capacity = (capacity + DirectIO.alignment - 1) / DirectIO.alignment * DirectIO.alignment
             if needed <= chunkSize { capacity = min(capacity, chunkSize) }

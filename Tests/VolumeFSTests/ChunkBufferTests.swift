@@ -15,7 +15,7 @@ struct ChunkBufferTests {
         (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 31) &+ seed }
     }
 
-    /// Random writes, resizes and zeroings against an array doing the same.
+    /// Random writes, resizes, zeroings and compactions against an array doing the same.
     @Test(arguments: [1, 2, 3])
     func matchesAnArrayUnderRandomEdits(seed: UInt64) {
         var generator = SeededGenerator(seed: seed)
@@ -23,7 +23,7 @@ struct ChunkBufferTests {
         var buffer = ChunkBuffer(pool: pool)
         var model: [UInt8] = []
         for step in 0..<300 {
-            switch Int.random(in: 0..<10, using: &generator) {
+            switch Int.random(in: 0..<11, using: &generator) {
             case 0..<6:
                 let offset = Int.random(in: 0...min(chunkSize - 1, model.count + 70_000), using: &generator)
                 let count = Int.random(in: 0...min(chunkSize - offset, [100, 5000, 300_000].randomElement(using: &generator)!), using: &generator)
@@ -37,6 +37,9 @@ struct ChunkBufferTests {
                 let length = Int.random(in: 0...min(chunkSize, model.count + 10_000), using: &generator)
                 buffer.resize(to: length)
                 model = length <= model.count ? Array(model[0..<length]) : model + [UInt8](repeating: 0, count: length - model.count)
+            case 8:
+                // What a close kept for a group commit does, while the file stays open.
+                buffer.compact()
             default:
                 guard !model.isEmpty else { continue }
                 let low = Int.random(in: 0..<model.count, using: &generator)
@@ -99,5 +102,21 @@ struct ChunkBufferTests {
         let address = full.withUnsafeBytes { $0.baseAddress }
         full.compact()
         full.withUnsafeBytes { #expect($0.baseAddress == address) }
+    }
+
+    /// Another writer of the file may go on filling a chunk compacted at one writer's
+    /// close: it grows back into a whole chunk's buffer from the pool.
+    @Test func aCompactedChunkGrowsAgain() {
+        let pool = ChunkBufferPool(chunkSize: chunkSize, kept: 2)
+        let head = pattern(1000, seed: 8)
+        var buffer = head.withUnsafeBytes { filled($0, pool) }
+        pattern(ChunkBuffer.smallLimit + 1, seed: 9).withUnsafeBytes { buffer.write($0, at: 0) }
+        buffer.resize(to: 1000)
+        head.withUnsafeBytes { buffer.write($0, at: 0) }
+        buffer.compact()
+        let tail = pattern(chunkSize - 1000, seed: 10)
+        tail.withUnsafeBytes { buffer.write($0, at: 1000) }
+        #expect(buffer.array == head + tail)
+        buffer.withUnsafeBytes { #expect(DirectIO.isAligned($0)) }
     }
 }

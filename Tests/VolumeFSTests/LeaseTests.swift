@@ -267,6 +267,38 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         #expect(try a.getattr(f).size == 3)
     }
 
+    /// Two writers of disjoint ranges of one file that share a chunk: the first one's close,
+    /// kept for the group, fits the shared chunk's bytes into a smaller buffer; the second
+    /// goes on filling that chunk, and every byte ends up where it was written.
+    @Test(arguments: TestBackend.available)
+    func aWriterGoesOnFillingAChunkAnotherWritersCloseKeptForTheGroup(backend: TestBackend) throws {
+        let chunk = 1 << 20
+        let shared = try SharedVolume(backend, chunkSize: chunk)
+        let a = try shared.mount("a", deferring: true)
+        let content = (0..<(3 * chunk)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 16) }
+        let (attr, first) = try a.create(.root, "shared", mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
+        let second = try a.open(attr.ino, flags: O_RDWR)
+        // Past the size at which a chunk takes a whole chunk's buffer, and under half of it.
+        let half = 400 << 10
+        func write(_ fh: FileHandleID, _ range: Range<Int>) throws {
+            for start in stride(from: range.lowerBound, to: range.upperBound, by: 64 << 10) {
+                let end = min(start + (64 << 10), range.upperBound)
+                _ = try content[start..<end].withUnsafeBytes { try a.write(attr.ino, fh, offset: UInt64(start), $0) }
+            }
+        }
+        try write(first, 0..<half)
+        try a.flush(attr.ino, first)
+        a.release(attr.ino, first)
+        #expect(a.deferred.withLock { $0.files[attr.ino] != nil }, "the close was kept for the group")
+        try write(second, half..<(3 * chunk))
+        try a.flush(attr.ino, second)
+        a.release(attr.ino, second)
+        #expect(try readFile(a, "shared") == content)
+        a.groupCommitTurn()
+        let b = try shared.mount("b")
+        #expect(try readFile(b, "shared") == content)
+    }
+
     /// While no other mount is attached, the writer's closes are committed together at its
     /// next turn (or by an fsync); a mount that attaches waits until the writer has seen it
     /// and committed what it kept, and from then on closes commit at once. A crash of the
