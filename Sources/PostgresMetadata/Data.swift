@@ -34,12 +34,23 @@ extension PostgresMetadata {
         }
     }
 
+    /// The chunks of the inode row `row` of the outer query names, as the right side of a
+    /// join, called `c`: one range of the primary key, whatever the statistics say (see
+    /// `inodeOf`). Asking for them in order leaves the planner no tie with the index by
+    /// object, which stale statistics would let it scan for the whole volume.
+    static func chunksOf(_ row: String) -> String {
+        """
+        LATERAL (SELECT c.idx, c.object, c.length, c.checksums, c.data FROM chunks c
+                 WHERE c.volume = \(row).volume AND c.ino = \(row).ino ORDER BY c.idx OFFSET 0) c
+        """
+    }
+
     /// One statement, so one snapshot: the size and the chunk map agree.
     public func attrAndChunks(_ ino: InodeNumber) throws(MetadataError) -> (Attr, [ChunkRef]) {
         try read { tx in
             let rows = try tx.execute("""
                 SELECT c.idx, c.object, c.length, c.checksums, c.data, \(Self.joinedAttrColumns)
-                FROM inodes i LEFT JOIN chunks c ON c.volume = i.volume AND c.ino = i.ino
+                FROM inodes i LEFT JOIN \(Self.chunksOf("i")) ON true
                 WHERE i.volume = $1 AND i.ino = $2 ORDER BY c.idx
                 """, [.int(id), .ino(ino)])
             guard rows.count > 0 else { throw MetadataError.notFound }
@@ -52,11 +63,7 @@ extension PostgresMetadata {
     public func attrsAndChunks(_ inodes: [InodeNumber]) throws(MetadataError) -> [(Attr, [ChunkRef])] {
         guard !inodes.isEmpty else { return [] }
         return try read { tx in
-            let rows = try tx.execute("""
-                SELECT c.idx, c.object, c.length, c.checksums, c.data, \(Self.joinedAttrColumns)
-                FROM inodes i LEFT JOIN chunks c ON c.volume = i.volume AND c.ino = i.ino
-                WHERE i.volume = $1 AND i.ino = ANY($2) ORDER BY i.ino, c.idx
-                """, [.int(id), .ints(inodes.map { Int64(bitPattern: $0.rawValue) })])
+            let rows = try tx.execute(Self.attrsAndChunksStatement, [.int(id), .ints(inodes.map { Int64(bitPattern: $0.rawValue) })])
             var found: [(Attr, [ChunkRef])] = []
             for row in 0..<rows.count {
                 let attr = try Self.attr(rows, row, from: 5)
@@ -66,6 +73,13 @@ extension PostgresMetadata {
             return found
         }
     }
+
+    static let attrsAndChunksStatement = """
+        SELECT c.idx, c.object, c.length, c.checksums, c.data, \(joinedAttrColumns)
+        FROM unnest($2::bigint[]) want(ino) JOIN \(inodeOf("want", volume: "$1")) ON true
+        LEFT JOIN \(chunksOf("i")) ON true
+        ORDER BY i.ino, c.idx
+        """
 
     /// Every chunk of every file, by inode (for fsck).
     public func allChunks() throws(MetadataError) -> [(InodeNumber, [ChunkRef])] {

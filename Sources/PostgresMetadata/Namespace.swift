@@ -8,13 +8,7 @@ extension PostgresMetadata {
     /// The attributes of what `name` in `parent` names. The directory is read in the same
     /// statement, for a missing entry's error to say why without another round trip.
     func entryAttr(_ tx: Transaction, _ parent: InodeNumber, _ name: FileName) throws -> Attr {
-        let rows = try tx.execute("""
-            SELECT \(Self.joinedAttrColumns), dir.mode, dir.nlink
-            FROM inodes dir
-            LEFT JOIN dentries d ON d.volume = dir.volume AND d.parent = dir.ino AND d.name = $3
-            LEFT JOIN inodes i ON i.volume = d.volume AND i.ino = d.ino
-            WHERE dir.volume = $1 AND dir.ino = $2
-            """, [.int(id), .ino(parent), .name(name)])
+        let rows = try tx.execute(Self.entryStatement, [.int(id), .ino(parent), .name(name)])
         guard rows.count == 1 else { throw MetadataError.notFound }
         if !rows.isNull(0, 0) { return try Self.attr(rows) }
         guard UInt32(truncatingIfNeeded: try rows.int(0, 11)) & FileType.mask == FileType.directory.rawValue else {
@@ -22,6 +16,14 @@ extension PostgresMetadata {
         }
         throw MetadataError.notFound
     }
+
+    static let entryStatement = """
+        SELECT \(joinedAttrColumns), dir.mode, dir.nlink
+        FROM inodes dir
+        LEFT JOIN dentries d ON d.volume = dir.volume AND d.parent = dir.ino AND d.name = $3
+        LEFT JOIN \(inodeOf("d")) ON true
+        WHERE dir.volume = $1 AND dir.ino = $2
+        """
 
     func setCtime(_ tx: Transaction, _ inodes: [InodeNumber], _ now: Timestamp) throws {
         tx.later("UPDATE inodes SET ctime = $3 WHERE volume = $1 AND ino = ANY($2)",
@@ -145,7 +147,7 @@ extension PostgresMetadata {
     func unlinked(_ parent: InodeNumber, _ name: FileName) throws(MetadataError) -> Attr {
         try read { tx in
             let rows = try tx.execute("""
-                SELECT \(Self.joinedAttrColumns) FROM changes c JOIN inodes i ON i.volume = c.volume AND i.ino = c.ino
+                SELECT \(Self.joinedAttrColumns) FROM changes c JOIN \(Self.inodeOf("c")) ON true
                 WHERE c.volume = $1 AND c.seq = (SELECT max(seq) FROM changes WHERE volume = $1 AND parent = $2 AND name = $3) - 1
                 """, [.int(id), .ino(parent), .name(name)])
             guard rows.count == 1 else { throw MetadataError.database("an unlink's answer was lost, and its inode is gone") }
@@ -193,13 +195,7 @@ extension PostgresMetadata {
     /// one round trip.
     public func readdir(_ ino: InodeNumber, after cookie: Int64, limit: Int) throws(MetadataError) -> [DirEntry] {
         try read { tx in
-            let rows = try tx.execute("""
-                SELECT dir.mode, e.*
-                FROM inodes dir
-                LEFT JOIN LATERAL (\(Self.entriesOfDir(after: "$3", limit: "$4"))) e ON true
-                WHERE dir.volume = $1 AND dir.ino = $2
-                ORDER BY e.cookie
-                """, [.int(id), .ino(ino), .int(cookie), .int(Int64(limit))])
+            let rows = try tx.execute(Self.readdirStatement, [.int(id), .ino(ino), .int(cookie), .int(Int64(limit))])
             guard rows.count > 0 else { throw MetadataError.notFound }
             guard UInt32(truncatingIfNeeded: try rows.int(0, 0)) & FileType.mask == FileType.directory.rawValue else {
                 throw MetadataError.notDirectory
@@ -214,13 +210,7 @@ extension PostgresMetadata {
     public func listings(_ dirs: [InodeNumber], limit: Int) throws(MetadataError) -> [InodeNumber: [DirEntry]] {
         guard !dirs.isEmpty else { return [:] }
         return try read { tx in
-            let rows = try tx.execute("""
-                SELECT dir.ino, e.*
-                FROM inodes dir
-                LEFT JOIN LATERAL (\(Self.entriesOfDir(after: "0", limit: "$3"))) e ON true
-                WHERE dir.volume = $1 AND dir.ino = ANY($2) AND dir.mode & \(FileType.mask) = \(FileType.directory.rawValue)
-                ORDER BY dir.ino, e.cookie
-                """, [.int(id), .ints(dirs.map { Int64(bitPattern: $0.rawValue) }), .int(Int64(limit))])
+            let rows = try tx.execute(Self.listingsStatement, [.int(id), .ints(dirs.map { Int64(bitPattern: $0.rawValue) }), .int(Int64(limit))])
             var found: [InodeNumber: [DirEntry]] = [:]
             for row in 0..<rows.count {
                 let dir = InodeNumber(UInt64(bitPattern: try rows.int(row, 0)))
@@ -235,12 +225,28 @@ extension PostgresMetadata {
         }
     }
 
+    static let readdirStatement = """
+        SELECT dir.mode, e.*
+        FROM inodes dir
+        LEFT JOIN LATERAL (\(entriesOfDir(after: "$3", limit: "$4"))) e ON true
+        WHERE dir.volume = $1 AND dir.ino = $2
+        ORDER BY e.cookie
+        """
+
+    static let listingsStatement = """
+        SELECT dir.ino, e.*
+        FROM unnest($2::bigint[]) want(ino) JOIN \(inodeOf("want", volume: "$1", as: "dir")) ON true
+        LEFT JOIN LATERAL (\(entriesOfDir(after: "0", limit: "$3"))) e ON true
+        WHERE dir.mode & \(FileType.mask) = \(FileType.directory.rawValue)
+        ORDER BY dir.ino, e.cookie
+        """
+
     /// The entries of directory `dir` (a row of `inodes` so named in the outer query)
     /// after a cookie, in order: the right side of a lateral join.
     static func entriesOfDir(after cookie: String, limit: String) -> String {
         """
         SELECT d.cookie, d.name, \(joinedAttrColumns)
-        FROM dentries d JOIN inodes i ON i.volume = d.volume AND i.ino = d.ino
+        FROM dentries d JOIN \(inodeOf("d")) ON true
         WHERE d.volume = dir.volume AND d.parent = dir.ino AND d.cookie > \(cookie) ORDER BY d.cookie LIMIT \(limit)
         """
     }

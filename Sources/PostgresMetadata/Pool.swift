@@ -118,7 +118,16 @@ final class ConnectionPool: Sendable {
             ("application_name", "netvol"),
             // A transaction left open by a stopped process holds the lease row lock:
             // the server ends it rather than let every writer wait forever.
-            ("options", "-c idle_in_transaction_session_timeout=\(deadlineMillis) -c statement_timeout=\(deadlineMillis)"),
+            // Every statement reads by a key's prefix, so a sequential scan is never the
+            // plan wanted; the planner picks one when statistics were taken while the
+            // tables were nearly empty (a volume emptied and filled again): 2 rows in 108
+            // pages make each index tuple look like half the index, so that even the
+            // primary key lookup of one inode read the whole table, in every statement of
+            // an `rm -rf`, until the next `ANALYZE`. A table with no index to use is still
+            // scanned, at a cost made huge, which would start the JIT compiler (about
+            // 90 ms for the one-row schema table): statements this small never gain by it.
+            ("options", "-c idle_in_transaction_session_timeout=\(deadlineMillis) -c statement_timeout=\(deadlineMillis)"
+                + " -c enable_seqscan=off -c jit=off"),
             ("dbname", location.conninfo),
         ]
         if let password { pairs.append(("password", password)) }

@@ -263,6 +263,22 @@ public final class PostgresMetadata: Metadata {
     static let attrColumns = "ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, stored"
     static let joinedAttrColumns = "i.ino, i.mode, i.nlink, i.uid, i.gid, i.rdev, i.size, i.atime, i.mtime, i.ctime, i.stored"
 
+    /// The inode that row `row` of the outer query names (its `ino`, and its `volume`
+    /// unless `volume` is given), as the right side of a join called `alias`. `OFFSET 0`
+    /// keeps it a subquery planned on its own, where both keys are restrictions and the
+    /// lookup is one probe of the primary key. Written as a plain join, the planner may
+    /// instead probe by volume alone and filter by inode number, and it does when the
+    /// statistics were taken while the tables were nearly empty (every estimate is then
+    /// one row, so the two cost the same): every entry of a listing then scanned every
+    /// inode of the volume, and an `ls -lR` of 2000 files took 0.6 s instead of 0.03 s
+    /// until the next `ANALYZE`.
+    static func inodeOf(_ row: String, volume: String? = nil, as alias: String = "i") -> String {
+        """
+        LATERAL (SELECT \(alias).* FROM inodes \(alias)
+                 WHERE \(alias).volume = \(volume ?? row + ".volume") AND \(alias).ino = \(row).ino OFFSET 0) \(alias)
+        """
+    }
+
     static func attr(_ rows: Rows, _ row: Int = 0, from start: Int = 0) throws -> Attr {
         Attr(ino: InodeNumber(UInt64(bitPattern: try rows.int(row, start))),
              mode: UInt32(truncatingIfNeeded: try rows.int(row, start + 1)),
