@@ -76,7 +76,7 @@ extension PostgresMetadata {
 
     static let attrsAndChunksStatement = """
         SELECT c.idx, c.object, c.length, c.checksums, c.data, \(joinedAttrColumns)
-        FROM unnest($2::bigint[]) want(ino) JOIN \(inodeOf("want", volume: "$1")) ON true
+        FROM (SELECT DISTINCT unnest($2::bigint[]) AS ino) want JOIN \(inodeOf("want", volume: "$1")) ON true
         LEFT JOIN \(chunksOf("i")) ON true
         ORDER BY i.ino, c.idx
         """

@@ -235,7 +235,7 @@ extension PostgresMetadata {
 
     static let listingsStatement = """
         SELECT dir.ino, e.*
-        FROM unnest($2::bigint[]) want(ino) JOIN \(inodeOf("want", volume: "$1", as: "dir")) ON true
+        FROM (SELECT DISTINCT unnest($2::bigint[]) AS ino) want JOIN \(inodeOf("want", volume: "$1", as: "dir")) ON true
         LEFT JOIN LATERAL (\(entriesOfDir(after: "0", limit: "$3"))) e ON true
         WHERE dir.mode & \(FileType.mask) = \(FileType.directory.rawValue)
         ORDER BY dir.ino, e.cookie

@@ -327,6 +327,11 @@ import Testing
         #expect(both.1 == (try meta.chunks(a.ino)))
         #expect(both.1.map(\.index) == [0, 2])
         #expect(throws: MetadataError.notFound) { try meta.attrAndChunks(InodeNumber(999_999)) }
+        // Several at once: a missing one is left out.
+        let b = try volume.file("b")
+        let several = try meta.attrsAndChunks([b.ino, InodeNumber(999_999), a.ino])
+        #expect(Dictionary(uniqueKeysWithValues: several.map { ($0.0.ino, $0.1) }) == [a.ino: both.1, b.ino: []])
+        #expect(several.first { $0.0.ino == a.ino }?.0 == both.0)
     }
 
     @Test(arguments: Backend.all) func commitPastTheSizeLimitChangesNothing(_ backend: Backend) throws {
