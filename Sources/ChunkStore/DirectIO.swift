@@ -31,6 +31,9 @@ public enum DirectIO {
         return Int(bitPattern: base) % alignment == 0 && bytes.count % alignment == 0
     }
 
+    /// `count` rounded up to a whole number of aligned blocks.
+    public static func padded(_ count: Int) -> Int { (count + alignment - 1) / alignment * alignment }
+
     public static func isDirect(_ fd: Int32) -> Bool { fcntl(fd, F_GETFL) & flag != 0 }
 
     /// Goes on with ordinary I/O on `fd` after the filesystem refused a direct transfer.

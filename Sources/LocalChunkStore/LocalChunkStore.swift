@@ -110,7 +110,8 @@ public final class LocalChunkStore: ChunkStore {
     /// Writes `bytes` from the start of `fd`; an errno if it could not.
     ///
     /// Objects are written past the page cache (`O_DIRECT`): an aligned chunk as it is,
-    /// anything else from an aligned copy padded to a whole block and then cut to length. A chunk written once is read back through the
+    /// anything else from an aligned copy padded to a whole block and then cut to length.
+    /// A chunk written once is read back through the
     /// mounted file's own pages, so its object's pages would only be a second copy, and
     /// filling them cost the daemon more CPU than the disk took to write them (half of the
     /// CPU of a streaming write went to the kernel copying objects into the page cache).
@@ -123,7 +124,7 @@ public final class LocalChunkStore: ChunkStore {
                 // A full chunk from the volume's aligned write buffers: no copy.
                 failed = Self.pwriteAll(fd, bytes)
             } else {
-                let padded = (bytes.count + DirectIO.alignment - 1) / DirectIO.alignment * DirectIO.alignment
+                let padded = DirectIO.padded(bytes.count)
                 let buffer = takeBuffer(padded)
                 defer { giveBack(buffer) }
                 buffer.copyMemory(from: bytes)

@@ -86,7 +86,7 @@ struct ChunkBuffer: Sendable {
     /// what they hold: a file closed with a few hundred KiB in a whole chunk's buffer, and
     /// kept for a group commit, would otherwise hold the whole chunk.
     mutating func compact() {
-        let fitted = max(DirectIO.alignment, (count + DirectIO.alignment - 1) / DirectIO.alignment * DirectIO.alignment)
+        let fitted = max(DirectIO.alignment, DirectIO.padded(count))
         guard storage.capacity >= 2 * fitted else { return }
         // The pool stays with the bytes: a writer may go on filling the chunk afterwards,
         // and growth past `smallLimit` takes the pool's whole-chunk buffer.
@@ -103,7 +103,7 @@ struct ChunkBuffer: Sendable {
         if needed > capacity {
             let chunkSize = storage.pool.chunkSize
             capacity = needed > Self.smallLimit ? max(needed, chunkSize) : max(needed, capacity * 2)
-            capacity = (capacity + DirectIO.alignment - 1) / DirectIO.alignment * DirectIO.alignment
+            capacity = DirectIO.padded(capacity)
             if needed <= chunkSize { capacity = min(capacity, chunkSize) }
         }
         let grown = Storage(capacity: capacity, pool: storage.pool)
