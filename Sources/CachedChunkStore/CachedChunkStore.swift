@@ -194,6 +194,25 @@ public final class CachedChunkStore: ChunkStore {
         throw .io(errno: EIO, "object \(id) is shorter in the cache at \(path(of: id)) than in its store, even after fetching it again")
     }
 
+    /// Hands `body` the bytes in place when they are in a download's buffer: one that
+    /// just landed, or one under way (waiting for them to land). A sequential cold reader
+    /// is answered from there, sparing a copy of every byte it reads.
+    public func withBytesInMemory(_ id: ObjectID, offset: Int, count: Int, _ body: (UnsafeRawBufferPointer) -> Void) -> Int? {
+        if let lent = lendLanded(id, offset, count, to: body) {
+            hits.add(1, ordering: .relaxed)
+            return lent
+        }
+        guard let fetch = fetches.withLock({ $0[id] }) else { return nil }
+        let deadline = Date(timeIntervalSinceNow: Self.fetchWait)
+        var lent = fetch.lend(offset, count, before: deadline, to: body)
+        if lent == nil, fetch.running.wait(timeout: .now() + max(0, deadline.timeIntervalSinceNow)) == .success {
+            // The download ended while this waited for it: its buffer may have landed.
+            lent = lendLanded(id, offset, count, to: body)
+        }
+        if lent != nil { misses.add(1, ordering: .relaxed) }
+        return lent
+    }
+
     public func prefetch(_ id: ObjectID) {
         if index.withLock({ $0[id] != nil }) {
             // Cached and read through the page cache (a filesystem without O_DIRECT): the
@@ -283,6 +302,8 @@ public final class CachedChunkStore: ChunkStore {
         private var size: Int?
         /// Bytes readers copied out of the first piece while it landed.
         private var taken = 0
+        /// Readers reading the first piece in place: it is not reused until they are done.
+        private var borrowers = 0
 
         var bytesTaken: Int {
             arrival.lock()
@@ -307,12 +328,13 @@ public final class CachedChunkStore: ChunkStore {
             arrival.unlock()
         }
 
-        /// The buffer is about to be reused: nobody copies from it after this.
+        /// The buffer is about to be reused: nobody reads from it once this returns.
         func withdraw() {
             arrival.lock()
             piece = nil
             started = true
             arrival.broadcast()
+            while borrowers > 0 { arrival.wait() }
             arrival.unlock()
         }
 
@@ -320,22 +342,40 @@ public final class CachedChunkStore: ChunkStore {
         /// landed there; nil when the piece cannot give it (past the piece, withdrawn, or
         /// not there by `deadline`), and the caller waits for the whole fetch instead.
         func copy(_ wanted: Wanted, before deadline: Date) -> Int? {
+            lend(wanted.offset, wanted.buffer.count, before: deadline) { wanted.buffer.copyMemory(from: $0) }
+        }
+
+        /// `copy`, handing `body` the bytes where they landed instead: the piece is not
+        /// reused until `body` returns. `body` is not called when the count is 0 or nil.
+        func lend(_ offset: Int, _ count: Int, before deadline: Date, to body: (UnsafeRawBufferPointer) -> Void) -> Int? {
             arrival.lock()
-            defer { arrival.unlock() }
             while !started {
-                if !arrival.wait(until: deadline) { return nil }
+                if !arrival.wait(until: deadline) {
+                    arrival.unlock()
+                    return nil
+                }
             }
             while let piece {
-                let end = min(wanted.offset + wanted.buffer.count, size ?? Int.max)
-                guard end <= piece.count else { return nil }
+                let end = min(offset + count, size ?? Int.max)
+                guard end <= piece.count else { break }
                 if landed >= end {
-                    guard end > wanted.offset else { return 0 }
-                    wanted.buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: piece[wanted.offset..<end]))
-                    taken += end - wanted.offset
-                    return end - wanted.offset
+                    guard end > offset else {
+                        arrival.unlock()
+                        return 0
+                    }
+                    taken += end - offset
+                    borrowers += 1
+                    arrival.unlock()
+                    body(UnsafeRawBufferPointer(rebasing: piece[offset..<end]))
+                    arrival.lock()
+                    borrowers -= 1
+                    if borrowers == 0 { arrival.broadcast() }
+                    arrival.unlock()
+                    return end - offset
                 }
-                if !arrival.wait(until: deadline) { return nil }
+                if !arrival.wait(until: deadline) { break }
             }
+            arrival.unlock()
             return nil
         }
     }
@@ -392,7 +432,12 @@ public final class CachedChunkStore: ChunkStore {
 
     /// Copies a reader's bytes from a landed download, if `id` is one.
     func copyLanded(_ id: ObjectID, _ wanted: Wanted) -> Int? {
-        guard let piece = landed.withLock({ $0.pieces[id] }), let (count, finished) = piece.copy(wanted) else { return nil }
+        lendLanded(id, wanted.offset, wanted.buffer.count) { wanted.buffer.copyMemory(from: $0) }
+    }
+
+    /// Hands `body` a reader's bytes in a landed download, if `id` is one.
+    func lendLanded(_ id: ObjectID, _ offset: Int, _ count: Int, to body: (UnsafeRawBufferPointer) -> Void) -> Int? {
+        guard let piece = landed.withLock({ $0.pieces[id] }), let (count, finished) = piece.lend(offset, count, to: body) else { return nil }
         if finished { retireLanded(id, only: piece) }
         index.withLock { $0.use(id) }
         return count
@@ -687,10 +732,12 @@ public final class CachedChunkStore: ChunkStore {
 
 /// A downloaded object still in its download buffer (see `CachedChunkStore.landed`).
 final class LandedPiece: @unchecked Sendable {
-    // Unchecked: `buffer` and `unread` are only touched under `lock`.
-    private let lock = NSLock()
+    // Unchecked: `buffer`, `unread` and `borrowers` are only touched under `lock`.
+    private let lock = NSCondition()
     private var buffer: UnsafeMutableRawBufferPointer?
     private var unread: Int
+    /// Readers reading the buffer in place: it is not given back until they are done.
+    private var borrowers = 0
     let size: Int
 
     /// `unread`: the bytes no reader has copied from the download yet.
@@ -703,22 +750,41 @@ final class LandedPiece: @unchecked Sendable {
     /// Copies the wanted bytes (fewer at the object's end); nil once withdrawn.
     /// `finished` says that as many bytes as the object has have been copied out.
     func copy(_ wanted: CachedChunkStore.Wanted) -> (count: Int, finished: Bool)? {
-        lock.lock()
-        defer { lock.unlock() }
-        guard let buffer else { return nil }
-        let end = min(wanted.offset + wanted.buffer.count, size)
-        guard end > wanted.offset else { return (0, false) }
-        wanted.buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: buffer[wanted.offset..<end]))
-        unread -= end - wanted.offset
-        return (end - wanted.offset, unread <= 0)
+        lend(wanted.offset, wanted.buffer.count) { wanted.buffer.copyMemory(from: $0) }
     }
 
-    /// Takes the buffer back: no copy reads it after this returns.
+    /// `copy`, handing `body` the bytes in place instead: the buffer is not given back
+    /// until `body` returns. `body` is not called when the count is 0 or nil.
+    func lend(_ offset: Int, _ count: Int, to body: (UnsafeRawBufferPointer) -> Void) -> (count: Int, finished: Bool)? {
+        lock.lock()
+        guard let buffer else {
+            lock.unlock()
+            return nil
+        }
+        let end = min(offset + count, size)
+        guard end > offset else {
+            lock.unlock()
+            return (0, false)
+        }
+        unread -= end - offset
+        let finished = unread <= 0
+        borrowers += 1
+        lock.unlock()
+        body(UnsafeRawBufferPointer(rebasing: buffer[offset..<end]))
+        lock.lock()
+        borrowers -= 1
+        if borrowers == 0 { lock.broadcast() }
+        lock.unlock()
+        return (end - offset, finished)
+    }
+
+    /// Takes the buffer back, once no reader reads it in place.
     func withdraw() -> UnsafeMutableRawBufferPointer? {
         lock.lock()
         defer { lock.unlock() }
         let taken = buffer
         buffer = nil
+        while borrowers > 0 { lock.wait() }
         return taken
     }
 }

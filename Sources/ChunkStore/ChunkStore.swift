@@ -57,6 +57,12 @@ public protocol ChunkStore: Sendable {
     func readReportingSize(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer,
                            progress: ReadProgress?) throws(StoreError) -> (count: Int, objectSize: Int?)
 
+    /// Calls `body` with bytes `[offset, offset + count)` of object `id` (fewer at its end)
+    /// where the store holds them in memory, without copying them, and returns how many
+    /// it passed; nil, without calling `body`, where it does not hold them. The bytes are
+    /// valid only while `body` runs. `body` is not called when the count is 0.
+    func withBytesInMemory(_ id: ObjectID, offset: Int, count: Int, _ body: (UnsafeRawBufferPointer) -> Void) -> Int?
+
     /// Hints that object `id` will be read soon, so that fetching it overlaps the reads
     /// before it; returns without waiting. A missing object is not an error here.
     func prefetch(_ id: ObjectID)
@@ -99,6 +105,7 @@ extension ChunkStore {
         try readReportingSize(id, offset: offset, into: buffer, progress: nil)
     }
 
+    public func withBytesInMemory(_ id: ObjectID, offset: Int, count: Int, _ body: (UnsafeRawBufferPointer) -> Void) -> Int? { nil }
     public func discard(_ id: ObjectID) {}
     public func availableBytes() -> UInt64? { nil }
     public func settle(timeout: Double) -> Bool { true }

@@ -34,6 +34,15 @@ import Glibc
         }
     }
 
+    /// A cache over a store that holds back the second half of each read until released,
+    /// and an object of `size` bytes in that store.
+    func tricklingObject(_ size: Int, seed: UInt8) throws -> (TricklingStore, CachedChunkStore, ObjectID, [UInt8]) {
+        let trickling = TricklingStore(backing.inner)
+        let id = ObjectID.random()
+        try backing.inner.put(id, bytes(size, seed: seed))
+        return (trickling, try makeCache(over: trickling), id, bytes(size, seed: seed))
+    }
+
     func mode(_ path: String) -> mode_t {
         var info = stat()
         return stat(path, &info) == 0 ? info.st_mode & 0o7777 : 0
@@ -84,6 +93,96 @@ import Glibc
         #expect(try cache.read(id2, count: 1000) == bytes(1000, seed: 0))
         #expect(cache.settle(timeout: 30))
         #expect(cache.landed.withLock { $0.pieces[id2] == nil })
+    }
+
+    /// A reader may be handed the bytes where a download put them instead of a copy:
+    /// from a landed download until it has been read whole, and from one still landing
+    /// as its bytes arrive; the buffer is not reused while a reader holds it.
+    @Test func downloadedBytesAreLentInPlaceUntilReadWhole() throws {
+        let cache = try makeCache()
+        let whole = bytes(100_000, seed: 0)
+        let id = try stored(1)[0]
+        func lent(_ offset: Int, _ count: Int) -> [UInt8]? {
+            var seen: [UInt8]?
+            let count = cache.withBytesInMemory(id, offset: offset, count: count) { seen = Array($0) }
+            if let seen {
+                #expect(count == seen.count, "the count returned is what the body saw")
+            } else {
+                #expect(count == nil || count == 0, "a count returned without the bytes")
+            }
+            return count == 0 ? [] : seen
+        }
+        // Neither landed nor landing: nothing is lent, and nothing is fetched for it.
+        #expect(lent(0, 10) == nil)
+        #expect(backing.backendCalls == 0)
+        cache.prefetch(id)
+        #expect(cache.settle(timeout: 30))
+        #expect(truncate(cache.path(of: id), 0) == 0)
+        let calls = backing.backendCalls
+        let hits = cache.statistics.hits
+        #expect(lent(4096, 50_000) == Array(whole[4096..<54_096]))
+        #expect(lent(99_990, 100) == Array(whole[99_990...]))
+        #expect(lent(100_000, 10) == [])
+        #expect(cache.landed.withLock { $0.pieces[id] != nil })
+        #expect(lent(0, 4096) == Array(whole[0..<4096]))
+        #expect(lent(54_096, 45_894) == Array(whole[54_096..<99_990]))
+        // Read whole: the buffer went back, and the (emptied) file is what is left.
+        #expect(cache.landed.withLock { $0.pieces[id] == nil })
+        #expect(lent(0, 10) == nil)
+        #expect(backing.backendCalls == calls)
+        #expect(cache.statistics.hits == hits + 5)
+
+        // A reader holding the bytes keeps the buffer from going back (here, a discard).
+        let other = try stored(1, size: 300_000)[0]
+        let expected = bytes(300_000, seed: 0)
+        cache.prefetch(other)
+        #expect(cache.settle(timeout: 30))
+        let holding = DispatchSemaphore(value: 0)
+        let letGo = DispatchSemaphore(value: 0)
+        let discarded = DispatchSemaphore(value: 0)
+        let sawRight = Mutex<Bool?>(nil)
+        Thread.detachNewThread {
+            _ = cache.withBytesInMemory(other, offset: 0, count: 300_000) { bytes in
+                holding.signal()
+                letGo.wait()
+                sawRight.withLock { $0 = Array(bytes) == expected }
+            }
+        }
+        #expect(holding.wait(timeout: .now() + 20) == .success)
+        Thread.detachNewThread {
+            cache.discard(other)
+            discarded.signal()
+        }
+        #expect(discarded.wait(timeout: .now() + 0.3) == .timedOut, "the buffer went back while a reader held it")
+        // Buffers given back are reused first: a download now would overwrite the held bytes.
+        letGo.signal()
+        #expect(discarded.wait(timeout: .now() + 20) == .success)
+        #expect(sawRight.withLock { $0 } == true)
+        #expect(cache.withBytesInMemory(other, offset: 0, count: 10) { _ in Issue.record("a discarded object was lent") } == nil)
+    }
+
+    @Test func bytesStillLandingAreLentAsTheyArrive() throws {
+        let size = 1 << 20
+        let (trickling, cache, id, whole) = try tricklingObject(size, seed: 9)
+        // A reader starts the download, and is answered from its first half.
+        #expect(try cache.readNow(id, offset: 0, count: 100) == Array(whole[0..<100]))
+        var early: [UInt8]?
+        #expect(cache.withBytesInMemory(id, offset: 8192, count: 8192) { early = Array($0) } == 8192)
+        #expect(early == Array(whole[8192..<16_384]))
+        let late = Mutex<[UInt8]?>(nil)
+        let lateDone = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            var seen: [UInt8]?
+            _ = cache.withBytesInMemory(id, offset: size - 4096, count: 8192) { seen = Array($0) }
+            late.withLock { $0 = seen }
+            lateDone.signal()
+        }
+        #expect(lateDone.wait(timeout: .now() + 0.3) == .timedOut, "bytes not landed yet were lent")
+        trickling.release.signal()
+        #expect(lateDone.wait(timeout: .now() + 20) == .success)
+        #expect(late.withLock { $0 } == Array(whole[(size - 4096)...]))
+        #expect(cache.settle(timeout: 20))
+        #expect(trickling.reads.load(ordering: .relaxed) == 1)
     }
 
     @Test func uploadsEnterTheWritersCache() throws {
@@ -251,12 +350,8 @@ import Glibc
     }
 
     @Test func aReaderGetsItsBytesAsTheyLandNotWhenTheWholeObjectHas() throws {
-        let trickling = TricklingStore(backing.inner)
-        let cache = try makeCache(over: trickling)
         let size = 1 << 20
-        let id = ObjectID.random()
-        try backing.inner.put(id, bytes(size, seed: 7))
-        let whole = bytes(size, seed: 7)
+        let (trickling, cache, id, whole) = try tricklingObject(size, seed: 7)
         // The store has given the first half and holds the rest back until released.
         let early = DispatchSemaphore(value: 0)
         let late = DispatchSemaphore(value: 0)

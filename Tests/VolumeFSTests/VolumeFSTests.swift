@@ -1,3 +1,4 @@
+import CachedChunkStore
 import ChunkStore
 import LocalChunkStore
 import Foundation
@@ -158,6 +159,77 @@ import Testing
             #expect(error.errno == EIO)
         }
         #expect(try fx.volume.read(b.ino, rb, offset: 0, count: 100) == Array(pattern(40_000, seed: 7)[0..<100]))
+    }
+
+    /// A cold reader behind the cache's prefetches is answered from the downloads'
+    /// buffers in place, each read checked first; whatever the buffers cannot answer (not
+    /// fetched, across chunks, damaged) is left to the copying read, which says why.
+    @Test func coldReadsAreAnsweredFromDownloadsInPlaceOnlyWhenChecked() throws {
+        let directory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let chunk = 4 * BlockChecksums.blockSize
+        let metadata = try SQLiteMetadata.create(path: directory + "/volume.db", chunkSize: chunk, sizeLimit: 1 << 30,
+                                                 now: VolumeFS.now())
+        let remote = try LocalChunkStore(root: directory + "/remote")
+        let writer = try VolumeFS(metadata: metadata,
+                                  store: try CachedChunkStore(directory: directory + "/writer", capacityBytes: 64 << 20, backing: remote))
+        let data = pattern(4 * chunk + 10_000, seed: 21)
+        let (attr, fh) = try writer.create(.root, FileName("model"), mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
+        _ = try data.withUnsafeBytes { try writer.write(attr.ino, fh, offset: 0, $0) }
+        try writer.flush(attr.ino, fh)
+        writer.release(attr.ino, fh)
+        writer.shutdown()
+
+        // Another host: an empty cache over the same objects.
+        let cache = try CachedChunkStore(directory: directory + "/reader", capacityBytes: 64 << 20, backing: remote)
+        let readerMetadata = try SQLiteMetadata(path: directory + "/volume.db")
+        let reader = try VolumeFS(metadata: readerMetadata, store: cache)
+        defer { reader.shutdown() }
+        let rh = try reader.open(attr.ino, flags: O_RDONLY)
+        func fromMemory(_ offset: Int, _ count: Int) throws -> [UInt8]? {
+            var sent: [UInt8]?
+            let answered = try reader.read(attr.ino, rh, offset: UInt64(offset), count: count) { bytes in
+                #expect(sent == nil, "sent twice")
+                sent = Array(bytes)
+            }
+            #expect(answered == (sent != nil))
+            return sent
+        }
+        // Nothing fetched yet: the copying read answers, and starts the prefetches.
+        #expect(try fromMemory(0, 4096) == nil)
+        #expect(try reader.read(attr.ino, rh, offset: 0, count: 4096) == Array(data[0..<4096]))
+        #expect(cache.settle(timeout: 30))
+        #expect(try fromMemory(chunk, chunk) == Array(data[chunk..<(2 * chunk)]))
+        #expect(try fromMemory(2 * chunk + 100, 5000) == Array(data[(2 * chunk + 100)..<(2 * chunk + 5100)]))
+        // Across two chunks: not from one buffer.
+        #expect(try fromMemory(2 * chunk - 10, 20) == nil)
+        #expect(try reader.read(attr.ino, rh, offset: UInt64(2 * chunk - 10), count: 20) == Array(data[(2 * chunk - 10)..<(2 * chunk + 10)]))
+        #expect(try fromMemory(3 * chunk, chunk) == Array(data[(3 * chunk)..<(4 * chunk)]))
+        #expect(cache.settle(timeout: 30))
+        // The file's short last chunk, asked past the end of the file.
+        #expect(try fromMemory(4 * chunk + 1000, chunk) == Array(data[(4 * chunk + 1000)...]))
+        #expect(try fromMemory(data.count, 100) == nil)
+
+        // A damaged object: the landed bytes fail their check and are not sent; the
+        // copying read drops them, fetches the object again and reports the damage.
+        let damagedID = try #require(try readerMetadata.chunks(attr.ino)[1].object)
+        let path = remote.path(of: damagedID)
+        chmod(path, 0o644)
+        var stored = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
+        stored[70] ^= 0xff
+        try Data(stored).write(to: URL(fileURLWithPath: path))
+        cache.evict(damagedID)
+        cache.prefetch(damagedID)
+        #expect(cache.settle(timeout: 30))
+        #expect(try fromMemory(chunk, 4096) == nil)
+        #expect(throws: FSError.corrupt(ino: attr.ino, chunk: 1, "checksum mismatch in block 0")) {
+            try reader.read(attr.ino, rh, offset: UInt64(chunk), count: 4096)
+        }
+        // Blocks of the same object that are sound are still answered.
+        cache.prefetch(damagedID)
+        #expect(cache.settle(timeout: 30))
+        let sound = chunk + BlockChecksums.blockSize + 100
+        #expect(try fromMemory(sound, 4096) == Array(data[sound..<(sound + 4096)]))
     }
 
     @Test func smallFilesLiveInlineUntilTheyGrow() throws {
