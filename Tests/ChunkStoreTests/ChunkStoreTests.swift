@@ -19,6 +19,31 @@ import Testing
         #expect(try store.size(of: id) == data.count)
     }
 
+    /// A store may lend bytes it holds in memory, or decline; what it lends is what a
+    /// read gives, and a store that declines does not call the body.
+    @Test(arguments: Backend.allCases)
+    func bytesLentFromMemoryAreWhatAReadGives(_ backend: Backend) throws {
+        guard let fixture = try backend.open() else { return }
+        let store = fixture.store
+        let id = ObjectID.random()
+        let data = bytes(300_000)
+        try store.put(id, data)
+        store.prefetch(id)
+        _ = store.settle(timeout: 30)
+        for (offset, count) in [(0, 4096), (65_536, 100_000), (299_990, 100), (300_000, 10)] {
+            var lent: [UInt8]?
+            let answered = store.withBytesInMemory(id, offset: offset, count: count) { lent = Array($0) }
+            let expected = Array(data[min(offset, data.count)..<min(offset + count, data.count)])
+            if let lent {
+                #expect(answered == lent.count)
+                #expect(lent == expected)
+            } else {
+                #expect(answered == nil || (answered == 0 && expected.isEmpty))
+            }
+        }
+        #expect(store.withBytesInMemory(ObjectID.random(), offset: 0, count: 10) { _ in Issue.record("a missing object was lent") } == nil)
+    }
+
     @Test(arguments: Backend.allCases)
     func readPastTheEndIsShort(_ backend: Backend) throws {
         guard let fixture = try backend.open() else { return }
