@@ -197,6 +197,8 @@ public final class CachedChunkStore: ChunkStore {
     /// Hands `body` the bytes in place when they are in a download's buffer: one that
     /// just landed, or one under way (waiting for them to land). A sequential cold reader
     /// is answered from there, sparing a copy of every byte it reads.
+    public var lendsFromMemory: Bool { true }
+
     public func withBytesInMemory(_ id: ObjectID, offset: Int, count: Int, _ body: (UnsafeRawBufferPointer) -> Void) -> Int? {
         if let lent = lendLanded(id, offset, count, to: body) {
             hits.add(1, ordering: .relaxed)

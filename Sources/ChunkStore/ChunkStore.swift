@@ -63,6 +63,10 @@ public protocol ChunkStore: Sendable {
     /// valid only while `body` runs. `body` is not called when the count is 0.
     func withBytesInMemory(_ id: ObjectID, offset: Int, count: Int, _ body: (UnsafeRawBufferPointer) -> Void) -> Int?
 
+    /// Whether `withBytesInMemory` can ever lend anything: a caller asks a store that
+    /// cannot for nothing, and spends nothing on every read to find out.
+    var lendsFromMemory: Bool { get }
+
     /// Hints that object `id` will be read soon, so that fetching it overlaps the reads
     /// before it; returns without waiting. A missing object is not an error here.
     func prefetch(_ id: ObjectID)
@@ -106,6 +110,7 @@ extension ChunkStore {
     }
 
     public func withBytesInMemory(_ id: ObjectID, offset: Int, count: Int, _ body: (UnsafeRawBufferPointer) -> Void) -> Int? { nil }
+    public var lendsFromMemory: Bool { false }
     public func discard(_ id: ObjectID) {}
     public func availableBytes() -> UInt64? { nil }
     public func settle(timeout: Double) -> Bool { true }

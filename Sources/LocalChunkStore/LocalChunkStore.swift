@@ -111,10 +111,10 @@ public final class LocalChunkStore: ChunkStore {
     ///
     /// Objects are written past the page cache (`O_DIRECT`): an aligned chunk as it is,
     /// anything else from an aligned copy padded to a whole block and then cut to length.
-    /// A chunk written once is read back through the
-    /// mounted file's own pages, so its object's pages would only be a second copy, and
-    /// filling them cost the daemon more CPU than the disk took to write them (half of the
-    /// CPU of a streaming write went to the kernel copying objects into the page cache).
+    /// A chunk written once is read back through the mounted file's own pages, so its
+    /// object's pages would only be a second copy, and filling them cost the daemon more
+    /// CPU than the disk took to write them (half of the CPU of a streaming write went to
+    /// the kernel copying objects into the page cache).
     /// A filesystem that refuses the direct write gets an ordinary one.
     func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int32? {
         guard let base = bytes.baseAddress, bytes.count > 0 else { return nil }

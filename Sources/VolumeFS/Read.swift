@@ -78,6 +78,7 @@ extension VolumeFS {
     /// whatever went wrong here (a checksum mismatch included).
     public func read(_ ino: InodeNumber, _ fh: FileHandleID, offset: UInt64, count: Int,
                      sendingFromMemory send: (UnsafeRawBufferPointer) -> Void) throws(FSError) -> Bool {
+        guard store.lendsFromMemory else { return false }
         let file = try file(fh, ino)
         file.lock.lock()
         let size = file.size
@@ -97,7 +98,7 @@ extension VolumeFS {
         let readEnd = min((high + blockSize - 1) / blockSize * blockSize, ref.length)
         var sent = false
         _ = store.withBytesInMemory(object, offset: readStart, count: readEnd - readStart) { bytes in
-            guard bytes.count == readEnd - readStart, blocksMatch(ref, bytes, from: readStart) else { return }
+            guard bytes.count == readEnd - readStart, firstMismatch(ref, bytes, from: readStart) == nil else { return }
             send(UnsafeRawBufferPointer(rebasing: bytes[(low - readStart)..<(high - readStart)]))
             sent = true
         }
@@ -106,18 +107,19 @@ extension VolumeFS {
         return true
     }
 
-    /// Whether `bytes`, the whole blocks of `ref` from `start` on, match their checksums.
-    func blocksMatch(_ ref: ChunkRef, _ bytes: UnsafeRawBufferPointer, from start: Int) -> Bool {
+    /// The first of `bytes`' blocks (the whole blocks of `ref` from `start` on) that does
+    /// not match its checksum, as a block number of the chunk; nil when all match.
+    func firstMismatch(_ ref: ChunkRef, _ bytes: UnsafeRawBufferPointer, from start: Int) -> Int? {
         let blockSize = BlockChecksums.blockSize
         var block = start / blockSize
         var at = 0
         while at < bytes.count {
             let next = min(at + blockSize, bytes.count)
-            if BlockChecksums.hash(UnsafeRawBufferPointer(rebasing: bytes[at..<next])) != ref.checksums.values[block] { return false }
+            if BlockChecksums.hash(UnsafeRawBufferPointer(rebasing: bytes[at..<next])) != ref.checksums.values[block] { return block }
             block += 1
             at = next
         }
-        return true
+        return nil
     }
 
     /// Fetches the chunks ahead of a read once it has its bytes: started before, their
@@ -147,13 +149,9 @@ extension VolumeFS {
         let readStart = firstBlock * blockSize
         let readEnd = min((lastBlock + 1) * blockSize, ref.length)
         func verify(_ buffer: UnsafeRawBufferPointer) throws(FSError) {
-            guard !blocksMatch(ref, buffer, from: readStart) else { return }
-            let block = (firstBlock...lastBlock).first { block in
-                let start = block * blockSize - readStart
-                return BlockChecksums.hash(UnsafeRawBufferPointer(rebasing: buffer[start..<min(start + blockSize, buffer.count)]))
-                    != ref.checksums.values[block]
-            } ?? firstBlock
-            throw corrupt(ino, ref, "checksum mismatch in block \(block)")
+            if let block = firstMismatch(ref, buffer, from: readStart) {
+                throw corrupt(ino, ref, "checksum mismatch in block \(block)")
+            }
         }
         switch ref.location {
         case .inline(let bytes):
