@@ -108,6 +108,12 @@ public final class CachedChunkStore: ChunkStore {
         self.index = Mutex(CacheIndex(descriptorLimit: descriptorLimit))
         try Self.makeDirectory(directory)
         try Self.makeDirectory(directory + "/tmp")
+        // All of them now: made on demand, each of the first few hundred objects a cold
+        // read lands costs a failed rename, a mkdir and a second rename.
+        for byte in 0..<256 {
+            let name = String(byte, radix: 16)
+            try? Self.makeDirectory(directory + "/" + (name.count == 1 ? "0" + name : name))
+        }
         removeStaleTemporaries()
         learn(scanning: true)
         evict(toFit: 0)

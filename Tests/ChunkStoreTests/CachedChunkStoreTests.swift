@@ -255,6 +255,20 @@ import Glibc
         #expect(mode(cache.path(of: written)) == 0o600)
     }
 
+    @Test func everySubdirectoryIsMadeAtOpenAndOneRemovedLaterIsMadeAgain() throws {
+        let cache = try makeCache()
+        let names = try FileManager.default.contentsOfDirectory(atPath: cacheDirectory).filter { $0 != "tmp" }
+        #expect(Set(names) == Set((0..<256).map { String(format: "%02x", $0) }))
+        #expect(names.allSatisfy { mode(cacheDirectory + "/" + $0) == 0o700 })
+        let id = try stored(1)[0]
+        let subdirectory = cacheDirectory + "/" + id.description.suffix(2)
+        #expect(rmdir(subdirectory) == 0)
+        #expect(try cache.read(id, count: 10) == Array(bytes(100_000, seed: 0)[0..<10]))
+        #expect(cache.settle(timeout: 10))
+        #expect(mode(subdirectory) == 0o700)
+        #expect(FileManager.default.fileExists(atPath: cache.path(of: id)))
+    }
+
     @Test func theCacheSurvivesReopening() throws {
         let ids = try stored(3)
         do {
