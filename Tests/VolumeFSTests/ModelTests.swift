@@ -123,13 +123,13 @@ final class ModelRun {
         case .unlink(let n):
             let expected: Int32? = model.names[name(n)] == nil ? ENOENT : nil
             var actual: Int32?
-            do { try fx.volume.unlink(.root, FileName(name(n))) } catch { actual = (error as? FSError)?.errno ?? -1 }
+            do { try fx.volume.unlink(.root, FileName(name(n))) } catch { actual = error.errno }
             #expect(actual == expected, "\(context)")
             model.names[name(n)] = nil
         case .rename(let a, let b):
             let expected: Int32? = model.names[name(a)] == nil ? ENOENT : nil
             var actual: Int32?
-            do { try fx.volume.rename(.root, FileName(name(a)), .root, FileName(name(b))) } catch { actual = (error as? FSError)?.errno ?? -1 }
+            do { try fx.volume.rename(.root, FileName(name(a)), .root, FileName(name(b))) } catch { actual = error.errno }
             #expect(actual == expected, "\(context)")
             if let id = model.names[name(a)], model.names[name(b)] != id {
                 model.names[name(a)] = nil
@@ -141,7 +141,7 @@ final class ModelRun {
             do {
                 let source = try fx.volume.lookup(.root, FileName(name(a)))
                 _ = try fx.volume.link(source.ino, .root, FileName(name(b)))
-            } catch { actual = (error as? FSError)?.errno ?? -1 }
+            } catch { actual = error.errno }
             #expect(actual == expected, "\(context)")
             if expected == nil { model.names[name(b)] = model.names[name(a)] }
         case .reopen(let f):
