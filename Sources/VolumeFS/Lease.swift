@@ -249,8 +249,14 @@ extension VolumeFS {
             followChanges()
             return
         }
-        flushAtimes()
-        flushPurges()
+        // Under the lease's lock: an unmount gives the lease back from another thread, and
+        // coming between taking the pending work and committing it, it would fence the
+        // commit and leave the unlinked files to the next writer.
+        leaseChange.withLock { _ in
+            guard writer.withLock({ $0.fence }) != nil else { return }
+            flushAtimes()
+            flushPurges()
+        }
         // A file kept open is made within about a second of its creation, as a local
         // filesystem commits its journal every few seconds.
         cache.makeUnmade(answeredBefore: Timestamp(nanoseconds: Self.now().nanoseconds - Self.unmadeFilesKept))

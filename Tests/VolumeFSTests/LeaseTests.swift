@@ -719,6 +719,27 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         r.release(ino, fh)
     }
 
+    /// An unmount gives the lease back while the background turn may be purging files
+    /// removed a moment before: they are purged all the same, by one or the other, not
+    /// left as orphans for the next writer (a fenced purge would leave them).
+    @Test(arguments: TestBackend.available)
+    func anUnmountDuringABackgroundTurnLeavesNoOrphans(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend)
+        for round in 0..<100 {
+            let a = try shared.mount("a\(round)")
+            for i in 0..<10 {
+                let ino = try writeFile(a, "f\(i)", [UInt8(i)])
+                try a.unlink(.root, FileName("f\(i)"))
+                a.forget(ino, 1)
+            }
+            let turn = DispatchGroup()
+            DispatchQueue.global().async(group: turn) { a.tick() }
+            a.shutdown()
+            #expect(turn.wait(timeout: .now() + 30) == .success)
+            #expect(try a.metadata.orphans().isEmpty, "round \(round)")
+        }
+    }
+
     @Test(arguments: TestBackend.available)
     func aMountThatGainsTheLeaseRevalidatesFirst(backend: TestBackend) throws {
         let shared = try SharedVolume(backend)
