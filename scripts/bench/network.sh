@@ -317,6 +317,15 @@ limit_put_args() { # RTT PREFIX: PUT the data's LIMIT_PUT_MB parts as objects
             -T "$f" -o /dev/null "${S3_ENDPOINT[$rtt]}/$(net_bucket limit "$rtt")/$prefix/${f##*/}"
     done
 }
+limit_get_parts_args() { # RTT PREFIX: GET the parts limit_put_args stored, whole
+    local rtt=$1 prefix=$2 f first=1
+    for f in "$SHM"/parts/p*; do
+        ((first)) || printf '%s\n' --next
+        first=0
+        printf '%s\n' -s -S --fail --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+            -o /dev/null "${S3_ENDPOINT[$rtt]}/$(net_bucket limit "$rtt")/$prefix/${f##*/}"
+    done
+}
 limit_get_args() { # RTT: GET the object in LIMIT_GET_MB ranges
     local rtt=$1 off part=$((LIMIT_GET_MB << 20)) size=$((BENCH_FILE_MB << 20)) first=1
     for ((off = 0; off < size; off += part)); do
@@ -344,10 +353,17 @@ limit_turn() { # ROUND RTT
     else
         record "$round" "$id" ttfb ERR
     fi
+    # Cold as every system's cold read is: the server reads the bytes from its disk.
     mapfile -t args < <(limit_get_args "$rtt")
+    drop_caches
     s3_mark limit "$rtt"
     step "$round" "$id" seq_read_cold "$BENCH_FILE_MB" "${TOOL[@]}" run "$t" curl --parallel --parallel-max "$CURL_PARALLEL" "${args[@]}"
     s3_record "$round" limit "$rtt" req_read_cold "$BENCH_FILE_MB" dl_read_cold
+    # The same bytes as the chunk-sized objects netvol and JuiceFS store: what the server
+    # gives for objects of that size, whoever asks.
+    mapfile -t args < <(limit_get_parts_args "$rtt" "r$round")
+    drop_caches
+    step "$round" "$id" parts_read_cold "$BENCH_FILE_MB" "${TOOL[@]}" run "$t" curl --parallel --parallel-max "$CURL_PARALLEL" "${args[@]}"
     # The uploaded parts go again (their space is reclaimed by the vacuum after the round).
     local f dels=() first=1
     for f in "$SHM"/parts/p*; do
@@ -548,7 +564,7 @@ net_version_of() {
         juicefs) echo "$("$JUICEFS" version 2>/dev/null | head -n 1), postgres:// metadata, --storage s3, --trash-days 0, --cache-size 20480 on the bench disk${BENCH_JFS_OPTS:+, mount $BENCH_JFS_OPTS}" ;;
         s3fs) echo "$("$S3FS" --version 2>/dev/null | head -n 1 | sed 's/ (commit.*//'), use_path_request_style, use_cache on the bench disk${BENCH_S3FS_OPTS:+, $BENCH_S3FS_OPTS}" ;;
         rclone) echo "$("$RCLONE" version 2>/dev/null | head -n 1) mount, --vfs-cache-mode full on the bench disk, --vfs-write-back 0s, --links; writes timed until uploaded${BENCH_RCLONE_OPTS:+, $BENCH_RCLONE_OPTS}" ;;
-        limit) echo "$(curl --version | head -n 1 | cut -d' ' -f1-2) --parallel, $CURL_PARALLEL transfers at once: download in $LIMIT_GET_MB MiB ranges, upload as $LIMIT_PUT_MB MiB objects; first byte of a GET on a new connection" ;;
+        limit) echo "$(curl --version | head -n 1 | cut -d' ' -f1-2) --parallel, $CURL_PARALLEL transfers at once: download in $LIMIT_GET_MB MiB ranges of one object and, apart, the upload's $LIMIT_PUT_MB MiB objects whole (both after dropping the page cache); upload as $LIMIT_PUT_MB MiB objects; first byte of a GET on a new connection" ;;
         embedded) echo "netvol on an embedded volume (SQLite + chunk files) on the bench disk, no network" ;;
     esac
 }
