@@ -9,7 +9,9 @@ the storage host, between the workers and a server:
 
 --delay-ms D delivers every byte D ms after it arrived, in each direction, without
 limiting throughput (a pipe, not a stop-and-wait): a request and its answer each cross
-it once, so D = 1 adds 2 ms to every round trip.
+it once, so D = 1 adds 2 ms to every round trip. The bytes go from socket to socket
+through a kernel pipe (splice), never through the relay's memory: the relay runs on the
+machine it measures, and a real network's delay costs that machine nothing.
 
 --reset-one-in N: each chunk a client sends (a request, near enough) has one chance in N
 to doom its connection, which is then reset (RST, as a crashed middlebox or a peer's
@@ -22,20 +24,23 @@ Runs until SIGTERM.
 
 import argparse
 import asyncio
+import collections
+import fcntl
 import os
 import random
+import select
 import signal
 import socket
 import struct
 import sys
 
-
-# Bytes a connection's reader may hold and a read may take: large, so that a fast
-# transfer costs few turns of the event loop per MiB. The relay is one Python process on
-# the machine it measures: at 64 KiB a turn it took 1.2 to 1.35 s of CPU per GiB passed
-# (0.7 to 1.06 s now) and capped curl's parallel download at about 520 MiB/s (about 680).
-STREAM_LIMIT = 4 << 20
-READ_SIZE = 1 << 20
+F_SETPIPE_SZ = 1031
+F_GETPIPE_SZ = 1032
+# Bytes held in one direction of one connection: more than a millisecond of any transfer
+# these machines make. A pipe's size is also its count of slots, and a slot may hold a
+# fragment of a packet, so it can fill before this many bytes are in it.
+PIPE_BYTES = 1 << 20
+SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 
 
 class Relay:
@@ -59,28 +64,45 @@ class Relay:
             os.replace(self.stats_path + ".tmp", self.stats_path)
 
     async def serve(self, listen, target):
-        host, port = listen
-        server = await asyncio.start_server(
-            lambda r, w: self.accept(r, w, target), host, port, reuse_address=True, limit=STREAM_LIMIT)
-        return server
+        loop = asyncio.get_running_loop()
+        family, kind, proto, _, address = socket.getaddrinfo(*listen, type=socket.SOCK_STREAM)[0]
+        listener = socket.socket(family, kind, proto)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(128)
+        listener.setblocking(False)
 
-    async def accept(self, client_reader, client_writer, target):
+        async def accepting():
+            while True:
+                client, _ = await loop.sock_accept(listener)
+                asyncio.create_task(self.accept(client, target))
+
+        return listener, asyncio.create_task(accepting())
+
+    async def accept(self, client, target):
+        loop = asyncio.get_running_loop()
+        client.setblocking(False)
         try:
-            server_reader, server_writer = await asyncio.open_connection(*target, limit=STREAM_LIMIT)
+            family, kind, proto, _, address = socket.getaddrinfo(*target, type=socket.SOCK_STREAM)[0]
+            server = socket.socket(family, kind, proto)
         except OSError:
-            abort(client_writer)
+            abort(client)
             return
-        for writer in (client_writer, server_writer):
-            sock = writer.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            writer.transport.set_write_buffer_limits(high=STREAM_LIMIT)
+        server.setblocking(False)
+        try:
+            await loop.sock_connect(server, address)
+        except OSError:
+            server.close()
+            abort(client)
+            return
+        for sock in (client, server):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.connections += 1
         self.write_stats()
         doomed = asyncio.Event()
         pipes = [
-            asyncio.create_task(self.pipe(client_reader, server_writer, doomed, upstream=True)),
-            asyncio.create_task(self.pipe(server_reader, client_writer, doomed, upstream=False)),
+            asyncio.create_task(self.pipe(client, server, doomed, upstream=True)),
+            asyncio.create_task(self.pipe(server, client, doomed, upstream=False)),
         ]
         reset = asyncio.create_task(doomed.wait())
         done, _ = await asyncio.wait(pipes + [reset], return_when=asyncio.FIRST_COMPLETED)
@@ -90,73 +112,123 @@ class Relay:
             self.write_stats()
             for task in pipes:
                 task.cancel()
-            abort(client_writer)
-            abort(server_writer)
+            # Both done with the sockets (no longer watched) before they are closed.
+            await asyncio.gather(*pipes, return_exceptions=True)
+            abort(client)
+            abort(server)
             return
         # One direction ended (its sender closed): let the other finish, then close.
         await asyncio.gather(*pipes, return_exceptions=True)
         reset.cancel()
-        for writer in (client_writer, server_writer):
-            try:
-                writer.close()
-            except OSError:
-                pass
+        client.close()
+        server.close()
 
-    async def pipe(self, reader, writer, doomed, upstream):
+    async def pipe(self, source, destination, doomed, upstream):
         loop = asyncio.get_running_loop()
-        # Bounded, so that a slow receiver slows the sender instead of filling memory.
-        queue = asyncio.Queue(maxsize=16)
+        out, into = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(into, F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:
+            pass
+        capacity = fcntl.fcntl(into, F_GETPIPE_SZ)
+        # What came in and when it is due out, in order; a count of 0 is the end.
+        pending = collections.deque()
+        held = 0
+        arrived = asyncio.Event()
+        room = asyncio.Event()
 
         async def receive():
+            nonlocal held
             while True:
+                if held >= capacity:
+                    room.clear()
+                    await room.wait()
+                    continue
                 try:
-                    data = await reader.read(READ_SIZE)
+                    count = os.splice(source.fileno(), into, capacity - held, flags=SPLICE_FLAGS)
+                except BlockingIOError:
+                    if has_input(source):
+                        # The pipe's slots are full: wait for the other end to drain it.
+                        room.clear()
+                        await room.wait()
+                    else:
+                        await ready(loop.add_reader, loop.remove_reader, source)
+                    continue
                 except OSError:
-                    data = b""
-                await queue.put((loop.time() + self.delay, data))
-                if not data:
+                    count = 0
+                held += count
+                pending.append((loop.time() + self.delay, count))
+                arrived.set()
+                if count == 0:
                     return
                 if upstream and self.reset_one_in and self.rng.randrange(self.reset_one_in) == 0:
                     doomed.set()
 
         async def deliver():
+            nonlocal held
             while True:
-                due, data = await queue.get()
+                while not pending:
+                    arrived.clear()
+                    await arrived.wait()
+                due, count = pending[0]
                 wait = due - loop.time()
                 if wait > 0:
                     await asyncio.sleep(max(0.0, wait - self.overshoot))
                     late = loop.time() - due
                     self.overshoot = min(max(0.0, self.overshoot + 0.1 * late), self.delay)
-                if not data:
+                if count == 0:
                     # Pass the half-close on: the other side may still answer.
-                    if writer.can_write_eof():
-                        try:
-                            writer.write_eof()
-                        except OSError:
-                            pass
+                    try:
+                        destination.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        pass
                     return
-                writer.write(data)
-                try:
-                    await writer.drain()
-                except OSError:
-                    return
+                while count > 0:
+                    try:
+                        sent = os.splice(out, destination.fileno(), count, flags=SPLICE_FLAGS)
+                    except BlockingIOError:
+                        await ready(loop.add_writer, loop.remove_writer, destination)
+                        continue
+                    except OSError:
+                        return
+                    count -= sent
+                    held -= sent
+                    room.set()
+                pending.popleft()
 
         receiver = asyncio.create_task(receive())
         try:
             await deliver()
         finally:
             receiver.cancel()
+            await asyncio.gather(receiver, return_exceptions=True)
+            os.close(out)
+            os.close(into)
 
 
-def abort(writer):
+async def ready(watch, unwatch, sock):
+    """Waits until the event loop sees `sock` readable (add_reader) or writable."""
+    waiter = asyncio.get_running_loop().create_future()
+    watch(sock.fileno(), lambda: waiter.done() or waiter.set_result(None))
+    try:
+        await waiter
+    finally:
+        unwatch(sock.fileno())
+
+
+def has_input(sock):
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def abort(sock):
     """Closes with RST rather than FIN: SO_LINGER with a zero timeout."""
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-    writer.transport.abort()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
 
 
 def address(text):
@@ -187,8 +259,9 @@ async def main():
         loop.add_signal_handler(signum, stop.set)
     print("relay: ready", file=sys.stderr, flush=True)
     await stop.wait()
-    for server in servers:
-        server.close()
+    for listener, accepting in servers:
+        accepting.cancel()
+        listener.close()
 
 
 if __name__ == "__main__":
