@@ -109,10 +109,10 @@ public final class CachedChunkStore: ChunkStore {
         try Self.makeDirectory(directory)
         try Self.makeDirectory(directory + "/tmp")
         // All of them now: made on demand, each of the first few hundred objects a cold
-        // read lands costs a failed rename, a mkdir and a second rename.
-        for byte in 0..<256 {
-            let name = String(byte, radix: 16)
-            try? Self.makeDirectory(directory + "/" + (name.count == 1 ? "0" + name : name))
+        // read lands costs a failed rename, a mkdir and a second rename. An id's last byte
+        // names its directory, so ids 0 to 255 name them all.
+        for byte in UInt64(0)..<256 {
+            try? Self.makeDirectory(subdirectory(of: ObjectID(rawValue: byte)))
         }
         removeStaleTemporaries()
         learn(scanning: true)

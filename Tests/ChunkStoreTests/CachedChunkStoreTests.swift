@@ -261,7 +261,7 @@ import Glibc
         #expect(Set(names) == Set((0..<256).map { String(format: "%02x", $0) }))
         #expect(names.allSatisfy { mode(cacheDirectory + "/" + $0) == 0o700 })
         let id = try stored(1)[0]
-        let subdirectory = cacheDirectory + "/" + id.description.suffix(2)
+        let subdirectory = cache.subdirectory(of: id)
         #expect(rmdir(subdirectory) == 0)
         #expect(try cache.read(id, count: 10) == Array(bytes(100_000, seed: 0)[0..<10]))
         #expect(cache.settle(timeout: 10))
