@@ -249,11 +249,7 @@ extension VolumeFS {
             followChanges()
             return
         }
-        // Under the lease's lock: an unmount gives the lease back from another thread, and
-        // coming between taking the pending work and committing it, it would fence the
-        // commit and leave the unlinked files to the next writer.
-        leaseChange.withLock { _ in
-            guard writer.withLock({ $0.fence }) != nil else { return }
+        whileHoldingLease {
             flushAtimes()
             flushPurges()
         }
@@ -266,6 +262,18 @@ extension VolumeFS {
         }
         guard now - state.lastRenewal >= .seconds(options.leaseTTLSeconds / 3) else { return }
         renewLease(fence)
+    }
+
+    /// Runs `work` (a commit of pending atimes or purges) only while this mount still
+    /// holds the lease, with lease changes waiting for it: an unmount gives the lease back
+    /// from another thread, and coming between taking the pending work and committing it,
+    /// it would fence the commit and leave the unlinked files to the next writer. Not for
+    /// a thread that may hold a file's lock (a lease change takes those).
+    func whileHoldingLease(_ work: () -> Void) {
+        leaseChange.withLock { _ in
+            guard writer.withLock({ $0.fence }) != nil else { return }
+            work()
+        }
     }
 
     /// Extends the lease now; a renewal that finds the token changed loses the lease.

@@ -740,6 +740,27 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         }
     }
 
+    /// The same race with the background's reclaiming of space, which purges too; only a
+    /// store that knows its free space (the embedded one) reclaims early.
+    @Test
+    func anUnmountDuringAReclaimOfSpaceLeavesNoOrphans() throws {
+        let shared = try SharedVolume(.embedded)
+        for round in 0..<100 {
+            let a = try shared.mount("a\(round)")
+            #expect(a.store.availableBytes() != nil)
+            for i in 0..<10 {
+                let ino = try writeFile(a, "f\(i)", [UInt8(i)])
+                try a.unlink(.root, FileName("f\(i)"))
+                a.forget(ino, 1)
+            }
+            let turn = DispatchGroup()
+            DispatchQueue.global().async(group: turn) { a.reclaimSpace(ifBelow: .max) }
+            a.shutdown()
+            #expect(turn.wait(timeout: .now() + 30) == .success)
+            #expect(try a.metadata.orphans().isEmpty, "round \(round)")
+        }
+    }
+
     @Test(arguments: TestBackend.available)
     func aMountThatGainsTheLeaseRevalidatesFirst(backend: TestBackend) throws {
         let shared = try SharedVolume(backend)
@@ -777,5 +798,6 @@ final class CountingStore: ChunkStore {
     func size(of id: ObjectID) throws(StoreError) -> Int { try inner.size(of: id) }
     func delete(_ id: ObjectID) throws(StoreError) { try inner.delete(id) }
     func list() throws(StoreError) -> [ObjectID] { try inner.list() }
+    func availableBytes() -> UInt64? { inner.availableBytes() }
     func discard(_ id: ObjectID) { inner.discard(id) }
 }
