@@ -550,7 +550,7 @@ public final class CachedChunkStore: ChunkStore {
     /// read held over 300 MiB.
     func takePiece() -> UnsafeMutableRawBufferPointer {
         pieces.withLock { $0.popLast() }.map { $0.buffer }
-            ?? UnsafeMutableRawBufferPointer.allocate(byteCount: Self.fetchPiece, alignment: DirectIO.alignment)
+            ?? UnsafeMutableRawBufferPointer(start: DirectIO.allocate(byteCount: Self.fetchPiece), count: Self.fetchPiece)
     }
 
     func givePieceBack(_ piece: UnsafeMutableRawBufferPointer) {

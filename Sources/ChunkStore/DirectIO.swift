@@ -31,6 +31,24 @@ public enum DirectIO {
         return Int(bitPattern: base) % alignment == 0 && bytes.count % alignment == 0
     }
 
+    /// A transparent huge page, where the architecture has them at this size.
+    static let hugePage = 2 << 20
+
+    /// Memory for a buffer of a chunk's size that the kernel copies into and out of whole
+    /// (a download's piece, a written chunk): from 2 MiB up it is aligned to 2 MiB and
+    /// asked to be backed by huge pages (`MADV_HUGEPAGE`; hosts that set transparent huge
+    /// pages to `madvise`, Debian's default, give them only when asked). Pinning such a
+    /// buffer for a direct write or a FUSE reply then walks one entry per 2 MiB instead of
+    /// 512, and filling a fresh one faults twice per 4 MiB instead of 1024 times: a cold
+    /// read of 1 GiB took the daemon 16 000 page faults. Freed with `deallocate()`.
+    public static func allocate(byteCount: Int) -> UnsafeMutableRawPointer {
+        guard byteCount >= hugePage else { return UnsafeMutableRawPointer.allocate(byteCount: byteCount, alignment: alignment) }
+        let base = UnsafeMutableRawPointer.allocate(byteCount: byteCount, alignment: hugePage)
+        // Advice only: without huge pages the buffer works the same, at 4 KiB pages.
+        _ = madvise(base, byteCount / hugePage * hugePage, MADV_HUGEPAGE)
+        return base
+    }
+
     /// `count` rounded up to a whole number of aligned blocks.
     public static func padded(_ count: Int) -> Int { (count + alignment - 1) / alignment * alignment }
 

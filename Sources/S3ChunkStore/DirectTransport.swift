@@ -163,6 +163,18 @@ private struct Exchange {
     /// Whether the connection may carry the next request once this one is done.
     var reusable = false
 
+    /// The socket's `SO_RCVLOWAT`: how many received bytes wake a wait for more.
+    var lowWater = 1
+
+    /// Past a body's first bytes (which a reader may be waiting for), a wait for more
+    /// wakes only when this many have arrived, or the rest of the body if less: a cold
+    /// read of 1 GiB otherwise woke the fetching threads 2 400 times, in steps of about
+    /// 160 KiB, each wakeup a switch on cores the object store needs too.
+    static let bulkLowWater = 1 << 20
+    static let eagerBytes = 256 << 10
+    /// How long a wait below the low-water mark goes before it takes what has arrived.
+    static let lowWaterPatience: Duration = .milliseconds(20)
+
     /// Received bytes not yet taken by the head or body parsing.
     var pending: [UInt8] = []
     var pendingStart = 0
@@ -193,10 +205,22 @@ private struct Exchange {
     /// Waits until `fd` can be read or written, within the read timeout and the deadline.
     func waitFor(_ events: Int16) throws(AttemptFailure) {
         let silence = ContinuousClock.now + readTimeout
-        switch Self.wait(fd, for: events, until: min(silence, deadline)) {
-        case .ready: return
-        case .timedOut: throw .transport(silence < deadline ? "no data for too long" : "request deadline exceeded")
-        case .failed(let code): throw .transport(String(cString: strerror(code)))
+        let limit = min(silence, deadline)
+        while true {
+            // Below the low-water mark a wait does not wake for what arrived; on a slow
+            // link that would be seen as silence, and keep readers from bytes that are here.
+            let step = lowWater > 1 && events == Int16(POLLIN) ? min(limit, ContinuousClock.now + Self.lowWaterPatience) : limit
+            switch Self.wait(fd, for: events, until: step) {
+            case .ready: return
+            case .timedOut:
+                var queued: Int32 = 0
+                if step < limit {
+                    if ioctl(fd, UInt(FIONREAD), &queued) == 0 && queued > 0 { return }
+                    continue
+                }
+                throw .transport(silence < deadline ? "no data for too long" : "request deadline exceeded")
+            case .failed(let code): throw .transport(String(cString: strerror(code)))
+            }
         }
     }
 
@@ -233,6 +257,13 @@ private struct Exchange {
             sentHead += toHead
             sentBody += sent - toHead
         }
+    }
+
+    /// Sets the socket's low-water mark, when it changes.
+    mutating func setLowWater(_ bytes: Int) {
+        guard bytes != lowWater else { return }
+        var value = Int32(bytes)
+        if setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &value, socklen_t(MemoryLayout<Int32>.size)) == 0 { lowWater = bytes }
     }
 
     /// Receives into `target`; 0 is the end of the stream.
@@ -295,7 +326,9 @@ private struct Exchange {
             try receiveBody(length: nil, into: &sink)
             keepAlive = false
         }
-        reusable = keepAlive && available == 0
+        // The next request's reply head may be a few bytes.
+        setLowWater(1)
+        reusable = keepAlive && available == 0 && lowWater == 1
         return sink.reply
     }
 
@@ -359,6 +392,9 @@ private struct Exchange {
         while remaining > 0 {
             let got: Int
             if let direct = sink.directTarget(upTo: remaining) {
+                // Never more than the body still owes, or the wait would outlast it.
+                let received = (length ?? Int.max) - remaining
+                setLowWater(length != nil && received >= Self.eagerBytes ? min(direct.count, Self.bulkLowWater) : 1)
                 got = try receiveSome(into: direct)
                 if got > 0 { sink.landedInPlace(got) }
             } else {

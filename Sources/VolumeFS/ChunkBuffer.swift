@@ -126,7 +126,7 @@ final class ChunkBufferPool: Sendable {
 
     func take() -> UnsafeMutableRawPointer {
         if let address = free.withLock({ $0.popLast() }) { return UnsafeMutableRawPointer(bitPattern: address)! }
-        return UnsafeMutableRawPointer.allocate(byteCount: chunkSize, alignment: DirectIO.alignment)
+        return DirectIO.allocate(byteCount: chunkSize)
     }
 
     func giveBack(_ base: UnsafeMutableRawPointer) {

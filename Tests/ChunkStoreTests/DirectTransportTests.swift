@@ -222,6 +222,34 @@ final class RawServer: @unchecked Sendable {
         #expect(server.requests.withLock { $0.count } == 1)
     }
 
+    /// Past its first bytes a body is received in large steps (`SO_RCVLOWAT`); a body
+    /// that trickles in slower than that is still progress, not silence, and its bytes
+    /// reach readers as they come.
+    @Test func aBodyThatTricklesInIsNotTakenForSilence() throws {
+        let fast = String(repeating: "a", count: 400 << 10)
+        let slow = (0..<40).map { String(repeating: Character(UnicodeScalar(UInt8(98 + $0 % 20))), count: 10 << 10) }
+        let body = fast + slow.joined()
+        let head = "HTTP/1.1 206 Partial Content\r\ncontent-range: bytes 0-\(body.utf8.count - 1)/\(body.utf8.count)\r\n"
+            + "content-length: \(body.utf8.count)\r\n\r\n"
+        // 40 pauses of 50 ms: twice the read timeout of 1 s, with bytes all along.
+        let server = try RawServer([.init(pieces: [head + fast] + slow, pause: .milliseconds(50))])
+        let store = try store(server)
+        defer { store.close() }
+        let steps = Mutex<[Int]>([])
+        var buffer = [UInt8](repeating: 0, count: body.utf8.count)
+        let (got, size) = try buffer.withUnsafeMutableBytes { target in
+            try store.readReportingSize(ObjectID(rawValue: 0xab), offset: 0, into: target) { landed, _ in
+                steps.withLock { $0.append(landed) }
+            }
+        }
+        #expect(got == body.utf8.count && size == body.utf8.count)
+        #expect(String(decoding: buffer, as: UTF8.self) == body)
+        #expect(store.requestCounts == (requests: 1, retries: 0))
+        // Readers saw the slow part arrive in steps, not all at its end.
+        let slowSteps = steps.withLock { $0.filter { $0 > fast.utf8.count + head.utf8.count } }
+        #expect(slowSteps.count >= 10, "\(slowSteps.count) steps")
+    }
+
     @Test func putsSendTheCallersBytesAsTheirBody() throws {
         let server = try RawServer([.init("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")])
         let store = try store(server)
