@@ -88,6 +88,7 @@ net_start_servers() {
         for kind in "${KINDS[@]}"; do
             [[ $kind == embedded ]] && continue
             make_bucket "$(net_bucket "$kind" "$rtt")" 2>>"$LOGS/servers.log" || die "cannot create a bucket (see $LOGS/servers.log)"
+            warm_bucket "$(net_bucket "$kind" "$rtt")"
         done
         if uses juicefs; then
             as_postgres "$psql" -h "$POSTGRES_DIR/socket" -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -q \
@@ -151,6 +152,25 @@ net_ensure_tools() {
 
 # ---------------------------------------------------------------------------------------
 # Volumes, once per run.
+
+# SeaweedFS makes a bucket's volumes at its first write (a first PUT of 4 MiB took 0.24 s,
+# the next ones 0.03 s): without this, every system's first round would pay for it in its
+# write, and the round's first system for the server's own start as well (netvol wrote
+# 113 MiB/s in such a round, 136 to 154 in the others).
+warm_bucket() { # BUCKET: store and delete a few chunk-sized objects, 8 at once
+    local bucket=$1 i args=() dels=()
+    head -c $((LIMIT_PUT_MB << 20)) /dev/urandom >"$SHM/warm" || die "cannot write $SHM/warm"
+    for ((i = 0; i < CURL_PARALLEL; i++)); do
+        ((i == 0)) || { args+=(--next); dels+=(--next); }
+        args+=(-s -S --fail --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY"
+            -T "$SHM/warm" -o /dev/null "http://127.0.0.1:$S3_PORT/$bucket/bench-warmup/$i")
+        dels+=(-s -S --fail --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY"
+            -X DELETE -o /dev/null "http://127.0.0.1:$S3_PORT/$bucket/bench-warmup/$i")
+    done
+    curl -s --parallel --parallel-max "$CURL_PARALLEL" "${args[@]}" 2>>"$LOGS/servers.log" &&
+        curl "${dels[@]}" 2>>"$LOGS/servers.log" || die "cannot warm bucket $bucket up (see $LOGS/servers.log)"
+    rm -f "$SHM/warm"
+}
 
 curl_s3() { # curl signed for the bench's S3 server, quiet, failing on HTTP errors
     curl -s -S --fail --no-progress-meter --aws-sigv4 "aws:amz:us-east-1:s3" \
