@@ -243,6 +243,10 @@ public final class MetadataCache: Metadata {
             // (a walk that stats a directory before it lists it) asks nothing more.
             state.keep(Listing(after: 0, entries: entries, reachesEnd: true, epoch: state.listingsEpoch), of: parent)
         }
+        // Lookups walk down as listings do: the next names looked up are likely in these
+        // subdirectories (`cat small/d*/f*` cost two round trips per directory, one of
+        // them for its listing).
+        prefetchSubdirectories(of: entries)
     }
 
     /// Keeps the names of `dir`, given all its entries.
@@ -285,6 +289,12 @@ public final class MetadataCache: Metadata {
     /// that a file is ready must find it, even before the change feed says so.
     public func lookup(_ parent: InodeNumber, _ name: FileName, trustingMisses: Bool) throws(MetadataError) -> Attr {
         var answer = known(parent, name)
+        if case .unknown(directoryKept: false) = answer {
+            // A walk by names (`cat d*/f*`, an `import` of a package) finds the listing read
+            // or under way by the load of the directory above.
+            awaitPrefetch(of: parent)
+            answer = known(parent, name)
+        }
         if case .unknown(directoryKept: false) = answer {
             loadDirectory(parent)
             answer = known(parent, name)

@@ -230,6 +230,42 @@ import Testing
         #expect(try !listed(dirs[1]).map(\.name).contains("f0"))
     }
 
+    /// A walk by names (`cat d*/f*`, an `import`) looks names up without listing: the
+    /// load of a directory for a lookup reads its subdirectories' listings ahead too.
+    @Test func lookingUpInADirectoryReadsItsSubdirectoriesListingsAhead() throws {
+        let directory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let storage = try TestStorage.make(.embedded, chunkSize: 4096, sizeLimit: 1 << 30, directory: directory)
+        let backing = storage.metadata
+        let cache = MetadataCache(backing, prefetchListings: 2)
+        let now = Timestamp(nanoseconds: 1_000_000_000)
+        var dirs: [InodeNumber] = []
+        for d in 0..<3 {
+            let dir = try backing.mknode(.root, FileName("d\(d)"), mode: FileType.directory.rawValue | 0o755, uid: 0, gid: 0,
+                                         rdev: 0, target: nil, now: now)
+            dirs.append(dir.ino)
+            for f in 0..<(d + 2) {
+                _ = try backing.mknode(dir.ino, FileName("f\(f)"), mode: FileType.regular.rawValue | 0o644, uid: 0, gid: 0,
+                                       rdev: 0, target: nil, now: now)
+            }
+        }
+        func isKept(_ dir: InodeNumber, _ name: FileName) -> Bool {
+            if case .found = cache.known(dir, name) { return true }
+            return false
+        }
+        #expect(!isKept(dirs[0], "f0"))
+        #expect(try cache.lookup(.root, "d0", trustingMisses: true) == backing.lookup(.root, "d0"))
+        for dir in dirs { cache.awaitPrefetch(of: dir) }
+        // The first two subdirectories were read ahead, names and attributes.
+        #expect(isKept(dirs[0], "f1") && isKept(dirs[1], "f2"))
+        if case .missing = cache.known(dirs[1], "nothing") {} else { Issue.record("d1's names are not kept whole") }
+        #expect(try cache.lookup(dirs[1], "f2", trustingMisses: true) == backing.lookup(dirs[1], "f2"))
+        // The third is read when a name in it is looked up.
+        if case .unknown(directoryKept: false) = cache.known(dirs[2], "f3") {} else { Issue.record("d2 was read ahead") }
+        #expect(try cache.lookup(dirs[2], "f3", trustingMisses: true) == backing.lookup(dirs[2], "f3"))
+        #expect(isKept(dirs[2], "f0"))
+    }
+
     /// The maps read with a file's own are those of the files a walk opens next: the
     /// rest of its directory in listing order, each subdirectory whose listing is kept
     /// followed by its files, depth first, then the files before it.
