@@ -182,16 +182,8 @@ import Testing
         #expect(counts.hits > counts.misses, "the cache answered \(counts.hits) of \(counts.hits + counts.misses)")
     }
 
-    /// A walk (`ls -lR`, `du`, `tar`) lists a directory, then each subdirectory: their
-    /// listings are read ahead in one query, so that a network mount waits for one round
-    /// trip per level of the tree, not one per directory.
-    @Test func listingADirectoryReadsItsSubdirectoriesListingsAhead() throws {
-        let directory = temporaryDirectory()
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let storage = try TestStorage.make(.embedded, chunkSize: 4096, sizeLimit: 1 << 30, directory: directory)
-        let backing = storage.metadata
-        let cache = MetadataCache(backing, prefetchListings: 2)
-        var now = Timestamp(nanoseconds: 1_000_000_000)
+    /// Directories d0, d1 and d2 under the root, holding 2, 3 and 4 files f0, f1, ...
+    func makeDirectories(in backing: any Metadata, now: Timestamp) throws -> [InodeNumber] {
         var dirs: [InodeNumber] = []
         for d in 0..<3 {
             let dir = try backing.mknode(.root, FileName("d\(d)"), mode: FileType.directory.rawValue | 0o755, uid: 0, gid: 0,
@@ -202,6 +194,20 @@ import Testing
                                        rdev: 0, target: nil, now: now)
             }
         }
+        return dirs
+    }
+
+    /// A walk (`ls -lR`, `du`, `tar`) lists a directory, then each subdirectory: their
+    /// listings are read ahead in one query, so that a network mount waits for one round
+    /// trip per level of the tree, not one per directory.
+    @Test func listingADirectoryReadsItsSubdirectoriesListingsAhead() throws {
+        let directory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let storage = try TestStorage.make(.embedded, chunkSize: 4096, sizeLimit: 1 << 30, directory: directory)
+        let backing = storage.metadata
+        let cache = MetadataCache(backing, prefetchListings: 2)
+        var now = Timestamp(nanoseconds: 1_000_000_000)
+        let dirs = try makeDirectories(in: backing, now: now)
         _ = try backing.mknode(.root, "file", mode: FileType.regular.rawValue | 0o644, uid: 0, gid: 0, rdev: 0, target: nil, now: now)
         func listed(_ dir: InodeNumber) throws -> [DirEntry] { try cache.readdir(dir, after: 0, limit: 100) }
 
@@ -239,16 +245,7 @@ import Testing
         let backing = storage.metadata
         let cache = MetadataCache(backing, prefetchListings: 2)
         let now = Timestamp(nanoseconds: 1_000_000_000)
-        var dirs: [InodeNumber] = []
-        for d in 0..<3 {
-            let dir = try backing.mknode(.root, FileName("d\(d)"), mode: FileType.directory.rawValue | 0o755, uid: 0, gid: 0,
-                                         rdev: 0, target: nil, now: now)
-            dirs.append(dir.ino)
-            for f in 0..<(d + 2) {
-                _ = try backing.mknode(dir.ino, FileName("f\(f)"), mode: FileType.regular.rawValue | 0o644, uid: 0, gid: 0,
-                                       rdev: 0, target: nil, now: now)
-            }
-        }
+        let dirs = try makeDirectories(in: backing, now: now)
         func isKept(_ dir: InodeNumber, _ name: FileName) -> Bool {
             if case .found = cache.known(dir, name) { return true }
             return false
