@@ -213,8 +213,8 @@ private struct Exchange {
             switch Self.wait(fd, for: events, until: step) {
             case .ready: return
             case .timedOut:
-                var queued: Int32 = 0
                 if step < limit {
+                    var queued: Int32 = 0
                     if ioctl(fd, UInt(FIONREAD), &queued) == 0 && queued > 0 { return }
                     continue
                 }

@@ -158,18 +158,23 @@ net_ensure_tools() {
 # write, and the round's first system for the server's own start as well (netvol wrote
 # 113 MiB/s in such a round, 136 to 154 in the others).
 warm_bucket() { # BUCKET: store and delete a few chunk-sized objects, 8 at once
-    local bucket=$1 i args=() dels=()
+    local bucket=$1 i args=() dels=() sign=()
+    mapfile -t sign < <(s3_transfer_opts)
     head -c $((LIMIT_PUT_MB << 20)) /dev/urandom >"$SHM/warm" || die "cannot write $SHM/warm"
     for ((i = 0; i < CURL_PARALLEL; i++)); do
         ((i == 0)) || { args+=(--next); dels+=(--next); }
-        args+=(-s -S --fail --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY"
-            -T "$SHM/warm" -o /dev/null "http://127.0.0.1:$S3_PORT/$bucket/bench-warmup/$i")
-        dels+=(-s -S --fail --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY"
-            -X DELETE -o /dev/null "http://127.0.0.1:$S3_PORT/$bucket/bench-warmup/$i")
+        args+=("${sign[@]}" -T "$SHM/warm" -o /dev/null "http://127.0.0.1:$S3_PORT/$bucket/bench-warmup/$i")
+        dels+=("${sign[@]}" -X DELETE -o /dev/null "http://127.0.0.1:$S3_PORT/$bucket/bench-warmup/$i")
     done
     curl -s --parallel --parallel-max "$CURL_PARALLEL" "${args[@]}" 2>>"$LOGS/servers.log" &&
         curl "${dels[@]}" 2>>"$LOGS/servers.log" || die "cannot warm bucket $bucket up (see $LOGS/servers.log)"
     rm -f "$SHM/warm"
+}
+
+# The options of one signed transfer, a line each: `curl --next` starts each transfer
+# without the options of the one before.
+s3_transfer_opts() {
+    printf '%s\n' -s -S --fail --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY"
 }
 
 curl_s3() { # curl signed for the bench's S3 server, quiet, failing on HTTP errors
@@ -333,8 +338,8 @@ limit_put_args() { # RTT PREFIX: PUT the data's LIMIT_PUT_MB parts as objects
     for f in "$SHM"/parts/p*; do
         ((first)) || printf '%s\n' --next
         first=0
-        printf '%s\n' -s -S --fail --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
-            -T "$f" -o /dev/null "${S3_ENDPOINT[$rtt]}/$(net_bucket limit "$rtt")/$prefix/${f##*/}"
+        s3_transfer_opts
+        printf '%s\n' -T "$f" -o /dev/null "${S3_ENDPOINT[$rtt]}/$(net_bucket limit "$rtt")/$prefix/${f##*/}"
     done
 }
 limit_get_parts_args() { # RTT PREFIX: GET the parts limit_put_args stored, whole
@@ -342,8 +347,8 @@ limit_get_parts_args() { # RTT PREFIX: GET the parts limit_put_args stored, whol
     for f in "$SHM"/parts/p*; do
         ((first)) || printf '%s\n' --next
         first=0
-        printf '%s\n' -s -S --fail --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
-            -o /dev/null "${S3_ENDPOINT[$rtt]}/$(net_bucket limit "$rtt")/$prefix/${f##*/}"
+        s3_transfer_opts
+        printf '%s\n' -o /dev/null "${S3_ENDPOINT[$rtt]}/$(net_bucket limit "$rtt")/$prefix/${f##*/}"
     done
 }
 limit_get_args() { # RTT: GET the object in LIMIT_GET_MB ranges
@@ -351,8 +356,8 @@ limit_get_args() { # RTT: GET the object in LIMIT_GET_MB ranges
     for ((off = 0; off < size; off += part)); do
         ((first)) || printf '%s\n' --next
         first=0
-        printf '%s\n' -s -S --fail --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
-            -r "$off-$((off + part - 1))" -o /dev/null "${S3_ENDPOINT[$rtt]}/$(net_bucket limit "$rtt")/big"
+        s3_transfer_opts
+        printf '%s\n' -r "$off-$((off + part - 1))" -o /dev/null "${S3_ENDPOINT[$rtt]}/$(net_bucket limit "$rtt")/big"
     done
 }
 
@@ -385,12 +390,12 @@ limit_turn() { # ROUND RTT
     drop_caches
     step "$round" "$id" parts_read_cold "$BENCH_FILE_MB" "${TOOL[@]}" run "$t" curl --parallel --parallel-max "$CURL_PARALLEL" "${args[@]}"
     # The uploaded parts go again (their space is reclaimed by the vacuum after the round).
-    local f dels=() first=1
+    local f dels=() first=1 sign=()
+    mapfile -t sign < <(s3_transfer_opts)
     for f in "$SHM"/parts/p*; do
         ((first)) || dels+=(--next)
         first=0
-        dels+=(-s --fail --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY"
-            -X DELETE -o /dev/null "http://127.0.0.1:$S3_PORT/$(net_bucket limit "$rtt")/r$round/${f##*/}")
+        dels+=("${sign[@]}" -X DELETE -o /dev/null "http://127.0.0.1:$S3_PORT/$(net_bucket limit "$rtt")/r$round/${f##*/}")
     done
     curl --parallel --parallel-max 16 "${dels[@]}" 2>>"$ERRLOG" || say "  cannot delete the limit's uploaded parts"
 }
