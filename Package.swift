@@ -87,6 +87,8 @@ let package = Package(
         .testTarget(name: "VolumeFSTests", dependencies: [
             "VolumeFS", "Metadata", "ChunkStore", "SQLiteMetadata", "LocalChunkStore",
             "PostgresMetadata", "S3ChunkStore", "CachedChunkStore",
+            // A second connection to an embedded volume's database, to hold its write lock.
+            .product(name: "GRDB", package: "GRDB.swift"),
         ]),
         // Linux calls the tests make that Swift's Glibc module does not show.
         .target(name: "CSyscalls", path: "Tests/CSyscalls"),

@@ -314,13 +314,12 @@ func makeOperations() -> fuse_lowlevel_ops {
     }
     ops.opendir = { req, ino, fi in
         serve(req, "opendir", ino) { ctx throws(FSError) in
-            let attr = try ctx.volume.getattr(inode(ino))
-            guard attr.isDirectory else { throw .metadata(.notDirectory) }
-            fi?.pointee.fh = 0
+            fi?.pointee.fh = try ctx.volume.openDirectory(inode(ino)).rawValue
             fuse_reply_open(req, fi)
         }
     }
-    ops.releasedir = { req, _, _ in
+    ops.releasedir = { req, _, fi in
+        context(req).volume.releaseDirectory(fileInfo(fi))
         fuse_reply_err(req, 0)
     }
     ops.fsyncdir = { req, ino, _, _ in
@@ -329,11 +328,11 @@ func makeOperations() -> fuse_lowlevel_ops {
             fuse_reply_err(req, 0)
         }
     }
-    ops.readdir = { req, ino, size, offset, _ in
-        context(req).readdir(req, ino, size, offset, plus: false)
+    ops.readdir = { req, ino, size, offset, fi in
+        context(req).readdir(req, ino, fi?.pointee.fh, size, offset, plus: false)
     }
-    ops.readdirplus = { req, ino, size, offset, _ in
-        context(req).readdir(req, ino, size, offset, plus: true)
+    ops.readdirplus = { req, ino, size, offset, fi in
+        context(req).readdir(req, ino, fi?.pointee.fh, size, offset, plus: true)
     }
     ops.statfs = { req, ino in
         serve(req, "statfs", ino) { ctx throws(FSError) in

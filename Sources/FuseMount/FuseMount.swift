@@ -152,13 +152,14 @@ final class FuseContext: Sendable {
         fuse_reply_err(req, code)
     }
 
-    func readdir(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ size: Int, _ offset: off_t, plus: Bool) {
+    func readdir(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ handle: UInt64?, _ size: Int, _ offset: off_t, plus: Bool) {
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: max(size, 1), alignment: 8)
         defer { buffer.deallocate() }
         var used = 0
         let op: StaticString = plus ? "readdirplus" : "readdir"
         do {
-            try volume.readdir(InodeNumber(ino), offset: Int64(offset), plus: plus) { listing in
+            try volume.readdir(InodeNumber(ino), handle: handle.map(FileHandleID.init(rawValue:)), offset: Int64(offset),
+                               plus: plus) { listing in
                 let added = withCString(listing.name.bytes) { name -> Int in
                     let target = buffer.advanced(by: used).assumingMemoryBound(to: CChar.self)
                     if plus {

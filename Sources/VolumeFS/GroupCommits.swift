@@ -159,6 +159,11 @@ extension VolumeFS {
                 lose(file, error)
             }
         }
+        groupPending.withLock { published in
+            for file in files {
+                if let attr = cache.keptAttr(file.ino) { published[file.ino] = PendingWrite(file, attr) }
+            }
+        }
         if !group.isEmpty {
             do throws(MetadataError) {
                 let committed = try metadata.commitData(group.map { entry in
@@ -186,6 +191,10 @@ extension VolumeFS {
                 logger.error("file \(file.ino.rawValue), closed on this mount, could not be made: \(error)")
             }
         }
+        // Published values stay right until the locks are given back (a commit changes
+        // no size or time, and a `pending` of a file it committed overrides what the
+        // cache says of it since); after that, a `pending` waits for the lock again.
+        groupPending.withLock { $0.removeAll(keepingCapacity: true) }
         for file in files { file.lock.unlock() }
         if let fenced { loseLease("a group commit found the lease with \(fenced)") }
         // One by one once the group's locks are given back: a commit that finds the lease

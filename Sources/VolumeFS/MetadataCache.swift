@@ -328,6 +328,36 @@ public final class MetadataCache: Metadata {
         state.withLock { $0.attrs[ino] }
     }
 
+    /// `cachedAttr`, or the attributes of a file answered for and not made yet.
+    public func keptAttr(_ ino: InodeNumber) -> Attr? {
+        state.withLock { $0.attrs[ino] ?? $0.unmade[ino]?.attr }
+    }
+
+    /// The whole listing of `dir` from memory, without asking the metadata, for the
+    /// writer, whose kept names are exact: the listing kept, if it is current and whole;
+    /// otherwise the names kept, with their attributes, in inode order (the order this
+    /// mount made them in). Files answered for and not made yet are in it, so a listing
+    /// does not wait for them to be made. Nil when memory does not settle it.
+    public func keptListing(_ dir: InodeNumber) -> [DirEntry]? {
+        state.withLock { state -> [DirEntry]? in
+            if state.changing == 0, let listing = state.listings[dir], listing.after == 0, listing.reachesEnd,
+               listing.epoch == state.listingsEpoch {
+                return listing.entries
+            }
+            guard let names = state.directories[dir] else { return nil }
+            var entries: [DirEntry] = []
+            entries.reserveCapacity(names.count)
+            for (name, ino) in names {
+                guard let attr = state.attrs[ino] ?? state.unmade[ino]?.attr else { return nil }
+                entries.append(DirEntry(name: name, attr: attr, cookie: 0))
+            }
+            entries.sort { a, b in
+                a.attr.ino != b.attr.ino ? a.attr.ino.rawValue < b.attr.ino.rawValue : a.name.bytes.lexicographicallyPrecedes(b.name.bytes)
+            }
+            return entries
+        }
+    }
+
     /// The attributes as the metadata has them now (for `open` on a mount that does not
     /// hold the lease: close-to-open).
     public func freshAttr(_ ino: InodeNumber) throws(MetadataError) -> Attr {
@@ -461,8 +491,13 @@ public final class MetadataCache: Metadata {
     }
 
     public func touch(_ atimes: [InodeNumber: Timestamp]) throws(MetadataError) {
+        // An access time only ever moves forward, as the metadata records it: the
+        // attributes kept stay (a `cat` of many files would otherwise read each again at
+        // its next open).
         try changing({ () throws(MetadataError) in try backing.touch(atimes) }) { state, _ in
-            for ino in atimes.keys { state.attrs[ino] = nil }
+            for (ino, atime) in atimes where state.attrs[ino] != nil {
+                state.attrs[ino]!.atime = max(state.attrs[ino]!.atime, atime)
+            }
         }
     }
 

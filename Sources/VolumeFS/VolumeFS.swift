@@ -79,6 +79,38 @@ public struct VolumeOptions: Sendable {
     public init() {}
 }
 
+/// What a file's buffered writes change in its attributes (`pending`).
+struct PendingWrite {
+    var size: UInt64
+    var storedBytes: UInt64
+    var mtime: Timestamp?
+
+    /// Caller holds `file.lock`; `attr` is the file's attributes as the metadata has them.
+    init(_ file: OpenFile, _ attr: Attr) {
+        size = file.size
+        storedBytes = UInt64(max(0, Int64(attr.storedBytes) + file.reserved.values.reduce(0, +)))
+        mtime = file.mtime
+    }
+
+    func apply(to attr: inout Attr) {
+        attr.size = size
+        attr.storedBytes = storedBytes
+        if let mtime {
+            attr.mtime = mtime
+            attr.ctime = max(attr.ctime, mtime)
+        }
+    }
+}
+
+/// Where an open directory's listing comes from, decided where it starts.
+enum DirectoryHandle {
+    case undecided
+    /// Taken whole from memory (`MetadataCache.keptListing`).
+    case memory([DirEntry])
+    /// Read from the metadata, a page at a time.
+    case metadata
+}
+
 /// One entry of a directory listing as the kernel sees it.
 public struct Listing: Sendable {
     public var name: FileName
@@ -312,6 +344,7 @@ public final class VolumeFS: Sendable {
     /// Inodes that lost their last name while the kernel or a handle still referred to them.
     let unlinked = Mutex<Set<InodeNumber>>([])
     let handles = Mutex<[FileHandleID: Handle]>([:])
+    let directoryHandles = Mutex<[FileHandleID: DirectoryHandle]>([:])
     let nextHandle = Atomic<UInt64>(1)
     let openFiles = Mutex<[InodeNumber: OpenFile]>([:])
     /// Committed usage and limit as last read, plus growth reserved by buffered writes.
@@ -336,6 +369,9 @@ public final class VolumeFS: Sendable {
     let deferred = Mutex(DeferredCommits())
     /// Held by a group commit from taking its files to giving them back (`commitDeferred`).
     let groupCommitting = NSLock()
+    /// What the files of the group being committed pend, published while it holds their
+    /// locks, so that `pending` (a `stat`, a listing) does not wait for its transaction.
+    let groupPending = Mutex<[InodeNumber: PendingWrite]>([:])
     /// Access times not written yet.
     let pendingAtimes = Mutex<[InodeNumber: Timestamp]>([:])
     /// Inodes that have extended attributes (nil: not known, ask the metadata): most
@@ -555,15 +591,18 @@ public final class VolumeFS: Sendable {
             newest(&attr)
             return attr
         }
-        file.lock.lock()
+        if !file.lock.try() {
+            // A group commit holds its files' locks through its transaction; what they
+            // pend was published before it, and cannot change until it ends.
+            if let published = groupPending.withLock({ $0[attr.ino] }) {
+                published.apply(to: &attr)
+                return attr
+            }
+            file.lock.lock()
+        }
         defer { file.lock.unlock() }
         newest(&attr)
-        attr.size = file.size
-        attr.storedBytes = UInt64(max(0, Int64(attr.storedBytes) + file.reserved.values.reduce(0, +)))
-        if let mtime = file.mtime {
-            attr.mtime = mtime
-            attr.ctime = max(attr.ctime, mtime)
-        }
+        PendingWrite(file, attr).apply(to: &attr)
         return attr
     }
 
@@ -688,11 +727,29 @@ public final class VolumeFS: Sendable {
         try Self.lift { () throws(MetadataError) in try metadata.readlink(ino) }
     }
 
+    /// Opens directory `ino` for listing; the handle must be released with `releaseDirectory`.
+    public func openDirectory(_ ino: InodeNumber) throws(FSError) -> FileHandleID {
+        guard try getattr(ino).isDirectory else { throw .metadata(.notDirectory) }
+        let id = FileHandleID(rawValue: nextHandle.add(1, ordering: .relaxed).oldValue)
+        directoryHandles.withLock { $0[id] = .undecided }
+        return id
+    }
+
+    public func releaseDirectory(_ id: FileHandleID) {
+        directoryHandles.withLock { $0[id] = nil }
+    }
+
     /// Lists `ino` from `offset` (0 at the start), offering each entry to `add` until it
     /// returns false (the reply is full). With `plus`, each entry `add` accepted counts as
     /// a kernel reference, as readdirplus replies do.
-    public func readdir(_ ino: InodeNumber, offset: Int64, plus: Bool, add: (Listing) -> Bool) throws(FSError) {
-        // Offsets 1 and 2 are "." and ".."; an entry with cookie c continues at c + 2.
+    ///
+    /// Through a `handle` from `openDirectory`, the writer lists a directory whose names it
+    /// keeps from memory, taken whole at the start: a listing then neither waits for the
+    /// files it answered for to be made in the metadata nor asks the metadata at all.
+    public func readdir(_ ino: InodeNumber, handle: FileHandleID? = nil, offset: Int64, plus: Bool,
+                        add: (Listing) -> Bool) throws(FSError) {
+        // Offsets 1 and 2 are "." and ".."; then, in a listing from memory, the entry at
+        // index i continues at i + 3; in one from the metadata, an entry with cookie c at c + 2.
         if offset < 1 {
             let attr = try getattr(ino)
             guard attr.isDirectory else { throw .metadata(.notDirectory) }
@@ -701,6 +758,17 @@ public final class VolumeFS: Sendable {
         if offset < 2 {
             let attr = try getattr(ino)
             if !add(Listing(name: "..", attr: attr, nextOffset: 2)) { return }
+        }
+        if let handle, let entries = listingFromMemory(ino, handle, offset: offset) {
+            for index in Int(max(0, offset - 2))..<entries.count {
+                let entry = entries[index]
+                // Taken at the start; its attributes as they are now.
+                var attr = cache.keptAttr(entry.attr.ino) ?? entry.attr
+                if plus { attr = pending(attr) }
+                if !add(Listing(name: entry.name, attr: attr, nextOffset: Int64(index) + 3)) { return }
+                if plus { remember(attr.ino) }
+            }
+            return
         }
         var cookie = max(0, offset - 2)
         while true {
@@ -712,6 +780,26 @@ public final class VolumeFS: Sendable {
                 cookie = entry.cookie
             }
             if batch.count < 256 { return }
+        }
+    }
+
+    /// The entries of the listing `handle` took from memory at its start, or nil when it
+    /// lists from the metadata; decided where the listing starts, and again where it
+    /// starts over.
+    func listingFromMemory(_ ino: InodeNumber, _ handle: FileHandleID, offset: Int64) -> [DirEntry]? {
+        switch directoryHandles.withLock({ $0[handle] }) {
+        case nil: return nil
+        case .memory(let entries) where offset != 0: return entries
+        case .metadata where offset != 0: return nil
+        default:
+            // A listing continued at an offset (telldir) that its own handle did not give
+            // out is one from the metadata.
+            guard offset < 3 else { return nil }
+            let entries = isWriter ? cache.keptListing(ino) : nil
+            directoryHandles.withLock { handles in
+                if handles[handle] != nil { handles[handle] = entries.map { .memory($0) } ?? .metadata }
+            }
+            return entries
         }
     }
 

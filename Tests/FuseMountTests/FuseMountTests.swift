@@ -106,6 +106,39 @@ struct FuseMountTests {
         try writeFile(vol.path(String(repeating: "m", count: 255)), [1])
     }
 
+    /// POSIX's promise to a directory stream: a name neither added nor removed since it
+    /// was opened is read exactly once, however the directory changes meanwhile; `seekdir`
+    /// to a `telldir` position reads on from there; `rewinddir` sees the directory as it is.
+    @Test func aDirectoryStreamReadsEachNameOnceWhileTheDirectoryChanges() throws {
+        let vol = try MountedVolume()
+        #expect(mkdir(vol.path("d"), 0o755) == 0)
+        for i in 0..<500 { try writeFile(vol.path("d/f\(i)"), [UInt8(i & 0xff)]) }
+        func next(_ stream: OpaquePointer) -> String? {
+            guard let entry = readdir(stream) else { return nil }
+            return withUnsafePointer(to: entry.pointee.d_name) { String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) }
+        }
+        let stream = try #require(opendir(vol.path("d")))
+        defer { closedir(stream) }
+        var seen: [String] = []
+        while seen.count < 100, let name = next(stream) { seen.append(name) }
+        let position = telldir(stream)
+        let atPosition = try #require(next(stream))
+        seen.append(atPosition)
+        let removed = (0..<500).map { "f\($0)" }.filter { !seen.contains($0) }.prefix(50)
+        for name in removed { #expect(unlink(vol.path("d/" + name)) == 0) }
+        for i in 0..<50 { try writeFile(vol.path("d/new\(i)"), [1]) }
+        while let name = next(stream) { seen.append(name) }
+        #expect(Set(seen).count == seen.count, "a name was read twice")
+        let kept = Set((0..<500).map { "f\($0)" }).subtracting(removed)
+        #expect(kept.isSubset(of: Set(seen)), "names that stayed were all read")
+        seekdir(stream, position)
+        #expect(next(stream) == atPosition)
+        rewinddir(stream)
+        var again: [String] = []
+        while let name = next(stream) { again.append(name) }
+        #expect(Set(again) == kept.union((0..<50).map { "new\($0)" }).union([".", ".."]))
+    }
+
     @Test func linksAndSymlinks() throws {
         let vol = try MountedVolume()
         try writeFile(vol.path("f"), [5])

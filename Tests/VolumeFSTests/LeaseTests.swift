@@ -1,11 +1,17 @@
 import ChunkStore
 import LocalChunkStore
 import Foundation
+import GRDB
 import Metadata
 import SQLiteMetadata
 import Synchronization
 import Testing
 @testable import VolumeFS
+
+/// What a thread of a test saw, for the test to look at once it is done.
+final class SizesSeen: Sendable {
+    let sizes = Mutex<[UInt64]>([])
+}
 
 /// A clock the test moves by hand, standing in for the database's clock.
 final class TestClock: Sendable {
@@ -265,6 +271,60 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         #expect(a.openFiles.withLock { $0[f] == nil }, "the group let the file go")
         #expect(a.pending(before).size == 3)
         #expect(try a.getattr(f).size == 3)
+    }
+
+    /// A group commit holds its files' locks through its transaction, which may wait (for
+    /// the database's lock here, for the network elsewhere): a listing and a `stat` of
+    /// those files meanwhile answer at once, with the sizes written.
+    @Test func aListingAndAStatDoNotWaitForAGroupCommitsTransaction() throws {
+        let shared = try SharedVolume(.embedded)
+        let a = try shared.mount("a", deferring: true)
+        let d = try a.mkdir(.root, "d", mode: 0o755, uid: 0, gid: 0)
+        var files: [InodeNumber] = []
+        for i in 0..<50 {
+            let (attr, fh) = try a.create(d.ino, FileName("f\(i)"), mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
+            _ = try [UInt8](repeating: 2, count: 100 + i).withUnsafeBytes { try a.write(attr.ino, fh, offset: 0, $0) }
+            a.release(attr.ino, fh)
+            files.append(attr.ino)
+        }
+        #expect(a.deferred.withLock { $0.files.count } == 50, "the closes were kept for the group")
+        var configuration = Configuration()
+        configuration.allowsUnsafeTransactions = true
+        let other = try DatabaseQueue(path: shared.directory + "/volume.db", configuration: configuration)
+        try other.inDatabase { try $0.execute(sql: "BEGIN IMMEDIATE") }
+        var locked = true
+        defer { if locked { try? other.inDatabase { try $0.execute(sql: "COMMIT") } } }
+        let committed = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            a.commitDeferred()
+            committed.signal()
+        }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while a.groupPending.withLock({ $0.count }) < 50 && ContinuousClock.now < deadline { usleep(1000) }
+        try #require(a.groupPending.withLock { $0.count } == 50, "the group took its files and waits for the database")
+        let answered = DispatchSemaphore(value: 0)
+        let seen = SizesSeen()
+        Thread.detachNewThread { [files] in
+            let handle = try? a.openDirectory(d.ino)
+            var sizes: [UInt64] = []
+            try? a.readdir(d.ino, handle: handle, offset: 0, plus: true) { listing in
+                if listing.attr.isRegular { sizes.append(listing.attr.size) }
+                return true
+            }
+            for ino in files { sizes.append((try? a.getattr(ino).size) ?? 0) }
+            seen.sizes.withLock { $0 = sizes }
+            answered.signal()
+        }
+        #expect(answered.wait(timeout: .now() + 10) == .success, "the listing waited for the group's transaction")
+        let sizes = (0..<50).map { UInt64(100 + $0) }
+        #expect(seen.sizes.withLock { $0 } == sizes + sizes)
+        try other.inDatabase { try $0.execute(sql: "COMMIT") }
+        locked = false
+        #expect(committed.wait(timeout: .now() + 30) == .success, "the group committed once the database was free")
+        #expect(a.groupPending.withLock { $0.isEmpty })
+        #expect(try files.map { try a.getattr($0).size } == sizes)
+        let b = try shared.mount("b")
+        #expect(try b.lookup(d.ino, "f49").size == 149)
     }
 
     /// Two writers of disjoint ranges of one file that share a chunk: the first one's close,

@@ -369,6 +369,55 @@ import Testing
         #expect(Set(names) == Set([".", ".."] + (0..<600).map { "f\($0)" }))
     }
 
+    /// Lists `dir` through `handle` as the kernel does, `perReply` entries to a reply,
+    /// each reply continuing at the offset the last entry gave.
+    func list(_ volume: VolumeFS, _ dir: InodeNumber, handle: FileHandleID?, plus: Bool = false,
+              perReply: Int = 7) throws -> [Listing] {
+        var entries: [Listing] = []
+        var offset: Int64 = 0
+        while true {
+            var batch = 0
+            try volume.readdir(dir, handle: handle, offset: offset, plus: plus) { listing in
+                if batch == perReply { return false }
+                batch += 1
+                entries.append(listing)
+                offset = listing.nextOffset
+                return true
+            }
+            if batch == 0 { return entries }
+        }
+    }
+
+    /// The writer lists a directory whose names it keeps from memory: files it answered
+    /// for and has not made in the metadata yet are listed, with the sizes written to them,
+    /// without making them (nothing asked the metadata), each entry once across replies.
+    @Test func theWritersListingThroughAHandleComesFromMemory() throws {
+        let fx = try Fixture()
+        let d = try fx.volume.mkdir(.root, "d", mode: 0o755, uid: 0, gid: 0)
+        var open: [(Attr, FileHandleID)] = []
+        for i in 0..<300 {
+            let (attr, fh) = try fx.volume.create(d.ino, FileName("f\(i)"), mode: 0o644, flags: O_RDWR | O_EXCL, uid: 0, gid: 0)
+            _ = try fx.write(attr.ino, fh, 0, [UInt8](repeating: 1, count: i))
+            open.append((attr, fh))
+        }
+        #expect(open.allSatisfy { fx.volume.cache.isUnmade($0.0.ino) }, "the files wait for their commits to be made")
+        let handle = try fx.volume.openDirectory(d.ino)
+        let listed = try list(fx.volume, d.ino, handle: handle, plus: true)
+        #expect(listed.map(\.name.description) == [".", ".."] + (0..<300).map { "f\($0)" }, "in the order they were made")
+        #expect(listed.dropFirst(2).map(\.attr.size) == (0..<300).map { UInt64($0) })
+        #expect(open.allSatisfy { fx.volume.cache.isUnmade($0.0.ino) }, "the listing did not make them")
+        // Starting over takes the directory as it is now.
+        try fx.volume.unlink(d.ino, "f0")
+        let again = try list(fx.volume, d.ino, handle: handle)
+        #expect(again.count == 301 && !again.contains { $0.name == "f0" })
+        fx.volume.releaseDirectory(handle)
+        #expect(fx.volume.directoryHandles.withLock { $0.isEmpty })
+        // From the metadata, which makes them first, the same names.
+        let fromMetadata = try list(fx.volume, d.ino, handle: nil)
+        #expect(Set(fromMetadata.map(\.name)) == Set(again.map(\.name)))
+        for (attr, fh) in open { fx.volume.release(attr.ino, fh) }
+    }
+
     @Test func namesAreChecked() throws {
         let fx = try Fixture()
         let long = String(repeating: "x", count: 256)
