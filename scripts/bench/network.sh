@@ -415,6 +415,32 @@ wstep() { # ROUND KIND RTT KEY UNIT BYTES COMMAND...
     step "$round" "$(net_id "$kind" "$rtt")" "$key" "$unit" "${wait[@]}" "$@"
 }
 
+# What a netvol daemon has done so far: database calls and FUSE requests answered.
+daemon_counts() { # ID
+    local pid=${DAEMON[$1]-}
+    [[ -n $pid && -S /run/netvol/$pid.metrics ]] || return 0
+    curl -s --max-time 5 --unix-socket "/run/netvol/$pid.metrics" http://localhost/metrics 2>>"$ERRLOG" |
+        awk '/^netvol_database_calls_total / { d = $2 } /^netvol_request_duration_seconds_count/ { n += $2 }
+             END { if (d != "") print d, n }'
+}
+
+# step, and what a netvol daemon did over it in logs/counts.log: the times move with the
+# machine, these counts do not.
+cstep() { # ROUND KIND RTT KEY UNIT COMMAND...
+    local round=$1 kind=$2 rtt=$3 key=$4 id before after status=0
+    shift 4
+    id=$(net_id "$kind" "$rtt")
+    before=$(daemon_counts "$id")
+    step "$round" "$id" "$key" "$@" || status=$?
+    after=$(daemon_counts "$id")
+    if [[ -n $before && -n $after ]]; then
+        awk -v b="$before" -v a="$after" -v what="round $round $id $key" \
+            'BEGIN { split(b, x, " "); split(a, y, " "); printf "%s: %d database calls, %d FUSE requests\n", what, y[1] - x[1], y[2] - x[2] }' \
+            >>"$LOGS/counts.log"
+    fi
+    return "$status"
+}
+
 # The figures a turn of KIND measures.
 turn_keys() { # KIND
     case $1 in
@@ -499,9 +525,9 @@ net_turn_steps() { # ROUND KIND RTT
         timeout -k 5 "$t" "${TOOL[@]}" create "$small" \
         "$BENCH_SMALL_DIRS" "$BENCH_SMALL_FILES" $((BENCH_SMALL_KB << 10)); then
         remount "$kind" "$rtt" warm || return 1
-        step "$round" "$id" small_ls time "${TOOL[@]}" run "$t" ls -lR "$small"
-        step "$round" "$id" small_cat time "${TOOL[@]}" run "$t" xargs -0 -a "$list" cat
-        step "$round" "$id" small_stat time "${TOOL[@]}" run "$t" xargs -0 -a "$list" stat
+        cstep "$round" "$kind" "$rtt" small_ls time "${TOOL[@]}" run "$t" ls -lR "$small"
+        cstep "$round" "$kind" "$rtt" small_cat time "${TOOL[@]}" run "$t" xargs -0 -a "$list" cat
+        cstep "$round" "$kind" "$rtt" small_stat time "${TOOL[@]}" run "$t" xargs -0 -a "$list" stat
     fi
     step "$round" "$id" small_rm time "${TOOL[@]}" run "$t" rm -rf "$small"
     rm -f "$list"
@@ -515,8 +541,8 @@ net_turn_steps() { # ROUND KIND RTT
             echo "round $round $id: copied tree has $got entries, source $TREE_ENTRIES" >>"$ERRLOG"
         fi
         remount "$kind" "$rtt" warm || return 1
-        step "$round" "$id" tree_du time "${TOOL[@]}" run "$t" du -s "$tree"
-        step "$round" "$id" tree_tar time "${TOOL[@]}" sh "$t" "tar cf - -C '$dir' tree | cat >/dev/null"
+        cstep "$round" "$kind" "$rtt" tree_du time "${TOOL[@]}" run "$t" du -s "$tree"
+        cstep "$round" "$kind" "$rtt" tree_tar time "${TOOL[@]}" sh "$t" "tar cf - -C '$dir' tree | cat >/dev/null"
     fi
     step "$round" "$id" tree_rm time "${TOOL[@]}" run "$t" rm -rf "$tree"
     if ! rmdir "$dir" 2>>"$ERRLOG"; then
