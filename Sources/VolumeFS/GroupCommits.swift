@@ -87,12 +87,19 @@ extension VolumeFS {
                 state.files[file.ino] = file
                 // Held open until its commit: the state stays for a reopen, and an unlinked
                 // file is purged only after.
-                file.opens += 1
+                file.opens.add(1, ordering: .sequentiallyConsistent)
                 refs.withLock { $0[file.ino, default: KernelRefs()].opens += 1 }
                 state.bytes += buffered
             }
             state.lastClose = now
             return true
+        }
+        // The kernel's pages of the file are what was written to it (writes go through
+        // the page cache), as they will be once the group commits it: an open before that
+        // keeps them, and reads them without waiting for the group.
+        if added, var attr = cache.keptAttr(file.ino) {
+            PendingWrite(file, attr).apply(to: &attr)
+            restamp(attr)
         }
         return added
     }

@@ -117,9 +117,7 @@ extension VolumeFS {
                 file = OpenFile(attr: base, chunkMap: Dictionary(uniqueKeysWithValues: chunks.map { ($0.index, $0) }))
                 files[attr.ino] = file
             }
-            file.lock.lock()
-            file.opens += 1
-            file.lock.unlock()
+            file.opens.add(1, ordering: .sequentiallyConsistent)
             return file
         }
         refs.withLock { $0[attr.ino, default: KernelRefs()].opens += 1 }
@@ -237,7 +235,7 @@ extension VolumeFS {
             return
         }
         file.lock.lock()
-        if file.opens == 1 && !deferCommit(file) {
+        if file.opens.load(ordering: .sequentiallyConsistent) == 1 && !deferCommit(file) {
             do {
                 try commit(file)
             } catch {
@@ -254,12 +252,11 @@ extension VolumeFS {
     func dropOpen(_ file: OpenFile) {
         let ino = file.ino
         openFiles.withLock { files in
+            // The last: nothing holds `lock` for long (a group commit holds an open).
+            guard file.opens.subtract(1, ordering: .sequentiallyConsistent).newValue == 0, files[ino] === file else { return }
+            files[ino] = nil
             file.lock.lock()
-            file.opens -= 1
-            if file.opens == 0 && files[ino] === file {
-                files[ino] = nil
-                keepClosedMap(file)
-            }
+            keepClosedMap(file)
             file.lock.unlock()
         }
         let released = refs.withLock { table -> Bool in

@@ -129,11 +129,14 @@ public struct FSStats: Sendable, Equatable {
     public var nameMax: UInt64
 }
 
-/// An inode's open state; every field is guarded by `lock`.
+/// An inode's open state; every field but `opens` is guarded by `lock`.
 final class OpenFile: @unchecked Sendable {
     let lock = NSLock()
     let ino: InodeNumber
-    var opens = 0
+    /// Handles open on it, and a group commit that holds it. Counted without `lock`, under
+    /// the open files' table lock where it may reach or leave zero: an open does not wait
+    /// for a group commit's transaction, which holds `lock` throughout.
+    let opens = Atomic<Int>(0)
     /// Committed chunks, by index, as of open or our last commit.
     var chunkMap: [Int: ChunkRef]
     /// Chunks written but not committed: the whole stored content of each.

@@ -11,6 +11,7 @@ import Testing
 /// What a thread of a test saw, for the test to look at once it is done.
 final class SizesSeen: Sendable {
     let sizes = Mutex<[UInt64]>([])
+    let opened = Mutex<(handle: FileHandleID, keepsCache: Bool)?>(nil)
 }
 
 /// A clock the test moves by hand, standing in for the database's clock.
@@ -274,9 +275,10 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
     }
 
     /// A group commit holds its files' locks through its transaction, which may wait (for
-    /// the database's lock here, for the network elsewhere): a listing and a `stat` of
-    /// those files meanwhile answer at once, with the sizes written.
-    @Test func aListingAndAStatDoNotWaitForAGroupCommitsTransaction() throws {
+    /// the database's lock here, for the network elsewhere): a listing, a `stat` and an
+    /// `open` of those files meanwhile answer at once, with the sizes written, and the
+    /// open keeps the kernel's pages of what was written.
+    @Test func aListingAStatAndAnOpenDoNotWaitForAGroupCommitsTransaction() throws {
         let shared = try SharedVolume(.embedded)
         let a = try shared.mount("a", deferring: true)
         let d = try a.mkdir(.root, "d", mode: 0o755, uid: 0, gid: 0)
@@ -313,15 +315,19 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
             }
             for ino in files { sizes.append((try? a.getattr(ino).size) ?? 0) }
             seen.sizes.withLock { $0 = sizes }
+            if let fh = try? a.open(files[0], flags: O_RDONLY) { seen.opened.withLock { $0 = (fh, a.keepsCache(fh)) } }
             answered.signal()
         }
         #expect(answered.wait(timeout: .now() + 10) == .success, "the listing waited for the group's transaction")
         let sizes = (0..<50).map { UInt64(100 + $0) }
         #expect(seen.sizes.withLock { $0 } == sizes + sizes)
+        let opened = seen.opened.withLock { $0 }
+        #expect(opened?.keepsCache == true, "the open kept the pages of what was written")
         try other.inDatabase { try $0.execute(sql: "COMMIT") }
         locked = false
         #expect(committed.wait(timeout: .now() + 30) == .success, "the group committed once the database was free")
         #expect(a.groupPending.withLock { $0.isEmpty })
+        if let opened { a.release(files[0], opened.handle) }
         #expect(try files.map { try a.getattr($0).size } == sizes)
         let b = try shared.mount("b")
         #expect(try b.lookup(d.ino, "f49").size == 149)
