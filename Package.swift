@@ -14,6 +14,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
@@ -52,6 +53,8 @@ let package = Package(
         .target(name: "VolumeFS", dependencies: [
             "ChunkStore", "Metadata",
             .product(name: "Logging", package: "swift-log"),
+            // A directory's kept names, in the order they were made.
+            .product(name: "OrderedCollections", package: "swift-collections"),
         ]),
         // Turns a volume's name (a directory or a URL) into a Metadata and a ChunkStore.
         .target(name: "VolumeBackends", dependencies: [

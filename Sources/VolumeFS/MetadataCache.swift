@@ -40,6 +40,7 @@
 import Foundation
 import Logging
 public import Metadata
+import OrderedCollections
 import Synchronization
 
 public final class MetadataCache: Metadata {
@@ -63,8 +64,10 @@ public final class MetadataCache: Metadata {
         var listingsEpoch: UInt64 = 0
         var changing = 0
         var attrs: [InodeNumber: Attr] = [:]
-        /// Complete listings: a name missing here is missing in the volume.
-        var directories: [InodeNumber: [FileName: InodeNumber]] = [:]
+        /// Complete listings: a name missing here is missing in the volume. In the order
+        /// the names were made, as the metadata lists them (`keptListing`: `tar` takes the
+        /// first name of a hard link it meets for the file).
+        var directories: [InodeNumber: OrderedDictionary<FileName, InodeNumber>] = [:]
         /// Directories found too big to keep: their lookups go to the metadata, without
         /// listing them again each time.
         var tooBig: Set<InodeNumber> = []
@@ -252,7 +255,7 @@ public final class MetadataCache: Metadata {
     /// Keeps the names of `dir`, given all its entries.
     func keepNames(_ state: inout State, _ dir: InodeNumber, _ entries: [DirEntry]) {
         if state.directories.count >= Self.directoriesKept { state.directories.removeAll(keepingCapacity: true) }
-        var names: [FileName: InodeNumber] = [:]
+        var names: OrderedDictionary<FileName, InodeNumber> = [:]
         names.reserveCapacity(entries.count)
         for entry in entries {
             names[entry.name] = entry.attr.ino
@@ -335,9 +338,9 @@ public final class MetadataCache: Metadata {
 
     /// The whole listing of `dir` from memory, without asking the metadata, for the
     /// writer, whose kept names are exact: the listing kept, if it is current and whole;
-    /// otherwise the names kept, with their attributes, in inode order (the order this
-    /// mount made them in). Files answered for and not made yet are in it, so a listing
-    /// does not wait for them to be made. Nil when memory does not settle it.
+    /// otherwise the names kept, with their attributes, in the order they were made.
+    /// Files answered for and not made yet are in it, so a listing does not wait for them
+    /// to be made. Nil when memory does not settle it.
     public func keptListing(_ dir: InodeNumber) -> [DirEntry]? {
         state.withLock { state -> [DirEntry]? in
             if state.changing == 0, let listing = state.listings[dir], listing.after == 0, listing.reachesEnd,
@@ -350,9 +353,6 @@ public final class MetadataCache: Metadata {
             for (name, ino) in names {
                 guard let attr = state.attrs[ino] ?? state.unmade[ino]?.attr else { return nil }
                 entries.append(DirEntry(name: name, attr: attr, cookie: 0))
-            }
-            entries.sort { a, b in
-                a.attr.ino != b.attr.ino ? a.attr.ino.rawValue < b.attr.ino.rawValue : a.name.bytes.lexicographicallyPrecedes(b.name.bytes)
             }
             return entries
         }

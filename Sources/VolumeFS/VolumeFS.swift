@@ -763,7 +763,8 @@ public final class VolumeFS: Sendable {
             if !add(Listing(name: "..", attr: attr, nextOffset: 2)) { return }
         }
         if let handle, let entries = listingFromMemory(ino, handle, offset: offset) {
-            for index in Int(max(0, offset - 2))..<entries.count {
+            // An offset past the end (a `seekdir` to a made-up position) reads nothing.
+            for index in Int(min(max(0, offset - 2), Int64(entries.count)))..<entries.count {
                 let entry = entries[index]
                 // Taken at the start; its attributes as they are now.
                 var attr = cache.keptAttr(entry.attr.ino) ?? entry.attr
