@@ -87,6 +87,8 @@ final class ConnectionPool: Sendable {
     static let outageDeadlineSeconds = 2.0
     /// Calls made, transactions among them, and attempts that repeated a failed one.
     let calls = Atomic<Int>(0)
+    /// Microseconds callers spent in `run`, connecting, waiting and retrying included.
+    let callMicroseconds = Atomic<Int>(0)
     let transactions = Atomic<Int>(0)
     let retries = Atomic<Int>(0)
     /// What the next COMMIT meets; tests set it to lose COMMIT or its answer on demand.
@@ -189,6 +191,12 @@ final class ConnectionPool: Sendable {
         let deadline = ContinuousClock.now + .milliseconds(Int64(patience * 1000))
         var pause = 0.02
         calls.add(1, ordering: .relaxed)
+        let started = ContinuousClock.now
+        defer {
+            let spent = ContinuousClock.now - started
+            callMicroseconds.add(Int(spent.components.seconds) * 1_000_000 + Int(spent.components.attoseconds / 1_000_000_000_000),
+                                 ordering: .relaxed)
+        }
         var attempt = 0
         while true {
             if attempt > 0 { retries.add(1, ordering: .relaxed) }

@@ -49,10 +49,11 @@ public struct VolumeSummary: Equatable, Sendable {
 public final class PostgresMetadata: Metadata {
     let pool: ConnectionPool
 
-    /// Calls to the server so far, the transactions among them, and the attempts that
-    /// repeated a failed one: for the metrics.
-    public var callCounts: (calls: Int, transactions: Int, retries: Int) {
-        (pool.calls.load(ordering: .relaxed), pool.transactions.load(ordering: .relaxed), pool.retries.load(ordering: .relaxed))
+    /// Calls to the server so far, the transactions among them, the attempts that
+    /// repeated a failed one, and the microseconds the calls took: for the metrics.
+    public var callCounts: (calls: Int, transactions: Int, retries: Int, microseconds: Int) {
+        (pool.calls.load(ordering: .relaxed), pool.transactions.load(ordering: .relaxed), pool.retries.load(ordering: .relaxed),
+         pool.callMicroseconds.load(ordering: .relaxed))
     }
     /// The volume's id: the first column of every key.
     let id: Int64

@@ -11,6 +11,8 @@ public struct BackendCounters: Sendable {
     public var databaseCalls: Int?
     public var databaseTransactions: Int?
     public var databaseRetries: Int?
+    /// Microseconds the database calls took, waits for a connection and retries included.
+    public var databaseMicroseconds: Int?
     public var cache: CacheStatistics?
     /// The cache's size limit in bytes.
     public var cacheCapacity: Int?
@@ -33,7 +35,8 @@ extension OpenedVolume {
             (counters.objectStoreRequests, counters.objectStoreRetries) = s3.requestCounts
         }
         if let postgres = metadata as? PostgresMetadata {
-            (counters.databaseCalls, counters.databaseTransactions, counters.databaseRetries) = postgres.callCounts
+            (counters.databaseCalls, counters.databaseTransactions, counters.databaseRetries, counters.databaseMicroseconds) =
+                postgres.callCounts
         }
         return counters
     }

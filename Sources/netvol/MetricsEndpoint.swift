@@ -201,6 +201,7 @@ final class DaemonMetrics: Sendable {
         (CoreMetrics.Counter(label: "netvol_database_calls_total"), { $0.databaseCalls }),
         (CoreMetrics.Counter(label: "netvol_database_transactions_total"), { $0.databaseTransactions }),
         (CoreMetrics.Counter(label: "netvol_database_retries_total"), { $0.databaseRetries }),
+        (CoreMetrics.Counter(label: "netvol_database_call_microseconds_total"), { $0.databaseMicroseconds }),
         (CoreMetrics.Counter(label: "netvol_metadata_cache_hits_total"), { $0.metadataCacheHits }),
         (CoreMetrics.Counter(label: "netvol_metadata_cache_misses_total"), { $0.metadataCacheMisses }),
     ]

@@ -415,14 +415,16 @@ wstep() { # ROUND KIND RTT KEY UNIT BYTES COMMAND...
     step "$round" "$(net_id "$kind" "$rtt")" "$key" "$unit" "${wait[@]}" "$@"
 }
 
-# What a netvol daemon has done so far: database calls, FUSE requests answered, and the
-# seconds it spent answering them (whether a step's time went to the daemon or elsewhere).
+# What a netvol daemon has done so far: database calls, FUSE requests answered, the
+# seconds it spent answering them (whether a step's time went to the daemon or elsewhere)
+# and the seconds its database calls took.
 daemon_counts() { # ID
     local pid=${DAEMON[$1]-}
     [[ -n $pid && -S /run/netvol/$pid.metrics ]] || return 0
     curl -s --max-time 5 --unix-socket "/run/netvol/$pid.metrics" http://localhost/metrics 2>>"$ERRLOG" |
         awk '/^netvol_database_calls_total / { d = $2 } /^netvol_request_duration_seconds_count/ { n += $2 }
-             /^netvol_request_duration_seconds_sum/ { t += $2 } END { if (d != "") print d, n, t }'
+             /^netvol_request_duration_seconds_sum/ { t += $2 } /^netvol_database_call_microseconds_total / { u = $2 }
+             END { if (d != "") print d, n, t, u / 1e6 }'
 }
 
 # step, and what a netvol daemon did over it in logs/counts.log: the times move with the
@@ -436,7 +438,7 @@ cstep() { # ROUND KIND RTT KEY UNIT COMMAND...
     after=$(daemon_counts "$id")
     if [[ -n $before && -n $after ]]; then
         awk -v b="$before" -v a="$after" -v what="round $round $id $key" \
-            'BEGIN { split(b, x, " "); split(a, y, " "); printf "%s: %d database calls, %d FUSE requests answered in %.3f s\n", what, y[1] - x[1], y[2] - x[2], y[3] - x[3] }' \
+            'BEGIN { split(b, x, " "); split(a, y, " "); printf "%s: %d database calls taking %.3f s, %d FUSE requests answered in %.3f s\n", what, y[1] - x[1], y[4] - x[4], y[2] - x[2], y[3] - x[3] }' \
             >>"$LOGS/counts.log"
     fi
     return "$status"

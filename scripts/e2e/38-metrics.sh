@@ -104,6 +104,7 @@ if is_network_volume "$VOLUME"; then
     (($(metric netvol_object_store_requests_total) > requests)) || fail "a cold read made no object store request"
     (($(metric netvol_cache_misses_total) > misses)) || fail "a cold read missed nothing in the cache"
     (($(metric netvol_database_calls_total) > 0)) || fail "no database call counted"
+    (($(metric netvol_database_call_microseconds_total) > 0)) || fail "no time counted for the database calls"
     # A reader has its bytes as they land; the download reaches the cache just after.
     for _ in $(seq 1 300); do
         scrape
