@@ -192,11 +192,7 @@ final class ConnectionPool: Sendable {
         var pause = 0.02
         calls.add(1, ordering: .relaxed)
         let started = ContinuousClock.now
-        defer {
-            let spent = ContinuousClock.now - started
-            callMicroseconds.add(Int(spent.components.seconds) * 1_000_000 + Int(spent.components.attoseconds / 1_000_000_000_000),
-                                 ordering: .relaxed)
-        }
+        defer { callMicroseconds.add(Int((ContinuousClock.now - started).inSeconds * 1_000_000), ordering: .relaxed) }
         var attempt = 0
         while true {
             if attempt > 0 { retries.add(1, ordering: .relaxed) }

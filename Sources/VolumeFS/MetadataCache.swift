@@ -151,6 +151,9 @@ public final class MetadataCache: Metadata {
             }
         }
 
+        /// The attributes kept of `ino`, or those of a file answered for and not made yet.
+        func kept(_ ino: InodeNumber) -> Attr? { attrs[ino] ?? unmade[ino]?.attr }
+
         mutating func keep(_ attr: Attr) {
             if attrs.count >= MetadataCache.attributesKept { attrs.removeAll(keepingCapacity: true) }
             attrs[attr.ino] = attr
@@ -277,7 +280,7 @@ public final class MetadataCache: Metadata {
         state.withLock { state in
             guard let directory = state.directories[parent] else { return .unknown(directoryKept: false) }
             guard let ino = directory[name] else { return .missing }
-            if let attr = state.attrs[ino] ?? state.unmade[ino]?.attr { return .found(attr) }
+            if let attr = state.kept(ino) { return .found(attr) }
             return .unknown(directoryKept: true)
         }
     }
@@ -319,7 +322,7 @@ public final class MetadataCache: Metadata {
     }
 
     public func getattr(_ ino: InodeNumber) throws(MetadataError) -> Attr {
-        if let attr = state.withLock({ $0.attrs[ino] ?? $0.unmade[ino]?.attr }) {
+        if let attr = state.withLock({ $0.kept(ino) }) {
             hits.add(1, ordering: .relaxed)
             return attr
         }
@@ -333,7 +336,7 @@ public final class MetadataCache: Metadata {
 
     /// `cachedAttr`, or the attributes of a file answered for and not made yet.
     public func keptAttr(_ ino: InodeNumber) -> Attr? {
-        state.withLock { $0.attrs[ino] ?? $0.unmade[ino]?.attr }
+        state.withLock { $0.kept(ino) }
     }
 
     /// The whole listing of `dir` from memory, without asking the metadata, for the
@@ -351,7 +354,7 @@ public final class MetadataCache: Metadata {
             var entries: [DirEntry] = []
             entries.reserveCapacity(names.count)
             for (name, ino) in names {
-                guard let attr = state.attrs[ino] ?? state.unmade[ino]?.attr else { return nil }
+                guard let attr = state.kept(ino) else { return nil }
                 entries.append(DirEntry(name: name, attr: attr, cookie: 0))
             }
             return entries
@@ -652,7 +655,7 @@ public final class MetadataCache: Metadata {
         if state.withLock({ $0.directories[parent] == nil }) { loadDirectory(parent) }
         return state.withLock { state -> Attr? in
             guard state.changing == 0, let ino = state.directories[parent]?[name], ino != .root,
-                  var attr = state.attrs[ino] ?? state.unmade[ino]?.attr, attr.isDirectory == directory else { return nil }
+                  var attr = state.kept(ino), attr.isDirectory == directory else { return nil }
             if directory {
                 guard state.directories[ino]?.isEmpty == true else { return nil }
                 attr.nlink = 0

@@ -48,6 +48,25 @@ final class Fixture {
     }
 }
 
+/// Lists `dir` as the kernel does, through `handle` if any, `perReply` entries to a reply,
+/// each reply continuing at the offset the last entry gave.
+func list(_ volume: VolumeFS, _ dir: InodeNumber, handle: FileHandleID?, plus: Bool = false,
+          perReply: Int = 7) throws -> [Listing] {
+    var entries: [Listing] = []
+    var offset: Int64 = 0
+    while true {
+        var batch = 0
+        try volume.readdir(dir, handle: handle, offset: offset, plus: plus) { listing in
+            if batch == perReply { return false }
+            batch += 1
+            entries.append(listing)
+            offset = listing.nextOffset
+            return true
+        }
+        if batch == 0 { return entries }
+    }
+}
+
 /// A small deterministic generator (SplitMix64), so a failing seed replays exactly.
 struct SeededGenerator: RandomNumberGenerator {
     var state: UInt64

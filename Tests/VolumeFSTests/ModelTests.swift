@@ -186,21 +186,7 @@ final class ModelRun {
         // listing below makes what it answered for), a few entries to a reply.
         let handle = try fx.volume.openDirectory(.root)
         defer { fx.volume.releaseDirectory(handle) }
-        var paged: [String] = []
-        var offset: Int64 = 0
-        var more = true
-        while more {
-            more = false
-            var batch = 0
-            try fx.volume.readdir(.root, handle: handle, offset: offset, plus: false) { listing in
-                guard batch < 5 else { return false }
-                batch += 1
-                more = true
-                paged.append(listing.name.description)
-                offset = listing.nextOffset
-                return true
-            }
-        }
+        let paged = try list(fx.volume, .root, handle: handle, perReply: 5).map(\.name.description)
         #expect(paged.sorted() == ([".", ".."] + model.names.keys).sorted(), "\(context): listing through a handle")
         var listed: [String] = []
         try fx.volume.readdir(.root, offset: 0, plus: false) { listing in

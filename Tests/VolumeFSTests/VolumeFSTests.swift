@@ -352,40 +352,9 @@ import Testing
     @Test func readdirResumesAtAnyOffsetAndStopsWhenFull() throws {
         let fx = try Fixture()
         for i in 0..<600 { _ = try fx.create("f\(i)") }
-        var names: [String] = []
-        var offset: Int64 = 0
-        while true {
-            var batch = 0
-            try fx.volume.readdir(.root, offset: offset, plus: false) { listing in
-                if batch == 7 { return false }
-                batch += 1
-                names.append(listing.name.description)
-                offset = listing.nextOffset
-                return true
-            }
-            if batch == 0 { break }
-        }
+        let names = try list(fx.volume, .root, handle: nil).map(\.name.description)
         #expect(names.count == 602)
         #expect(Set(names) == Set([".", ".."] + (0..<600).map { "f\($0)" }))
-    }
-
-    /// Lists `dir` through `handle` as the kernel does, `perReply` entries to a reply,
-    /// each reply continuing at the offset the last entry gave.
-    func list(_ volume: VolumeFS, _ dir: InodeNumber, handle: FileHandleID?, plus: Bool = false,
-              perReply: Int = 7) throws -> [Listing] {
-        var entries: [Listing] = []
-        var offset: Int64 = 0
-        while true {
-            var batch = 0
-            try volume.readdir(dir, handle: handle, offset: offset, plus: plus) { listing in
-                if batch == perReply { return false }
-                batch += 1
-                entries.append(listing)
-                offset = listing.nextOffset
-                return true
-            }
-            if batch == 0 { return entries }
-        }
     }
 
     /// The writer lists a directory whose names it keeps from memory: files it answered

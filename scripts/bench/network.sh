@@ -178,8 +178,9 @@ s3_transfer_opts() {
 }
 
 curl_s3() { # curl signed for the bench's S3 server, quiet, failing on HTTP errors
-    curl -s -S --fail --no-progress-meter --aws-sigv4 "aws:amz:us-east-1:s3" \
-        --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" "$@"
+    local sign=()
+    mapfile -t sign < <(s3_transfer_opts)
+    curl --no-progress-meter "${sign[@]}" "$@"
 }
 
 net_setup() { # KIND RTT
