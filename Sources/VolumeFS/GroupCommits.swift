@@ -59,7 +59,7 @@ extension VolumeFS {
     /// Keeps the commit of `file`, being closed, for the next group, if this mount may
     /// defer it. Caller holds `file.lock`.
     func deferCommit(_ file: OpenFile) -> Bool {
-        guard options.deferCommitsWhileAlone, !file.lostWrites, isWriter else { return false }
+        guard options.deferCommitsWhileAlone, file.lost == nil, isWriter else { return false }
         let uncommitted = !file.dirty.isEmpty || file.size != file.committedSize || file.mtime != nil
         guard uncommitted || cache.isUnmade(file.ino) else { return false }
         let buffered = file.dirty.values.reduce(0) { $0 + $1.count }
@@ -159,11 +159,11 @@ extension VolumeFS {
         var group: [(file: OpenFile, prepared: PreparedCommit)] = []
         var fenced: String?
         var alone: [OpenFile] = []
-        for file in files where !file.lostWrites {
+        for file in files where file.lost == nil {
             do {
                 if let prepared = try prepareCommit(file, only: nil) { group.append((file, prepared)) }
             } catch {
-                lose(file, error)
+                failed(file, error)
             }
         }
         groupPending.withLock { published in
@@ -191,7 +191,7 @@ extension VolumeFS {
             }
         }
         // Files with nothing to commit may still have to be made.
-        for file in files where fenced == nil && alone.isEmpty && !file.lostWrites {
+        for file in files where fenced == nil && alone.isEmpty && file.lost == nil {
             do {
                 try cache.settle(file.ino)
             } catch {
@@ -211,18 +211,26 @@ extension VolumeFS {
             do {
                 try commit(file)
             } catch {
-                lose(file, error)
+                failed(file, error)
             }
             file.lock.unlock()
         }
         for file in files { dropOpen(file) }
     }
 
-    /// Drops what `file` buffered after its deferred commit failed. Caller holds `file.lock`.
-    private func lose(_ file: OpenFile, _ error: FSError) {
+    /// After the deferred commit of `file` failed: a close defers the commit of a file
+    /// other handles still write (a `dup2` closes one), and those commit its buffers again
+    /// and answer the error at their own `fsync` or close. With no handle left, what was
+    /// closed is lost. Caller holds `file.lock`.
+    private func failed(_ file: OpenFile, _ error: FSError) {
+        // One open is the group's own.
+        if file.opens.load(ordering: .sequentiallyConsistent) > 1 {
+            logger.warning("the group commit of inode \(file.ino.rawValue) failed (\(error)): it stays buffered for the handles open on it")
+            return
+        }
         logger.error("data written to inode \(file.ino.rawValue) and closed is lost: it could not be committed: \(error)")
         discardBuffered(file)
-        file.lostWrites = true
+        file.lost = error
     }
 
     /// Forgets the deferred files without committing them (the lease is lost).

@@ -230,7 +230,7 @@ extension VolumeFS {
             file.lock.lock()
             if !file.dirty.isEmpty || file.size != file.committedSize {
                 logger.error("dropping uncommitted writes to inode \(file.ino.rawValue): the next flush, fsync or close answers EIO")
-                file.lostWrites = true
+                file.lost = .lostWrites
                 discardBuffered(file)
             }
             file.lock.unlock()

@@ -276,7 +276,7 @@ extension VolumeFS {
     /// this mount's attributes say the file is at; it is used only where those are exact
     /// (`attach`). Caller holds `file.lock`.
     func keepClosedMap(_ file: OpenFile) {
-        guard file.dirty.isEmpty, !file.lostWrites, file.size == file.committedSize,
+        guard file.dirty.isEmpty, file.lost == nil, file.size == file.committedSize,
               let stamp = file.mapStamp, let attr = cache.cachedAttr(file.ino), CacheStamp(attr) == stamp else { return }
         keptMaps.withLock { $0.keep(file.ino, stamp: stamp, map: file.chunkMap) }
     }

@@ -152,8 +152,10 @@ final class OpenFile: @unchecked Sendable {
     /// The version of the file `chunkMap` is, where it is known to be that version's
     /// whole map: what a close keeps the map under (`KeptChunkMaps`).
     var mapStamp: CacheStamp?
-    /// Writes accepted into buffers were dropped when the lease was lost.
-    var lostWrites = false
+    /// Why writes accepted into buffers were dropped (the lease was lost, or a close's
+    /// group commit failed with no handle left to retry it): what the file's next
+    /// commit answers.
+    var lost: FSError?
     /// Full dirty chunks already being stored, by index, ahead of the commit that will
     /// name them: a sequential writer keeps uploads in flight while it fills the next.
     var uploads: [Int: Upload] = [:]

@@ -122,7 +122,7 @@ extension VolumeFS {
     /// Stores the dirty chunks of `file` (all, or `only` these) as new objects and swaps
     /// them in with one metadata transaction. Caller holds `file.lock`.
     func commit(_ file: OpenFile, only: [Int]? = nil) throws(FSError) {
-        if file.lostWrites { throw .lostWrites }
+        if let lost = file.lost { throw lost }
         guard let prepared = try prepareCommit(file, only: only) else {
             // Nothing to commit, but a file created on this mount may not be made yet.
             do {

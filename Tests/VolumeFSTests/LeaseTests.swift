@@ -455,6 +455,37 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         #expect(d.openFiles.withLock { $0.isEmpty }, "the files kept for the group are closed")
     }
 
+    /// A close defers the commit of a file other handles still write (`dd of=F` opens F,
+    /// `dup2`s it onto its output and closes the first descriptor). When that group commit
+    /// fails, nothing written is lost: the handle left commits it again, and answers the
+    /// store's error (ENOSPC here), not the EIO of a lost lease.
+    @Test(arguments: TestBackend.available)
+    func aFailedGroupCommitLeavesAFileStillOpenToItsOtherHandles(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend)
+        let a = try shared.mount("a", deferring: true)
+        let (f, writing) = try a.create(.root, "f", mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
+        let duplicate = try a.open(f.ino, flags: O_WRONLY)
+        // Past the inline limit (one chunk here): its chunks go to the store.
+        let bytes = pattern(40_000, seed: 3)
+        _ = try bytes.withUnsafeBytes { try a.write(f.ino, writing, offset: 0, $0) }
+        try a.flush(f.ino, duplicate)
+        a.release(f.ino, duplicate)
+        #expect(a.deferred.withLock { $0.files.count } == 1, "the close was kept for the group")
+        shared.store.full.withLock { $0 = true }
+        a.groupCommitTurn()
+        do {
+            try a.fsync(f.ino, writing)
+            Issue.record("an fsync with the store full succeeded")
+        } catch {
+            #expect(error.errno == ENOSPC, "\(error)")
+        }
+        shared.store.full.withLock { $0 = false }
+        try a.fsync(f.ino, writing)
+        a.release(f.ino, writing)
+        let other = try shared.mount("b")
+        #expect(try readFile(other, "f") == bytes)
+    }
+
     /// A directory the writer makes is answered at once too, and made before the files in
     /// it, in the transaction of the first of them to be closed.
     @Test(arguments: TestBackend.available)
@@ -847,13 +878,15 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
     }
 }
 
-/// A chunk store that counts the objects stored through it.
+/// A chunk store that counts the objects stored through it, and refuses them while `full`.
 final class CountingStore: ChunkStore {
     let inner: any ChunkStore
     let stored = Mutex(0)
+    let full = Mutex(false)
     init(_ inner: any ChunkStore) { self.inner = inner }
     var puts: Int { stored.withLock { $0 } }
     func put(_ id: ObjectID, _ bytes: UnsafeRawBufferPointer) throws(StoreError) {
+        if full.withLock({ $0 }) { throw .noSpace }
         try inner.put(id, bytes)
         stored.withLock { $0 += 1 }
     }
