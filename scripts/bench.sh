@@ -77,6 +77,9 @@
 #   BENCH_RSS_RTT=<BENCH_RTT> settings at which the peak RSS phase runs (BENCH_RSS_MB=0: none)
 #   BENCH_S3FS_OPTS=          extra arguments for s3fs (e.g. "-o parallel_count=10")
 #   BENCH_RCLONE_OPTS=        extra arguments for `rclone mount`
+#   BENCH_PG_SETTINGS=        lines for the PostgreSQL server's postgresql.conf, ';'
+#                             between them (e.g. "log_min_duration_statement = 10");
+#                             its log is kept as logs/postgresql.log
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

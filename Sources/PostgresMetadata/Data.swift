@@ -38,6 +38,8 @@ extension PostgresMetadata {
     /// join, called `c`: one range of the primary key, whatever the statistics say (see
     /// `inodeOf`). Asking for them in order leaves the planner no tie with the index by
     /// object, which stale statistics would let it scan for the whole volume.
+    /// Statistics taken while the volume held one big file still made it scan by volume:
+    /// schema version 7 states how few chunks an inode number names.
     static func chunksOf(_ row: String) -> String {
         """
         LATERAL (SELECT c.idx, c.object, c.length, c.checksums, c.data FROM chunks c

@@ -66,7 +66,7 @@ net_start_servers() {
     install_seaweedfs >>"$LOGS/install.log" 2>&1 || die "cannot install SeaweedFS (see $LOGS/install.log)"
     NET_SERVERS_UP=1
     PG_PORT=$(free_port 19400)
-    start_postgres "$DATA/servers/pg" "$PG_PORT" >>"$LOGS/servers.log" 2>&1 ||
+    POSTGRES_SETTINGS=${BENCH_PG_SETTINGS:-} start_postgres "$DATA/servers/pg" "$PG_PORT" >>"$LOGS/servers.log" 2>&1 ||
         die "PostgreSQL does not start (see $LOGS/servers.log)"
     port=$(pick_seaweedfs_port) || die "no free ports for SeaweedFS"
     weed_with_metrics $((port + 5))
@@ -109,6 +109,7 @@ net_cleanup() {
     if ((NET_SERVERS_UP)); then
         stop_seaweedfs >/dev/null 2>&1
         stop_postgres >/dev/null 2>&1
+        cp "$DATA/servers/pg/server.log" "$LOGS/postgresql.log" 2>/dev/null
         NET_SERVERS_UP=0
     fi
     rm -rf "$BENCH_DIR/bin"

@@ -3,8 +3,9 @@
 #   install_postgres                 installs the server if initdb/pg_ctl are missing
 #   start_postgres DIR PORT [ADDRESS]  a cluster in DIR on ADDRESS:PORT (default
 #                                    127.0.0.1), in the network namespace SERVERS_NETNS
-#                                    when that is set; exports NETVOL_TEST_PG_URL and
-#                                    PGPASSWORD
+#                                    when that is set, with the postgresql.conf lines of
+#                                    POSTGRES_SETTINGS (';' between them) added; exports
+#                                    NETVOL_TEST_PG_URL and PGPASSWORD
 #   pause_postgres [immediate]       stops the server and keeps the cluster (immediate:
 #                                    as a crash would, without a checkpoint)
 #   resume_postgres                  starts the paused cluster again
@@ -61,6 +62,7 @@ unix_socket_directories = '$dir/socket'
 max_connections = 200
 fsync = off
 EOF
+  tr ';' '\n' <<<"${POSTGRES_SETTINGS:-}" >>"$dir/data/postgresql.conf"
   # Local socket for the admin, passwords over TCP; samenet lets test hosts in network
   # namespaces of this machine connect.
   cat >"$dir/data/pg_hba.conf" <<EOF
