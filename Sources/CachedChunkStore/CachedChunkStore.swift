@@ -223,10 +223,15 @@ public final class CachedChunkStore: ChunkStore {
 
     public func prefetch(_ id: ObjectID) {
         if index.withLock({ $0[id] != nil }) {
-            // Cached and read through the page cache (a filesystem without O_DIRECT): the
-            // disk reads it ahead, as a local store's object would be.
-            if let file = openCached(id), !file.isDirect { _ = posix_fadvise(file.fd, 0, 0, POSIX_FADV_WILLNEED) }
-            return
+            guard let file = openCached(id) else { return }
+            if !file.isDirect {
+                // Read through the page cache (a filesystem without O_DIRECT): the disk
+                // reads it ahead, as a local store's object would be.
+                _ = posix_fadvise(file.fd, 0, 0, POSIX_FADV_WILLNEED)
+                return
+            }
+            // Read past the page cache: a worker reads it into memory (`landCached`).
+            if landed.withLock({ $0.pieces[id] != nil }) { return }
         }
         let startWorker = prefetches.withLock { queue in queue.add(id, limit: Self.prefetchQueueLimit, workers: Self.prefetchConcurrency) }
         if startWorker {
@@ -603,9 +608,30 @@ public final class CachedChunkStore: ChunkStore {
 
     func drainPrefetches() {
         while let id = prefetches.withLock({ $0.next() }) {
-            _ = try? obtain(id, countingUse: false)
+            if index.withLock({ $0[id] != nil }), let file = openCached(id) {
+                landCached(id, file)
+            } else {
+                _ = try? obtain(id, countingUse: false)
+            }
             prefetches.withLock { $0.finished(id) }
         }
+    }
+
+    /// Reads the cached copy of `id` into a buffer landed as a download's is, for the
+    /// sequential reader about to ask for it. Cached copies are read past the page cache
+    /// (`O_DIRECT`), so without this that reader waited for the disk at each request,
+    /// one at a time, where a local store's reads find the kernel's read-ahead: a read
+    /// from a warm cache ran at two thirds of the embedded volume's.
+    func landCached(_ id: ObjectID, _ file: OpenObject) {
+        let size = file.currentSize
+        guard file.isDirect, size > 0, DirectIO.padded(size) <= Self.fetchPiece,
+              landed.withLock({ $0.pieces[id] == nil }) else { return }
+        let piece = takePiece()
+        guard file.read(at: 0, into: UnsafeMutableRawBufferPointer(rebasing: piece[0..<DirectIO.padded(size)])) == size else {
+            givePieceBack(piece)
+            return
+        }
+        land(id, piece, size: size, taken: 0)
     }
 
     // MARK: Files

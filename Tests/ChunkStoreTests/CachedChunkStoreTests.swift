@@ -95,6 +95,30 @@ import Glibc
         #expect(cache.landed.withLock { $0.pieces[id2] == nil })
     }
 
+    /// A prefetch of an object already cached reads it into memory, where a sequential
+    /// reader is lent it as from a download: the cached copy is read past the page cache,
+    /// so the kernel reads nothing ahead of that reader.
+    @Test func aPrefetchOfACachedObjectReadsItIntoMemory() throws {
+        let cache = try makeCache()
+        let id = try stored(1)[0]
+        let whole = bytes(100_000, seed: 0)
+        #expect(try cache.read(id, count: 100_000) == whole)
+        #expect(cache.landed.withLock { $0.pieces[id] == nil }, "read whole, the download's buffer went back")
+        let file = try #require(cache.openCached(id))
+        guard file.isDirect else { return }  // a filesystem without O_DIRECT: the kernel reads ahead
+        let calls = backing.backendCalls
+        cache.prefetch(id)
+        #expect(cache.settle(timeout: 30))
+        #expect(cache.landed.withLock { $0.pieces[id] != nil })
+        // Emptied behind the cache's back, the file could not give these bytes.
+        #expect(truncate(cache.path(of: id), 0) == 0)
+        var lent: [UInt8] = []
+        #expect(cache.withBytesInMemory(id, offset: 0, count: 100_000) { lent = Array($0) } == 100_000)
+        #expect(lent == whole)
+        #expect(backing.backendCalls == calls)
+        #expect(cache.landed.withLock { $0.pieces[id] == nil }, "lent whole, it goes back")
+    }
+
     /// A reader may be handed the bytes where a download put them instead of a copy:
     /// from a landed download until it has been read whole, and from one still landing
     /// as its bytes arrive; the buffer is not reused while a reader holds it.
