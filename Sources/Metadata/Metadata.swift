@@ -224,16 +224,25 @@ public enum NameChange: Sendable, Equatable {
     case remove(parent: InodeNumber, name: FileName, directory: Bool, now: Timestamp)
 }
 
-/// An empty regular file or directory to make under a reserved inode number (`Metadata.apply`).
+/// An empty regular file, a directory or a symbolic link to make under a reserved inode
+/// number (`Metadata.apply`).
 public struct NewFile: Sendable, Equatable {
     public var parent: InodeNumber
     public var name: FileName
     /// Its number, mode, owner and times (its creation time); the rest follows from them.
     public var attr: Attr
-    public init(parent: InodeNumber, name: FileName, attr: Attr) {
+    /// A symbolic link's target.
+    public var target: [UInt8]?
+    public init(parent: InodeNumber, name: FileName, attr: Attr, target: [UInt8]? = nil) {
         self.parent = parent
         self.name = name
         self.attr = attr
+        self.target = target
+    }
+
+    /// Whether `apply` can make it: a symbolic link needs its target, nothing else has one.
+    public var isMakeable: Bool {
+        attr.isSymlink ? !(target ?? []).isEmpty : (attr.isRegular || attr.isDirectory) && target == nil
     }
 }
 

@@ -100,12 +100,12 @@ extension PostgresMetadata {
         for change in changes {
             switch change {
             case .make(let file):
-                guard file.attr.isRegular || file.attr.isDirectory else {
-                    throw MetadataError.invalidArgument("only regular files and directories are made under reserved numbers")
+                guard file.isMakeable else {
+                    throw MetadataError.invalidArgument("only regular files, directories and symbolic links with targets are made under reserved numbers")
                 }
-                tx.later("SELECT 1 FROM netvol_make($1, $2, $3, $4, $5, $6, 0, NULL, $7, $8)",
+                tx.later("SELECT 1 FROM netvol_make($1, $2, $3, $4, $5, $6, 0, $7, $8, $9)",
                          [.int(id), .ino(file.parent), .name(file.name), .int(Int64(file.attr.mode)), .int(Int64(file.attr.uid)),
-                          .int(Int64(file.attr.gid)), .time(file.attr.ctime), .ino(file.attr.ino)])
+                          .int(Int64(file.attr.gid)), .bytes(file.target), .time(file.attr.ctime), .ino(file.attr.ino)])
             case .remove(let parent, let name, let directory, let now):
                 tx.later("SELECT 1 FROM netvol_remove($1, $2, $3, $4, $5 <> 0)",
                          [.int(id), .ino(parent), .name(name), .time(now), .int(directory ? 1 : 0)])

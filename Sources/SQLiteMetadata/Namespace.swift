@@ -72,8 +72,8 @@ extension SQLiteMetadata {
         for change in changes {
             switch change {
             case .make(let file):
-                guard file.attr.isRegular || file.attr.isDirectory else {
-                    throw MetadataError.invalidArgument("only regular files and directories are made under reserved numbers")
+                guard file.isMakeable else {
+                    throw MetadataError.invalidArgument("only regular files, directories and symbolic links with targets are made under reserved numbers")
                 }
                 // A number never reserved could be given out again by an insert of its own.
                 let taken = try Int64.fetchOne(db, sql: "SELECT 1 FROM inodes WHERE ino = ?", arguments: [Int64(file.attr.ino.rawValue)]) != nil
@@ -81,7 +81,7 @@ extension SQLiteMetadata {
                     throw MetadataError.invalidArgument("inode \(file.attr.ino.rawValue) was not reserved, or is taken")
                 }
                 _ = try makeNode(db, file.parent, file.name, mode: file.attr.mode, uid: file.attr.uid, gid: file.attr.gid,
-                                 rdev: 0, target: nil, now: file.attr.ctime, as: file.attr.ino)
+                                 rdev: 0, target: file.target, now: file.attr.ctime, as: file.attr.ino)
             case .remove(let parent, let name, let directory, let now):
                 _ = directory ? try removeDirectory(db, parent, name, now: now) : try removeEntry(db, parent, name, now: now)
             }

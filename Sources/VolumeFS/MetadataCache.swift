@@ -25,8 +25,8 @@
 // level of the tree rather than per directory. A listing asked for while its prefetch is
 // under way waits for it instead of asking again.
 //
-// Files made at their close: the writer answers the creation of a regular file or a
-// directory at once, under an inode number reserved beforehand, where the directory's
+// Files made at their close: the writer answers the creation of a regular file, a
+// directory or a symbolic link at once, under an inode number reserved beforehand, where the directory's
 // names are kept (so the name is known to be free), and an unlink or rmdir where its
 // kept names and attributes settle the answer. These changes are queued in the order
 // they were answered and applied in the transaction that commits a file's data, at close
@@ -611,13 +611,14 @@ public final class MetadataCache: Metadata {
 
     // MARK: Files made at their close
 
-    /// Answers the creation of an empty regular file (or with `directory`, a directory)
-    /// without asking the metadata, under a reserved inode number; it is made later (see
-    /// the top of this file). Only for the writer, under which nothing else can take the
-    /// name. Nil when the names of `parent` are not kept (whether the name is free is not
-    /// known): the caller makes it at once.
-    public func deferCreate(_ parent: InodeNumber, _ name: FileName, directory: Bool = false, mode: UInt32,
-                            uid: UInt32, gid: UInt32, now: Timestamp) throws(MetadataError) -> Attr? {
+    /// Answers the creation of an empty regular file (or with `directory`, a directory;
+    /// with `target`, a symbolic link to it) without asking the metadata, under a reserved
+    /// inode number; it is made later (see the top of this file). Only for the writer,
+    /// under which nothing else can take the name. Nil when the names of `parent` are not
+    /// kept (whether the name is free is not known): the caller makes it at once.
+    public func deferCreate(_ parent: InodeNumber, _ name: FileName, directory: Bool = false, target: [UInt8]? = nil,
+                            mode: UInt32, uid: UInt32, gid: UInt32, now: Timestamp) throws(MetadataError) -> Attr? {
+        precondition(!(directory && target != nil), "a directory has no target")
         guard case .missing = known(parent, name) else { return nil }
         // The directory's attributes (for its set-group-id bit) are dropped by some
         // changes, a rename among them, and read again once.
@@ -626,13 +627,13 @@ public final class MetadataCache: Metadata {
         // A set-group-id directory passes its group on, and the bit to directories, as
         // `mknode` does.
         let inherits = dir.mode & 0o2000 != 0
-        let type = directory ? FileType.directory : FileType.regular
+        let type = directory ? FileType.directory : target != nil ? FileType.symlink : FileType.regular
         let attr = Attr(ino: ino, mode: type.rawValue | (mode & 0o7777) | (directory && inherits ? 0o2000 : 0),
-                        nlink: directory ? 2 : 1, uid: uid, gid: inherits ? dir.gid : gid, rdev: 0, size: 0,
-                        atime: now, mtime: now, ctime: now)
+                        nlink: directory ? 2 : 1, uid: uid, gid: inherits ? dir.gid : gid, rdev: 0,
+                        size: UInt64(target?.count ?? 0), atime: now, mtime: now, ctime: now)
         let answered = state.withLock { state -> Bool in
             guard state.directories[parent] != nil, state.directories[parent]?[name] == nil else { return false }
-            let file = NewFile(parent: parent, name: name, attr: attr)
+            let file = NewFile(parent: parent, name: name, attr: attr, target: target)
             state.unmade[ino] = file
             state.queue(.make(file), at: now)
             state.directories[parent]?[name] = ino
@@ -967,7 +968,12 @@ public final class MetadataCache: Metadata {
         makeUnmade()
         return try backing.listings(dirs, limit: limit)
     }
-    public func readlink(_ ino: InodeNumber) throws(MetadataError) -> [UInt8] { makeUnmade(); return try backing.readlink(ino) }
+    public func readlink(_ ino: InodeNumber) throws(MetadataError) -> [UInt8] {
+        // A link not made yet is answered from memory: `cp -a` reads back what it made.
+        if let target = state.withLock({ $0.unmade[ino]?.target }) { return target }
+        makeUnmade()
+        return try backing.readlink(ino)
+    }
     public func chunks(_ ino: InodeNumber) throws(MetadataError) -> [ChunkRef] { makeUnmade(); return try backing.chunks(ino) }
     public func sync() throws(MetadataError) { try applyQueued(); try backing.sync() }
     public func orphans() throws(MetadataError) -> [InodeNumber] { makeUnmade(); return try backing.orphans() }

@@ -674,6 +674,15 @@ public final class VolumeFS: Sendable {
         try Self.checkNew(name)
         guard !target.isEmpty else { throw .metadata(.notFound) }
         guard target.count <= 4096 else { throw .nameTooLong }
+        // The writer answers at once and makes the link with the next change, as a directory.
+        let answered = try mutating { () throws(MetadataError) -> Attr? in
+            guard options.namesAtCommit, isWriter else { return nil }
+            return try cache.deferCreate(parent, name, target: target, mode: 0o777, uid: uid, gid: gid, now: Self.now())
+        }
+        if let answered {
+            remember(answered.ino)
+            return answered
+        }
         return try make(parent, name, mode: FileType.symlink.rawValue | 0o777, rdev: 0, uid: uid, gid: gid, target: target)
     }
 

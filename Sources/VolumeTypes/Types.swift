@@ -92,6 +92,7 @@ public struct Attr: Equatable, Sendable {
     public var type: FileType? { FileType(rawValue: mode & FileType.mask) }
     public var isDirectory: Bool { type == .directory }
     public var isRegular: Bool { type == .regular }
+    public var isSymlink: Bool { type == .symlink }
     public var permissions: UInt32 { mode & 0o7777 }
 }
 

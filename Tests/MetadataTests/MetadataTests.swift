@@ -99,6 +99,21 @@ import Testing
         #expect(throws: MetadataError.notFound) { try meta.lookup(.root, "e") }
         try meta.make([file(.root, "e", second.lowerBound)])
         #expect(try meta.lookup(.root, "e").ino.rawValue == second.lowerBound)
+
+        // A symbolic link is made with its target; one without a target is refused.
+        let third = try meta.reserveInodes(2)
+        let linkMode = FileType.symlink.rawValue | 0o777
+        func link(_ name: FileName, _ ino: UInt64, _ target: [UInt8]?) -> NewFile {
+            NewFile(parent: d.ino, name: name, attr: Attr(ino: InodeNumber(ino), mode: linkMode, nlink: 1, uid: 7, gid: 8, rdev: 0,
+                                                          size: UInt64(target?.count ?? 0), atime: t1, mtime: t1, ctime: t1),
+                    target: target)
+        }
+        #expect(throws: (any Error).self) { try meta.make([link("bare", third.lowerBound, nil)]) }
+        #expect(throws: MetadataError.notFound) { try meta.lookup(d.ino, "bare") }
+        try meta.make([link("l", third.lowerBound, Array("../a".utf8))])
+        let l = try meta.lookup(d.ino, "l")
+        #expect(l.ino.rawValue == third.lowerBound && l.mode == linkMode && l.size == 4 && l.gid == 50)
+        #expect(try meta.readlink(l.ino) == Array("../a".utf8))
     }
 
     @Test(arguments: Backend.all) func hardLinksCountNames(_ backend: Backend) throws {

@@ -523,6 +523,34 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         #expect(try b.lookup(e.ino, "f").ino == f.ino)
     }
 
+    /// A symbolic link the writer makes is answered at once, read back from memory, and
+    /// made with the next change that reaches the metadata, as a directory is.
+    @Test(arguments: TestBackend.available)
+    func aSymbolicLinkIsMadeWithTheNextChangeThatReachesTheMetadata(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend)
+        let a = try shared.mount("a")
+        let other = try shared.storage.reopen(nil)
+        let d = try a.mkdir(.root, "d", mode: 0o2755, uid: 0, gid: 9)
+        try a.syncMetadata()
+        let target = Array("../lib/x.so.1".utf8)
+        let l = try a.symlink(d.ino, "x.so", target: target, uid: 3, gid: 4)
+        #expect(l.mode == FileType.symlink.rawValue | 0o777 && l.size == UInt64(target.count) && l.gid == 9)
+        #expect(try a.readlink(l.ino) == target)
+        #expect(try a.lookup(d.ino, "x.so").ino == l.ino)
+        #expect(a.cache.state.withLock { $0.queued.count } == 1, "answered without a transaction")
+        #expect(throws: MetadataError.notFound) { try other.lookup(d.ino, "x.so") }
+        try a.syncMetadata()
+        let made = try other.lookup(d.ino, "x.so")
+        #expect(made.ino == l.ino && made.mode == l.mode && made.size == l.size && made.uid == 3 && made.gid == 9)
+        #expect(try other.readlink(l.ino) == target)
+        #expect(try a.readlink(l.ino) == target)
+        // Removed before it was made: never seen elsewhere.
+        _ = try a.symlink(.root, "gone", target: [UInt8(ascii: "t")], uid: 0, gid: 0)
+        try a.unlink(.root, "gone")
+        try a.syncMetadata()
+        #expect(throws: MetadataError.notFound) { try other.lookup(.root, "gone") }
+    }
+
     /// A crash forgets the files created since their last close, as a local filesystem
     /// forgets what it did not commit, and leaves nothing of them behind.
     @Test(arguments: TestBackend.available)
