@@ -98,6 +98,7 @@ public final class BackgroundWork: Sendable {
                 // Deleting files on a full disk frees space within seconds, before the
                 // next write has to ask for it.
                 volume.reclaimSpace(ifBelow: UInt64(volume.chunkSize) * 4)
+                volume.chunkBuffers.trim(idleFor: .seconds(2))
             }
             if now - lastGC >= .seconds(gcEvery), volume.isWriter {
                 lastGC = now

@@ -114,31 +114,58 @@ struct ChunkBuffer: Sendable {
 
 /// Full-chunk buffers kept for the next chunks written: a sequential writer releases one
 /// as each upload finishes and takes one for each chunk it starts.
+///
+/// It keeps as many as a writer holds at once (uploads in flight, stored chunks waiting
+/// for their commit, the chunk being filled): a commit gives back several at once, and
+/// with fewer kept the writer's next chunks were fresh memory, whose zeroing by the
+/// kernel took a third of the daemon's CPU while streaming to the network. They go back
+/// to the system once no writer has taken one for a while (`trim`).
 final class ChunkBufferPool: Sendable {
     let chunkSize: Int
     let kept: Int
-    private let free = Mutex<[UInt]>([])
+    private let state = Mutex<(free: [UInt], lastTake: ContinuousClock.Instant)>(([], .now))
 
     init(chunkSize: Int, kept: Int) {
         self.chunkSize = chunkSize
         self.kept = kept
     }
 
+    /// Buffers allocated since the pool was made.
+    let allocations = Atomic<Int>(0)
+
     func take() -> UnsafeMutableRawPointer {
-        if let address = free.withLock({ $0.popLast() }) { return UnsafeMutableRawPointer(bitPattern: address)! }
+        let address = state.withLock { state -> UInt? in
+            state.lastTake = .now
+            return state.free.popLast()
+        }
+        if let address { return UnsafeMutableRawPointer(bitPattern: address)! }
+        allocations.add(1, ordering: .relaxed)
         return DirectIO.allocate(byteCount: chunkSize)
     }
 
     func giveBack(_ base: UnsafeMutableRawPointer) {
-        let keep = free.withLock { free in
-            guard free.count < kept else { return false }
-            free.append(UInt(bitPattern: base))
+        let keep = state.withLock { state in
+            guard state.free.count < kept else { return false }
+            state.free.append(UInt(bitPattern: base))
             return true
         }
         if !keep { base.deallocate() }
     }
 
+    /// Gives the kept buffers back to the system if none was taken for `idle`.
+    func trim(idleFor idle: Duration) {
+        let dropped = state.withLock { state -> [UInt] in
+            guard ContinuousClock.now - state.lastTake >= idle else { return [] }
+            defer { state.free.removeAll() }
+            return state.free
+        }
+        for address in dropped { UnsafeMutableRawPointer(bitPattern: address)!.deallocate() }
+    }
+
+    /// Buffers kept now.
+    var keptCount: Int { state.withLock { $0.free.count } }
+
     deinit {
-        for address in free.withLock({ $0 }) { UnsafeMutableRawPointer(bitPattern: address)!.deallocate() }
+        for address in state.withLock({ $0.free }) { UnsafeMutableRawPointer(bitPattern: address)!.deallocate() }
     }
 }

@@ -104,6 +104,22 @@ struct ChunkBufferTests {
         full.withUnsafeBytes { #expect($0.baseAddress == address) }
     }
 
+    /// The pool keeps at most `kept` buffers given back, and gives them up once no writer
+    /// has taken one for the idle time.
+    @Test func thePoolKeepsBuffersUntilNoWriterTakesThem() {
+        let pool = ChunkBufferPool(chunkSize: chunkSize, kept: 3)
+        let taken = (0..<5).map { _ in pool.take() }
+        for base in taken { pool.giveBack(base) }
+        #expect(pool.keptCount == 3)
+        pool.trim(idleFor: .seconds(3600))
+        #expect(pool.keptCount == 3, "one was taken a moment ago")
+        let again = pool.take()
+        #expect(taken.contains(again) && pool.allocations.load(ordering: .relaxed) == 5)
+        pool.giveBack(again)
+        pool.trim(idleFor: .zero)
+        #expect(pool.keptCount == 0)
+    }
+
     /// Another writer of the file may go on filling a chunk compacted at one writer's
     /// close: it grows back into a whole chunk's buffer from the pool.
     @Test func aCompactedChunkGrowsAgain() {

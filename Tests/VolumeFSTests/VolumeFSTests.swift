@@ -22,6 +22,24 @@ import Testing
         #expect(try fx.volume.getattr(attr.ino).size == 105_000)
     }
 
+    /// A streaming writer holds at most its uploads in flight, its stored chunks waiting
+    /// for their commit and the chunk it fills: the buffers they give back are the next
+    /// chunks' (fresh ones cost the kernel a zeroing of every page), however long the file.
+    @Test func aStreamingWriterReusesItsChunkBuffers() throws {
+        let chunk = 64 * 1024
+        let fx = try Fixture(chunkSize: chunk)
+        let (attr, fh) = try fx.create("stream")
+        let piece = pattern(chunk / 2, seed: 2)
+        for i in 0..<(40 * 2 * fx.volume.chunkBuffers.kept) {
+            _ = try fx.write(attr.ino, fh, UInt64(i * piece.count), piece)
+        }
+        try fx.volume.flush(attr.ino, fh)
+        fx.volume.release(attr.ino, fh)
+        let allocated = fx.volume.chunkBuffers.allocations.load(ordering: .relaxed)
+        #expect(allocated <= fx.volume.chunkBuffers.kept, "\(allocated) buffers for 40 × \(fx.volume.chunkBuffers.kept) chunks")
+        #expect(try fx.volume.getattr(attr.ino).size == UInt64(40 * fx.volume.chunkBuffers.kept * chunk))
+    }
+
     @Test func holesReadAsZerosAndTakeNoChunk() throws {
         let fx = try Fixture(chunkSize: 16 * 1024)
         let (attr, fh) = try fx.create("sparse")
