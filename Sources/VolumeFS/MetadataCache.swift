@@ -26,13 +26,13 @@
 // under way waits for it instead of asking again.
 //
 // Files made at their close: the writer answers the creation of a regular file, a
-// directory or a symbolic link at once, under an inode number reserved beforehand, where the directory's
-// names are kept (so the name is known to be free), and an unlink or rmdir where its
-// kept names and attributes settle the answer. These changes are queued in the order
-// they were answered and applied in the transaction that commits a file's data, at close
-// or fsync, or, at the latest, just before anything else reaches the metadata
-// (`makeUnmade`): nothing ever reads or changes the metadata while a change this mount
-// answered for is missing from it. A create or a removal then costs no round trip of its
+// directory or a symbolic link at once, under an inode number reserved beforehand, where
+// the directory's names are kept (so the name is known to be free), and an unlink or
+// rmdir where its kept names and attributes settle the answer. These changes are queued
+// in the order they were answered and applied in the transaction that commits a file's
+// data, at close or fsync, or, at the latest, just before anything else reaches the
+// metadata (`makeUnmade`): nothing ever reads or changes the metadata while a change this
+// mount answered for is missing from it. A create or a removal then costs no round trip of its
 // own. Until it is applied, other mounts do not see it, and a crash forgets it (as a
 // local filesystem forgets what it did since its last commit); a file that cannot be made
 // is lost, and its handles answer EIO.

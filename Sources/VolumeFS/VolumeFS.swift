@@ -397,6 +397,7 @@ public final class VolumeFS: Sendable {
         self.holder = holder
         let usage = try Self.lift { () throws(MetadataError) in try metadata.usage() }
         self.chunkSize = usage.chunkSize
+        // What one streaming writer holds at once (see ChunkBufferPool), and a few more.
         self.chunkBuffers = ChunkBufferPool(chunkSize: usage.chunkSize, kept: options.storeConcurrency + options.fullChunksPerCommit + 4)
         self.accounting = Mutex((used: usage.usedBytes, limit: usage.sizeLimit, reserved: 0))
         // No token is ever -1: until we hold the lease, no transaction of ours can commit.
