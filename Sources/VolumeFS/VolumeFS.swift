@@ -659,15 +659,6 @@ public final class VolumeFS: Sendable {
 
     public func mkdir(_ parent: InodeNumber, _ name: FileName, mode: UInt32, uid: UInt32, gid: UInt32) throws(FSError) -> Attr {
         try Self.checkNew(name)
-        // The writer answers at once and makes the directory with the next change (MetadataCache).
-        let answered = try mutating { () throws(MetadataError) -> Attr? in
-            guard options.namesAtCommit, isWriter else { return nil }
-            return try cache.deferCreate(parent, name, directory: true, mode: mode, uid: uid, gid: gid, now: Self.now())
-        }
-        if let answered {
-            remember(answered.ino)
-            return answered
-        }
         return try make(parent, name, mode: FileType.directory.rawValue | (mode & 0o7777), rdev: 0, uid: uid, gid: gid, target: nil)
     }
 
@@ -675,21 +666,21 @@ public final class VolumeFS: Sendable {
         try Self.checkNew(name)
         guard !target.isEmpty else { throw .metadata(.notFound) }
         guard target.count <= 4096 else { throw .nameTooLong }
-        // The writer answers at once and makes the link with the next change, as a directory.
-        let answered = try mutating { () throws(MetadataError) -> Attr? in
-            guard options.namesAtCommit, isWriter else { return nil }
-            return try cache.deferCreate(parent, name, target: target, mode: 0o777, uid: uid, gid: gid, now: Self.now())
-        }
-        if let answered {
-            remember(answered.ino)
-            return answered
-        }
         return try make(parent, name, mode: FileType.symlink.rawValue | 0o777, rdev: 0, uid: uid, gid: gid, target: target)
     }
 
     func make(_ parent: InodeNumber, _ name: FileName, mode: UInt32, rdev: UInt64, uid: UInt32, gid: UInt32, target: [UInt8]?) throws(FSError) -> Attr {
-        let attr = try mutating { () throws(MetadataError) in
-            try metadata.mknode(parent, name, mode: mode, uid: uid, gid: gid, rdev: rdev, target: target, now: Self.now())
+        let type = FileType(rawValue: mode & FileType.mask)
+        let attr = try mutating { () throws(MetadataError) -> Attr in
+            let now = Self.now()
+            // The writer answers a directory or a symlink at once and makes it with the
+            // next change that reaches the metadata (MetadataCache).
+            if options.namesAtCommit, isWriter, type == .directory || type == .symlink,
+               let answered = try cache.deferCreate(parent, name, directory: type == .directory, target: target,
+                                                    mode: mode & 0o7777, uid: uid, gid: gid, now: now) {
+                return answered
+            }
+            return try metadata.mknode(parent, name, mode: mode, uid: uid, gid: gid, rdev: rdev, target: target, now: now)
         }
         remember(attr.ino)
         return attr
