@@ -187,6 +187,12 @@ int CFuse_session_loop_mt(struct fuse_session *se, unsigned int max_threads, uns
     return result;
 }
 
+ssize_t CFuse_copy_bufvec(struct fuse_bufvec *src, void *dst, size_t size) {
+    struct fuse_bufvec out = FUSE_BUFVEC_INIT(size);
+    out.buf[0].mem = dst;
+    return fuse_buf_copy(&out, src, 0);
+}
+
 struct fuse_args CFuse_args_init(int argc, char **argv) {
     struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
     return args;

@@ -45,6 +45,8 @@ public struct CacheStatistics: Sendable, Equatable {
     public var bytesFetched: Int
     /// Objects removed to stay within the bounds.
     public var evictions: Int
+    /// Objects whose copy was written after their read (`keep(unwritten:_:)`).
+    public var writtenLater: Int
     /// Bytes and objects in the cache, as far as this process knows.
     public var bytesCached: Int
     public var objectsCached: Int
@@ -73,12 +75,16 @@ public final class CachedChunkStore: ChunkStore {
     /// cold read, and waits for the disk). Each stays until it has been read whole once,
     /// or until newer ones push it out.
     let landed = Mutex(LandedPieces())
+    /// Objects a streaming read fetched whose copy in the cache was left for later (see
+    /// `prefetch(_:writingLater:)`), with their sizes, oldest first.
+    let unwritten = Mutex(UnwrittenObjects())
     let insertionsSinceScan = Atomic<Int>(0)
 
     let hits = Atomic<Int>(0)
     let misses = Atomic<Int>(0)
     let bytesFetched = Atomic<Int>(0)
     let evictions = Atomic<Int>(0)
+    let writtenLater = Atomic<Int>(0)
 
     /// Fetches under way at once for prefetches: a download from an object store needs
     /// about this many requests in flight to reach its speed (and the reading thread's
@@ -129,6 +135,7 @@ public final class CachedChunkStore: ChunkStore {
         return CacheStatistics(hits: hits.load(ordering: .relaxed), misses: misses.load(ordering: .relaxed),
                                bytesFetched: bytesFetched.load(ordering: .relaxed),
                                evictions: evictions.load(ordering: .relaxed),
+                               writtenLater: writtenLater.load(ordering: .relaxed),
                                bytesCached: bytes, objectsCached: objects)
     }
 
@@ -145,16 +152,23 @@ public final class CachedChunkStore: ChunkStore {
         try backing.put(id, bytes)
         // The writer is likely to read what it wrote; a failure to cache it costs
         // nothing but a later fetch.
+        _ = keep(id, bytes)
+    }
+
+    /// Writes `bytes`, the whole of object `id`, into the cache; false when the cache
+    /// cannot take them.
+    func keep(_ id: ObjectID, _ bytes: UnsafeRawBufferPointer) -> Bool {
         guard bytes.count <= capacityBytes, evict(toFit: bytes.count),
-              let (file, temporary) = try? createTemporary(for: id) else { return }
-        if writeThroughPieces(file, bytes) && install(temporary, as: id, size: bytes.count) {
-            index.withLock {
-                $0.setVerifiedSize(id, bytes.count)
-                $0.keep(file, for: id)
-            }
-        } else {
+              let (file, temporary) = try? createTemporary(for: id) else { return false }
+        guard writeThroughPieces(file, bytes) && install(temporary, as: id, size: bytes.count) else {
             Glibc.unlink(temporary)
+            return false
         }
+        index.withLock {
+            $0.setVerifiedSize(id, bytes.count)
+            $0.keep(file, for: id)
+        }
+        return true
     }
 
     /// Writes `bytes` into a new cached file by way of the aligned download buffers, which
@@ -221,7 +235,17 @@ public final class CachedChunkStore: ChunkStore {
         return lent
     }
 
-    public func prefetch(_ id: ObjectID) {
+    public func prefetch(_ id: ObjectID) { prefetch(id, writingLater: false) }
+
+    public var writesCopiesLater: Bool { true }
+
+    /// Fetching an object for a streaming reader, the cache can leave its copy for later:
+    /// the object is then kept in memory until the reader has read it, and listed in
+    /// `unwrittenObjects`. The layer above writes it when the reads have gone quiet, from
+    /// the kernel's pages of the file (`keep(unwritten:_:)`). Written during the read,
+    /// the copy competes for the disk with whatever the read itself waits for.
+    public func prefetch(_ id: ObjectID, writingLater: Bool) {
+        if landed.withLock({ $0.pieces[id] != nil }) { return }
         if index.withLock({ $0[id] != nil }) {
             guard let file = openCached(id) else { return }
             if !file.isDirect {
@@ -231,9 +255,10 @@ public final class CachedChunkStore: ChunkStore {
                 return
             }
             // Read past the page cache: a worker reads it into memory (`landCached`).
-            if landed.withLock({ $0.pieces[id] != nil }) { return }
         }
-        let startWorker = prefetches.withLock { queue in queue.add(id, limit: Self.prefetchQueueLimit, workers: Self.prefetchConcurrency) }
+        let startWorker = prefetches.withLock { queue in
+            queue.add(id, writingLater: writingLater, limit: Self.prefetchQueueLimit, workers: Self.prefetchConcurrency)
+        }
         if startWorker {
             // A thread of its own: Dispatch on Linux runs about as many blocked work items
             // at once as there are cores, and each prefetch mostly waits for the network.
@@ -261,8 +286,40 @@ public final class CachedChunkStore: ChunkStore {
         index.withLock({ $0[id] != nil }) || access(path(of: id), F_OK) == 0
     }
 
+    /// Objects fetched but not written to the cache yet (`prefetch(_:writingLater:)`),
+    /// with their sizes, oldest first.
+    public var unwrittenObjects: [(id: ObjectID, size: Int)] {
+        unwritten.withLock { $0.all }
+    }
+
+    /// Writes an object listed in `unwrittenObjects` into the cache from `bytes`, which
+    /// the caller has checked against the object's checksums; or, when `bytes` is nil,
+    /// from the memory a download left it in, if it is still there. False when it was
+    /// not written; it is listed no more either way, except when `bytes` was nil and the
+    /// object was not in memory.
+    @discardableResult
+    public func keep(unwritten id: ObjectID, _ bytes: UnsafeRawBufferPointer?) -> Bool {
+        guard let size = unwritten.withLock({ $0.size(of: id) }) else { return false }
+        let kept: Bool
+        if let bytes {
+            kept = bytes.count == size && keep(id, bytes)
+        } else {
+            guard let piece = landed.withLock({ $0.pieces[id] }) else { return false }
+            kept = piece.withBytes { keep(id, $0) } ?? false
+        }
+        forget(unwritten: id)
+        if kept { writtenLater.add(1, ordering: .relaxed) }
+        return kept
+    }
+
+    /// Stops listing `id` among the unwritten objects; the next read of it fetches it.
+    public func forget(unwritten id: ObjectID) {
+        unwritten.withLock { $0.remove(id) }
+    }
+
     /// Drops `id` from the cache only; the backing store keeps it.
     public func evict(_ id: ObjectID) {
+        forget(unwritten: id)
         index.withLock { _ = $0.remove(id) }
         retireLanded(id)
         Glibc.unlink(path(of: id))
@@ -271,6 +328,7 @@ public final class CachedChunkStore: ChunkStore {
     /// Deletes the cached file; the next read fetches the object again (and a backing
     /// store with copies of its own is told too).
     public func discard(_ id: ObjectID) {
+        forget(unwritten: id)
         index.withLock { _ = $0.remove(id) }
         retireLanded(id)
         Glibc.unlink(path(of: id))
@@ -410,7 +468,7 @@ public final class CachedChunkStore: ChunkStore {
 
     /// The open cached file of `id`, fetching it first if needed; or, for a reader
     /// (`wanted`), its bytes as soon as a download under way has them.
-    func obtain(_ id: ObjectID, countingUse: Bool, for wanted: Wanted? = nil) throws(StoreError) -> Obtained {
+    func obtain(_ id: ObjectID, countingUse: Bool, for wanted: Wanted? = nil, writingLater: Bool = false) throws(StoreError) -> Obtained {
         if let wanted, let count = copyLanded(id, wanted) {
             if countingUse { hits.add(1, ordering: .relaxed) }
             return .copied(count)
@@ -428,7 +486,7 @@ public final class CachedChunkStore: ChunkStore {
             return (fetch, true)
         }
         if leader {
-            guard wanted != nil else { return try lead(id, fetch).map { .file($0) } ?? .uncacheable }
+            guard wanted != nil else { return try lead(id, fetch, writingLater: writingLater).map { .file($0) } ?? .uncacheable }
             // A reader leaves the download to a thread of its own and takes its bytes
             // from it as they land, like any other reader of the object.
             Thread.detachNewThread { _ = try? self.lead(id, fetch) }
@@ -460,7 +518,13 @@ public final class CachedChunkStore: ChunkStore {
     func land(_ id: ObjectID, _ buffer: UnsafeMutableRawBufferPointer, size: Int, taken: Int) {
         let piece = LandedPiece(buffer: buffer, size: size, unread: size - taken)
         let pushedOut = landed.withLock { $0.add(id, piece, limit: Self.landedLimit) }
-        for piece in pushedOut {
+        for (old, piece) in pushedOut {
+            // Pushed out before its reader came, an object not written yet would be
+            // fetched again: it is written now instead.
+            if piece.unreadBytes > 0, unwritten.withLock({ $0.size(of: old) != nil }) {
+                if piece.withBytes({ keep(old, $0) }) == true { writtenLater.add(1, ordering: .relaxed) }
+                forget(unwritten: old)
+            }
             if let buffer = piece.withdraw() { givePieceBack(buffer) }
         }
     }
@@ -473,7 +537,7 @@ public final class CachedChunkStore: ChunkStore {
     }
 
     /// Downloads `id` as the one fetch of it; the fetch's waiters see the end.
-    func lead(_ id: ObjectID, _ fetch: Fetch) throws(StoreError) -> OpenObject? {
+    func lead(_ id: ObjectID, _ fetch: Fetch, writingLater: Bool = false) throws(StoreError) -> OpenObject? {
         defer {
             fetches.withLock { $0[id] = nil }
             fetch.withdraw()
@@ -482,7 +546,7 @@ public final class CachedChunkStore: ChunkStore {
         // A fetch that ended between our look and our claim has left the file.
         if let file = openCached(id) { return file }
         do {
-            return try download(id, fetch)
+            return try download(id, fetch, writingLater: writingLater)
         } catch {
             fetch.error.withLock { $0 = error }
             throw error
@@ -496,7 +560,9 @@ public final class CachedChunkStore: ChunkStore {
     /// The first piece is read before the object's size is known: its reply says the
     /// size (an S3 `Content-Range`), which saves a HEAD per object, half the requests of
     /// a cold read of chunk-sized objects.
-    func download(_ id: ObjectID, _ fetch: Fetch) throws(StoreError) -> OpenObject? {
+    /// `writingLater`: an object that fits one piece is not written at all, but listed as
+    /// unwritten and kept in memory for its readers (`prefetch(_:writingLater:)`).
+    func download(_ id: ObjectID, _ fetch: Fetch, writingLater: Bool = false) throws(StoreError) -> OpenObject? {
         let piece = takePiece()
         fetch.expose(piece)
         // Set once the whole object is cached and still in `piece`.
@@ -520,6 +586,12 @@ public final class CachedChunkStore: ChunkStore {
         }
         // For a store that tells no progress: readers take the first piece now.
         fetch.arrived(firstCount, objectSize: size)
+        if writingLater && size <= piece.count {
+            bytesFetched.add(size, ordering: .relaxed)
+            unwritten.withLock { $0.add(id, size: size) }
+            wholeInPiece = size
+            return nil
+        }
         guard size <= capacityBytes, evict(toFit: size),
               let (file, temporary) = try? createTemporary(for: id) else { return nil }
         var installed = false
@@ -607,11 +679,11 @@ public final class CachedChunkStore: ChunkStore {
     }
 
     func drainPrefetches() {
-        while let id = prefetches.withLock({ $0.next() }) {
+        while let (id, writingLater) = prefetches.withLock({ $0.next() }) {
             if index.withLock({ $0[id] != nil }), let file = openCached(id) {
                 landCached(id, file)
-            } else {
-                _ = try? obtain(id, countingUse: false)
+            } else if landed.withLock({ $0.pieces[id] == nil }) {
+                _ = try? obtain(id, countingUse: false, writingLater: writingLater)
             }
             prefetches.withLock { $0.finished(id) }
         }
@@ -658,6 +730,7 @@ public final class CachedChunkStore: ChunkStore {
         }
         guard result == 0 else { return false }
         index.withLock { $0.insertNewest(id, size: size, touchedAt: Int(time(nil))) }
+        forget(unwritten: id)
         if insertionsSinceScan.add(1, ordering: .relaxed).newValue % Self.rescanInterval == 0 {
             // A scan stats every file; the read that happened to trigger it need not wait.
             DispatchQueue.global(qos: .utility).async {
@@ -812,6 +885,27 @@ final class LandedPiece: @unchecked Sendable {
         return (end - offset, finished)
     }
 
+    /// Bytes no reader has copied out yet.
+    var unreadBytes: Int { lock.withLock { buffer == nil ? 0 : unread } }
+
+    /// Hands `body` the whole object in place, without counting it as read; nil once
+    /// withdrawn.
+    func withBytes<T>(_ body: (UnsafeRawBufferPointer) -> T) -> T? {
+        lock.lock()
+        guard let buffer else {
+            lock.unlock()
+            return nil
+        }
+        borrowers += 1
+        lock.unlock()
+        let result = body(UnsafeRawBufferPointer(rebasing: buffer[0..<size]))
+        lock.lock()
+        borrowers -= 1
+        if borrowers == 0 { lock.broadcast() }
+        lock.unlock()
+        return result
+    }
+
     /// Takes the buffer back, once no reader reads it in place.
     func withdraw() -> UnsafeMutableRawBufferPointer? {
         lock.lock()
@@ -829,12 +923,12 @@ struct LandedPieces {
     var order: [ObjectID] = []
 
     /// Adds `piece` as the newest; returns the pieces it replaced or pushed out.
-    mutating func add(_ id: ObjectID, _ piece: LandedPiece, limit: Int) -> [LandedPiece] {
-        var out: [LandedPiece] = []
-        if let old = remove(id) { out.append(old) }
+    mutating func add(_ id: ObjectID, _ piece: LandedPiece, limit: Int) -> [(ObjectID, LandedPiece)] {
+        var out: [(ObjectID, LandedPiece)] = []
+        if let old = remove(id) { out.append((id, old)) }
         pieces[id] = piece
         order.append(id)
-        while order.count > limit, let oldest = order.first, let old = remove(oldest) { out.append(old) }
+        while order.count > limit, let oldest = order.first, let old = remove(oldest) { out.append((oldest, old)) }
         return out
     }
 
@@ -849,22 +943,22 @@ struct LandedPieces {
 /// Prefetches waiting for a worker: bounded, without duplicates, served by at most a
 /// few workers at once.
 struct PrefetchQueue {
-    var waiting: [ObjectID] = []
+    var waiting: [(ObjectID, writingLater: Bool)] = []
     var pending: Set<ObjectID> = []
     var workers = 0
 
     /// Queues `id`; true when the caller should start one more worker.
-    mutating func add(_ id: ObjectID, limit: Int, workers maxWorkers: Int) -> Bool {
+    mutating func add(_ id: ObjectID, writingLater: Bool = false, limit: Int, workers maxWorkers: Int) -> Bool {
         guard !pending.contains(id), waiting.count < limit else { return false }
         pending.insert(id)
-        waiting.append(id)
+        waiting.append((id, writingLater))
         guard workers < maxWorkers else { return false }
         workers += 1
         return true
     }
 
     /// The next id to fetch, or nil, and then the worker stops.
-    mutating func next() -> ObjectID? {
+    mutating func next() -> (ObjectID, writingLater: Bool)? {
         guard !waiting.isEmpty else {
             workers -= 1
             return nil
@@ -873,4 +967,23 @@ struct PrefetchQueue {
     }
 
     mutating func finished(_ id: ObjectID) { pending.remove(id) }
+}
+
+/// Objects fetched and not written to the cache yet, with their sizes, oldest first.
+struct UnwrittenObjects {
+    private var sizes: [ObjectID: Int] = [:]
+    private var order: [ObjectID] = []
+
+    var all: [(id: ObjectID, size: Int)] { order.compactMap { id in sizes[id].map { (id, $0) } } }
+
+    func size(of id: ObjectID) -> Int? { sizes[id] }
+
+    mutating func add(_ id: ObjectID, size: Int) {
+        if sizes.updateValue(size, forKey: id) == nil { order.append(id) }
+    }
+
+    mutating func remove(_ id: ObjectID) {
+        guard sizes.removeValue(forKey: id) != nil else { return }
+        order.removeAll { $0 == id }
+    }
 }

@@ -71,6 +71,27 @@ public protocol ChunkStore: Sendable {
     /// before it; returns without waiting. A missing object is not an error here.
     func prefetch(_ id: ObjectID)
 
+    /// `prefetch`, for a streaming reader whose bytes the caller can give back later: a
+    /// store keeping local copies may then leave writing its copy until `keep(unwritten:_:)`.
+    func prefetch(_ id: ObjectID, writingLater: Bool)
+
+    /// Whether `prefetch(_:writingLater:)` can leave anything for later: a caller asks a
+    /// store that cannot for nothing.
+    var writesCopiesLater: Bool { get }
+
+    /// Objects fetched by `prefetch(_:writingLater:)` whose local copy is not written yet,
+    /// with their sizes, oldest first.
+    var unwrittenObjects: [(id: ObjectID, size: Int)] { get }
+
+    /// Writes the local copy of an object listed in `unwrittenObjects` from `bytes`
+    /// (checked by the caller), or from memory the store still holds it in when `bytes`
+    /// is nil; true when it was written.
+    @discardableResult
+    func keep(unwritten id: ObjectID, _ bytes: UnsafeRawBufferPointer?) -> Bool
+
+    /// Stops listing `id` in `unwrittenObjects`.
+    func forget(unwritten id: ObjectID)
+
     /// The length of object `id` in bytes.
     func size(of id: ObjectID) throws(StoreError) -> Int
 
@@ -114,4 +135,10 @@ extension ChunkStore {
     public func discard(_ id: ObjectID) {}
     public func availableBytes() -> UInt64? { nil }
     public func settle(timeout: Double) -> Bool { true }
+    public func prefetch(_ id: ObjectID, writingLater: Bool) { prefetch(id) }
+    public var writesCopiesLater: Bool { false }
+    public var unwrittenObjects: [(id: ObjectID, size: Int)] { [] }
+    @discardableResult
+    public func keep(unwritten id: ObjectID, _ bytes: UnsafeRawBufferPointer?) -> Bool { false }
+    public func forget(unwritten id: ObjectID) {}
 }

@@ -379,6 +379,10 @@ func makeOperations() -> fuse_lowlevel_ops {
             fuse_reply_err(req, 0)
         }
     }
+    ops.retrieve_reply = { req, cookie, _, _, data in
+        if let data { context(req).retrievals.deliver(UInt(bitPattern: cookie), data) }
+        fuse_reply_none(req)
+    }
     ops.fallocate = { req, ino, mode, offset, length, fi in
         serve(req, "fallocate", ino) { ctx throws(FSError) in
             guard offset >= 0, length > 0 else { throw .invalidArgument("bad range") }

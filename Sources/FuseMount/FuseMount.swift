@@ -8,6 +8,7 @@
 import Glibc
 #endif
 internal import CFuse
+import Dispatch
 import Logging
 import Metadata
 import Synchronization
@@ -54,6 +55,7 @@ final class FuseContext: Sendable {
     /// for the kernel cache notifications.
     let session = Atomic<UInt>(0)
     let metrics = RequestMetrics()
+    let retrievals = Retrievals()
 
     init(volume: VolumeFS, logger: Logger, options: MountOptions) {
         self.volume = volume
@@ -74,6 +76,23 @@ final class FuseContext: Sendable {
                 fuse_lowlevel_notify_inval_entry(session, parent.rawValue, pointer, name.bytes.count)
             }
         }
+    }
+
+    /// Copies the kernel's cached pages of `ino` from `offset` into `buffer`, up to the
+    /// first page it does not hold (or the end of the file); nil when it holds no such
+    /// file or did not answer in time. Never call it from a thread that serves requests:
+    /// the answer comes as one.
+    func retrieve(_ ino: InodeNumber, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Int? {
+        let address = session.load(ordering: .acquiring)
+        guard address != 0, let session = OpaquePointer(bitPattern: address), buffer.count > 0 else { return nil }
+        let (cookie, waiter) = retrievals.register(buffer)
+        let status = fuse_lowlevel_notify_retrieve(session, ino.rawValue, buffer.count, off_t(offset),
+                                                   UnsafeMutableRawPointer(bitPattern: cookie))
+        guard status == 0 else {
+            _ = retrievals.take(cookie)
+            return nil
+        }
+        return retrievals.wait(cookie, waiter, seconds: 5)
     }
 
     /// Tells the kernel that `ino`'s attributes changed behind a reply that carried none (a
@@ -223,6 +242,7 @@ public final class FuseMount: @unchecked Sendable {
         context.session.store(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(session))), ordering: .releasing)
         let context = self.context
         context.volume.setInvalidator { what in context.notify(what) }
+        context.volume.setPageRetriever { ino, offset, buffer in context.retrieve(ino, offset: offset, into: buffer) }
         if fuse_session_mount(session, options.mountpoint) != 0 {
             context.session.store(0, ordering: .releasing)
             fuse_session_destroy(session)
@@ -330,10 +350,64 @@ public final class FuseMount: @unchecked Sendable {
             context.logger.warning("session loop ended with \(result)")
         }
         context.session.store(0, ordering: .releasing)
+        // Nothing reads the kernel's answers any more.
+        context.retrievals.abandonAll()
         context.volume.shutdown()
         if options.handleSignals { fuse_remove_signal_handlers(session) }
         fuse_session_unmount(session)
         fuse_session_destroy(session)
         self.session = nil
+    }
+}
+
+/// Retrievals of the kernel's pages under way: each waits for the kernel's answer, which
+/// a request-serving thread delivers (`retrieve_reply`), matched by its cookie.
+final class Retrievals: Sendable {
+    final class Waiter: @unchecked Sendable {
+        // Unchecked: `got` is written by the one thread that took the waiter out of the
+        // table, before it signals `answered`; the waiting thread reads it after.
+        let buffer: UnsafeMutableRawBufferPointer
+        var got: Int?
+        let answered = DispatchSemaphore(value: 0)
+        init(_ buffer: UnsafeMutableRawBufferPointer) { self.buffer = buffer }
+    }
+
+    let waiting = Mutex<[UInt: Waiter]>([:])
+    let nextCookie = Atomic<UInt>(1)
+
+    func register(_ buffer: UnsafeMutableRawBufferPointer) -> (UInt, Waiter) {
+        let cookie = nextCookie.add(1, ordering: .relaxed).oldValue
+        let waiter = Waiter(buffer)
+        waiting.withLock { $0[cookie] = waiter }
+        return (cookie, waiter)
+    }
+
+    func take(_ cookie: UInt) -> Waiter? { waiting.withLock { $0.removeValue(forKey: cookie) } }
+
+    /// Ends every wait unanswered.
+    func abandonAll() {
+        let all = waiting.withLock { waiting in
+            defer { waiting = [:] }
+            return Array(waiting.values)
+        }
+        for waiter in all { waiter.answered.signal() }
+    }
+
+    /// The kernel's answer: its bytes copied into the waiter's buffer.
+    func deliver(_ cookie: UInt, _ data: UnsafeMutablePointer<fuse_bufvec>) {
+        guard let waiter = take(cookie) else { return }
+        let copied = CFuse_copy_bufvec(data, waiter.buffer.baseAddress, min(fuse_buf_size(data), waiter.buffer.count))
+        waiter.got = copied >= 0 ? copied : nil
+        waiter.answered.signal()
+    }
+
+    func wait(_ cookie: UInt, _ waiter: Waiter, seconds: Double) -> Int? {
+        if waiter.answered.wait(timeout: .now() + seconds) == .timedOut {
+            // Not answered in time: no answer may write into the buffer once this returns,
+            // so one being delivered right now is waited for.
+            if take(cookie) != nil { return nil }
+            waiter.answered.wait()
+        }
+        return waiter.got
     }
 }

@@ -85,6 +85,7 @@ public final class BackgroundWork: Sendable {
             usleep(100_000)
             guard state.withLock({ $0.running }) else { return }
             volume.groupCommitTurn()
+            volume.cacheFromPagesIfDue()
             turn += 1
             guard turn % 5 == 0 else { continue }
             volume.tick()

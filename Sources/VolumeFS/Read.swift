@@ -28,6 +28,7 @@ extension VolumeFS {
     /// further copy or allocation.
     public func read(_ ino: InodeNumber, _ fh: FileHandleID, offset: UInt64,
                      into buffer: UnsafeMutableRawBufferPointer) throws(FSError) -> Int {
+        noteRead()
         let file = try file(fh, ino)
         file.lock.lock()
         let size = file.size
@@ -79,6 +80,7 @@ extension VolumeFS {
     public func read(_ ino: InodeNumber, _ fh: FileHandleID, offset: UInt64, count: Int,
                      sendingFromMemory send: (UnsafeRawBufferPointer) -> Void) throws(FSError) -> Bool {
         guard store.lendsFromMemory else { return false }
+        noteRead()
         let file = try file(fh, ino)
         file.lock.lock()
         let size = file.size
@@ -127,9 +129,12 @@ extension VolumeFS {
     func readAhead(_ file: OpenFile, _ fh: FileHandleID, after chunks: ClosedRange<Int>) {
         let ahead = handles.withLock { $0[fh]?.reads.ahead(of: chunks, by: options.prefetchChunks,
                                                                      growingTo: options.prefetchWindowBytes / chunkSize) } ?? 0..<0
-        if !ahead.isEmpty {
-            let objects = file.lock.withLock { ahead.compactMap { file.chunkMap[$0]?.object } }
-            for object in objects { store.prefetch(object) }
+        guard !ahead.isEmpty else { return }
+        let chunks = file.lock.withLock { ahead.compactMap { index in file.chunkMap[index].flatMap { ref in ref.object.map { (index, $0, ref) } } } }
+        let later = canCacheFromPages
+        for (index, object, ref) in chunks {
+            if later { notePageSource(object, PageSource(ino: file.ino, offset: UInt64(index) * UInt64(chunkSize), ref: ref)) }
+            store.prefetch(object, writingLater: later)
         }
     }
 

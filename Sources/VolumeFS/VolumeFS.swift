@@ -76,6 +76,11 @@ public struct VolumeOptions: Sendable {
     /// Mounts that attach wait for the group first (`awaitWriterCommits`), which only
     /// mounts that register a session do (`BackgroundWork`).
     public var deferCommitsWhileAlone: Bool = false
+    /// Bytes a streaming read may fetch ahead of their copy in the local cache, which is
+    /// then written from the kernel's pages of the file once the reads go quiet
+    /// (CacheFromPages); 0 writes each copy as it is fetched. By default an eighth of the
+    /// memory this process may use: pages that recent stay in the page cache.
+    public var unwrittenCacheBytes: Int = VolumeOptions.defaultUnwrittenCacheBytes
     public init() {}
 }
 
@@ -360,6 +365,16 @@ public final class VolumeFS: Sendable {
     /// Serializes taking and giving back the lease.
     let leaseChange = Mutex(())
     let invalidator = Mutex<(@Sendable (Invalidation) -> Void)?>(nil)
+    let pageRetriever = Mutex<PageRetriever?>(nil)
+    /// Where in the kernel's pages the objects a streaming read fetched unwritten are.
+    let pageSources = Mutex<[ObjectID: PageSource]>([:])
+    /// When a read last came (CLOCK_MONOTONIC nanoseconds), so that cache copies wait
+    /// until the reads go quiet.
+    let lastRead = Atomic<UInt64>(0)
+    /// Set while a thread writes cache copies from the kernel's pages.
+    let cachingFromPages = Atomic<Bool>(false)
+    /// Since when (CLOCK_MONOTONIC nanoseconds) cache copies have been waiting; 0: none.
+    let unwrittenSince = Atomic<UInt64>(0)
     let pendingInvalidations = Mutex<[Invalidation]>([])
     /// For each file the kernel may hold pages of: the version those pages are of.
     let cacheStamps = Mutex<[InodeNumber: CacheStamp]>([:])

@@ -254,13 +254,8 @@ struct Status: ParsableCommand {
     /// Asks the writer's daemon, if it runs on this host, to commit the files it closed
     /// and keeps for its next group commit; whether it did.
     func commitClosed(by writer: Session) -> Bool {
-        guard writer.host == hostName(), Unmount.daemon(serving: writer.mountpoint) == writer.pid,
-              let url = URL(httpURLWithSocketPath: metricsSocketPath(pid: writer.pid), uri: "/commit"),
-              let request = try? HTTPClient.Request(url: url, method: .POST) else { return false }
-        let client = HTTPClient(eventLoopGroupProvider: .singleton)
-        defer { try? client.syncShutdown() }
-        let response = try? client.execute(request: request, deadline: NIODeadline.now() + TimeAmount.seconds(30)).wait()
-        return response?.status == .ok
+        guard writer.host == hostName(), Unmount.daemon(serving: writer.mountpoint) == writer.pid else { return false }
+        return post(metricsSocketPath(pid: writer.pid), "/commit", seconds: 30)
     }
 
     /// The local cache of a mount of this host (its daemon's metrics, from its socket);

@@ -127,8 +127,9 @@ final class MetricsHandler: ChannelInboundHandler, Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
-            // Reading is a GET; only dropping from the cache (/evict) and committing what
-            // is kept for a group commit (/commit) are POSTs.
+            // Reading is a GET; only dropping from the cache (/evict), committing what is
+            // kept for a group commit (/commit) and writing the cache copies left for
+            // later (/cache-pages) are POSTs.
             path.withLock { $0 = head.method == .GET || head.method == .POST ? "\(head.method.rawValue) \(head.uri)" : nil }
         case .body:
             break
@@ -137,7 +138,7 @@ final class MetricsHandler: ChannelInboundHandler, Sendable {
             let method = line.split(separator: " ").first.map(String.init) ?? ""
             let requested = line.split(separator: " ", maxSplits: 1).dropFirst().first.map(String.init) ?? ""
             var route = requested.split(separator: "?").first.map(String.init) ?? ""
-            if method != (route == "/evict" || route == "/commit" ? "POST" : "GET") { route = "" }
+            if method != (["/evict", "/commit", "/cache-pages"].contains(route) ? "POST" : "GET") { route = "" }
             let query = requested.split(separator: "?", maxSplits: 1).dropFirst().first.map(String.init) ?? ""
             var found = true
             var type = "text/plain; version=0.0.4; charset=utf-8"
@@ -155,6 +156,12 @@ final class MetricsHandler: ChannelInboundHandler, Sendable {
                 type = "application/json"
                 endpoint.state.volume.commitDeferred()
                 body = Array("{\"committed\":true}".utf8)
+            case "/cache-pages" where isUnix(context):
+                // `netvol unmount` and `netvol warmup`: the cache copies a streaming read
+                // left for later, written before the kernel's pages go.
+                type = "application/json"
+                let written = endpoint.state.volume.writeCacheFromPages()
+                body = Array("{\"written\":\(written)}".utf8)
             default:
                 found = false
                 type = "text/plain"
@@ -196,6 +203,7 @@ final class DaemonMetrics: Sendable {
         (CoreMetrics.Counter(label: "netvol_cache_misses_total"), { $0.cache?.misses }),
         (CoreMetrics.Counter(label: "netvol_cache_fetched_bytes_total"), { $0.cache?.bytesFetched }),
         (CoreMetrics.Counter(label: "netvol_cache_evictions_total"), { $0.cache?.evictions }),
+        (CoreMetrics.Counter(label: "netvol_cache_written_later_total"), { $0.cache?.writtenLater }),
         (CoreMetrics.Counter(label: "netvol_object_store_requests_total"), { $0.objectStoreRequests }),
         (CoreMetrics.Counter(label: "netvol_object_store_retries_total"), { $0.objectStoreRetries }),
         (CoreMetrics.Counter(label: "netvol_database_calls_total"), { $0.databaseCalls }),

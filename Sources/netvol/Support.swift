@@ -1,8 +1,10 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import AsyncHTTPClient
 import Foundation
 import Metadata
+import NIOCore
 import VolumeBackends
 
 /// A mistake a person made or a condition they can fix: printed as one line, exit 1.
@@ -174,4 +176,14 @@ final class ProgressLine {
         guard terminal, drawnAt != nil else { return }
         _ = "\r\u{1B}[K".withCString { write(STDERR_FILENO, $0, strlen($0)) }
     }
+}
+
+/// POSTs to a daemon's private socket (`MetricsEndpoint`); whether it answered 200.
+func post(_ socket: String, _ uri: String, seconds: Int64) -> Bool {
+    guard let url = URL(httpURLWithSocketPath: socket, uri: uri),
+          let request = try? HTTPClient.Request(url: url, method: .POST) else { return false }
+    let client = HTTPClient(eventLoopGroupProvider: .singleton)
+    defer { try? client.syncShutdown() }
+    let response = try? client.execute(request: request, deadline: NIODeadline.now() + TimeAmount.seconds(seconds)).wait()
+    return response?.status == .ok
 }

@@ -25,6 +25,11 @@ struct Unmount: ParsableCommand {
         guard let fusermount = findProgram("fusermount3") else {
             throw CLIError("fusermount3 is missing; install the fuse3 package")
         }
+        // The cache copies a streaming read left for later are written from the kernel's
+        // pages of the files, which the unmount drops.
+        if let daemon, access(metricsSocketPath(pid: daemon), F_OK) == 0 {
+            _ = post(metricsSocketPath(pid: daemon), "/cache-pages", seconds: 120)
+        }
         let (status, errors) = runProgram(fusermount, ["-u", target])
         guard status == 0 else {
             let reason = errors.split(separator: "\n").first.map(String.init) ?? "exit status \(status)"

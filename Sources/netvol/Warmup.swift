@@ -172,6 +172,9 @@ struct Warmup: ParsableCommand {
         while !reporter.isFinished { usleep(10_000) }
         signal(SIGINT, SIG_DFL)
         signal(SIGTERM, SIG_DFL)
+        // What the reads fetched but left for the daemon to write once they went quiet
+        // is written now, so that the cache is warm when this returns.
+        for socket in Set(files.map(\.socket)) { _ = post(socket, "/cache-pages", seconds: 300) }
         if let failure = failure.withLock({ $0 }) { throw CLIError(failure) }
         if interrupted.load(ordering: .relaxed) {
             printError("netvol: warmup interrupted: \(progress.summary); what was fetched stays cached")

@@ -436,6 +436,63 @@ import Glibc
         #expect(cache.statistics.hits == ids.count)
     }
 
+    /// Waits until no download is under way, at most ten seconds.
+    func settled(_ cache: CachedChunkStore) -> Bool { cache.settle(timeout: 10) }
+
+    @Test func aStreamingPrefetchLeavesItsCopyForLater() throws {
+        let cache = try makeCache()
+        let id = try stored(1)[0]
+        let whole = bytes(100_000, seed: 0)
+        cache.prefetch(id, writingLater: true)
+        #expect(settled(cache))
+        #expect(!cache.isCached(id))
+        #expect(cache.unwrittenObjects.map(\.id) == [id] && cache.unwrittenObjects.map(\.size) == [100_000])
+        // The reader takes it from memory: no second download.
+        #expect(try cache.read(id, count: 100_000) == whole)
+        #expect(backing.reads.load(ordering: .relaxed) == 1)
+        // Read whole, it is no longer in memory: only the caller's bytes can write it.
+        #expect(!cache.keep(unwritten: id, nil))
+        #expect(cache.unwrittenObjects.map(\.id) == [id])
+        let wrong = [UInt8](repeating: 1, count: 99_999)
+        #expect(!wrong.withUnsafeBytes { cache.keep(unwritten: id, $0) }, "bytes of another length")
+        #expect(cache.unwrittenObjects.isEmpty && !cache.isCached(id))
+        cache.prefetch(id, writingLater: true)
+        #expect(settled(cache))
+        #expect(try cache.read(id, count: 100_000) == whole)
+        #expect(whole.withUnsafeBytes { cache.keep(unwritten: id, $0) })
+        #expect(cache.isCached(id) && cache.unwrittenObjects.isEmpty)
+        let calls = backing.backendCalls
+        #expect(try cache.read(id, count: 100_000) == whole)
+        #expect(backing.backendCalls == calls)
+    }
+
+    @Test func anUnwrittenObjectNotReadWholeIsWrittenFromMemory() throws {
+        let cache = try makeCache()
+        let id = try stored(1)[0]
+        cache.prefetch(id, writingLater: true)
+        #expect(settled(cache))
+        #expect(try cache.read(id, offset: 0, count: 1000) == Array(bytes(100_000, seed: 0)[0..<1000]))
+        #expect(cache.keep(unwritten: id, nil))
+        #expect(cache.isCached(id) && cache.unwrittenObjects.isEmpty)
+        #expect(try Array(FileManager.default.contents(atPath: cache.path(of: id)) ?? Data()) == bytes(100_000, seed: 0))
+    }
+
+    @Test func anUnwrittenObjectPushedOutOfMemoryUnreadIsWritten() throws {
+        let cache = try makeCache()
+        let ids = try stored(CachedChunkStore.landedLimit + 4)
+        for id in ids {
+            cache.prefetch(id, writingLater: true)
+            #expect(settled(cache))
+        }
+        // The four oldest were pushed out before anyone read them: written then.
+        for id in ids.prefix(4) { #expect(cache.isCached(id)) }
+        for id in ids.dropFirst(4) { #expect(!cache.isCached(id)) }
+        #expect(cache.unwrittenObjects.map(\.id) == Array(ids.dropFirst(4)))
+        let calls = backing.backendCalls
+        for (index, id) in ids.enumerated() { #expect(try cache.read(id, count: 100_000) == bytes(100_000, seed: UInt8(index))) }
+        #expect(backing.backendCalls == calls)
+    }
+
     @Test func prefetchNeverBlocksAndItsQueueIsBounded() throws {
         let slow = CountingStore(backing.inner, sizeDelay: .milliseconds(100))
         let cache = try makeCache(over: slow)

@@ -906,20 +906,24 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
     }
 }
 
-/// A chunk store that counts the objects stored through it, and refuses them while `full`.
+/// A chunk store that counts the objects stored and the reads made through it, and
+/// refuses objects while `full`.
 final class CountingStore: ChunkStore {
     let inner: any ChunkStore
     let stored = Mutex(0)
+    let readCount = Mutex(0)
     let full = Mutex(false)
     init(_ inner: any ChunkStore) { self.inner = inner }
     var puts: Int { stored.withLock { $0 } }
+    var reads: Int { readCount.withLock { $0 } }
     func put(_ id: ObjectID, _ bytes: UnsafeRawBufferPointer) throws(StoreError) {
         if full.withLock({ $0 }) { throw .noSpace }
         try inner.put(id, bytes)
         stored.withLock { $0 += 1 }
     }
     func read(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int {
-        try inner.read(id, offset: offset, into: buffer)
+        readCount.withLock { $0 += 1 }
+        return try inner.read(id, offset: offset, into: buffer)
     }
     func prefetch(_ id: ObjectID) { inner.prefetch(id) }
     func size(of id: ObjectID) throws(StoreError) -> Int { try inner.size(of: id) }

@@ -4,6 +4,7 @@ import LocalChunkStore
 import Foundation
 import Metadata
 import SQLiteMetadata
+import Synchronization
 import Testing
 @testable import VolumeFS
 
@@ -179,6 +180,90 @@ import Testing
         #expect(try fx.volume.read(b.ino, rb, offset: 0, count: 100) == Array(pattern(40_000, seed: 7)[0..<100]))
     }
 
+    /// A file `model` holding `data`, written to `remote` through `writerStore` by one
+    /// mount, and another host's mount of the volume with an empty cache over `remote`.
+    func modelOnAnotherHost(_ directory: String, chunk: Int, _ data: [UInt8], remote: any ChunkStore, writerStore: any ChunkStore)
+        throws -> (Attr, CachedChunkStore, SQLiteMetadata, VolumeFS) {
+        let metadata = try SQLiteMetadata.create(path: directory + "/volume.db", chunkSize: chunk, sizeLimit: 1 << 30,
+                                                 now: VolumeFS.now())
+        let writer = try VolumeFS(metadata: metadata, store: writerStore)
+        let (attr, fh) = try writer.create(.root, FileName("model"), mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
+        _ = try data.withUnsafeBytes { try writer.write(attr.ino, fh, offset: 0, $0) }
+        try writer.flush(attr.ino, fh)
+        writer.release(attr.ino, fh)
+        writer.shutdown()
+        let cache = try CachedChunkStore(directory: directory + "/reader", capacityBytes: 64 << 20, backing: remote)
+        let readerMetadata = try SQLiteMetadata(path: directory + "/volume.db")
+        return (attr, cache, readerMetadata, try VolumeFS(metadata: readerMetadata, store: cache))
+    }
+
+    /// What the kernel holds of a file a streaming reader read, for `setPageRetriever`.
+    enum KernelPages: CaseIterable { case intact, changed, dropped }
+
+    /// A streaming read's prefetches leave their cache copies for later; once the reads
+    /// are done they are written from the kernel's pages of the file, checked first:
+    /// pages that changed or went are not written, and the objects are fetched again.
+    @Test(arguments: KernelPages.allCases)
+    func cacheCopiesOfAStreamingReadAreWrittenFromTheKernelsPages(pages: KernelPages) throws {
+        let directory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let chunk = 4 * BlockChecksums.blockSize
+        let remote = CountingStore(try LocalChunkStore(root: directory + "/remote"))
+        let data = pattern(6 * chunk + 10_000, seed: 22)
+        let (attr, cache, readerMetadata, reader) = try modelOnAnotherHost(directory, chunk: chunk, data, remote: remote, writerStore: remote)
+        defer { reader.shutdown() }
+        var kernel = data
+        if pages == .changed { kernel[3 * chunk + 5] ^= 0xff }
+        let held = kernel
+        let asked = Mutex(0)
+        reader.setPageRetriever { ino, offset, buffer in
+            asked.withLock { $0 += 1 }
+            guard ino == attr.ino, pages != .dropped, offset < UInt64(held.count) else { return pages == .dropped ? 0 : nil }
+            // At most 1 MiB at a time, as the kernel answers.
+            let count = min(buffer.count, held.count - Int(offset), 1 << 20)
+            held.withUnsafeBytes { buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[Int(offset)..<(Int(offset) + count)])) }
+            return count
+        }
+        let objects = try readerMetadata.chunks(attr.ino).compactMap(\.object)
+        let rh = try reader.open(attr.ino, flags: O_RDONLY)
+        var offset = 0
+        while offset < data.count {
+            let got = try reader.read(attr.ino, rh, offset: UInt64(offset), count: 64 << 10)
+            #expect(got == Array(data[offset..<min(offset + (64 << 10), data.count)]))
+            offset += got.count
+            #expect(cache.settle(timeout: 30))
+        }
+        reader.release(attr.ino, rh)
+        // The first chunk is the reader's own fetch, written at once; the rest were
+        // prefetched, each downloaded once, and are not written yet.
+        #expect(cache.isCached(objects[0]))
+        let unwritten = Set(cache.unwrittenObjects.map(\.id))
+        #expect(unwritten == Set(objects.dropFirst()))
+        for object in objects.dropFirst() { #expect(!cache.isCached(object)) }
+        let downloads = remote.reads
+        #expect(downloads == objects.count)
+
+        let written = reader.writeCacheFromPages()
+        #expect(cache.unwrittenObjects.isEmpty)
+        #expect(asked.withLock { $0 } > 0)
+        switch pages {
+        case .intact:
+            #expect(written == objects.count - 1)
+            for object in objects { #expect(cache.isCached(object)) }
+            // A new reader of this host reads it all from the cache.
+            let again = try reader.open(attr.ino, flags: O_RDONLY)
+            #expect(try reader.read(attr.ino, again, offset: 0, count: data.count) == data)
+            reader.release(attr.ino, again)
+            #expect(remote.reads == downloads)
+        case .changed:
+            #expect(written == objects.count - 2)
+            #expect(!cache.isCached(objects[3]))
+        case .dropped:
+            #expect(written == 0)
+            for object in objects.dropFirst() { #expect(!cache.isCached(object)) }
+        }
+    }
+
     /// A cold reader behind the cache's prefetches is answered from the downloads'
     /// buffers in place, each read checked first; whatever the buffers cannot answer (not
     /// fetched, across chunks, damaged) is left to the copying read, which says why.
@@ -186,22 +271,11 @@ import Testing
         let directory = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let chunk = 4 * BlockChecksums.blockSize
-        let metadata = try SQLiteMetadata.create(path: directory + "/volume.db", chunkSize: chunk, sizeLimit: 1 << 30,
-                                                 now: VolumeFS.now())
         let remote = try LocalChunkStore(root: directory + "/remote")
-        let writer = try VolumeFS(metadata: metadata,
-                                  store: try CachedChunkStore(directory: directory + "/writer", capacityBytes: 64 << 20, backing: remote))
         let data = pattern(4 * chunk + 10_000, seed: 21)
-        let (attr, fh) = try writer.create(.root, FileName("model"), mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
-        _ = try data.withUnsafeBytes { try writer.write(attr.ino, fh, offset: 0, $0) }
-        try writer.flush(attr.ino, fh)
-        writer.release(attr.ino, fh)
-        writer.shutdown()
-
-        // Another host: an empty cache over the same objects.
-        let cache = try CachedChunkStore(directory: directory + "/reader", capacityBytes: 64 << 20, backing: remote)
-        let readerMetadata = try SQLiteMetadata(path: directory + "/volume.db")
-        let reader = try VolumeFS(metadata: readerMetadata, store: cache)
+        let (attr, cache, readerMetadata, reader) = try modelOnAnotherHost(
+            directory, chunk: chunk, data, remote: remote,
+            writerStore: try CachedChunkStore(directory: directory + "/writer", capacityBytes: 64 << 20, backing: remote))
         defer { reader.shutdown() }
         let rh = try reader.open(attr.ino, flags: O_RDONLY)
         func fromMemory(_ offset: Int, _ count: Int) throws -> [UInt8]? {

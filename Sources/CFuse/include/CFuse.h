@@ -25,6 +25,10 @@ int CFuse_request_kills_suidgid(void);
 // Requests a polling thread found, over every session of the process.
 unsigned long long CFuse_polled_requests(void);
 
+// Copies up to size bytes of src (a retrieve reply's data, in memory or in a pipe) to
+// dst; returns how many, or a negative errno.
+ssize_t CFuse_copy_bufvec(struct fuse_bufvec *src, void *dst, size_t size);
+
 // Swift imports the struct but not the macro FUSE_ARGS_INIT.
 struct fuse_args CFuse_args_init(int argc, char **argv);
 

@@ -1,0 +1,178 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ChunkStore
+import Foundation
+public import Metadata
+import Synchronization
+
+// Cache copies written after a streaming read, from the kernel's pages of the file.
+//
+// A cold streaming read fetches each object once: its bytes go to the reader, and used
+// to go to the host's local cache at the same time. That copy is as many bytes written
+// as the read brings in, and it competes for the disk with whatever the read waits for
+// (an object store on the same host reads from it; a disk slower than the network bounds
+// the read outright). So the objects a sequential reader's prefetch fetches are left
+// unwritten (`ChunkStore.prefetch(_:writingLater:)`) while the reads go on. Their bytes
+// stay in the kernel's page cache of the file, which the reader filled: once no read has
+// come for `quietNanoseconds`, a thread of its own asks the kernel for those pages back
+// (`fuse_lowlevel_notify_retrieve`), checks them against the chunk's block checksums and
+// writes the cache copy. Objects the reader never took whole are still in the store's
+// memory and are written from there.
+//
+// What is lost: an object whose pages the kernel dropped meanwhile (memory pressure, a
+// truncate, the file changed) is not written; the next read of it fetches it again. To
+// keep that rare, no more than `unwrittenCacheBytes` (an eighth of memory) wait: past it,
+// the oldest are written while the read goes on; and none waits more than 30 s for reads
+// that never pause. `netvol unmount` and `netvol warmup`
+// write everything left first (`writeCacheFromPages`), since an unmount drops the pages.
+
+/// Copies `buffer.count` bytes of the kernel's pages of a file from an offset, up to the
+/// first page it does not hold; nil when it does not answer.
+public typealias PageRetriever = @Sendable (InodeNumber, UInt64, UnsafeMutableRawBufferPointer) -> Int?
+
+/// Where the bytes of an unwritten object sit in the kernel's pages.
+struct PageSource {
+    let ino: InodeNumber
+    /// The chunk's offset in the file.
+    let offset: UInt64
+    let ref: ChunkRef
+}
+
+extension VolumeOptions {
+    /// An eighth of the memory this process may use (the machine's, or its cgroup's
+    /// limit), between 256 MiB and 8 GiB.
+    public static let defaultUnwrittenCacheBytes: Int = {
+        var memory = Int(clamping: ProcessInfo.processInfo.physicalMemory)
+        if let text = try? String(contentsOfFile: "/sys/fs/cgroup/memory.max", encoding: .utf8),
+           let limit = Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+            memory = min(memory, limit)
+        }
+        return min(max(memory / 8, 256 << 20), 8 << 30)
+    }()
+}
+
+extension VolumeFS {
+    /// How long reads stay away before cache copies are written.
+    static let quietNanoseconds: UInt64 = 300_000_000
+    /// How long copies wait at most: reads that never pause (a server's random reads)
+    /// must not leave them until the kernel has dropped the pages.
+    static let longestWaitNanoseconds: UInt64 = 30_000_000_000
+    /// Page sources remembered at most (an object each).
+    static let pageSourceLimit = 65_536
+
+    /// Sets what copies the kernel's pages of a file (FuseMount); until it is set, every
+    /// cache copy is written as its object is fetched.
+    public func setPageRetriever(_ retrieve: @escaping PageRetriever) {
+        pageRetriever.withLock { $0 = retrieve }
+    }
+
+    var canCacheFromPages: Bool {
+        options.unwrittenCacheBytes > 0 && store.writesCopiesLater && pageRetriever.withLock({ $0 != nil })
+    }
+
+    static func monotonicNanoseconds() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+    }
+
+    func noteRead() {
+        lastRead.store(Self.monotonicNanoseconds(), ordering: .relaxed)
+    }
+
+    var readsAreQuiet: Bool {
+        Self.monotonicNanoseconds() &- lastRead.load(ordering: .relaxed) >= Self.quietNanoseconds
+    }
+
+    func notePageSource(_ object: ObjectID, _ source: PageSource) {
+        pageSources.withLock { sources in
+            if sources.count < Self.pageSourceLimit || sources[object] != nil { sources[object] = source }
+        }
+    }
+
+    /// From the background thread: starts writing cache copies when the reads have gone
+    /// quiet, or when more than `unwrittenCacheBytes` wait.
+    func cacheFromPagesIfDue() {
+        guard store.writesCopiesLater, !cachingFromPages.load(ordering: .relaxed) else { return }
+        let waiting = store.unwrittenObjects
+        guard !waiting.isEmpty else {
+            unwrittenSince.store(0, ordering: .relaxed)
+            if pageSources.withLock({ !$0.isEmpty }) && readsAreQuiet { pageSources.withLock { $0 = [:] } }
+            return
+        }
+        let now = Self.monotonicNanoseconds()
+        if unwrittenSince.load(ordering: .relaxed) == 0 { unwrittenSince.store(now, ordering: .relaxed) }
+        let waitedLong = now &- unwrittenSince.load(ordering: .relaxed) >= Self.longestWaitNanoseconds
+        let bytes = waiting.reduce(0) { $0 + $1.size }
+        guard readsAreQuiet || waitedLong || bytes > options.unwrittenCacheBytes else { return }
+        guard cachingFromPages.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else { return }
+        // A thread of its own: the background thread's group commits must not wait for
+        // the disk.
+        Thread.detachNewThread { [self] in
+            defer { cachingFromPages.store(false, ordering: .releasing) }
+            writeUnwritten(yieldingToReads: !waitedLong)
+            unwrittenSince.store(0, ordering: .relaxed)
+        }
+    }
+
+    /// Writes every cache copy left for later, from memory or from the kernel's pages;
+    /// returns how many were written. For `netvol unmount` (the pages go with the mount)
+    /// and `netvol warmup`. Waits for a background run of the same to end first.
+    @discardableResult
+    public func writeCacheFromPages(timeout: Double = 60) -> Int {
+        let deadline = Self.monotonicNanoseconds() + UInt64(timeout * 1e9)
+        while !cachingFromPages.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged {
+            guard Self.monotonicNanoseconds() < deadline else { return 0 }
+            usleep(2_000)
+        }
+        defer { cachingFromPages.store(false, ordering: .releasing) }
+        return writeUnwritten(yieldingToReads: false, deadline: deadline)
+    }
+
+    /// Writes the unwritten objects, oldest first. `yieldingToReads`: stops when reads
+    /// come again and no more than `unwrittenCacheBytes` wait.
+    @discardableResult
+    func writeUnwritten(yieldingToReads: Bool, deadline: UInt64 = .max) -> Int {
+        var waiting = store.unwrittenObjects
+        var bytes = waiting.reduce(0) { $0 + $1.size }
+        guard !waiting.isEmpty else { return 0 }
+        let retrieve = pageRetriever.withLock { $0 }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: DirectIO.padded(chunkSize), alignment: DirectIO.alignment)
+        defer { buffer.deallocate() }
+        var written = 0
+        while let (object, size) = waiting.first {
+            if yieldingToReads && !readsAreQuiet && bytes <= options.unwrittenCacheBytes { break }
+            guard Self.monotonicNanoseconds() < deadline else { break }
+            waiting.removeFirst()
+            bytes -= size
+            let source = pageSources.withLock { $0.removeValue(forKey: object) }
+            // Still in memory (prefetched but never read whole): no need for the pages.
+            if store.keep(unwritten: object, nil) {
+                written += 1
+                continue
+            }
+            guard let source, let retrieve, source.ref.length == size, size <= buffer.count,
+                  source.ref.checksums.values.count == (size + BlockChecksums.blockSize - 1) / BlockChecksums.blockSize else {
+                store.forget(unwritten: object)
+                continue
+            }
+            var got = 0
+            while got < size {
+                let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[got..<size])
+                guard let count = retrieve(source.ino, source.offset + UInt64(got), piece), count > 0 else { break }
+                got += count
+            }
+            let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<size])
+            // Pages of a file changed since, or dropped, fail here: the object is then
+            // fetched again by the next read of it.
+            guard got == size, firstMismatch(source.ref, bytes, from: 0) == nil else {
+                store.forget(unwritten: object)
+                continue
+            }
+            if store.keep(unwritten: object, bytes) { written += 1 }
+        }
+        if store.unwrittenObjects.isEmpty { pageSources.withLock { $0 = [:] } }
+        return written
+    }
+}
