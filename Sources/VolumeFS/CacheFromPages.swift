@@ -20,12 +20,15 @@ import Synchronization
 // writes the cache copy. Objects the reader never took whole are still in the store's
 // memory and are written from there.
 //
-// What is lost: an object whose pages the kernel dropped meanwhile (memory pressure, a
-// truncate, the file changed) is not written; the next read of it fetches it again. To
-// keep that rare, no more than `unwrittenCacheBytes` (an eighth of memory) wait: past it,
-// the oldest are written while the read goes on; and none waits more than 30 s for reads
-// that never pause. `netvol unmount` and `netvol warmup`
-// write everything left first (`writeCacheFromPages`), since an unmount drops the pages.
+// What it costs: an object whose pages the kernel dropped meanwhile (memory pressure,
+// `POSIX_FADV_DONTNEED`, the file changed) is downloaded once more, into the cache (and
+// when the store cannot be reached, by the next read of it). To keep that rare, no more
+// than `unwrittenCacheBytes` (an eighth of memory) wait: past it, the oldest are written
+// while the read goes on; and none waits more than 30 s for reads that never pause.
+// `netvol unmount` and `netvol warmup` write everything left first
+// (`writeCacheFromPages`), since an unmount drops the pages. Until its copy is written,
+// an object read on this host is not in its cache: an object store that stops within
+// that moment leaves it unreadable here.
 
 /// Copies `buffer.count` bytes of the kernel's pages of a file from an offset, up to the
 /// first page it does not hold; nil when it does not answer.
@@ -154,7 +157,8 @@ extension VolumeFS {
             }
             guard let source, let retrieve, source.ref.length == size, size <= buffer.count,
                   source.ref.checksums.values.count == (size + BlockChecksums.blockSize - 1) / BlockChecksums.blockSize else {
-                store.forget(unwritten: object)
+                logger.debug("cache copy of object \(object): no page source (\(source == nil ? "none" : "size differs"))")
+                fetchAgain(object)
                 continue
             }
             var got = 0
@@ -167,12 +171,21 @@ extension VolumeFS {
             // Pages of a file changed since, or dropped, fail here: the object is then
             // fetched again by the next read of it.
             guard got == size, firstMismatch(source.ref, bytes, from: 0) == nil else {
-                store.forget(unwritten: object)
+                logger.debug("cache copy of object \(object): the kernel gave \(got) of \(size) bytes\(got == size ? ", not matching its checksums" : "")")
+                fetchAgain(object)
                 continue
             }
             if store.keep(unwritten: object, bytes) { written += 1 }
         }
         if store.unwrittenObjects.isEmpty { pageSources.withLock { $0 = [:] } }
         return written
+    }
+
+    /// An object whose copy cannot be written from the kernel's pages (they went, or
+    /// changed) is fetched into the cache again, so that what this host read stays
+    /// cached; a store that cannot be reached leaves it to the next read.
+    func fetchAgain(_ object: ObjectID) {
+        store.forget(unwritten: object)
+        store.prefetch(object)
     }
 }
