@@ -144,6 +144,7 @@ extension VolumeFS {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: DirectIO.padded(chunkSize), alignment: DirectIO.alignment)
         defer { buffer.deallocate() }
         var written = 0
+        var lost: [InodeNumber: Set<ObjectID>] = [:]
         while let (object, size) = waiting.first {
             if yieldingToReads && !readsAreQuiet && bytes <= options.unwrittenCacheBytes { break }
             guard Self.monotonicNanoseconds() < deadline else { break }
@@ -158,7 +159,8 @@ extension VolumeFS {
             guard let source, let retrieve, source.ref.length == size, size <= buffer.count,
                   source.ref.checksums.values.count == (size + BlockChecksums.blockSize - 1) / BlockChecksums.blockSize else {
                 logger.debug("cache copy of object \(object): no page source (\(source == nil ? "none" : "size differs"))")
-                fetchAgain(object)
+                store.forget(unwritten: object)
+                if let source { lost[source.ino, default: []].insert(object) }
                 continue
             }
             var got = 0
@@ -172,20 +174,25 @@ extension VolumeFS {
             // fetched again by the next read of it.
             guard got == size, firstMismatch(source.ref, bytes, from: 0) == nil else {
                 logger.debug("cache copy of object \(object): the kernel gave \(got) of \(size) bytes\(got == size ? ", not matching its checksums" : "")")
-                fetchAgain(object)
+                store.forget(unwritten: object)
+                lost[source.ino, default: []].insert(object)
                 continue
             }
             if store.keep(unwritten: object, bytes) { written += 1 }
         }
         if store.unwrittenObjects.isEmpty { pageSources.withLock { $0 = [:] } }
+        fetchAgain(lost)
         return written
     }
 
-    /// An object whose copy cannot be written from the kernel's pages (they went, or
-    /// changed) is fetched into the cache again, so that what this host read stays
-    /// cached; a store that cannot be reached leaves it to the next read.
-    func fetchAgain(_ object: ObjectID) {
-        store.forget(unwritten: object)
-        store.prefetch(object)
+    /// Objects whose copies could not be written from the kernel's pages (they went, or
+    /// changed) are fetched into the cache again, so that what this host read stays
+    /// cached; a store that cannot be reached leaves them to the next read. Only those
+    /// their file still holds: pages also go because the file was deleted or rewritten.
+    func fetchAgain(_ lost: [InodeNumber: Set<ObjectID>]) {
+        for (ino, objects) in lost {
+            guard let (attr, chunks) = try? metadata.attrAndChunks(ino), attr.nlink > 0 else { continue }
+            for object in chunks.compactMap(\.object) where objects.contains(object) { store.prefetch(object) }
+        }
     }
 }

@@ -198,12 +198,12 @@ import Testing
     }
 
     /// What the kernel holds of a file a streaming reader read, for `setPageRetriever`.
-    enum KernelPages: CaseIterable { case intact, changed, dropped }
+    enum KernelPages: CaseIterable { case intact, changed, dropped, deletedWithTheFile }
 
     /// A streaming read's prefetches leave their cache copies for later; once the reads
     /// are done they are written from the kernel's pages of the file, checked first:
     /// pages that changed or went are not written, and those objects are downloaded into
-    /// the cache again.
+    /// the cache again, unless the file itself went.
     @Test(arguments: KernelPages.allCases)
     func cacheCopiesOfAStreamingReadAreWrittenFromTheKernelsPages(pages: KernelPages) throws {
         let directory = temporaryDirectory()
@@ -219,7 +219,8 @@ import Testing
         let asked = Mutex(0)
         reader.setPageRetriever { ino, offset, buffer in
             asked.withLock { $0 += 1 }
-            guard ino == attr.ino, pages != .dropped, offset < UInt64(held.count) else { return pages == .dropped ? 0 : nil }
+            let gone = pages == .dropped || pages == .deletedWithTheFile
+            guard ino == attr.ino, !gone, offset < UInt64(held.count) else { return gone ? 0 : nil }
             // At most 1 MiB at a time, as the kernel answers.
             let count = min(buffer.count, held.count - Int(offset), 1 << 20)
             held.withUnsafeBytes { buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[Int(offset)..<(Int(offset) + count)])) }
@@ -244,17 +245,22 @@ import Testing
         let downloads = remote.reads
         #expect(downloads == objects.count)
 
+        if pages == .deletedWithTheFile { try reader.unlink(.root, FileName("model")) }
         let written = reader.writeCacheFromPages()
         #expect(cache.unwrittenObjects.isEmpty)
         #expect(asked.withLock { $0 } > 0)
         #expect(cache.settle(timeout: 30))
         let fetchedAgain = switch pages {
-            case .intact: 0
+            case .intact, .deletedWithTheFile: 0
             case .changed: 1
             case .dropped: objects.count - 1
         }
-        #expect(written == objects.count - 1 - fetchedAgain)
+        #expect(written == (pages == .deletedWithTheFile ? 0 : objects.count - 1 - fetchedAgain))
         #expect(remote.reads == downloads + fetchedAgain)
+        if pages == .deletedWithTheFile {
+            for object in objects.dropFirst() { #expect(!cache.isCached(object)) }
+            return
+        }
         if pages == .changed { #expect(cache.statistics.writtenLater == objects.count - 2) }
         // Either way the host's cache holds the whole file, the checked bytes only: a
         // new reader reads it all from there.
