@@ -300,13 +300,20 @@ public final class CachedChunkStore: ChunkStore {
     @discardableResult
     public func keep(unwritten id: ObjectID, _ bytes: UnsafeRawBufferPointer?) -> Bool {
         guard let size = unwritten.withLock({ $0.size(of: id) }) else { return false }
-        let kept: Bool
-        if let bytes {
-            kept = bytes.count == size && keep(id, bytes)
-        } else {
+        guard let bytes else {
             guard let piece = landed.withLock({ $0.pieces[id] }) else { return false }
-            kept = piece.withBytes { keep(id, $0) } ?? false
+            return keep(unwritten: id, from: piece)
         }
+        let kept = bytes.count == size && keep(id, bytes)
+        forget(unwritten: id)
+        if kept { writtenLater.add(1, ordering: .relaxed) }
+        return kept
+    }
+
+    /// Writes unwritten object `id` from the download buffer `piece` holds it in, and
+    /// lists it no more.
+    func keep(unwritten id: ObjectID, from piece: LandedPiece) -> Bool {
+        let kept = piece.withBytes { keep(id, $0) } ?? false
         forget(unwritten: id)
         if kept { writtenLater.add(1, ordering: .relaxed) }
         return kept
@@ -522,8 +529,7 @@ public final class CachedChunkStore: ChunkStore {
             // Pushed out before its reader came, an object not written yet would be
             // fetched again: it is written now instead.
             if piece.unreadBytes > 0, unwritten.withLock({ $0.size(of: old) != nil }) {
-                if piece.withBytes({ keep(old, $0) }) == true { writtenLater.add(1, ordering: .relaxed) }
-                forget(unwritten: old)
+                _ = keep(unwritten: old, from: piece)
             }
             if let buffer = piece.withdraw() { givePieceBack(buffer) }
         }

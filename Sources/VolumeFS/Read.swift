@@ -28,7 +28,6 @@ extension VolumeFS {
     /// further copy or allocation.
     public func read(_ ino: InodeNumber, _ fh: FileHandleID, offset: UInt64,
                      into buffer: UnsafeMutableRawBufferPointer) throws(FSError) -> Int {
-        noteRead()
         let file = try file(fh, ino)
         file.lock.lock()
         let size = file.size
@@ -80,7 +79,6 @@ extension VolumeFS {
     public func read(_ ino: InodeNumber, _ fh: FileHandleID, offset: UInt64, count: Int,
                      sendingFromMemory send: (UnsafeRawBufferPointer) -> Void) throws(FSError) -> Bool {
         guard store.lendsFromMemory else { return false }
-        noteRead()
         let file = try file(fh, ino)
         file.lock.lock()
         let size = file.size
@@ -127,6 +125,8 @@ extension VolumeFS {
     /// Fetches the chunks ahead of a read once it has its bytes: started before, their
     /// downloads would share the network with the one it waits for.
     func readAhead(_ file: OpenFile, _ fh: FileHandleID, after chunks: ClosedRange<Int>) {
+        // Once per answered read: cache copies wait until these go quiet.
+        if store.writesCopiesLater { noteRead() }
         let ahead = handles.withLock { $0[fh]?.reads.ahead(of: chunks, by: options.prefetchChunks,
                                                                      growingTo: options.prefetchWindowBytes / chunkSize) } ?? 0..<0
         guard !ahead.isEmpty else { return }
