@@ -45,7 +45,7 @@ public struct CacheStatistics: Sendable, Equatable {
     public var bytesFetched: Int
     /// Objects removed to stay within the bounds.
     public var evictions: Int
-    /// Objects whose copy was written after their read (`keep(unwritten:_:)`).
+    /// Objects whose copy was written after their read or write (`keep(unwritten:_:)`).
     public var writtenLater: Int
     /// Bytes and objects in the cache, as far as this process knows.
     public var bytesCached: Int
@@ -75,8 +75,9 @@ public final class CachedChunkStore: ChunkStore {
     /// cold read, and waits for the disk). Each stays until it has been read whole once,
     /// or until newer ones push it out.
     let landed = Mutex(LandedPieces())
-    /// Objects a streaming read fetched whose copy in the cache was left for later (see
-    /// `prefetch(_:writingLater:)`), with their sizes, oldest first.
+    /// Objects a streaming read fetched or a streaming write stored whose copy in the
+    /// cache was left for later (see `prefetch(_:writingLater:)`, `put(_:_:writingLater:)`),
+    /// with their sizes, oldest first.
     let unwritten = Mutex(UnwrittenObjects())
     let insertionsSinceScan = Atomic<Int>(0)
 
@@ -149,10 +150,22 @@ public final class CachedChunkStore: ChunkStore {
     // MARK: ChunkStore
 
     public func put(_ id: ObjectID, _ bytes: UnsafeRawBufferPointer) throws(StoreError) {
+        try put(id, bytes, writingLater: false)
+    }
+
+    /// The writer is likely to read what it wrote, so its objects are cached too; a
+    /// failure to cache one costs nothing but a later fetch. `writingLater`: the copy is
+    /// not written now but listed in `unwrittenObjects`, for the layer above to write
+    /// from the kernel's pages of the file once the writes have gone quiet. Written during
+    /// the write, the copy doubles the bytes going to the disk while the writer waits,
+    /// for a read that may never come.
+    public func put(_ id: ObjectID, _ bytes: UnsafeRawBufferPointer, writingLater: Bool) throws(StoreError) {
         try backing.put(id, bytes)
-        // The writer is likely to read what it wrote; a failure to cache it costs
-        // nothing but a later fetch.
-        _ = keep(id, bytes)
+        if writingLater {
+            unwritten.withLock { $0.add(id, size: bytes.count) }
+        } else {
+            _ = keep(id, bytes)
+        }
     }
 
     /// Writes `bytes`, the whole of object `id`, into the cache; false when the cache
@@ -286,8 +299,8 @@ public final class CachedChunkStore: ChunkStore {
         index.withLock({ $0[id] != nil }) || access(path(of: id), F_OK) == 0
     }
 
-    /// Objects fetched but not written to the cache yet (`prefetch(_:writingLater:)`),
-    /// with their sizes, oldest first.
+    /// Objects fetched or stored but not written to the cache yet (`prefetch(_:writingLater:)`,
+    /// `put(_:_:writingLater:)`), with their sizes, oldest first.
     public var unwrittenObjects: [(id: ObjectID, size: Int)] {
         unwritten.withLock { $0.all }
     }

@@ -40,6 +40,11 @@ public protocol ChunkStore: Sendable {
     /// crash of the process or the machine. Fails with `.exists` if `id` is taken.
     func put(_ id: ObjectID, _ bytes: UnsafeRawBufferPointer) throws(StoreError)
 
+    /// `put`, for bytes the caller can give back later (a streaming writer's, which stay
+    /// in the kernel's pages of the file): a store keeping local copies may then leave
+    /// writing its copy until `keep(unwritten:_:)`, and list the object as unwritten.
+    func put(_ id: ObjectID, _ bytes: UnsafeRawBufferPointer, writingLater: Bool) throws(StoreError)
+
     /// Reads from object `id` starting at `offset` into `buffer`, and returns how many
     /// bytes were read: fewer than `buffer.count` only at the end of the object.
     func read(_ id: ObjectID, offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int
@@ -79,7 +84,8 @@ public protocol ChunkStore: Sendable {
     /// store that cannot for nothing.
     var writesCopiesLater: Bool { get }
 
-    /// Objects fetched by `prefetch(_:writingLater:)` whose local copy is not written yet,
+    /// Objects fetched by `prefetch(_:writingLater:)` or stored by `put(_:_:writingLater:)`
+    /// whose local copy is not written yet,
     /// with their sizes, oldest first.
     var unwrittenObjects: [(id: ObjectID, size: Int)] { get }
 
@@ -136,6 +142,9 @@ extension ChunkStore {
     public func availableBytes() -> UInt64? { nil }
     public func settle(timeout: Double) -> Bool { true }
     public func prefetch(_ id: ObjectID, writingLater: Bool) { prefetch(id) }
+    public func put(_ id: ObjectID, _ bytes: UnsafeRawBufferPointer, writingLater: Bool) throws(StoreError) {
+        try put(id, bytes)
+    }
     public var writesCopiesLater: Bool { false }
     public var unwrittenObjects: [(id: ObjectID, size: Int)] { [] }
     @discardableResult

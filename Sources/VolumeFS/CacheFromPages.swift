@@ -6,7 +6,7 @@ import Foundation
 public import Metadata
 import Synchronization
 
-// Cache copies written after a streaming read, from the kernel's pages of the file.
+// Cache copies written after a streaming read or write, from the kernel's pages of the file.
 //
 // A cold streaming read fetches each object once: its bytes go to the reader, and used
 // to go to the host's local cache at the same time. That copy is as many bytes written
@@ -19,6 +19,16 @@ import Synchronization
 // (`fuse_lowlevel_notify_retrieve`), checks them against the chunk's block checksums and
 // writes the cache copy. Objects the reader never took whole are still in the store's
 // memory and are written from there.
+//
+// A streaming write is the same case turned around: each full chunk is stored in the
+// object store and used to be written to the local cache as well, while the writer
+// waited for both, and the writer's own bytes stay in the kernel's pages of the file
+// (`ChunkStore.put(_:_:writingLater:)`). Its copies wait for the writes to go quiet the
+// same way. The kernel keeps a written file's pages less surely than a read one's: a few
+// pages of a file just written through the mount can go within a second, with no
+// memory pressure (seen on kernel 6.18, never on a local filesystem's files), and their
+// chunks are then downloaded again, as a read's are. A file opened with `O_DIRECT`
+// leaves no pages at all, so its chunks are cached as they are stored.
 //
 // What it costs: an object whose pages the kernel dropped meanwhile (memory pressure,
 // `POSIX_FADV_DONTNEED`, the file changed) is downloaded once more, into the cache (and
@@ -40,6 +50,10 @@ struct PageSource {
     /// The chunk's offset in the file.
     let offset: UInt64
     let ref: ChunkRef
+    /// When it was noted (CLOCK_MONOTONIC nanoseconds). The object is listed as unwritten
+    /// only once its download or upload ends, so a pass that finds nothing waiting must
+    /// not drop the sources of those still under way.
+    var noted = VolumeFS.monotonicNanoseconds()
 }
 
 extension VolumeOptions {
@@ -56,13 +70,16 @@ extension VolumeOptions {
 }
 
 extension VolumeFS {
-    /// How long reads stay away before cache copies are written.
+    /// How long streaming reads and writes stay away before cache copies are written.
     static let quietNanoseconds: UInt64 = 300_000_000
     /// How long copies wait at most: reads that never pause (a server's random reads)
     /// must not leave them until the kernel has dropped the pages.
     static let longestWaitNanoseconds: UInt64 = 30_000_000_000
     /// Page sources remembered at most (an object each).
     static let pageSourceLimit = 65_536
+    /// How long a page source is kept for an object not listed as unwritten: longer than
+    /// any download or upload takes.
+    static let pageSourceLifetimeNanoseconds: UInt64 = 60_000_000_000
 
     /// Sets what copies the kernel's pages of a file (FuseMount); until it is set, every
     /// cache copy is written as its object is fetched.
@@ -80,12 +97,12 @@ extension VolumeFS {
         return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
     }
 
-    func noteRead() {
-        lastRead.store(Self.monotonicNanoseconds(), ordering: .relaxed)
+    func noteStreaming() {
+        lastStreamed.store(Self.monotonicNanoseconds(), ordering: .relaxed)
     }
 
-    var readsAreQuiet: Bool {
-        Self.monotonicNanoseconds() &- lastRead.load(ordering: .relaxed) >= Self.quietNanoseconds
+    var streamingIsQuiet: Bool {
+        Self.monotonicNanoseconds() &- lastStreamed.load(ordering: .relaxed) >= Self.quietNanoseconds
     }
 
     func notePageSource(_ object: ObjectID, _ source: PageSource) {
@@ -94,34 +111,45 @@ extension VolumeFS {
         }
     }
 
-    /// From the background thread: starts writing cache copies when the reads have gone
+    /// Drops the page sources of objects that are not waiting, but for those noted lately,
+    /// whose objects may still be on their way (prefetched, say, then found in the cache).
+    func dropStalePageSources() {
+        let now = Self.monotonicNanoseconds()
+        pageSources.withLock { sources in
+            sources = sources.filter { now &- $0.value.noted < Self.pageSourceLifetimeNanoseconds }
+        }
+    }
+
+    /// From the background thread: starts writing cache copies when streaming has gone
     /// quiet, or when more than `unwrittenCacheBytes` wait.
     func cacheFromPagesIfDue() {
         guard store.writesCopiesLater, !cachingFromPages.load(ordering: .relaxed) else { return }
         let waiting = store.unwrittenObjects
         guard !waiting.isEmpty else {
             unwrittenSince.store(0, ordering: .relaxed)
-            if pageSources.withLock({ !$0.isEmpty }) && readsAreQuiet { pageSources.withLock { $0 = [:] } }
+            if pageSources.withLock({ !$0.isEmpty }) && streamingIsQuiet { dropStalePageSources() }
             return
         }
         let now = Self.monotonicNanoseconds()
         if unwrittenSince.load(ordering: .relaxed) == 0 { unwrittenSince.store(now, ordering: .relaxed) }
         let waitedLong = now &- unwrittenSince.load(ordering: .relaxed) >= Self.longestWaitNanoseconds
         let bytes = waiting.reduce(0) { $0 + $1.size }
-        guard readsAreQuiet || waitedLong || bytes > options.unwrittenCacheBytes else { return }
+        guard streamingIsQuiet || waitedLong || bytes > options.unwrittenCacheBytes else { return }
         guard cachingFromPages.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else { return }
         // A thread of its own: the background thread's group commits must not wait for
         // the disk.
         Thread.detachNewThread { [self] in
             defer { cachingFromPages.store(false, ordering: .releasing) }
-            writeUnwritten(yieldingToReads: !waitedLong)
+            writeUnwritten(yieldingToStreams: !waitedLong)
             unwrittenSince.store(0, ordering: .relaxed)
         }
     }
 
     /// Writes every cache copy left for later, from memory or from the kernel's pages;
     /// returns how many were written. For `netvol unmount` (the pages go with the mount)
-    /// and `netvol warmup`. Waits for a background run of the same to end first.
+    /// and `netvol warmup`. Waits for a background run of the same to end first, and for
+    /// the downloads of copies whose pages went, so that the cache holds them when this
+    /// returns (an unmount would cut them short).
     @discardableResult
     public func writeCacheFromPages(timeout: Double = 60) -> Int {
         let deadline = Self.monotonicNanoseconds() + UInt64(timeout * 1e9)
@@ -130,13 +158,16 @@ extension VolumeFS {
             usleep(2_000)
         }
         defer { cachingFromPages.store(false, ordering: .releasing) }
-        return writeUnwritten(yieldingToReads: false, deadline: deadline)
+        let written = writeUnwritten(yieldingToStreams: false, deadline: deadline)
+        let left = Double(deadline &- min(deadline, Self.monotonicNanoseconds())) / 1e9
+        _ = store.settle(timeout: left)
+        return written
     }
 
-    /// Writes the unwritten objects, oldest first. `yieldingToReads`: stops when reads
-    /// come again and no more than `unwrittenCacheBytes` wait.
+    /// Writes the unwritten objects, oldest first. `yieldingToStreams`: stops when
+    /// streaming reads or writes come again and no more than `unwrittenCacheBytes` wait.
     @discardableResult
-    func writeUnwritten(yieldingToReads: Bool, deadline: UInt64 = .max) -> Int {
+    func writeUnwritten(yieldingToStreams: Bool, deadline: UInt64 = .max) -> Int {
         var waiting = store.unwrittenObjects
         var bytes = waiting.reduce(0) { $0 + $1.size }
         guard !waiting.isEmpty else { return 0 }
@@ -146,7 +177,7 @@ extension VolumeFS {
         var written = 0
         var lost: [InodeNumber: Set<ObjectID>] = [:]
         while let (object, size) = waiting.first {
-            if yieldingToReads && !readsAreQuiet && bytes <= options.unwrittenCacheBytes { break }
+            if yieldingToStreams && !streamingIsQuiet && bytes <= options.unwrittenCacheBytes { break }
             guard Self.monotonicNanoseconds() < deadline else { break }
             waiting.removeFirst()
             bytes -= size
@@ -180,7 +211,7 @@ extension VolumeFS {
             }
             if store.keep(unwritten: object, bytes) { written += 1 }
         }
-        if store.unwrittenObjects.isEmpty { pageSources.withLock { $0 = [:] } }
+        if store.unwrittenObjects.isEmpty { dropStalePageSources() }
         fetchAgain(lost)
         return written
     }

@@ -37,8 +37,9 @@ extension VolumeFS {
         guard attr.isRegular else { throw .notSupported("opening special files") }
         let access = flags & O_ACCMODE
         if access != O_RDONLY { try checkMayWrite() }
-        _ = try attach(attr, chunks: chunks)
+        let file = try attach(attr, chunks: chunks)
         var handle = Handle(ino: ino, readable: access != O_WRONLY, writable: access != O_RDONLY)
+        if handle.writable && flags & DirectIO.flag != 0 { file.lock.withLock { file.writtenPastPageCache = true } }
         // Pages the kernel cached stay valid while the file is as it was when they were
         // read: a second open (or a second process) then reads from memory.
         let stamp = CacheStamp(pending(attr))

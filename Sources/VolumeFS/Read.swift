@@ -126,7 +126,7 @@ extension VolumeFS {
     /// downloads would share the network with the one it waits for.
     func readAhead(_ file: OpenFile, _ fh: FileHandleID, after chunks: ClosedRange<Int>) {
         // Once per answered read: cache copies wait until these go quiet.
-        if store.writesCopiesLater { noteRead() }
+        if store.writesCopiesLater { noteStreaming() }
         let ahead = handles.withLock { $0[fh]?.reads.ahead(of: chunks, by: options.prefetchChunks,
                                                                      growingTo: options.prefetchWindowBytes / chunkSize) } ?? 0..<0
         guard !ahead.isEmpty else { return }

@@ -164,6 +164,9 @@ final class OpenFile: @unchecked Sendable {
     /// Full dirty chunks already being stored, by index, ahead of the commit that will
     /// name them: a sequential writer keeps uploads in flight while it fills the next.
     var uploads: [Int: Upload] = [:]
+    /// A handle opened with `O_DIRECT` may write it: its bytes need not be in the kernel's
+    /// pages, so cache copies of its chunks cannot wait to be written from there.
+    var writtenPastPageCache = false
 
     init(attr: Attr, chunkMap: [Int: ChunkRef]) {
         self.ino = attr.ino
@@ -366,11 +369,12 @@ public final class VolumeFS: Sendable {
     let leaseChange = Mutex(())
     let invalidator = Mutex<(@Sendable (Invalidation) -> Void)?>(nil)
     let pageRetriever = Mutex<PageRetriever?>(nil)
-    /// Where in the kernel's pages the objects a streaming read fetched unwritten are.
+    /// Where in the kernel's pages the objects a streaming read fetched, or a streaming
+    /// write stored, unwritten are.
     let pageSources = Mutex<[ObjectID: PageSource]>([:])
-    /// When a read last came (CLOCK_MONOTONIC nanoseconds), so that cache copies wait
-    /// until the reads go quiet.
-    let lastRead = Atomic<UInt64>(0)
+    /// When a streaming read or write last came (CLOCK_MONOTONIC nanoseconds), so that
+    /// cache copies wait until they go quiet.
+    let lastStreamed = Atomic<UInt64>(0)
     /// Set while a thread writes cache copies from the kernel's pages.
     let cachingFromPages = Atomic<Bool>(false)
     /// Since when (CLOCK_MONOTONIC nanoseconds) cache copies have been waiting; 0: none.

@@ -85,11 +85,14 @@ extension VolumeFS {
             // drops this upload.
             let bytes = file.dirty[index]!
             let ino = file.ino
+            // A full chunk of a streaming writer stays in the kernel's pages of the file:
+            // its cache copy can be written from there once the writes go quiet.
+            let later = bytes.count == chunkSize && !file.writtenPastPageCache && canCacheFromPages
             // A thread of its own: Dispatch on Linux runs about as many blocked work items
             // at once as there are cores, and a store mostly waits for the network.
             Thread.detachNewThread { [self] in
                 upload.finish(bytes.withUnsafeBytes { buffer in
-                    do throws(FSError) { return .success(try storeObject(ino, index, buffer)) } catch { return .failure(error) }
+                    do throws(FSError) { return .success(try storeObject(ino, index, buffer, writingLater: later)) } catch { return .failure(error) }
                 })
             }
         }
@@ -277,15 +280,27 @@ extension VolumeFS {
     /// A store that is out of space first gets back the room of garbage past the short
     /// `fullStoreGraceSeconds` (deleted files' objects would otherwise hold it for the
     /// whole grace period), and the object is tried once more.
-    func storeObject(_ ino: InodeNumber, _ index: Int, _ bytes: UnsafeRawBufferPointer) throws(FSError) -> ChunkRef {
+    ///
+    /// `writingLater`: the bytes stay in the kernel's pages of the file, so a cache's copy
+    /// of the object may be written from there later (see CacheFromPages.swift).
+    func storeObject(_ ino: InodeNumber, _ index: Int, _ bytes: UnsafeRawBufferPointer,
+                     writingLater: Bool = false) throws(FSError) -> ChunkRef {
         let checksums = BlockChecksums(of: bytes)
         var attempts = 0
         var reclaimed = false
         while true {
             let id = ObjectID.random()
+            let ref = ChunkRef(index: index, object: id, length: bytes.count, checksums: checksums)
+            if writingLater {
+                // Before the store lists it as unwritten: the thread writing copies must
+                // never find it without its pages. One left by a failed put is dropped
+                // with the others once nothing waits.
+                noteStreaming()
+                notePageSource(id, PageSource(ino: ino, offset: UInt64(index) * UInt64(chunkSize), ref: ref))
+            }
             do {
-                try store.put(id, bytes)
-                return ChunkRef(index: index, object: id, length: bytes.count, checksums: checksums)
+                try store.put(id, bytes, writingLater: writingLater)
+                return ref
             } catch .exists(_) where attempts < 3 {
                 attempts += 1
             } catch .noSpace where !reclaimed {

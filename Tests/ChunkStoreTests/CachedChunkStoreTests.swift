@@ -466,6 +466,31 @@ import Glibc
         #expect(backing.backendCalls == calls)
     }
 
+    @Test func aStreamingWritesCopyIsLeftForLater() throws {
+        let cache = try makeCache()
+        let now = ObjectID.random(), later = ObjectID.random()
+        let written = bytes(100_000, seed: 3)
+        try written.withUnsafeBytes { try cache.put(now, $0, writingLater: false) }
+        try written.withUnsafeBytes { try cache.put(later, $0, writingLater: true) }
+        // Both are in the store; only the first is in the cache.
+        for id in [now, later] { #expect(try backing.inner.size(of: id) == 100_000) }
+        #expect(cache.isCached(now) && !cache.isCached(later))
+        #expect(cache.unwrittenObjects.map(\.id) == [later] && cache.unwrittenObjects.map(\.size) == [100_000])
+        // Nothing of it is held in memory: only the caller's bytes can write it.
+        #expect(!cache.keep(unwritten: later, nil))
+        #expect(written.withUnsafeBytes { cache.keep(unwritten: later, $0) })
+        #expect(cache.isCached(later) && cache.unwrittenObjects.isEmpty && cache.statistics.writtenLater == 1)
+        let calls = backing.backendCalls
+        #expect(try cache.read(later, count: 100_000) == written)
+        #expect(backing.backendCalls == calls)
+        // A copy never written is fetched by the next read.
+        let dropped = ObjectID.random()
+        try written.withUnsafeBytes { try cache.put(dropped, $0, writingLater: true) }
+        cache.forget(unwritten: dropped)
+        #expect(try cache.read(dropped, count: 100_000) == written)
+        #expect(backing.reads.load(ordering: .relaxed) > 0)
+    }
+
     @Test func anUnwrittenObjectNotReadWholeIsWrittenFromMemory() throws {
         let cache = try makeCache()
         let id = try stored(1)[0]

@@ -271,6 +271,75 @@ import Testing
         #expect(remote.reads == downloads + fetchedAgain)
     }
 
+    /// A streaming writer's full chunks are stored without their cache copies, which are
+    /// written from the kernel's pages once the writes are done; chunks whose pages
+    /// changed or went are downloaded into the cache again, so that the host's cache ends
+    /// up holding the whole file either way. A file opened with `O_DIRECT` leaves no
+    /// pages: its chunks are cached as they are stored.
+    @Test(arguments: [KernelPages.intact, .changed, .dropped, nil])
+    func cacheCopiesOfAStreamingWriteAreWrittenFromTheKernelsPages(pages: KernelPages?) throws {
+        let directory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let chunk = 4 * BlockChecksums.blockSize
+        let remote = CountingStore(try LocalChunkStore(root: directory + "/remote"))
+        let cache = try CachedChunkStore(directory: directory + "/cache", capacityBytes: 64 << 20, backing: remote)
+        let metadata = try SQLiteMetadata.create(path: directory + "/volume.db", chunkSize: chunk, sizeLimit: 1 << 30,
+                                                 now: VolumeFS.now())
+        let volume = try VolumeFS(metadata: metadata, store: cache)
+        defer { volume.shutdown() }
+        let data = pattern(6 * chunk + 10_000, seed: 23)
+        var kernel = data
+        if pages == .changed { kernel[2 * chunk + 7] ^= 0xff }
+        let held = kernel
+        volume.setPageRetriever { _, offset, buffer in
+            guard pages != .dropped, offset < UInt64(held.count) else { return 0 }
+            let count = min(buffer.count, held.count - Int(offset), 1 << 20)
+            held.withUnsafeBytes { buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[Int(offset)..<(Int(offset) + count)])) }
+            return count
+        }
+        let flags = O_RDWR | (pages == nil ? DirectIO.flag : 0)
+        let (attr, fh) = try volume.create(.root, FileName("written"), mode: 0o644, flags: flags, uid: 0, gid: 0)
+        var offset = 0
+        while offset < data.count {
+            let end = min(offset + (64 << 10), data.count)
+            _ = try data[offset..<end].withUnsafeBytes { try volume.write(attr.ino, fh, offset: UInt64(offset), $0) }
+            offset = end
+        }
+        try volume.fsync(attr.ino, fh)
+        volume.release(attr.ino, fh)
+        let objects = try metadata.chunks(attr.ino).compactMap(\.object)
+        #expect(objects.count == 7)
+        #expect(remote.reads == 0)
+        guard let pages else {
+            #expect(cache.unwrittenObjects.isEmpty)
+            for object in objects { #expect(cache.isCached(object)) }
+            return
+        }
+        // The six full chunks wait for their copies; the last, partial one was cached at
+        // once (its pages may still change).
+        #expect(Set(cache.unwrittenObjects.map(\.id)) == Set(objects.prefix(6)))
+        for object in objects.prefix(6) { #expect(!cache.isCached(object)) }
+        #expect(cache.isCached(objects[6]))
+
+        let written = volume.writeCacheFromPages()
+        #expect(cache.unwrittenObjects.isEmpty)
+        #expect(cache.settle(timeout: 30))
+        let fetchedAgain = switch pages {
+            case .intact: 0
+            case .changed: 1
+            default: 6
+        }
+        #expect(written == 6 - fetchedAgain)
+        #expect(cache.statistics.writtenLater == 6 - fetchedAgain)
+        #expect(remote.reads == fetchedAgain)
+        // The cache holds the whole file, the checked bytes only: it reads from there.
+        for object in objects { #expect(cache.isCached(object)) }
+        let rh = try volume.open(attr.ino, flags: O_RDONLY)
+        #expect(try volume.read(attr.ino, rh, offset: 0, count: data.count) == data)
+        volume.release(attr.ino, rh)
+        #expect(remote.reads == fetchedAgain)
+    }
+
     /// A cold reader behind the cache's prefetches is answered from the downloads'
     /// buffers in place, each read checked first; whatever the buffers cannot answer (not
     /// fetched, across chunks, damaged) is left to the copying read, which says why.

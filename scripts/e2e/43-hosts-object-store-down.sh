@@ -12,7 +12,7 @@ E2E_DEADLINE=${E2E_DEADLINE:-330}
 
 two_workers --lease-idle 600
 
-step "A writes files; B reads one of them (into its cache, once its reads are quiet), not the other"
+step "A writes files (into its cache, once its writes are quiet); B reads one of them (into its own), not the other"
 head -c 12M /dev/urandom >"$WORK/cached"
 head -c 12M /dev/urandom >"$WORK/uncached"
 # A takes the lease with its first write and keeps it (--lease-idle).
@@ -23,6 +23,9 @@ cmp "$WORK/cached" "$B/cached"
 # A streaming read's cache copies are written once its reads have gone quiet.
 b_has_cached() { [[ $(netvol warmup "$B/cached" --check) == "100.0%"* ]]; }
 wait_until 10 b_has_cached
+# So are a streaming write's, once its writes have.
+a_has_cached() { [[ $(netvol warmup "$A/uncached" --check) == "100.0%"* ]]; }
+wait_until 10 a_has_cached
 
 step "the object store stops"
 stop_object_store
