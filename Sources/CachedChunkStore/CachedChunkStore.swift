@@ -79,6 +79,9 @@ public final class CachedChunkStore: ChunkStore {
     /// cache was left for later (see `prefetch(_:writingLater:)`, `put(_:_:writingLater:)`),
     /// with their sizes, oldest first.
     let unwritten = Mutex(UnwrittenObjects())
+    /// Objects `cache(_:)` asked for, until their download ends: no reader waits for
+    /// them, so their buffers are not landed for one.
+    let cachingOnly = Mutex<Set<ObjectID>>([])
     let insertionsSinceScan = Atomic<Int>(0)
 
     let hits = Atomic<Int>(0)
@@ -249,6 +252,18 @@ public final class CachedChunkStore: ChunkStore {
     }
 
     public func prefetch(_ id: ObjectID) { prefetch(id, writingLater: false) }
+
+    /// A download kept in memory waits there for a reader; one made only to fill the
+    /// cache (a copy whose pages went) would hold a piece until newer ones push it out,
+    /// and a streaming write that lost a few pages per object held 80 MiB more.
+    public func cache(_ id: ObjectID) {
+        if index.withLock({ $0[id] != nil }) { return }
+        cachingOnly.withLock { _ = $0.insert(id) }
+        prefetch(id, writingLater: false)
+        // Not queued (the queue is full, or the object landed already): nothing will
+        // take it out.
+        if !prefetches.withLock({ $0.pending.contains(id) }) { cachingOnly.withLock { _ = $0.remove(id) } }
+    }
 
     public var writesCopiesLater: Bool { true }
 
@@ -589,7 +604,7 @@ public final class CachedChunkStore: ChunkStore {
         defer {
             fetch.withdraw()
             let taken = fetch.bytesTaken
-            if let wholeInPiece, taken < wholeInPiece {
+            if let wholeInPiece, taken < wholeInPiece, !cachingOnly.withLock({ $0.contains(id) }) {
                 land(id, piece, size: wholeInPiece, taken: taken)
             } else {
                 givePieceBack(piece)
@@ -699,12 +714,15 @@ public final class CachedChunkStore: ChunkStore {
 
     func drainPrefetches() {
         while let (id, writingLater) = prefetches.withLock({ $0.next() }) {
-            if index.withLock({ $0[id] != nil }), let file = openCached(id) {
+            if index.withLock({ $0[id] != nil }) && cachingOnly.withLock({ $0.contains(id) }) {
+                // Wanted in the cache only, and there already.
+            } else if index.withLock({ $0[id] != nil }), let file = openCached(id) {
                 landCached(id, file)
             } else if landed.withLock({ $0.pieces[id] == nil }) {
                 _ = try? obtain(id, countingUse: false, writingLater: writingLater)
             }
             prefetches.withLock { $0.finished(id) }
+            cachingOnly.withLock { _ = $0.remove(id) }
         }
     }
 

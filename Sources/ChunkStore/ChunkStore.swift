@@ -80,6 +80,11 @@ public protocol ChunkStore: Sendable {
     /// store keeping local copies may then leave writing its copy until `keep(unwritten:_:)`.
     func prefetch(_ id: ObjectID, writingLater: Bool)
 
+    /// `prefetch`, for an object wanted in the store's local copies only (one whose copy
+    /// could not be written from the caller's bytes): no reader waits for it, so a store
+    /// need not keep it in memory once it is written.
+    func cache(_ id: ObjectID)
+
     /// Whether `prefetch(_:writingLater:)` can leave anything for later: a caller asks a
     /// store that cannot for nothing.
     var writesCopiesLater: Bool { get }
@@ -142,6 +147,7 @@ extension ChunkStore {
     public func availableBytes() -> UInt64? { nil }
     public func settle(timeout: Double) -> Bool { true }
     public func prefetch(_ id: ObjectID, writingLater: Bool) { prefetch(id) }
+    public func cache(_ id: ObjectID) { prefetch(id) }
     public func put(_ id: ObjectID, _ bytes: UnsafeRawBufferPointer, writingLater: Bool) throws(StoreError) {
         try put(id, bytes)
     }

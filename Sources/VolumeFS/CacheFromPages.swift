@@ -223,7 +223,7 @@ extension VolumeFS {
     func fetchAgain(_ lost: [InodeNumber: Set<ObjectID>]) {
         for (ino, objects) in lost {
             guard let (attr, chunks) = try? metadata.attrAndChunks(ino), attr.nlink > 0 else { continue }
-            for object in chunks.compactMap(\.object) where objects.contains(object) { store.prefetch(object) }
+            for object in chunks.compactMap(\.object) where objects.contains(object) { store.cache(object) }
         }
     }
 }

@@ -491,6 +491,26 @@ import Glibc
         #expect(backing.reads.load(ordering: .relaxed) > 0)
     }
 
+    @Test func anObjectFetchedOnlyToBeCachedIsNotKeptInMemory() throws {
+        let cache = try makeCache()
+        let ids = try stored(2)
+        cache.prefetch(ids[0])
+        cache.cache(ids[1])
+        #expect(settled(cache))
+        for id in ids { #expect(cache.isCached(id)) }
+        // The prefetch waits in memory for its reader; the other does not.
+        #expect(cache.landed.withLock { $0.pieces[ids[0]] != nil })
+        #expect(cache.landed.withLock { $0.pieces[ids[1]] == nil })
+        #expect(cache.cachingOnly.withLock { $0.isEmpty })
+        #expect(try cache.read(ids[1], count: 100_000) == bytes(100_000, seed: 1))
+        #expect(backing.reads.load(ordering: .relaxed) == 2)
+        // Cached already: asked again, nothing is fetched or read into memory.
+        cache.cache(ids[1])
+        #expect(settled(cache))
+        #expect(backing.reads.load(ordering: .relaxed) == 2)
+        #expect(cache.landed.withLock { $0.pieces[ids[1]] == nil })
+    }
+
     @Test func anUnwrittenObjectNotReadWholeIsWrittenFromMemory() throws {
         let cache = try makeCache()
         let id = try stored(1)[0]
