@@ -51,6 +51,8 @@ struct WriterState {
     var seenChanges: Int64 = 0
     /// When this mount last read the change feed to its end.
     var followedAt: ContinuousClock.Instant = .now
+    /// When this mount last began to read the change feed, whether or not it could.
+    var feedAskedAt: ContinuousClock.Instant = .now
     /// Until this instant nothing can change in the volume without this mount having
     /// heard of it: the last read of the change feed found the lease free, and whoever
     /// takes it next waits `Lease.quietSeconds` before changing anything (nil: not so).
@@ -324,7 +326,40 @@ extension VolumeFS {
     /// Applies the changes other mounts committed since we last looked: open files reload
     /// their chunk maps, and the kernel forgets what it cached of what changed.
     public func followChanges() {
-        var position = writer.withLock { $0.seenChanges }
+        following.withLock { _ in followChangesNow() }
+    }
+
+    /// `isQuiet`, or, when the background tick is late, `isQuiet` after reading the
+    /// change feed now, as the tick would have: late means the feed was last asked over a
+    /// second ago, or it last found the lease free and that quiet has run out since. On a
+    /// loaded machine a reader then pays one round trip for the next second of opens
+    /// instead of one per open, and at most one more a second while the tick stays late.
+    /// Close-to-open holds: the read is the tick's own.
+    func isQuietAfterFollowing() -> Bool {
+        if isQuiet { return true }
+        guard tickIsLate() else { return false }
+        following.withLock { _ in
+            // Another open may have read it while this one waited.
+            if tickIsLate() { followChangesNow() }
+        }
+        return isQuiet
+    }
+
+    private func tickIsLate() -> Bool {
+        let now = ContinuousClock.now
+        return writer.withLock { state in
+            guard state.fence == nil else { return false }
+            if let quiet = state.quietUntil, now >= quiet { return true }
+            return now - state.feedAskedAt >= .seconds(Lease.quietSeconds)
+        }
+    }
+
+    /// Reads the change feed to its end. Call it holding `following`.
+    private func followChangesNow() {
+        var position = writer.withLock { state in
+            state.feedAskedAt = .now
+            return state.seenChanges
+        }
         var asked = ContinuousClock.now
         var free = false
         while true {
@@ -334,6 +369,8 @@ extension VolumeFS {
                 batch = try metadata.changes(after: position, limit: 2048)
             } catch {
                 logger.warning("cannot read the change feed: \(error)")
+                // Not known to be quiet any more; opens try the feed again a second later.
+                writer.withLock { $0.quietUntil = nil }
                 return
             }
             free = batch.leaseFree

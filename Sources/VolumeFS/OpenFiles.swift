@@ -18,7 +18,7 @@ extension VolumeFS {
         // that an open sees what another mount committed before it, even if the change
         // feed has not said so yet. The writer's cache is exact, and so is a reader's
         // while nobody holds the lease (`isQuiet`).
-        if isWriter || isQuiet {
+        if isWriter || isQuietAfterFollowing() {
             return try open(Self.lift { () throws(MetadataError) in try cache.getattr(ino) }, flags: flags, touchingAtime: touchingAtime)
         }
         if openFiles.withLock({ $0[ino] != nil }) {

@@ -367,6 +367,8 @@ public final class VolumeFS: Sendable {
     let writer = Mutex(WriterState())
     /// Serializes taking and giving back the lease.
     let leaseChange = Mutex(())
+    /// Serializes reads of the change feed (the background tick's and an open's).
+    let following = Mutex(())
     let invalidator = Mutex<(@Sendable (Invalidation) -> Void)?>(nil)
     let pageRetriever = Mutex<PageRetriever?>(nil)
     /// Where in the kernel's pages the objects a streaming read fetched, or a streaming

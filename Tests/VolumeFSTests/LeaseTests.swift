@@ -35,6 +35,32 @@ final class SharedVolume {
 
     deinit { storage.remove() }
 
+    /// A writer "a" makes ten files in a directory (file i holds 100 + i bytes of i) and
+    /// gives the lease back; a reader "r" then registers and reads the change feed.
+    func quietReaderOfTenFiles() throws -> (dir: Attr, files: [InodeNumber], reader: VolumeFS) {
+        let a = try mount("a", idle: 0)
+        let d = try a.mkdir(.root, "d", mode: 0o755, uid: 0, gid: 0)
+        var files: [InodeNumber] = []
+        for i in 0..<10 {
+            let (attr, fh) = try a.create(d.ino, FileName("f\(i)"), mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
+            _ = try [UInt8](repeating: UInt8(i), count: 100 + i).withUnsafeBytes { try a.write(attr.ino, fh, offset: 0, $0) }
+            a.release(attr.ino, fh)
+            files.append(attr.ino)
+        }
+        a.tick()
+        #expect(!a.isWriter)
+
+        let r = try mount("r")
+        let session = Session(id: "r", host: "h", pid: 2, mountpoint: "/mnt", device: "0:50", mode: "on-demand",
+                              startedAt: clock.now, heartbeatAt: clock.now)
+        #expect(!r.isQuiet, "not before its session is registered and the feed read")
+        try r.metadata.heartbeat(session, staleSeconds: 60)
+        r.noteHeartbeat(sent: .now, staleSeconds: 60)
+        r.followChanges()
+        #expect(r.isQuiet)
+        return (d, files, r)
+    }
+
     func mount(_ name: String, mode: AccessMode = .onDemand, idle: Double = 30, deferring: Bool = false) throws -> VolumeFS {
         var options = VolumeOptions()
         options.deferCommitsWhileAlone = deferring
@@ -668,26 +694,7 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
     @Test(arguments: TestBackend.available)
     func aReaderTrustsItsCacheOnlyWhileTheLeaseIsFree(backend: TestBackend) throws {
         let shared = try SharedVolume(backend)
-        let a = try shared.mount("a", idle: 0)
-        let d = try a.mkdir(.root, "d", mode: 0o755, uid: 0, gid: 0)
-        var files: [InodeNumber] = []
-        for i in 0..<10 {
-            let (attr, fh) = try a.create(d.ino, FileName("f\(i)"), mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
-            _ = try [UInt8](repeating: UInt8(i), count: 100 + i).withUnsafeBytes { try a.write(attr.ino, fh, offset: 0, $0) }
-            a.release(attr.ino, fh)
-            files.append(attr.ino)
-        }
-        a.tick()
-        #expect(!a.isWriter)
-
-        let r = try shared.mount("r")
-        let session = Session(id: "r", host: "h", pid: 2, mountpoint: "/mnt", device: "0:50", mode: "on-demand",
-                              startedAt: shared.clock.now, heartbeatAt: shared.clock.now)
-        #expect(!r.isQuiet, "not before its session is registered and the feed read")
-        try r.metadata.heartbeat(session, staleSeconds: 60)
-        r.noteHeartbeat(sent: .now, staleSeconds: 60)
-        r.followChanges()
-        #expect(r.isQuiet)
+        let (d, files, r) = try shared.quietReaderOfTenFiles()
         var listed = 0
         try r.readdir(d.ino, offset: 0, plus: false) { _ in
             listed += 1
@@ -717,6 +724,53 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         r.release(files[2], third)
         r.followChanges()
         #expect(!r.isQuiet, "the lease is held")
+    }
+
+    /// On a loaded machine the background tick can come later than the reader's quiet
+    /// lasts, or stall for seconds. The next open then reads the change feed itself: one
+    /// round trip buys the next opens from memory again, and it never trusts the cache
+    /// once the lease is held.
+    @Test(arguments: TestBackend.available)
+    func aReaderWhoseQuietRanOutReadsTheFeedOnItsNextOpen(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend)
+        let (d, files, r) = try shared.quietReaderOfTenFiles()
+        try r.readdir(d.ino, offset: 0, plus: false) { _ in true }
+        Thread.sleep(forTimeInterval: Lease.quietSeconds)
+        #expect(!r.isQuiet, "no tick came to read the feed again")
+
+        let followed = r.writer.withLock { $0.followedAt }
+        let first = try r.open(files[0], flags: O_RDONLY)
+        #expect(r.writer.withLock { $0.followedAt } > followed, "the open read the feed")
+        #expect(r.isQuiet)
+        #expect(r.keptMaps.withLock { $0.count } == 9, "answered as a quiet open: the maps beside it came with its own")
+        #expect(try r.read(files[0], first, offset: 0, count: 1000) == [UInt8](repeating: 0, count: 100))
+        r.release(files[0], first)
+
+        // A writer takes the lease and changes a file while the reader's quiet runs out.
+        let b = try shared.mount("b")
+        let fh = try b.open(files[2], flags: O_RDWR)
+        _ = try [UInt8](repeating: 9, count: 50).withUnsafeBytes { try b.write(files[2], fh, offset: 0, $0) }
+        b.release(files[2], fh)
+        #expect(!r.isQuiet)
+        let second = try r.open(files[2], flags: O_RDONLY)
+        #expect(!r.isQuiet, "the feed says the lease is held")
+        #expect(try r.read(files[2], second, offset: 0, count: 1000) == [UInt8](repeating: 9, count: 50) + [UInt8](repeating: 2, count: 52))
+        r.release(files[2], second)
+        // While it is held, opens ask the metadata and leave the feed to the tick.
+        let heard = r.writer.withLock { $0.followedAt }
+        let third = try r.open(files[3], flags: O_RDONLY)
+        #expect(r.writer.withLock { $0.followedAt } == heard)
+        r.release(files[3], third)
+
+        // The writer gives the lease back while no tick comes: the feed was last read
+        // when the lease was held, so only its age tells the next open to read it.
+        b.releaseLease()
+        Thread.sleep(forTimeInterval: Lease.quietSeconds)
+        let fourth = try r.open(files[4], flags: O_RDONLY)
+        #expect(r.writer.withLock { $0.followedAt } > heard)
+        #expect(r.isQuiet)
+        #expect(try r.read(files[4], fourth, offset: 0, count: 1000) == [UInt8](repeating: 4, count: 104))
+        r.release(files[4], fourth)
     }
 
     @Test(arguments: TestBackend.available)
