@@ -6,13 +6,15 @@ public import Logging
 public import Metadata
 import Synchronization
 
-/// What a mount does besides answering requests, on a thread of its own that serves
-/// none: every tenth of a second the writer's group commit (GroupCommits), every half
-/// second a `tick` (renew or give back the lease, or follow the change
-/// feed), a heartbeat of the mount's session every third of the lease's ttl, and, while
-/// this mount is the writer, garbage collection every quarter of the grace period
-/// (between 10 s and 5 minutes), and early reclaiming whenever the chunk store is nearly
-/// out of space.
+/// What a mount does besides answering requests, on two threads of its own that serve
+/// none. One runs, every tenth of a second, the writer's group commit (GroupCommits) and
+/// the writing of cache copies left for later. The other runs every half second a `tick`
+/// (renew or give back the lease, or follow the change feed), a heartbeat of the mount's
+/// session every third of the lease's ttl, and, while this mount is the writer, garbage
+/// collection every quarter of the grace period (between 10 s and 5 minutes), and early
+/// reclaiming whenever the chunk store is nearly out of space. A group commit waits for
+/// its files' uploads and its transaction, which on a loaded machine or a slow link took
+/// seconds; on the same thread it held back the renewal of the lease past its deadline.
 ///
 /// The session row is what `netvol status` lists and what `netvol unmount` finds the
 /// daemon by; it is registered by `start` and removed by `stop`, and sessions whose
@@ -22,7 +24,8 @@ public final class BackgroundWork: Sendable {
     let session: Session
     let logger: Logger
     let firstly: (@Sendable () -> Void)?
-    let state = Mutex<(running: Bool, finished: Bool)>((false, false))
+    /// Whether the threads should go on, and how many of the two have ended.
+    let state = Mutex<(running: Bool, finished: Int)>((false, 0))
 
     /// - Parameters:
     ///   - firstly: work to do once on the thread before the first turn (a slow repair
@@ -44,16 +47,17 @@ public final class BackgroundWork: Sendable {
         // A first read of the change feed, now: while nobody holds the lease it lets
         // opens be answered from memory (`VolumeFS.isQuiet`) before the first tick.
         if !volume.isWriter { volume.followChanges() }
-        state.withLock { $0 = (true, false) }
+        state.withLock { $0 = (true, 0) }
         Thread.detachNewThread { [self] in run() }
+        Thread.detachNewThread { [self] in runGroupCommits() }
     }
 
-    /// Stops the thread (waiting at most a few seconds for its turn to end) and removes
+    /// Stops the threads (waiting at most a few seconds for their turns to end) and removes
     /// the session.
     public func stop() {
         state.withLock { $0.running = false }
         let deadline = ContinuousClock.now + .seconds(5)
-        while !state.withLock({ $0.finished }) && ContinuousClock.now < deadline { usleep(10_000) }
+        while state.withLock({ $0.finished < 2 }) && ContinuousClock.now < deadline { usleep(10_000) }
         do {
             try volume.metadata.removeSession(id: session.id)
         } catch {
@@ -71,8 +75,18 @@ public final class BackgroundWork: Sendable {
         }
     }
 
+    func runGroupCommits() {
+        defer { state.withLock { $0.finished += 1 } }
+        while state.withLock({ $0.running }) {
+            usleep(100_000)
+            guard state.withLock({ $0.running }) else { return }
+            volume.groupCommitTurn()
+            volume.cacheFromPagesIfDue()
+        }
+    }
+
     func run() {
-        defer { state.withLock { $0.finished = true } }
+        defer { state.withLock { $0.finished += 1 } }
         firstly?()
         let heartbeatEvery = max(1, volume.options.leaseTTLSeconds / 3)
         let grace = volume.options.gcGraceSeconds
@@ -80,14 +94,10 @@ public final class BackgroundWork: Sendable {
         var lastHeartbeat = ContinuousClock.now
         var lastGC = ContinuousClock.now
         var lastSpaceCheck = ContinuousClock.now
-        var turn = 0
         while state.withLock({ $0.running }) {
-            usleep(100_000)
+            // In steps, so that a stop need not wait for the whole half second.
+            for _ in 0..<5 where state.withLock({ $0.running }) { usleep(100_000) }
             guard state.withLock({ $0.running }) else { return }
-            volume.groupCommitTurn()
-            volume.cacheFromPagesIfDue()
-            turn += 1
-            guard turn % 5 == 0 else { continue }
             volume.tick()
             let now = ContinuousClock.now
             if now - lastHeartbeat >= .seconds(heartbeatEvery) {

@@ -124,14 +124,27 @@ extension VolumeFS {
     ///   holds the lease.
     func ensureWritable() throws(FSError) {
         if options.mode == .readOnly { throw .readOnly(holder: nil) }
+        if holdsValidLease() { return }
+        // Past this mount's own deadline the lease may well still be ours: the background
+        // thread that renews it can be late on a loaded machine. A renewal that finds the
+        // token unchanged proves that no other mount has taken it since, so nothing this
+        // mount buffered is stale; only a renewal that fails loses what was buffered.
+        leaseChange.withLock { _ in
+            // Another thread may have renewed it while this one waited.
+            if !holdsValidLease(), let fence = writer.withLock({ $0.fence }) { renewLease(fence) }
+        }
+        if holdsValidLease() { return }
+        try acquireLease()
+    }
+
+    /// True, noting a write, while this mount holds the lease within its own deadline.
+    private func holdsValidLease() -> Bool {
         let now = ContinuousClock.now
-        let held = writer.withLock { state -> Bool in
+        return writer.withLock { state -> Bool in
             guard state.fence != nil, now < state.validUntil else { return false }
             state.lastWrite = now
             return true
         }
-        if held { return }
-        try acquireLease()
     }
 
     /// Refuses to open a file for writing where every write would fail: on a read-only

@@ -773,6 +773,38 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         r.release(files[4], fourth)
     }
 
+    /// A writer whose renewals came late (its background thread held up past the mount's
+    /// own deadline) renews at its next write: nobody has taken the lease since, so what
+    /// it buffered stays, and commits.
+    @Test(arguments: TestBackend.available)
+    func aWriterPastItsOwnDeadlineRenewsAndKeepsWhatItBuffered(backend: TestBackend) throws {
+        let shared = try SharedVolume(backend)
+        let a = try shared.mount("a")
+        let ino = try writeFile(a, "f", [1, 1, 1])
+        let fh = try a.open(ino, flags: O_RDWR)
+        _ = try [UInt8]([9, 9]).withUnsafeBytes { try a.write(ino, fh, offset: 0, $0) }
+        let token = a.writer.withLock { $0.fence?.token }
+        a.writer.withLock { $0.validUntil = .now - .seconds(1) }
+        _ = try [UInt8]([8]).withUnsafeBytes { try a.write(ino, fh, offset: 2, $0) }
+        #expect(a.writer.withLock { $0.fence?.token } == token, "renewed, not taken again")
+        #expect(a.writer.withLock { $0.validUntil } > .now)
+        try a.flush(ino, fh)
+        a.release(ino, fh)
+        #expect(try readFile(a, "f") == [9, 9, 8])
+        let b = try shared.mount("b")
+        #expect(try readFile(b, "f") == [9, 9, 8])
+
+        // Once another mount has taken it, the late writer's buffered writes are lost.
+        let fh2 = try a.open(ino, flags: O_RDWR)
+        _ = try [UInt8]([7]).withUnsafeBytes { try a.write(ino, fh2, offset: 0, $0) }
+        a.writer.withLock { $0.validUntil = .now - .seconds(1) }
+        shared.clock.advance(seconds: 16)
+        _ = try writeFile(b, "g", [2])
+        #expect(throws: FSError.lostWrites) { try a.flush(ino, fh2) }
+        a.release(ino, fh2)
+        #expect(try readFile(b, "f") == [9, 9, 8])
+    }
+
     @Test(arguments: TestBackend.available)
     func aReadOnlyMountNeverWrites(backend: TestBackend) throws {
         let shared = try SharedVolume(backend)

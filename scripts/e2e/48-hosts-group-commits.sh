@@ -43,7 +43,10 @@ before=$(transactions)
 write_files "$A/d" "$FILES" first
 after=$(transactions)
 log "A's $FILES closes took $((after - before)) transactions"
-((after - before < FILES / 3)) || fail "A committed $FILES closes in $((after - before)) transactions: not in groups"
+# Committed one by one, the closes alone would take $FILES; the count also holds the
+# lease renewals, heartbeats and deferral checks made meanwhile, more of them the longer
+# a loaded machine takes to write the files.
+((after - before < FILES / 2)) || fail "A committed $FILES closes in $((after - before)) transactions: not in groups"
 cp -R "$(real_tree)" "$A/tree"
 (cd "$A" && find d tree -type f -print0 | sort -z | xargs -0 sha256sum) >"$WORK/sums"
 
