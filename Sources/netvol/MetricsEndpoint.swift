@@ -140,42 +140,51 @@ final class MetricsHandler: ChannelInboundHandler, Sendable {
             var route = requested.split(separator: "?").first.map(String.init) ?? ""
             if method != (["/evict", "/commit", "/cache-pages"].contains(route) ? "POST" : "GET") { route = "" }
             let query = requested.split(separator: "?", maxSplits: 1).dropFirst().first.map(String.init) ?? ""
-            var found = true
-            var type = "text/plain; version=0.0.4; charset=utf-8"
-            let body: [UInt8]
-            switch route {
-            case "/metrics":
-                body = endpoint.scrape()
-            case "/cache", "/evict":
-                // `netvol warmup --check` and `--evict`, on the private socket alone.
-                type = "application/json"
-                body = endpoint.state.cacheReport(query: query, evicting: route == "/evict", privateSocket: isUnix(context))
-            case "/commit" where isUnix(context):
-                // `netvol status` on this host: what the writer closed counts in the usage
-                // it reads, though the group it is in has not been committed yet.
-                type = "application/json"
-                endpoint.state.volume.commitDeferred()
-                body = Array("{\"committed\":true}".utf8)
-            case "/cache-pages" where isUnix(context):
-                // `netvol unmount` and `netvol warmup`: the cache copies a streaming read
-                // left for later, written before the kernel's pages go.
-                type = "application/json"
-                let written = endpoint.state.volume.writeCacheFromPages()
-                body = Array("{\"written\":\(written)}".utf8)
-            default:
-                found = false
-                type = "text/plain"
-                body = Array("only /metrics is here\n".utf8)
+            let privateSocket = isUnix(context)
+            // Off the event loop: writing the cache copies can take a minute, and the
+            // loop's one thread answers every other request (`netvol stats`, scrapes).
+            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            let eventLoop = context.eventLoop
+            DispatchQueue.global().async { [self, route] in
+                let (found, type, body) = answer(route, query: query, privateSocket: privateSocket)
+                eventLoop.execute { self.respond(bound.value, found: found, type: type, body: body) }
             }
-            var headers = HTTPHeaders()
-            headers.add(name: "Content-Type", value: type)
-            headers.add(name: "Content-Length", value: "\(body.count)")
-            headers.add(name: "Connection", value: "close")
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: found ? .ok : .notFound, headers: headers))), promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
-            let channel = context.channel
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
         }
+    }
+
+    /// The status, content type and body for `route`.
+    func answer(_ route: String, query: String, privateSocket: Bool) -> (found: Bool, type: String, body: [UInt8]) {
+        let json = "application/json"
+        switch route {
+        case "/metrics":
+            return (true, "text/plain; version=0.0.4; charset=utf-8", endpoint.scrape())
+        case "/cache", "/evict":
+            // `netvol warmup --check` and `--evict`, on the private socket alone.
+            return (true, json, endpoint.state.cacheReport(query: query, evicting: route == "/evict", privateSocket: privateSocket))
+        case "/commit" where privateSocket:
+            // `netvol status` on this host: what the writer closed counts in the usage
+            // it reads, though the group it is in has not been committed yet.
+            endpoint.state.volume.commitDeferred()
+            return (true, json, Array("{\"committed\":true}".utf8))
+        case "/cache-pages" where privateSocket:
+            // `netvol unmount` and `netvol warmup`: the cache copies a streaming read
+            // left for later, written before the kernel's pages go.
+            let written = endpoint.state.volume.writeCacheFromPages()
+            return (true, json, Array("{\"written\":\(written)}".utf8))
+        default:
+            return (false, "text/plain", Array("only /metrics is here\n".utf8))
+        }
+    }
+
+    func respond(_ context: ChannelHandlerContext, found: Bool, type: String, body: [UInt8]) {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: type)
+        headers.add(name: "Content-Length", value: "\(body.count)")
+        headers.add(name: "Connection", value: "close")
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: found ? .ok : .notFound, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
     }
 }
 
