@@ -293,8 +293,8 @@ extension VolumeFS {
             let ref = ChunkRef(index: index, object: id, length: bytes.count, checksums: checksums)
             if writingLater {
                 // Before the store lists it as unwritten: the thread writing copies must
-                // never find it without its pages. One left by a failed put is dropped
-                // with the others once nothing waits.
+                // never find it without its pages. One left by a failed put goes with the
+                // others once nothing waits and it is a minute old (`dropStalePageSources`).
                 noteStreaming()
                 notePageSource(id, PageSource(ino: ino, offset: UInt64(index) * UInt64(chunkSize), ref: ref))
             }
