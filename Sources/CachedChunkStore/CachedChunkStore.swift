@@ -258,6 +258,9 @@ public final class CachedChunkStore: ChunkStore {
     /// and a streaming write that lost a few pages per object held 80 MiB more.
     public func cache(_ id: ObjectID) {
         if index.withLock({ $0[id] != nil }) { return }
+        // Asked for by a reader already: that download fills the cache as well, and must
+        // still land for the reader.
+        if prefetches.withLock({ $0.pending.contains(id) }) || fetches.withLock({ $0[id] != nil }) { return }
         cachingOnly.withLock { _ = $0.insert(id) }
         prefetch(id, writingLater: false)
         // Not queued (the queue is full, or the object landed already): nothing will

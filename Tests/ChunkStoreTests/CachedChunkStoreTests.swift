@@ -511,6 +511,21 @@ import Glibc
         #expect(cache.landed.withLock { $0.pieces[ids[1]] == nil })
     }
 
+    /// A reader's prefetch under way keeps its landing when the same object is then
+    /// asked for only to be cached.
+    @Test func aReadersPrefetchStillLandsWhenTheObjectIsAlsoAskedToBeCached() throws {
+        let slow = CountingStore(backing.inner, sizeDelay: .milliseconds(300))
+        let cache = try makeCache(over: slow)
+        let id = try stored(1)[0]
+        cache.prefetch(id)
+        cache.cache(id)
+        #expect(settled(cache))
+        #expect(cache.isCached(id))
+        #expect(cache.landed.withLock { $0.pieces[id] != nil }, "landed for the reader that asked first")
+        #expect(cache.cachingOnly.withLock { $0.isEmpty })
+        #expect(slow.reads.load(ordering: .relaxed) == 1)
+    }
+
     @Test func anUnwrittenObjectNotReadWholeIsWrittenFromMemory() throws {
         let cache = try makeCache()
         let id = try stored(1)[0]
