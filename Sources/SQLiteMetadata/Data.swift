@@ -112,7 +112,7 @@ extension SQLiteMetadata {
         let newMtime = commit.mtime ?? attr.mtime
         try db.cachedStatement(sql: "UPDATE inodes SET size = ?, mtime = ?, ctime = ?, stored = max(0, stored + ?) WHERE ino = ?").execute(
                        arguments: [Int64(bitPattern: commit.size), newMtime.nanoseconds, now.nanoseconds, delta, inoValue])
-        retired = try Self.retire(db, retired, now: self.now(db))
+        if !retired.isEmpty { retired = try Self.retire(db, retired, now: self.now(db)) }
         try Self.note(db, ino: ino)
         var after = attr
         after.size = commit.size
@@ -150,7 +150,8 @@ extension SQLiteMetadata {
                     try db.cachedStatement(sql: "DELETE FROM \(table) WHERE ino = ?").execute(arguments: [value])
                 }
                 // After the chunks are gone: an object another file still names is no garbage.
-                _ = try Self.retire(db, rows.compactMap { Self.storedObject($0[0]) }, now: self.now(db))
+                let objects = rows.compactMap { Self.storedObject($0[0]) }
+                if !objects.isEmpty { _ = try Self.retire(db, objects, now: self.now(db)) }
                 try Self.note(db, ino: ino)
             }
         }

@@ -6,7 +6,7 @@ import GRDB
 
 extension SQLiteMetadata {
     static func fetchLease(_ db: Database, now: Timestamp) throws -> Lease {
-        guard let row = try Row.fetchOne(db, sql: "SELECT holder, token, expires_at, renewed_at, deferring FROM lease WHERE id = 1") else {
+        guard let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT holder, token, expires_at, renewed_at, deferring FROM lease WHERE id = 1")) else {
             throw MetadataError.notAVolume("the lease row is missing")
         }
         var lease = Lease(holder: row[0], token: LeaseToken(rawValue: row[1]), expiresAt: Timestamp(nanoseconds: row[2]),
@@ -72,9 +72,9 @@ extension SQLiteMetadata {
         try read { db in
             // The lease first: a change after this moment needs a holder, who waits for
             // `Lease.quietSeconds` if it found the lease free.
-            let free = try Bool.fetchOne(db, sql: "SELECT holder IS NULL FROM lease WHERE id = 1") ?? false
-            let latest = try Int64.fetchOne(db, sql: "SELECT coalesce(max(seq), 0) FROM changes") ?? 0
-            let oldest = try Int64.fetchOne(db, sql: "SELECT coalesce(min(seq), 0) FROM changes") ?? 0
+            let free = try Bool.fetchOne(db.cachedStatement(sql: "SELECT holder IS NULL FROM lease WHERE id = 1")) ?? false
+            let latest = try Int64.fetchOne(db.cachedStatement(sql: "SELECT coalesce(max(seq), 0) FROM changes")) ?? 0
+            let oldest = try Int64.fetchOne(db.cachedStatement(sql: "SELECT coalesce(min(seq), 0) FROM changes")) ?? 0
             let statement = try db.cachedStatement(sql: "SELECT seq, ino, parent, name FROM changes WHERE seq > ? ORDER BY seq LIMIT ?")
             let changes = try Row.fetchAll(statement, arguments: [sequence, limit]).map { row in
                 Change(sequence: row[0],

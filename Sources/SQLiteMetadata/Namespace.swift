@@ -68,7 +68,8 @@ extension SQLiteMetadata {
 
     static func apply(_ db: Database, _ changes: [NameChange]) throws {
         guard !changes.isEmpty else { return }
-        let reserved = try Int64.fetchOne(db, sql: "SELECT seq FROM sqlite_sequence WHERE name = 'inodes'") ?? 0
+        let reserved = try Int64.fetchOne(db.cachedStatement(sql: "SELECT seq FROM sqlite_sequence WHERE name = 'inodes'")) ?? 0
+        let existing = try db.cachedStatement(sql: "SELECT 1 FROM inodes WHERE ino = ?")
         for change in changes {
             switch change {
             case .make(let file):
@@ -76,7 +77,7 @@ extension SQLiteMetadata {
                     throw MetadataError.invalidArgument("only regular files, directories and symbolic links with targets are made under reserved numbers")
                 }
                 // A number never reserved could be given out again by an insert of its own.
-                let taken = try Int64.fetchOne(db, sql: "SELECT 1 FROM inodes WHERE ino = ?", arguments: [Int64(file.attr.ino.rawValue)]) != nil
+                let taken = try Int64.fetchOne(existing, arguments: [Int64(file.attr.ino.rawValue)]) != nil
                 guard file.attr.ino.rawValue <= UInt64(max(0, reserved)), !taken else {
                     throw MetadataError.invalidArgument("inode \(file.attr.ino.rawValue) was not reserved, or is taken")
                 }

@@ -219,7 +219,8 @@ public final class SQLiteMetadata: Metadata {
     /// Now, by the database's clock (which for SQLite is the clock of the host it is on).
     func now(_ db: Database) throws -> Timestamp {
         if let clock { return clock() }
-        let millis = try Int64.fetchOne(db, sql: "SELECT CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)") ?? 0
+        let statement = try db.cachedStatement(sql: "SELECT CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)")
+        let millis = try Int64.fetchOne(statement) ?? 0
         return Timestamp(nanoseconds: millis * 1_000_000)
     }
 
