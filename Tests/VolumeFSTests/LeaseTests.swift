@@ -300,6 +300,35 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         #expect(try a.getattr(f).size == 3)
     }
 
+    /// A large file closed while the writer defers is kept for the group as a small one
+    /// is: its close starts storing the chunk it buffers and returns, and the group
+    /// commits it once the object is stored. A `cp -R` waited at such closes for the store.
+    @Test func aLargeFileClosedWhileDeferringIsLeftToTheGroupWithoutWaitingForItsStore() throws {
+        let shared = try SharedVolume(.embedded, chunkSize: 4 << 20)
+        let a = try shared.mount("a", deferring: true)
+        let bytes = (0..<(3 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        let (attr, fh) = try a.create(.root, FileName("big"), mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
+        _ = try bytes.withUnsafeBytes { try a.write(attr.ino, fh, offset: 0, $0) }
+        let puts = shared.store.puts
+        shared.store.held.withLock { $0 = true }
+        let closed = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            a.release(attr.ino, fh)
+            closed.signal()
+        }
+        let returned = closed.wait(timeout: .now() + 10) == .success
+        shared.store.held.withLock { $0 = false }
+        if !returned { _ = closed.wait(timeout: .now() + 30) }
+        #expect(returned, "the close of 3 MiB waited for its store")
+        #expect(a.deferred.withLock { $0.files[attr.ino] != nil }, "kept for the group")
+
+        a.groupCommitTurn()
+        #expect(shared.store.puts == puts + 1)
+        #expect(a.deferred.withLock { $0.files.isEmpty })
+        let b = try shared.mount("b")
+        #expect(try readFile(b, "big") == bytes)
+    }
+
     /// A group commit holds its files' locks through its transaction, which may wait (for
     /// the database's lock here, for the network elsewhere): a listing, a `stat` and an
     /// `open` of those files meanwhile answer at once, with the sizes written, and the
@@ -999,11 +1028,14 @@ final class CountingStore: ChunkStore {
     let stored = Mutex(0)
     let readCount = Mutex(0)
     let full = Mutex(false)
+    /// Puts wait while this is set.
+    let held = Mutex(false)
     init(_ inner: any ChunkStore) { self.inner = inner }
     var puts: Int { stored.withLock { $0 } }
     var reads: Int { readCount.withLock { $0 } }
     func put(_ id: ObjectID, _ bytes: UnsafeRawBufferPointer) throws(StoreError) {
         if full.withLock({ $0 }) { throw .noSpace }
+        while held.withLock({ $0 }) { usleep(1000) }
         try inner.put(id, bytes)
         stored.withLock { $0 += 1 }
     }
