@@ -160,6 +160,11 @@ public protocol Metadata: Sendable {
     /// From now on every namespace and data transaction of this instance checks, inside
     /// the transaction, that `fence` still holds the lease (nil: no check, for tools).
     func setFence(_ fence: Fence?)
+    /// The writer lease's ttl of the mount this instance serves. Every transaction that
+    /// writes holds the lease row's lock, so a host cut off in the middle of one keeps
+    /// every other mount from taking the lease until the database ends that transaction:
+    /// a database other hosts share ends it after this long idle, not after the deadline.
+    func setLeaseTTL(_ seconds: Double)
 
     /// Committed changes after `sequence`, at most `limit`.
     func changes(after sequence: Int64, limit: Int) throws(MetadataError) -> ChangeBatch

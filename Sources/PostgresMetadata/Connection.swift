@@ -215,9 +215,12 @@ final class Connection: @unchecked Sendable {
     private var preparedNames = 0
     /// Round trips made: what a statement's cost is counted in over a network.
     private(set) var roundTrips = 0
+    /// The session's `idle_in_transaction_session_timeout`, in milliseconds.
+    let idleTransactionMillis: Int
 
-    init(_ raw: OpaquePointer) {
+    init(_ raw: OpaquePointer, idleTransactionMillis: Int = 0) {
         self.raw = raw
+        self.idleTransactionMillis = idleTransactionMillis
         // Notices ("relation already exists, skipping") are for people at a prompt; libpq
         // would print them to standard error.
         PQsetNoticeProcessor(raw, { _, _ in }, nil)

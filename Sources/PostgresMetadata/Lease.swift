@@ -85,6 +85,10 @@ extension PostgresMetadata {
         self.fence.withLock { $0 = fence }
     }
 
+    public func setLeaseTTL(_ seconds: Double) {
+        pool.boundIdleTransactions(toSeconds: seconds)
+    }
+
     public func changes(after sequence: Int64, limit: Int) throws(MetadataError) -> ChangeBatch {
         try read { tx in
             // One statement, one snapshot: the newest number, the oldest kept and the rows
@@ -124,8 +128,10 @@ extension PostgresMetadata {
             // Under the lease row's lock, as `deferCommits` is: a writer that turns deferring
             // on after this sees this session, and one that did before is seen by the
             // mount's wait after it.
-            let now = try tx.execute("SELECT coalesce($2, \(Self.databaseNow)) FROM lease WHERE volume = $1 FOR SHARE",
-                                     [.int(id), clockValue]).int(0, 0)
+            // The clock after the lock is granted (see `write`).
+            let now = try tx.execute("""
+                SELECT coalesce($2, \(Self.databaseNow)) FROM (SELECT 1 FROM lease WHERE volume = $1 FOR SHARE) l
+                """, [.int(id), clockValue]).int(0, 0)
             try tx.execute("""
                 INSERT INTO sessions(volume, id, host, pid, mountpoint, device, mode, started_at, heartbeat_at)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)

@@ -93,6 +93,10 @@ final class ConnectionPool: Sendable {
     let retries = Atomic<Int>(0)
     /// What the next COMMIT meets; tests set it to lose COMMIT or its answer on demand.
     let commitFault = Mutex<CommitFault?>(nil)
+    /// How long the server lets a session of this pool sit idle inside a transaction
+    /// before it ends it, in milliseconds: the deadline, or the mount's lease ttl where
+    /// shorter (`boundIdleTransactions`).
+    let idleTransactionMillis: Atomic<Int>
     /// Connections kept idle; more may be open at once while calls run in parallel.
     static let idleLimit = 8
 
@@ -100,6 +104,20 @@ final class ConnectionPool: Sendable {
         self.location = location
         self.password = password
         self.deadlineSeconds = deadlineSeconds
+        idleTransactionMillis = Atomic(max(1000, Int(deadlineSeconds * 1000)))
+    }
+
+    /// Every transaction that writes (and a heartbeat) holds the lease row's lock, so a
+    /// host cut off in the middle of one (its COMMIT lost on the way) keeps every other
+    /// mount from taking the lease until the server ends the transaction. That must come
+    /// within the lease's ttl, not the call deadline (20 s by default): a takeover due
+    /// after a ttl of 5 s waited 20. A healthy session is idle inside a transaction for a
+    /// round trip at a time. Sessions opened before are replaced as they come back to the
+    /// pool.
+    func boundIdleTransactions(toSeconds seconds: Double) {
+        let millis = max(1000, min(Int(deadlineSeconds * 1000), Int(seconds * 1000)))
+        guard idleTransactionMillis.exchange(millis, ordering: .relaxed) != millis else { return }
+        close()
     }
 
     func close() {
@@ -112,6 +130,7 @@ final class ConnectionPool: Sendable {
         let left = deadline - .now
         let seconds = max(2, min(10, left.components.seconds + 1))
         let deadlineMillis = max(1000, Int(deadlineSeconds * 1000))
+        let idleMillis = idleTransactionMillis.load(ordering: .relaxed)
         // Ours come first so that what the URL says wins; the password comes last.
         var pairs: [(String, String)] = [
             ("connect_timeout", String(seconds)),
@@ -128,7 +147,7 @@ final class ConnectionPool: Sendable {
             // an `rm -rf`, until the next `ANALYZE`. A table with no index to use is still
             // scanned, at a cost made huge, which would start the JIT compiler (about
             // 90 ms for the one-row schema table): statements this small never gain by it.
-            ("options", "-c idle_in_transaction_session_timeout=\(deadlineMillis) -c statement_timeout=\(deadlineMillis)"
+            ("options", "-c idle_in_transaction_session_timeout=\(idleMillis) -c statement_timeout=\(deadlineMillis)"
                 + " -c enable_seqscan=off -c jit=off"),
             ("dbname", location.conninfo),
         ]
@@ -145,7 +164,7 @@ final class ConnectionPool: Sendable {
             }
         }
         guard let raw else { throw DatabaseFailure(sqlstate: nil, message: "out of memory", connectionLost: true) }
-        let connection = Connection(raw)
+        let connection = Connection(raw, idleTransactionMillis: idleMillis)
         guard PQstatus(raw) == CONNECTION_OK else {
             throw connectFailure(connection)
         }
@@ -242,7 +261,8 @@ final class ConnectionPool: Sendable {
     }
 
     private func giveBack(_ connection: Connection) {
-        guard connection.isUsable else { return }
+        guard connection.isUsable,
+              connection.idleTransactionMillis == idleTransactionMillis.load(ordering: .relaxed) else { return }
         idle.withLock { connections in
             if connections.count < Self.idleLimit { connections.append(connection) }
         }

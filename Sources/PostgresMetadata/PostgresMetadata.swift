@@ -209,9 +209,13 @@ public final class PostgresMetadata: Metadata {
 
     private func write<T>(fenced: Bool, found: LockedLease?, _ body: (Transaction) throws -> T) throws(MetadataError) -> T {
         let fence = fenced ? self.fence.withLock { $0 } : nil
+        // The clock is read in the outer query, after the row lock is granted: read beside
+        // the lock, it is the time the statement started, and a takeover that waited for
+        // a cut-off writer's transaction to be ended judged the lease by the time it began
+        // waiting (an expired lease looked valid for as long as the wait).
         let lock = (sql: """
-            SELECT holder, token, expires_at, renewed_at, coalesce($2, \(Self.databaseNow))
-            FROM lease WHERE volume = $1 FOR UPDATE
+            SELECT l.holder, l.token, l.expires_at, l.renewed_at, coalesce($2, \(Self.databaseNow))
+            FROM (SELECT holder, token, expires_at, renewed_at FROM lease WHERE volume = $1 FOR UPDATE) l
             """, parameters: [Value.int(id), clockValue])
         return try pool.transaction(opening: lock, opened: { [self] rows in
             let lease = try lease(rows)

@@ -68,6 +68,9 @@ extension SQLiteMetadata {
         self.fence.withLock { $0 = fence }
     }
 
+    /// Nothing to do: SQLite's locks go with the process that holds them, on this host.
+    public func setLeaseTTL(_ seconds: Double) {}
+
     public func changes(after sequence: Int64, limit: Int) throws(MetadataError) -> ChangeBatch {
         try read { db in
             // The lease first: a change after this moment needs a holder, who waits for

@@ -1024,6 +1024,7 @@ public final class MetadataCache: Metadata {
     }
     public func breakLease() throws(MetadataError) -> Lease { makeUnmade(); return try backing.breakLease() }
     public func setFence(_ fence: Fence?) { backing.setFence(fence) }
+    public func setLeaseTTL(_ seconds: Double) { backing.setLeaseTTL(seconds) }
     public func heartbeat(_ session: Session, staleSeconds: Double) throws(MetadataError) {
         try backing.heartbeat(session, staleSeconds: staleSeconds)
     }

@@ -423,6 +423,7 @@ public final class VolumeFS: Sendable {
         self.accounting = Mutex((used: usage.usedBytes, limit: usage.sizeLimit, reserved: 0))
         // No token is ever -1: until we hold the lease, no transaction of ours can commit.
         metadata.setFence(Fence(holder: holder, token: LeaseToken(rawValue: -1)))
+        metadata.setLeaseTTL(options.leaseTTLSeconds)
         let latest = try Self.lift { () throws(MetadataError) in try metadata.changes(after: Int64.max - 1, limit: 1).latest }
         writer.withLock { $0.seenChanges = latest }
     }

@@ -453,6 +453,34 @@ struct PostgresMetadataTests {
         try again.destroy()
     }
 
+    /// A writer cut off in the middle of a transaction (its COMMIT lost on the way) holds
+    /// the lease row's lock until the server ends the transaction. The server ends it
+    /// within the mount's lease ttl, not the call deadline, and the takeover that waited
+    /// for it judges the lease by the time the lock was granted, not the time it asked.
+    @Test func aTakeoverWaitsForACutOffWritersTransactionNoLongerThanTheLeaseTTL() throws {
+        let url = try PostgresServer.volumeURL()
+        let created = try PostgresMetadata.create(url: url, chunkSize: 4096, sizeLimit: 1 << 20, store: [:], now: t0)
+        defer { try? created.destroy() }
+        let a = try PostgresMetadata(url: url, deadlineSeconds: 20)
+        defer { a.close() }
+        a.setLeaseTTL(3)
+        let taken = try a.acquireLease(holder: "a", ttlSeconds: 1)
+        // The cut-off writer's session: inside a transaction that holds the lock, and silent.
+        let stuck = try a.pool.connect(deadline: .now + .seconds(10))
+        #expect(stuck.idleTransactionMillis == 3000)
+        try stuck.script("BEGIN; SELECT 1 FROM lease WHERE volume = \(a.id) FOR UPDATE", deadline: .now + .seconds(10))
+
+        let b = try PostgresMetadata(url: url, deadlineSeconds: 20)
+        defer { b.close() }
+        let started = ContinuousClock.now
+        let lease = try b.acquireLease(holder: "b", ttlSeconds: 5)
+        let waited = ContinuousClock.now - started
+        #expect(lease.holder == "b" && lease.token.rawValue == taken.token.rawValue + 1)
+        #expect(waited > .milliseconds(1500), "the lock was held for the server to end: \(waited)")
+        #expect(waited < .seconds(10), "the takeover waited \(waited) for the cut-off transaction")
+        withExtendedLifetime(stuck) {}
+    }
+
     @Test func leaseTimesAreTheDatabasesClock() throws {
         let url = try PostgresServer.volumeURL()
         let meta = try PostgresMetadata.create(url: url, chunkSize: 4096, sizeLimit: 1 << 20, store: [:], now: t0)
