@@ -155,6 +155,15 @@ extension VolumeFS {
             return state.files.values.sorted { $0.ino.rawValue < $1.ino.rawValue }
         }
         guard !files.isEmpty else { return }
+        // The stores the closes started are waited for before the locks are taken, which
+        // are then held through the transaction alone: a `stat` or an open of a file of
+        // the group does not wait for the store of a larger one closed beside it.
+        for file in files {
+            file.lock.lock()
+            let uploads = Array(file.uploads.values)
+            file.lock.unlock()
+            for upload in uploads { _ = upload.wait() }
+        }
         // In inode order, and nothing else takes two files' locks: no deadlock.
         for file in files { file.lock.lock() }
         var group: [(file: OpenFile, prepared: PreparedCommit)] = []

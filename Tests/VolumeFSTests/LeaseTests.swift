@@ -303,9 +303,12 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
     /// A large file closed while the writer defers is kept for the group as a small one
     /// is: its close starts storing the chunk it buffers and returns, and the group
     /// commits it once the object is stored. A `cp -R` waited at such closes for the store.
+    /// While the group waits for that store, a `stat` of a small file closed beside it
+    /// answers at once.
     @Test func aLargeFileClosedWhileDeferringIsLeftToTheGroupWithoutWaitingForItsStore() throws {
         let shared = try SharedVolume(.embedded, chunkSize: 4 << 20)
         let a = try shared.mount("a", deferring: true)
+        let small = try writeFile(a, "small", [1, 2, 3])
         let bytes = (0..<(3 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31) }
         let (attr, fh) = try a.create(.root, FileName("big"), mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
         _ = try bytes.withUnsafeBytes { try a.write(attr.ino, fh, offset: 0, $0) }
@@ -316,13 +319,35 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
             a.release(attr.ino, fh)
             closed.signal()
         }
-        let returned = closed.wait(timeout: .now() + 10) == .success
-        shared.store.held.withLock { $0 = false }
-        if !returned { _ = closed.wait(timeout: .now() + 30) }
-        #expect(returned, "the close of 3 MiB waited for its store")
-        #expect(a.deferred.withLock { $0.files[attr.ino] != nil }, "kept for the group")
+        guard closed.wait(timeout: .now() + 10) == .success else {
+            shared.store.held.withLock { $0 = false }
+            _ = closed.wait(timeout: .now() + 30)
+            Issue.record("the close of 3 MiB waited for its store")
+            return
+        }
+        #expect(a.deferred.withLock { $0.files[attr.ino] != nil && $0.files[small] != nil }, "both kept for the group")
 
-        a.groupCommitTurn()
+        let grouped = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            a.groupCommitTurn()
+            grouped.signal()
+        }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !a.deferred.withLock({ $0.files.isEmpty }) && ContinuousClock.now < deadline { usleep(1000) }
+        // The group has taken its files, and has time to reach its wait for the store.
+        usleep(200_000)
+        let stated = DispatchSemaphore(value: 0)
+        let seen = SizesSeen()
+        Thread.detachNewThread {
+            if let size = try? a.getattr(small).size { seen.sizes.withLock { $0.append(size) } }
+            stated.signal()
+        }
+        let answered = stated.wait(timeout: .now() + 5) == .success
+        shared.store.held.withLock { $0 = false }
+        #expect(answered, "a stat of a small file of the group waited for the store of the large one")
+        #expect(grouped.wait(timeout: .now() + 30) == .success)
+        if !answered { _ = stated.wait(timeout: .now() + 30) }
+        #expect(seen.sizes.withLock { $0 } == [3])
         #expect(shared.store.puts == puts + 1)
         #expect(a.deferred.withLock { $0.files.isEmpty })
         let b = try shared.mount("b")
