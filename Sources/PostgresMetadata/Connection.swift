@@ -218,7 +218,7 @@ final class Connection: @unchecked Sendable {
     /// The session's `idle_in_transaction_session_timeout`, in milliseconds.
     let idleTransactionMillis: Int
 
-    init(_ raw: OpaquePointer, idleTransactionMillis: Int = 0) {
+    init(_ raw: OpaquePointer, idleTransactionMillis: Int) {
         self.raw = raw
         self.idleTransactionMillis = idleTransactionMillis
         // Notices ("relation already exists, skipping") are for people at a prompt; libpq

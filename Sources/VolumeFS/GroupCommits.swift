@@ -47,7 +47,7 @@ extension VolumeFS {
     /// commits at once. A large file is kept too: its close starts storing its last
     /// chunks and returns, and the group waits for them. Committing it at its close made
     /// a `cp -R` wait there for the store (two archives of 12 MiB in the Python standard
-    /// library held the copy up 70 to 100 ms, a tenth of its time).
+    /// library held the copy up 70 to 114 ms, a tenth of its time).
     static let deferredFilesKept = 4096
     static let deferredBytesKept = 64 << 20
     /// After this long without a close the writer stops deferring, so that a mount that
