@@ -35,6 +35,8 @@ struct DeferredCommits {
     var on = false
     /// Files closed and not committed, each held open until its commit.
     var files: [InodeNumber: OpenFile] = [:]
+    /// The chunks of each that were buffered when it was closed: what the group owes.
+    var owed: [InodeNumber: Set<Int>] = [:]
     /// Bytes they buffer.
     var bytes = 0
     var lastClose: ContinuousClock.Instant = .now
@@ -81,6 +83,7 @@ extension VolumeFS {
         // Its objects are stored from now on, so that the group commit finds them stored
         // and holds its files for no more than the transaction.
         if file.size > UInt64(options.inlineLimit), (try? uploadFullChunks(file, andPartial: true)) == nil { return false }
+        let closedChunks = Set(file.dirty.keys)
         let added = deferred.withLock { state -> Bool in
             guard state.on else { return false }
             if state.files[file.ino] == nil {
@@ -92,6 +95,7 @@ extension VolumeFS {
                 refs.withLock { $0[file.ino, default: KernelRefs()].opens += 1 }
                 state.bytes += buffered
             }
+            state.owed[file.ino, default: []].formUnion(closedChunks)
             state.lastClose = now
             return true
         }
@@ -147,12 +151,13 @@ extension VolumeFS {
         // committed, by itself or by the group it waited for (`stopDeferring` relies on it).
         groupCommitting.lock()
         defer { groupCommitting.unlock() }
-        let files = deferred.withLock { state -> [OpenFile] in
+        let (files, owed) = deferred.withLock { state -> ([OpenFile], [InodeNumber: Set<Int>]) in
             defer {
                 state.files = [:]
+                state.owed = [:]
                 state.bytes = 0
             }
-            return state.files.values.sorted { $0.ino.rawValue < $1.ino.rawValue }
+            return (state.files.values.sorted { $0.ino.rawValue < $1.ino.rawValue }, state.owed)
         }
         guard !files.isEmpty else { return }
         // The stores the closes started are waited for before the locks are taken, which
@@ -170,8 +175,14 @@ extension VolumeFS {
         var fenced: String?
         var alone: [OpenFile] = []
         for file in files where file.lost == nil {
+            // Chunks written since the close, through a handle still open, are that
+            // handle's to commit, as they would be had the close committed at once. A
+            // shell's redirection or `dd` closes a duplicate of the file just created
+            // before writing: committing the chunk it was filling stored it twice.
+            let closed = owed[file.ino] ?? []
+            let only = file.dirty.keys.allSatisfy(closed.contains) ? nil : Array(closed)
             do {
-                if let prepared = try prepareCommit(file, only: nil) { group.append((file, prepared)) }
+                if let prepared = try prepareCommit(file, only: only) { group.append((file, prepared)) }
             } catch {
                 failed(file, error)
             }

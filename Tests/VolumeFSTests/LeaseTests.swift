@@ -566,6 +566,51 @@ func readFile(_ volume: VolumeFS, _ name: String) throws -> [UInt8] {
         #expect(try readFile(other, "f") == bytes)
     }
 
+    /// A shell's redirection or `dd` closes a duplicate of the file it just created, then
+    /// writes through the other: the group commit owes the file's making and what was
+    /// buffered at that close, not the chunk being filled since, which would be stored
+    /// twice (half-full now, full later). Each chunk is stored once, and all of it lands.
+    @Test(arguments: TestBackend.available)
+    func aGroupCommitLeavesTheChunkAnotherHandleIsFillingToThatHandle(backend: TestBackend) throws {
+        let chunk = 1 << 20
+        let shared = try SharedVolume(backend, chunkSize: chunk)
+        let a = try shared.mount("a", deferring: true)
+        // In a new directory, whose names are known, a create is answered at once and the
+        // file made later.
+        let d = try a.mkdir(.root, "d", mode: 0o755, uid: 0, gid: 0)
+        let (f, writing) = try a.create(d.ino, "f", mode: 0o644, flags: O_WRONLY, uid: 0, gid: 0)
+        #expect(a.cache.isUnmade(f.ino))
+        let duplicate = try a.open(f.ino, flags: O_WRONLY)
+        try a.flush(f.ino, duplicate)
+        a.release(f.ino, duplicate)
+        #expect(a.deferred.withLock { $0.files[f.ino] != nil }, "the close was kept for the group")
+        let bytes = pattern(2 * chunk, seed: 9)
+        func write(_ range: Range<Int>) throws {
+            for start in stride(from: range.lowerBound, to: range.upperBound, by: 128 << 10) {
+                let end = min(start + (128 << 10), range.upperBound)
+                _ = try bytes[start..<end].withUnsafeBytes { try a.write(f.ino, writing, offset: UInt64(start), $0) }
+            }
+        }
+        try write(0..<(chunk + chunk / 2))
+        let puts = shared.store.puts
+        a.groupCommitTurn()
+        #expect(a.deferred.withLock { $0.files.isEmpty })
+        #expect(!a.cache.isUnmade(f.ino), "the group made the file")
+        // The full first chunk is the writing handle's to store (it may be storing it);
+        // the half-full second one is still buffered.
+        #expect(shared.store.puts <= 1, "the group stored the chunk being filled (\(shared.store.puts - puts) objects)")
+        try write((chunk + chunk / 2)..<(2 * chunk))
+        try a.flush(f.ino, writing)
+        a.release(f.ino, writing)
+        a.groupCommitTurn()
+        #expect(shared.store.puts == 2, "two chunks, each stored once")
+        let b = try shared.mount("b")
+        let made = try b.lookup(try b.lookup(.root, "d").ino, "f")
+        let fh = try b.open(made.ino, flags: O_RDONLY)
+        #expect(try b.read(made.ino, fh, offset: 0, count: bytes.count + 1) == bytes)
+        b.release(made.ino, fh)
+    }
+
     /// A directory the writer makes is answered at once too, and made before the files in
     /// it, in the transaction of the first of them to be closed.
     @Test(arguments: TestBackend.available)
