@@ -47,6 +47,9 @@ public struct CacheStatistics: Sendable, Equatable {
     public var evictions: Int
     /// Objects whose copy was written after their read or write (`keep(unwritten:_:)`).
     public var writtenLater: Int
+    /// Objects downloaded only to be cached (`cache(_:)`): copies that could not be
+    /// written later, since the kernel's pages they were to come from had gone.
+    public var fetchedAgain: Int
     /// Bytes and objects in the cache, as far as this process knows.
     public var bytesCached: Int
     public var objectsCached: Int
@@ -89,6 +92,7 @@ public final class CachedChunkStore: ChunkStore {
     let bytesFetched = Atomic<Int>(0)
     let evictions = Atomic<Int>(0)
     let writtenLater = Atomic<Int>(0)
+    let fetchedAgain = Atomic<Int>(0)
 
     /// Fetches under way at once for prefetches: a download from an object store needs
     /// about this many requests in flight to reach its speed (and the reading thread's
@@ -140,6 +144,7 @@ public final class CachedChunkStore: ChunkStore {
                                bytesFetched: bytesFetched.load(ordering: .relaxed),
                                evictions: evictions.load(ordering: .relaxed),
                                writtenLater: writtenLater.load(ordering: .relaxed),
+                               fetchedAgain: fetchedAgain.load(ordering: .relaxed),
                                bytesCached: bytes, objectsCached: objects)
     }
 
@@ -409,12 +414,12 @@ public final class CachedChunkStore: ChunkStore {
         private var started = false
         private var landed = 0
         private var size: Int?
-        /// Bytes readers copied out of the first piece while it landed.
-        private var taken = 0
+        /// What readers copied out of the first piece while it landed.
+        private var taken = ReadCoverage()
         /// Readers reading the first piece in place: it is not reused until they are done.
         private var borrowers = 0
 
-        var bytesTaken: Int {
+        var bytesTaken: ReadCoverage {
             arrival.lock()
             defer { arrival.unlock() }
             return taken
@@ -472,7 +477,7 @@ public final class CachedChunkStore: ChunkStore {
                         arrival.unlock()
                         return 0
                     }
-                    taken += end - offset
+                    taken.add(offset..<end)
                     borrowers += 1
                     arrival.unlock()
                     body(UnsafeRawBufferPointer(rebasing: piece[offset..<end]))
@@ -553,8 +558,8 @@ public final class CachedChunkStore: ChunkStore {
     }
 
     /// Keeps a downloaded object's buffer for the readers about to ask for it.
-    func land(_ id: ObjectID, _ buffer: UnsafeMutableRawBufferPointer, size: Int, taken: Int) {
-        let piece = LandedPiece(buffer: buffer, size: size, unread: size - taken)
+    func land(_ id: ObjectID, _ buffer: UnsafeMutableRawBufferPointer, size: Int, taken: ReadCoverage) {
+        let piece = LandedPiece(buffer: buffer, size: size, read: taken)
         let pushedOut = landed.withLock { $0.add(id, piece, limit: Self.landedLimit) }
         for (old, piece) in pushedOut {
             // Pushed out before its reader came, an object not written yet would be
@@ -600,6 +605,7 @@ public final class CachedChunkStore: ChunkStore {
     /// `writingLater`: an object that fits one piece is not written at all, but listed as
     /// unwritten and kept in memory for its readers (`prefetch(_:writingLater:)`).
     func download(_ id: ObjectID, _ fetch: Fetch, writingLater: Bool = false) throws(StoreError) -> OpenObject? {
+        if cachingOnly.withLock({ $0.contains(id) }) { fetchedAgain.add(1, ordering: .relaxed) }
         let piece = takePiece()
         fetch.expose(piece)
         // Set once the whole object is cached and still in `piece`.
@@ -607,7 +613,7 @@ public final class CachedChunkStore: ChunkStore {
         defer {
             fetch.withdraw()
             let taken = fetch.bytesTaken
-            if let wholeInPiece, taken < wholeInPiece, !cachingOnly.withLock({ $0.contains(id) }) {
+            if let wholeInPiece, taken.bytes < wholeInPiece, !cachingOnly.withLock({ $0.contains(id) }) {
                 land(id, piece, size: wholeInPiece, taken: taken)
             } else {
                 givePieceBack(piece)
@@ -743,7 +749,7 @@ public final class CachedChunkStore: ChunkStore {
             givePieceBack(piece)
             return
         }
-        land(id, piece, size: size, taken: 0)
+        land(id, piece, size: size, taken: ReadCoverage())
     }
 
     // MARK: Files
@@ -877,25 +883,62 @@ public final class CachedChunkStore: ChunkStore {
     }
 }
 
+/// The parts of an object readers have read, as disjoint ranges in order: a sequential
+/// reader's make one.
+struct ReadCoverage: Sendable {
+    private(set) var ranges: [Range<Int>] = []
+    private(set) var bytes = 0
+
+    mutating func add(_ range: Range<Int>) {
+        guard !range.isEmpty else { return }
+        // The common case: the reader goes on from where it is.
+        if let last = ranges.last, last.lowerBound <= range.lowerBound, range.lowerBound <= last.upperBound {
+            if range.upperBound > last.upperBound {
+                bytes += range.upperBound - last.upperBound
+                ranges[ranges.count - 1] = last.lowerBound..<range.upperBound
+            }
+            return
+        }
+        var merged = range
+        var kept: [Range<Int>] = []
+        kept.reserveCapacity(ranges.count + 1)
+        for existing in ranges {
+            if existing.upperBound < merged.lowerBound || existing.lowerBound > merged.upperBound {
+                kept.append(existing)
+            } else {
+                merged = min(existing.lowerBound, merged.lowerBound)..<max(existing.upperBound, merged.upperBound)
+            }
+        }
+        let at = kept.firstIndex { $0.lowerBound > merged.lowerBound } ?? kept.count
+        kept.insert(merged, at: at)
+        ranges = kept
+        bytes = ranges.reduce(0) { $0 + $1.count }
+    }
+}
+
 /// A downloaded object still in its download buffer (see `CachedChunkStore.landed`).
 final class LandedPiece: @unchecked Sendable {
-    // Unchecked: `buffer`, `unread` and `borrowers` are only touched under `lock`.
+    // Unchecked: `buffer`, `read` and `borrowers` are only touched under `lock`.
     private let lock = NSCondition()
     private var buffer: UnsafeMutableRawBufferPointer?
-    private var unread: Int
+    /// The bytes readers have copied out. Reads overlap (each is widened to whole
+    /// checksum blocks, and the kernel may ask again), so a count of bytes lent would
+    /// reach the size early, and the piece go while bytes of it were still to be read:
+    /// those were then downloaded again.
+    private var read: ReadCoverage
     /// Readers reading the buffer in place: it is not given back until they are done.
     private var borrowers = 0
     let size: Int
 
-    /// `unread`: the bytes no reader has copied from the download yet.
-    init(buffer: UnsafeMutableRawBufferPointer, size: Int, unread: Int) {
+    /// `read`: what readers have copied from the download already.
+    init(buffer: UnsafeMutableRawBufferPointer, size: Int, read: ReadCoverage) {
         self.buffer = buffer
         self.size = size
-        self.unread = unread
+        self.read = read
     }
 
     /// Copies the wanted bytes (fewer at the object's end); nil once withdrawn.
-    /// `finished` says that as many bytes as the object has have been copied out.
+    /// `finished` says that every byte of the object has been copied out.
     func copy(_ wanted: CachedChunkStore.Wanted) -> (count: Int, finished: Bool)? {
         lend(wanted.offset, wanted.buffer.count) { wanted.buffer.copyMemory(from: $0) }
     }
@@ -913,8 +956,8 @@ final class LandedPiece: @unchecked Sendable {
             lock.unlock()
             return (0, false)
         }
-        unread -= end - offset
-        let finished = unread <= 0
+        read.add(offset..<end)
+        let finished = read.bytes >= size
         borrowers += 1
         lock.unlock()
         body(UnsafeRawBufferPointer(rebasing: buffer[offset..<end]))
@@ -926,7 +969,7 @@ final class LandedPiece: @unchecked Sendable {
     }
 
     /// Bytes no reader has copied out yet.
-    var unreadBytes: Int { lock.withLock { buffer == nil ? 0 : unread } }
+    var unreadBytes: Int { lock.withLock { buffer == nil ? 0 : size - read.bytes } }
 
     /// Hands `body` the whole object in place, without counting it as read; nil once
     /// withdrawn.

@@ -222,8 +222,26 @@ extension VolumeFS {
     /// their file still holds: pages also go because the file was deleted or rewritten.
     func fetchAgain(_ lost: [InodeNumber: Set<ObjectID>]) {
         for (ino, objects) in lost {
-            guard let (attr, chunks) = try? metadata.attrAndChunks(ino), attr.nlink > 0 else { continue }
-            for object in chunks.compactMap(\.object) where objects.contains(object) { store.cache(object) }
+            for object in objectsHeld(by: ino).intersection(objects) { store.cache(object) }
         }
+    }
+
+    /// The objects the content of `ino` is made of. A file open on this mount holds, besides
+    /// what it committed, the chunks it stored and has not committed yet: a streaming
+    /// writer's copies are written while it goes on, and the metadata does not name the
+    /// chunks of its last few seconds (nor, before its `fsync`, of any).
+    func objectsHeld(by ino: InodeNumber) -> Set<ObjectID> {
+        if let file = openFiles.withLock({ $0[ino] }) {
+            if unlinked.withLock({ $0.contains(ino) }) { return [] }
+            file.lock.lock()
+            defer { file.lock.unlock() }
+            var held = Set(file.chunkMap.values.compactMap(\.object))
+            for upload in file.uploads.values where upload.isFinished {
+                if case .success(let ref) = upload.wait(), let object = ref.object { held.insert(object) }
+            }
+            return held
+        }
+        guard let (attr, chunks) = try? metadata.attrAndChunks(ino), attr.nlink > 0 else { return [] }
+        return Set(chunks.compactMap(\.object))
     }
 }

@@ -213,6 +213,7 @@ final class DaemonMetrics: Sendable {
         (CoreMetrics.Counter(label: "netvol_cache_fetched_bytes_total"), { $0.cache?.bytesFetched }),
         (CoreMetrics.Counter(label: "netvol_cache_evictions_total"), { $0.cache?.evictions }),
         (CoreMetrics.Counter(label: "netvol_cache_written_later_total"), { $0.cache?.writtenLater }),
+        (CoreMetrics.Counter(label: "netvol_cache_fetched_again_total"), { $0.cache?.fetchedAgain }),
         (CoreMetrics.Counter(label: "netvol_object_store_requests_total"), { $0.objectStoreRequests }),
         (CoreMetrics.Counter(label: "netvol_object_store_retries_total"), { $0.objectStoreRetries }),
         (CoreMetrics.Counter(label: "netvol_database_calls_total"), { $0.databaseCalls }),

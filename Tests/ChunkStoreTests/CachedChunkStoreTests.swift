@@ -95,6 +95,48 @@ import Glibc
         #expect(cache.landed.withLock { $0.pieces[id2] == nil })
     }
 
+    /// Reads of a landed download overlap (each is widened to whole checksum blocks, and
+    /// the kernel may ask again): the buffer stays until every byte has been read, not
+    /// until as many bytes as the object has were lent, which sent the last bytes of such
+    /// an object to the store a second time.
+    @Test func aLandedDownloadStaysUntilEveryByteIsReadThoughReadsOverlap() throws {
+        let cache = try makeCache()
+        let id = try stored(1)[0]
+        let whole = bytes(100_000, seed: 0)
+        cache.prefetch(id, writingLater: true)
+        #expect(settled(cache))
+        var lent: [UInt8] = []
+        for range in [0..<65_536, 0..<65_536, 32_768..<65_536] {
+            #expect(cache.withBytesInMemory(id, offset: range.lowerBound, count: range.count) { lent = Array($0) } == range.count)
+            let right = lent == Array(whole[range])
+            #expect(right, "the bytes of \(range)")
+        }
+        #expect(cache.landed.withLock { $0.pieces[id] != nil }, "bytes 65536 on are still to be read")
+        #expect(cache.withBytesInMemory(id, offset: 65_536, count: 65_536) { lent = Array($0) } == 100_000 - 65_536)
+        let right = lent == Array(whole[65_536...])
+        #expect(right, "the last bytes")
+        #expect(cache.landed.withLock { $0.pieces[id] == nil }, "read whole, it goes")
+        #expect(backing.reads.load(ordering: .relaxed) == 1)
+    }
+
+    @Test func readCoverageCountsEachByteOnce() {
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<200 {
+            var coverage = ReadCoverage()
+            var model = [Bool](repeating: false, count: 300)
+            for _ in 0..<Int.random(in: 1...12, using: &generator) {
+                let start = Int.random(in: 0..<300, using: &generator)
+                let end = Int.random(in: start...300, using: &generator)
+                coverage.add(start..<end)
+                for i in start..<end { model[i] = true }
+                #expect(coverage.bytes == model.filter { $0 }.count)
+                let ranges = coverage.ranges
+                #expect(zip(ranges, ranges.dropFirst()).allSatisfy { $0.upperBound < $1.lowerBound }, "disjoint, in order: \(ranges)")
+                #expect(ranges.allSatisfy { range in range.allSatisfy { model[$0] } })
+            }
+        }
+    }
+
     /// A prefetch of an object already cached reads it into memory, where a sequential
     /// reader is lent it as from a download: the cached copy is read past the page cache,
     /// so the kernel reads nothing ahead of that reader.
@@ -504,10 +546,12 @@ import Glibc
         #expect(cache.cachingOnly.withLock { $0.isEmpty })
         #expect(try cache.read(ids[1], count: 100_000) == bytes(100_000, seed: 1))
         #expect(backing.reads.load(ordering: .relaxed) == 2)
+        #expect(cache.statistics.fetchedAgain == 1, "the download made only to cache")
         // Cached already: asked again, nothing is fetched or read into memory.
         cache.cache(ids[1])
         #expect(settled(cache))
         #expect(backing.reads.load(ordering: .relaxed) == 2)
+        #expect(cache.statistics.fetchedAgain == 1)
         #expect(cache.landed.withLock { $0.pieces[ids[1]] == nil })
     }
 

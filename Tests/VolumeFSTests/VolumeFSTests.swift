@@ -257,6 +257,7 @@ import Testing
         }
         #expect(written == (pages == .deletedWithTheFile ? 0 : objects.count - 1 - fetchedAgain))
         #expect(remote.reads == downloads + fetchedAgain)
+        #expect(cache.statistics.fetchedAgain == fetchedAgain)
         if pages == .deletedWithTheFile {
             for object in objects.dropFirst() { #expect(!cache.isCached(object)) }
             return
@@ -271,6 +272,16 @@ import Testing
         #expect(remote.reads == downloads + fetchedAgain)
     }
 
+    /// A volume on a local store that counts what reaches it, behind a host cache.
+    func cachedVolume(_ directory: String, chunk: Int, options: VolumeOptions = VolumeOptions()) throws
+        -> (remote: CountingStore, cache: CachedChunkStore, metadata: SQLiteMetadata, volume: VolumeFS) {
+        let remote = CountingStore(try LocalChunkStore(root: directory + "/remote"))
+        let cache = try CachedChunkStore(directory: directory + "/cache", capacityBytes: 64 << 20, backing: remote)
+        let metadata = try SQLiteMetadata.create(path: directory + "/volume.db", chunkSize: chunk, sizeLimit: 1 << 30,
+                                                 now: VolumeFS.now())
+        return (remote, cache, metadata, try VolumeFS(metadata: metadata, store: cache, options: options))
+    }
+
     /// A streaming writer's full chunks are stored without their cache copies, which are
     /// written from the kernel's pages once the writes are done; chunks whose pages
     /// changed or went are downloaded into the cache again, so that the host's cache ends
@@ -281,11 +292,7 @@ import Testing
         let directory = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let chunk = 4 * BlockChecksums.blockSize
-        let remote = CountingStore(try LocalChunkStore(root: directory + "/remote"))
-        let cache = try CachedChunkStore(directory: directory + "/cache", capacityBytes: 64 << 20, backing: remote)
-        let metadata = try SQLiteMetadata.create(path: directory + "/volume.db", chunkSize: chunk, sizeLimit: 1 << 30,
-                                                 now: VolumeFS.now())
-        let volume = try VolumeFS(metadata: metadata, store: cache)
+        let (remote, cache, metadata, volume) = try cachedVolume(directory, chunk: chunk)
         defer { volume.shutdown() }
         let data = pattern(6 * chunk + 10_000, seed: 23)
         var kernel = data
@@ -331,6 +338,7 @@ import Testing
         }
         #expect(written == 6 - fetchedAgain)
         #expect(cache.statistics.writtenLater == 6 - fetchedAgain)
+        #expect(cache.statistics.fetchedAgain == fetchedAgain)
         #expect(remote.reads == fetchedAgain)
         // The cache holds the whole file, the checked bytes only: it reads from there.
         for object in objects { #expect(cache.isCached(object)) }
@@ -338,6 +346,43 @@ import Testing
         #expect(try volume.read(attr.ino, rh, offset: 0, count: data.count) == data)
         volume.release(attr.ino, rh)
         #expect(remote.reads == fetchedAgain)
+    }
+
+    /// Copies whose pages went while the writer is still writing are downloaded again
+    /// too, though the metadata names none of those chunks yet: they are the open file's,
+    /// stored and not committed.
+    @Test func copiesOfChunksNotCommittedYetAreDownloadedAgainWhenTheirPagesWent() throws {
+        let directory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let chunk = 4 * BlockChecksums.blockSize
+        var options = VolumeOptions()
+        // Nothing is committed before the fsync.
+        options.fullChunksPerCommit = 100
+        let (remote, cache, metadata, volume) = try cachedVolume(directory, chunk: chunk, options: options)
+        defer { volume.shutdown() }
+        volume.setPageRetriever { _, _, _ in 0 }
+        let data = pattern(6 * chunk, seed: 24)
+        let (attr, fh) = try volume.create(.root, FileName("written"), mode: 0o644, flags: O_RDWR, uid: 0, gid: 0)
+        for offset in stride(from: 0, to: data.count, by: 64 << 10) {
+            _ = try data[offset..<(offset + (64 << 10))].withUnsafeBytes { try volume.write(attr.ino, fh, offset: UInt64(offset), $0) }
+        }
+        let deadline = ContinuousClock.now + .seconds(30)
+        while cache.unwrittenObjects.count < 6 && ContinuousClock.now < deadline { usleep(1000) }
+        #expect(cache.unwrittenObjects.count == 6, "the six chunks are stored, their copies left for later")
+        #expect(try metadata.chunks(attr.ino).isEmpty, "and not committed")
+        #expect(volume.writeCacheFromPages() == 0)
+        #expect(cache.settle(timeout: 30))
+        #expect(cache.statistics.fetchedAgain == 6)
+        #expect(remote.reads == 6)
+        try volume.fsync(attr.ino, fh)
+        volume.release(attr.ino, fh)
+        let objects = try metadata.chunks(attr.ino).compactMap(\.object)
+        #expect(objects.count == 6)
+        for object in objects { #expect(cache.isCached(object)) }
+        let rh = try volume.open(attr.ino, flags: O_RDONLY)
+        #expect(try volume.read(attr.ino, rh, offset: 0, count: data.count) == data)
+        volume.release(attr.ino, rh)
+        #expect(remote.reads == 6)
     }
 
     /// A cold reader behind the cache's prefetches is answered from the downloads'

@@ -396,6 +396,21 @@ mount_log() {
     tail -n +"$((${E2E_LOG_START[$target]} + 1))" "${E2E_LOG[$target]}"
 }
 
+# copies_whose_pages_went [MOUNTPOINT]: how many cache copies the daemon (mounted with
+# --debug) could not write from the kernel's pages because the kernel no longer held them
+# all; fails if a copy was not written for any other reason (pages that changed, or none
+# known). Pages can go within a second of being read or written, not only under memory
+# pressure: a host may reclaim cold page cache on its own (DAMON's proactive reclaim on
+# these VMs takes pages of a file read once).
+copies_whose_pages_went() {
+    local lines
+    lines=$(mount_log "$@" | grep -F 'cache copy of object' || true)
+    local other
+    other=$(grep -Ev 'the kernel gave [0-9]+ of [0-9]+ bytes$' <<<"$lines" | grep . || true)
+    [[ -z $other ]] || fail "cache copies not written for another reason than pages gone: $other"
+    grep -c . <<<"$lines" || true
+}
+
 # Lines in a daemon log that mean it crashed or hit an internal error.
 CRASH_PATTERN='Fatal error|Assertion failed|Precondition failed|Current stack trace|Illegal instruction|Segmentation fault|dispatch_assert'
 
