@@ -477,7 +477,7 @@ public final class CachedChunkStore: ChunkStore {
                         arrival.unlock()
                         return 0
                     }
-                    taken.add(offset..<end)
+                    taken.insert(contentsOf: offset..<end)
                     borrowers += 1
                     arrival.unlock()
                     body(UnsafeRawBufferPointer(rebasing: piece[offset..<end]))
@@ -883,37 +883,12 @@ public final class CachedChunkStore: ChunkStore {
     }
 }
 
-/// The parts of an object readers have read, as disjoint ranges in order: a sequential
-/// reader's make one.
-struct ReadCoverage: Sendable {
-    private(set) var ranges: [Range<Int>] = []
-    private(set) var bytes = 0
+/// The parts of an object readers have read.
+typealias ReadCoverage = RangeSet<Int>
 
-    mutating func add(_ range: Range<Int>) {
-        guard !range.isEmpty else { return }
-        // The common case: the reader goes on from where it is.
-        if let last = ranges.last, last.lowerBound <= range.lowerBound, range.lowerBound <= last.upperBound {
-            if range.upperBound > last.upperBound {
-                bytes += range.upperBound - last.upperBound
-                ranges[ranges.count - 1] = last.lowerBound..<range.upperBound
-            }
-            return
-        }
-        var merged = range
-        var kept: [Range<Int>] = []
-        kept.reserveCapacity(ranges.count + 1)
-        for existing in ranges {
-            if existing.upperBound < merged.lowerBound || existing.lowerBound > merged.upperBound {
-                kept.append(existing)
-            } else {
-                merged = min(existing.lowerBound, merged.lowerBound)..<max(existing.upperBound, merged.upperBound)
-            }
-        }
-        let at = kept.firstIndex { $0.lowerBound > merged.lowerBound } ?? kept.count
-        kept.insert(merged, at: at)
-        ranges = kept
-        bytes = ranges.reduce(0) { $0 + $1.count }
-    }
+extension RangeSet<Int> {
+    /// How many bytes the ranges cover, each once.
+    var bytes: Int { ranges.reduce(0) { $0 + $1.count } }
 }
 
 /// A downloaded object still in its download buffer (see `CachedChunkStore.landed`).
@@ -956,7 +931,7 @@ final class LandedPiece: @unchecked Sendable {
             lock.unlock()
             return (0, false)
         }
-        read.add(offset..<end)
+        read.insert(contentsOf: offset..<end)
         let finished = read.bytes >= size
         borrowers += 1
         lock.unlock()

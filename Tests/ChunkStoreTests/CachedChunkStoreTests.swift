@@ -127,7 +127,7 @@ import Glibc
             for _ in 0..<Int.random(in: 1...12, using: &generator) {
                 let start = Int.random(in: 0..<300, using: &generator)
                 let end = Int.random(in: start...300, using: &generator)
-                coverage.add(start..<end)
+                coverage.insert(contentsOf: start..<end)
                 for i in start..<end { model[i] = true }
                 #expect(coverage.bytes == model.filter { $0 }.count)
                 let ranges = coverage.ranges

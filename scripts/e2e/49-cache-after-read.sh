@@ -31,7 +31,7 @@ step "a cold read: copies written once the reads are quiet, from the kernel's pa
 base=$(first_tries)
 cmp "$WORK/model" "$MNT/model"
 wait_until 30 cached_whole
-# The read downloaded each of the file's 24 objects once; after it, the store is asked
+# The read downloaded each of the file's 24 objects once; besides, the store is asked
 # only for copies whose pages went before they could be written, once each.
 later=$(metric netvol_cache_written_later_total)
 fetched=$(metric netvol_cache_fetched_again_total)
